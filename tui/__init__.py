@@ -1,0 +1,1 @@
+"""swarmbinder's Textual admin console (imported as ``swarmbinder_tui``)."""
