@@ -1,0 +1,1 @@
+"""In-process fakes of the outside systems swarmbinder talks to."""
