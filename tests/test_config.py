@@ -247,7 +247,8 @@ def test_bad_cidrs_are_rejected(tmp_path: Path, text: str, option: str, problem:
 
 def test_good_cidrs_load(tmp_path: Path) -> None:
     config = load_yaml(
-        tmp_path, "ban_networks: {'2001:db8::/32': doc, 1.2.3.4/32: one}\ntrusted_proxies: ['::1/128']\n"
+        tmp_path,
+        "ban_networks: {'2001:db8::/32': doc, 1.2.3.4/32: one}\ntrusted_proxies: ['::1/128']\n",
     )
     assert set(config.bans.ban_networks) == {"2001:db8::/32", "1.2.3.4/32"}
     assert config.server.trusted_proxies == ("::1/128",)
