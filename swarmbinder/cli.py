@@ -1,0 +1,227 @@
+"""The ``swarmbinder`` command: ``swarmbinder <command> [options]``.
+
+Each subcommand is one function registered with :func:`command`; :func:`main` builds the parser
+from the registry, so adding a command is one decorated function and, if it takes options, one
+function adding its arguments.
+
+Exit codes: 0 success; 1 a runtime failure reported by swarmbinder; 2 bad input (usage, config,
+a port already in use). Every failure is one line on stderr, ``swarmbinder: error: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import json
+import logging
+import os
+import platform
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+import aiohttp
+import yaml
+from aiohttp import web
+
+from . import __version__
+from .app import create_app
+from .config import Config, load_config
+from .errors import ConfigError, SwarmbinderError
+
+PROG = "swarmbinder"
+log = logging.getLogger("swarmbinder")
+
+
+class UsageError(Exception):
+    """Bad input found by a command itself; printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line instead of usage plus message."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int]
+    arguments: Callable[[argparse.ArgumentParser], None]
+    description: str
+
+
+#: Every subcommand, in the order ``--help`` lists them.
+COMMANDS: dict[str, Command] = {}
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def command(
+    name: str,
+    help: str,
+    arguments: Callable[[argparse.ArgumentParser], None] = _no_arguments,
+    description: str = "",
+) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """Register ``run(args) -> exit code`` as subcommand ``name``; ``help`` is one short line."""
+
+    def register(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = Command(name, help, run, arguments, description or help)
+        return run
+
+    return register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="BinderHub on Docker Swarm.")
+    subparsers = parser.add_subparsers(
+        title="commands", dest="command", metavar="COMMAND", required=True
+    )
+    for cmd in COMMANDS.values():
+        sub = subparsers.add_parser(cmd.name, help=cmd.help, description=cmd.description)
+        cmd.arguments(sub)
+        sub.set_defaults(run=cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except (ConfigError, UsageError) as e:
+        return _fail(str(e), 2)
+    except SwarmbinderError as e:
+        return _fail(str(e), 1)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML config file (default: $SWARMBINDER_CONFIG, else built-in defaults)",
+    )
+
+
+# --- serve ---------------------------------------------------------------------------------
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_config_argument(parser)
+    parser.add_argument("--port", type=int, help="port to listen on (overrides option port)")
+    parser.add_argument("--host", help="address to listen on (overrides option host)")
+
+
+@command(
+    "serve",
+    "run the web service",
+    _serve_arguments,
+    "Run the swarmbinder web service until SIGTERM or SIGINT.",
+)
+def serve(args: argparse.Namespace) -> int:
+    flags = {"port": args.port, "host": args.host}
+    config = load_config(args.config, os.environ, {k: v for k, v in flags.items() if v is not None})
+    logging.basicConfig(
+        level=config.server.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    asyncio.run(_serve(config))
+    return 0
+
+
+async def _serve(config: Config) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down cleanly (aiohttp's graceful shutdown)."""
+    host, port = config.server.host, config.server.port
+    runner = web.AppRunner(create_app(config))
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as e:
+        await runner.cleanup()
+        raise UsageError(_bind_problem(e, host, port)) from None
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    base = config.server.base_url
+    log.info("swarmbinder %s serving on http://%s:%d%s", __version__, host, port, base)
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+
+
+def _bind_problem(error: OSError, host: str, port: int) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is already in use"
+    if error.errno == errno.EACCES:
+        return f"not allowed to listen on port {port} on {host}"
+    return f"cannot listen on {host}:{port}: {error.strerror or error}"
+
+
+# --- check-config, show-config, version -----------------------------------------------------
+
+
+def _check_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="YAML config file to check")
+
+
+@command(
+    "check-config",
+    "check a config file",
+    _check_config_arguments,
+    "Check a config file on its own: SWARMBINDER_* variables are not applied. Prints "
+    "'ok: FILE', or the first problem found and exits with code 2.",
+)
+def check_config(args: argparse.Namespace) -> int:
+    load_config(args.file, env={})
+    print(f"ok: {args.file}")
+    return 0
+
+
+def _show_config_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_config_argument(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+
+
+@command(
+    "show-config",
+    "print the effective config, secrets masked",
+    _show_config_arguments,
+    "Print the effective config (defaults, then the file, then SWARMBINDER_* variables) in the "
+    "config file's layout, with every secret that is set shown as ***.",
+)
+def show_config(args: argparse.Namespace) -> int:
+    options = load_config(args.config, os.environ).as_dict(mask_secrets=True)
+    if args.json:
+        print(json.dumps(options, indent=2))
+    else:
+        print(yaml.safe_dump(options, sort_keys=False), end="")
+    return 0
+
+
+@command("version", "print swarmbinder's version and Python's and aiohttp's")
+def version(args: argparse.Namespace) -> int:
+    print(f"swarmbinder {__version__}")
+    print(f"Python {platform.python_version()}")
+    print(f"aiohttp {aiohttp.__version__}")
+    return 0
