@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -553,6 +554,9 @@ async def pushed_image(testground: dict[str, Any]) -> AsyncIterator[tuple[str, s
     try:
         await docker("push", "--quiet", f"{name}:pushed")
         yield name, "pushed"
+        async with RegistryClient(registry) as client:
+            with contextlib.suppress(RegistryError):  # deletion may be disabled
+                await client.delete_tag(name, "pushed")
     finally:
         await docker("rmi", f"{name}:pushed")  # the local tag only; the image stays
 
