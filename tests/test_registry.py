@@ -47,7 +47,7 @@ MakeClient = Callable[..., RegistryClient]
 @pytest.fixture
 def serve(aiohttp_server: AiohttpServer) -> Serve:
     async def start(fake: FakeRegistry) -> str:
-        server = await aiohttp_server(fake.app)
+        server = await aiohttp_server(fake.app())
         return str(server.make_url("")).rstrip("/")
 
     return start

@@ -108,14 +108,16 @@ class FakeRegistry:
         self._repositories: dict[str, _Repository] = {}
         self._tokens: dict[str, frozenset[str]] = {}
 
-        self.app = web.Application(middlewares=[self._record])
-        self.app.router.add_get("/v2/", self._ping)
-        self.app.router.add_get("/token", self._token)
-        self.app.router.add_get("/v2/{name:.+}/tags/list", self._tags)
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._record])
+        app.router.add_get("/v2/", self._ping)
+        app.router.add_get("/token", self._token)
+        app.router.add_get("/v2/{name:.+}/tags/list", self._tags)
         manifests = "/v2/{name:.+}/manifests/{reference}"
-        self.app.router.add_get(manifests, self._get_manifest, allow_head=False)
-        self.app.router.add_route("HEAD", manifests, self._get_manifest)
-        self.app.router.add_delete(manifests, self._delete_manifest)
+        app.router.add_get(manifests, self._get_manifest, allow_head=False)
+        app.router.add_route("HEAD", manifests, self._get_manifest)
+        app.router.add_delete(manifests, self._delete_manifest)
+        return app
 
     # -- test controls ---------------------------------------------------------------------
 
