@@ -188,32 +188,60 @@ def _byte_spec(value: Any) -> int:
     return int(number)
 
 
-@dataclass(frozen=True)
-class SpecConfig:
-    """One ``spec_config`` item: ``config`` applies to every spec matching ``pattern``."""
-
-    pattern: str
-    config: Mapping[str, Any]
+#: A ``spec_config`` item: read-only ``{"pattern": regex, "config": {name: value}}``.
+SpecConfigItem = Mapping[str, Any]
+#: A ``banned_specs`` item: a regex, or read-only ``{"pattern": regex, "reason": text}``.
+BannedSpec = str | Mapping[str, str]
 
 
-def _spec_config(value: Any) -> tuple[SpecConfig, ...]:
+def _items(value: Any, shape: str) -> list[Any]:
     if not isinstance(value, list | tuple):
-        raise ValueError(f"expected a list of {{pattern, config}} mappings, got {value!r}")
-    items = []
-    for index, item in enumerate(value):
-        if isinstance(item, SpecConfig):
-            item = {"pattern": item.pattern, "config": item.config}
-        if not isinstance(item, Mapping) or set(item) != {"pattern", "config"}:
-            raise ValueError(f"item {index}: expected a mapping with keys pattern and config")
-        if not isinstance(item["pattern"], str):
-            raise ValueError(f"item {index}: pattern must be a string")
-        if not isinstance(item["config"], Mapping):
+        raise ValueError(f"expected a list of {shape}, got {_describe(value)}")
+    return list(value)
+
+
+def _pattern_mapping(index: int, item: Any, keys: set[str], required: set[str]) -> dict[str, Any]:
+    """Check one ``{pattern, ...}`` list item, naming it by index in errors."""
+    expected = " and ".join(sorted(required)) + "".join(f" (optional {k})" for k in keys - required)
+    if not isinstance(item, Mapping) or not required <= set(item) <= keys:
+        raise ValueError(f"item {index}: expected a mapping with keys {expected}")
+    if not isinstance(item["pattern"], str):
+        raise ValueError(f"item {index}: pattern must be a string")
+    try:
+        _regex(item["pattern"])
+    except ValueError as e:
+        raise ValueError(f"item {index}: {e}") from None
+    return dict(item)
+
+
+def _banned_specs(value: Any) -> tuple[BannedSpec, ...]:
+    items: list[BannedSpec] = []
+    for index, item in enumerate(_items(value, "regexes or {pattern, reason} mappings")):
+        if isinstance(item, str):
+            try:
+                items.append(_regex(item))
+            except ValueError as e:
+                raise ValueError(f"item {index}: {e}") from None
+            continue
+        checked = _pattern_mapping(index, item, {"pattern", "reason"}, {"pattern"})
+        if not isinstance(checked.get("reason", ""), str):
+            raise ValueError(f"item {index}: reason must be a string")
+        items.append(types.MappingProxyType(checked))
+    return tuple(items)
+
+
+def _spec_config(value: Any) -> tuple[SpecConfigItem, ...]:
+    items: list[SpecConfigItem] = []
+    for index, item in enumerate(_items(value, "{pattern, config} mappings")):
+        checked = _pattern_mapping(index, item, {"pattern", "config"}, {"pattern", "config"})
+        config = checked["config"]
+        if not isinstance(config, Mapping):
             raise ValueError(f"item {index}: config must be a mapping")
-        try:
-            _regex(item["pattern"])
-        except ValueError as e:
-            raise ValueError(f"item {index}: {e}") from None
-        items.append(SpecConfig(item["pattern"], types.MappingProxyType(dict(item["config"]))))
+        quota = config.get("quota")
+        if quota is not None and (type(quota) is not int or quota < 0):
+            raise ValueError(f"item {index}: quota must be an integer, 0 or more, got {quota!r}")
+        checked["config"] = types.MappingProxyType(dict(config))
+        items.append(types.MappingProxyType(checked))
     return tuple(items)
 
 
@@ -321,6 +349,12 @@ class _Section:
 # --- the sections --------------------------------------------------------------------------
 
 
+_SPEC_MATCHING = (
+    "Patterns match the start of the spec as written after the provider prefix "
+    "(binder-examples/requirements/HEAD for gh), ignoring case."
+)
+
+
 @dataclass(frozen=True)
 class ServerConfig(_Section):
     """The HTTP server itself."""
@@ -414,8 +448,20 @@ class RegistryConfig(_Section):
         "which may differ from the host in image_prefix).",
         check=_http_url,
     )
-    registry_username: str = _opt("", "User name for the registry API; empty: anonymous.")
-    registry_password: str = _opt("", "Password for the registry API.", secret=True)
+    registry_username: str | None = _opt(
+        None, "User name for the registry API, with registry_password. Null: anonymous."
+    )
+    registry_password: str | None = _opt(
+        None, "Password for the registry API, with registry_username.", secret=True
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.registry_username is None) != (self.registry_password is None):
+            missing = "registry_password" if self.registry_password is None else "registry_username"
+            raise ConfigError(missing, "registry_username and registry_password go together")
+        if self.registry_username is not None and ":" in self.registry_username:
+            raise ConfigError("registry_username", "cannot contain ':' (HTTP basic auth)")
 
 
 @dataclass(frozen=True)
@@ -509,14 +555,14 @@ class QuotaConfig(_Section):
     )
     high_quota_specs: tuple[str, ...] = _opt(
         (),
-        "Regexes of specs (e.g. 'gh/org/repo/.*') that get per_repo_quota_higher.",
+        "Regexes of specs that get per_repo_quota_higher. " + _SPEC_MATCHING,
         check=_regex_list,
     )
-    spec_config: tuple[SpecConfig, ...] = _opt(
+    spec_config: tuple[SpecConfigItem, ...] = _opt(
         (),
         "Per-repository configuration: a list of {pattern: regex, config: {name: value}}; "
-        "every item whose pattern matches a spec applies its config, later items winning, "
-        "e.g. {pattern: '^gh/org/.*', config: {quota: 5}}.",
+        "every item whose pattern matches a spec applies its config, later items winning. "
+        "config.quota (an integer, 0 or more) replaces the per-repo quota.",
         parse=_spec_config,
         type_name="list of {pattern, config}",
     )
@@ -544,14 +590,18 @@ class BanConfig(_Section):
         "(e.g. '1.2.3.4/32'), values a label used in logs and error messages.",
         check=_cidr_keys,
     )
-    banned_specs: tuple[str, ...] = _opt(
+    banned_specs: tuple[BannedSpec, ...] = _opt(
         (),
-        "Regexes of specs that may not be built. A spec is allowed if it matches "
-        "allowed_specs (or allowed_specs is empty) and matches no banned_specs.",
-        check=_regex_list,
+        "Specs that may not launch: regexes, or {pattern: regex, reason: text} to tell users "
+        "why. A spec may launch if it matches no banned_specs and, when allowed_specs is "
+        "set, matches one of those. " + _SPEC_MATCHING,
+        parse=_banned_specs,
+        type_name="list of regex or {pattern, reason}",
     )
     allowed_specs: tuple[str, ...] = _opt(
-        (), "Regexes of specs to allow building; empty allows every spec.", check=_regex_list
+        (),
+        "Regexes of specs allowed to launch; empty allows every spec not banned.",
+        check=_regex_list,
     )
 
 
@@ -727,9 +777,7 @@ class Config:
 
 
 def _plain(value: Any) -> Any:
-    """Tuples, read-only mappings and SpecConfig items as plain lists and dicts."""
-    if isinstance(value, SpecConfig):
-        return {"pattern": value.pattern, "config": _plain(value.config)}
+    """Tuples and read-only mappings as plain lists and dicts."""
     if isinstance(value, Mapping):
         return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):

@@ -138,11 +138,16 @@ def test_check_config_checks_the_file_alone() -> None:
 
 
 def test_show_config_masks_secrets_and_applies_the_environment() -> None:
-    env = clean_env(SWARMBINDER_REGISTRY_PASSWORD="hunter2", SWARMBINDER_POD_QUOTA="3")
+    env = clean_env(
+        SWARMBINDER_REGISTRY_USERNAME="builder",
+        SWARMBINDER_REGISTRY_PASSWORD="hunter2",
+        SWARMBINDER_POD_QUOTA="3",
+    )
     proc = swarmbinder("show-config", "--config", str(EXAMPLE), env=env)
     assert proc.returncode == 0, proc.stderr
     shown = yaml.safe_load(proc.stdout)
     assert shown["pod_quota"] == 3
+    assert shown["registry_username"] == "builder"
     assert shown["hub_url"] == "https://hub.example.org/"
     for secret in ("hub_api_token", "registry_password", "build_token_secret"):
         assert shown[secret] == "***"

@@ -13,7 +13,6 @@ import yaml
 from swarmbinder.config import (
     BuildConfig,
     Config,
-    SpecConfig,
     iter_options,
     load_config,
     render_markdown,
@@ -79,7 +78,7 @@ def test_example_file_loads_into_sections() -> None:
     assert config.builds.build_node_selector == {"node.labels.binder-builds": "true"}
     assert config.quotas.pod_quota == 100
     assert config.quotas.spec_config == (
-        SpecConfig(pattern="^gh/example/slow-repo/.*", config={"quota": 2}),
+        {"pattern": "^gh/example/slow-repo/.*", "config": {"quota": 2}},
     )
     assert config.bans.ban_networks == {"10.66.0.0/16": "scraper farm"}
     assert config.bans.banned_specs == ("^gh/evil/.*",)
@@ -160,14 +159,16 @@ def test_unknown_override_is_rejected() -> None:
         ("use_registry: 'yes'", "use_registry", "expected a boolean, got 'yes' (string)"),
         ("sticky_builds: 1", "sticky_builds", "expected a boolean, got 1 (integer)"),
         ("hub_url: 42", "hub_url", "expected a string, got 42 (integer)"),
-        ("banned_specs: ^gh/evil/.*", "banned_specs", "expected a list, got '^gh/evil/.*'"),
-        ("banned_specs: [1]", "banned_specs", "item 0: expected a string, got 1 (integer)"),
+        ("banned_specs: ^gh/evil/.*", "banned_specs", "mappings, got '^gh/evil/.*' (string)"),
+        ("banned_specs: [1]", "banned_specs", "item 0: expected a mapping with keys pattern"),
+        ("allowed_specs: [1]", "allowed_specs", "item 0: expected a string, got 1 (integer)"),
         ("ban_networks: [10.0.0.0/8]", "ban_networks", "expected a mapping, got ['10.0.0.0/8']"),
         ("build_node_selector: {a: 1}", "build_node_selector", "key 'a': expected a string"),
         ("log_level: 20", "log_level", "expected a string, got 20 (integer)"),
         ("build_memory_limit: lots", "build_memory_limit", "a size like '512M', got 'lots'"),
         ("spec_config: {pattern: x}", "spec_config", "expected a list of {pattern, config}"),
         ("spec_config: [{pattern: x}]", "spec_config", "item 0: expected a mapping with keys"),
+        ("spec_config: [{pattern: 1, config: {}}]", "spec_config", "pattern must be a string"),
         ("spec_config: [{pattern: x, config: 1}]", "spec_config", "config must be a mapping"),
         ("github: {hostname: [a]}", "github.hostname", "expected a string"),
     ],
@@ -267,6 +268,50 @@ def test_bad_regexes_are_rejected(tmp_path: Path, text: str, option: str) -> Non
     error = rejected(tmp_path, text + "\n")
     assert error.option == option
     assert "is not a valid regular expression" in str(error)
+
+
+def test_banned_specs_may_carry_a_reason(tmp_path: Path) -> None:
+    config = load_yaml(
+        tmp_path, "banned_specs:\n  - ^gh/a/.*\n  - {pattern: ^gh/b/.*, reason: Mining.}\n"
+    )
+    assert config.bans.banned_specs == ("^gh/a/.*", {"pattern": "^gh/b/.*", "reason": "Mining."})
+
+
+@pytest.mark.parametrize(
+    ("item", "problem"),
+    [
+        ("{pattern: x, why: y}", "item 0: expected a mapping with keys pattern (optional reason)"),
+        ("{reason: y}", "item 0: expected a mapping with keys pattern"),
+        ("{pattern: x, reason: [y]}", "item 0: reason must be a string"),
+        ("{pattern: '(', reason: y}", "item 0: '(' is not a valid regular expression"),
+    ],
+)
+def test_bad_banned_spec_mappings(tmp_path: Path, item: str, problem: str) -> None:
+    error = rejected(tmp_path, f"banned_specs: [{item}]\n")
+    assert error.option == "banned_specs"
+    assert problem in str(error)
+
+
+@pytest.mark.parametrize("quota", ["-1", "true", "'5'"])
+def test_spec_config_quota_must_be_a_count(tmp_path: Path, quota: str) -> None:
+    error = rejected(tmp_path, f"spec_config: [{{pattern: x, config: {{quota: {quota}}}}}]\n")
+    assert error.option == "spec_config"
+    assert "item 0: quota must be an integer, 0 or more" in str(error)
+
+
+def test_registry_credentials_go_together(tmp_path: Path) -> None:
+    error = rejected(tmp_path, "registry_username: builder\n")
+    assert str(error) == (
+        "config option 'registry_password': registry_username and registry_password go together"
+    )
+    assert rejected(tmp_path, "registry_password: pw\n").option == "registry_username"
+    error = rejected(tmp_path, "registry_username: 'a:b'\nregistry_password: pw\n")
+    assert error.option == "registry_username"
+    config = load_yaml(tmp_path, "registry_username: builder\nregistry_password: pw\n")
+    assert (config.registry.registry_username, config.registry.registry_password) == (
+        "builder",
+        "pw",
+    )
 
 
 @pytest.mark.parametrize(
@@ -512,7 +557,7 @@ def test_as_dict_masks_secrets_that_are_set() -> None:
     assert shown["admin_token"] == "***"
     assert shown["github"]["access_token"] == "***"
     # unset secrets show as unset, not as a mask that suggests a value
-    assert shown["registry_password"] == ""
+    assert shown["registry_password"] is None
     assert shown["gitlab"]["private_token"] == ""
     assert "0123456789abcdef" not in json.dumps(shown)
     assert shown["hub_url"] == "https://hub.example.org/"
