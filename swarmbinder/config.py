@@ -2,7 +2,7 @@
 
 Sources, lowest precedence first; a later source replaces an option set by an earlier one:
 
-1. defaults: the field defaults below, BinderHub's wherever BinderHub has the option;
+1. defaults: BinderHub's wherever BinderHub has the option (all listed in docs/config.md);
 2. one YAML file: the ``path`` given to :func:`load_config`, else ``$SWARMBINDER_CONFIG``;
 3. environment variables ``SWARMBINDER_<KEY>`` (``SWARMBINDER_GITHUB_<KEY>`` for ``github:``);
 4. command-line flags: the ``overrides`` mapping (``swarmbinder serve --port``).
@@ -15,10 +15,11 @@ text; an empty value sets an optional option to null. ``SWARMBINDER_*`` variable
 option are ignored (other tools share the prefix) unless they are one typo away from an option,
 which is an error.
 
-Secrets (options marked *secret* in docs/config.md) can also be read from a file, as Swarm mounts
-secrets under ``/run/secrets/``: ``hub_api_token_file: /run/secrets/hub_token`` in YAML, or
-``SWARMBINDER_HUB_API_TOKEN_FILE``; a trailing newline is dropped. Setting both the value and its
-``_file`` in one source is an error.
+Secrets (the options marked *secret* in docs/config.md) can also be read from a file, as Swarm
+mounts secrets under ``/run/secrets/``: ``hub_api_token_file: /run/secrets/hub_token`` in YAML, or
+``SWARMBINDER_HUB_API_TOKEN_FILE``; a relative path is taken from the working directory and a
+trailing newline is dropped. Setting both the value and its ``_file`` in one source is an error.
+``swarmbinder show-config`` prints the merged result with secrets masked.
 
 Every value is checked when it is loaded; the first problem raises
 :class:`~swarmbinder.errors.ConfigError` naming the option. Other modules read options through
