@@ -3,7 +3,7 @@
 ::
 
     SwarmbinderError                 root; ``user_message`` is safe to show to a browser
-    ├── ConfigError                  a config option is unknown, mistyped or invalid (names the option)
+    ├── ConfigError                  an option is unknown, mistyped or invalid (names it)
     ├── SpecError                    a launch spec does not parse or is refused
     │   ├── UnknownProvider
     │   ├── SpecBanned               banned_specs / allowed_specs said no
@@ -11,6 +11,8 @@
     ├── ProviderUnavailable          a repo provider API failed or is rate limited
     ├── RegistryError                the image registry failed or refused us
     ├── SwarmUnavailable             the Docker engine / swarm manager did not answer
+    ├── SwarmRequestFailed           the engine answered with an error
+    │   └── ServiceNameConflict      a service of that name exists (for builds: join it)
     ├── BuildFailed                  a build ran and failed (carries the reason)
     ├── LaunchFailed                 JupyterHub could not start the server
     └── QuotaExceeded                a pod or per-repo quota is full
@@ -106,3 +108,26 @@ class QuotaExceeded(SwarmbinderError):
         self.quota = quota
         self.used = used
         self.scope = scope
+
+
+class SwarmRequestFailed(SwarmbinderError):
+    """The engine answered, and said no (a 4xx/5xx from the Engine API)."""
+
+    status_code = 502
+
+    def __init__(self, what: str, status: int, detail: str) -> None:
+        super().__init__(
+            f"{what}: the Docker engine answered {status}: {detail}",
+            user_message="The Docker Swarm manager refused a request.",
+        )
+        self.status = status
+        self.detail = detail
+
+
+class ServiceNameConflict(SwarmRequestFailed):
+    """A service with this name exists already: for builds, that means "join it"."""
+
+    def __init__(self, name: str, service_id: str) -> None:
+        super().__init__(f"create service {name}", 409, "name conflicts with an existing object")
+        self.name = name
+        self.service_id = service_id

@@ -1,0 +1,409 @@
+"""The Docker Swarm adapter: the only module that talks to aiodocker.
+
+It returns frozen dataclasses, never raw mappings, copies every spec it is given (aiodocker
+rewrites ``ContainerSpec.Env`` in place), and turns every transport or API failure into
+:class:`~swarmbinder.errors.SwarmUnavailable` (the engine did not answer) or
+:class:`~swarmbinder.errors.SwarmRequestFailed` (it answered no) at one choke point.
+
+Facts of Swarm this module works around (see the README's "Swarm notes"):
+
+- ``GET /services/{id}/logs?follow=1`` never ends after a job's task finishes, so log
+  followers are closed by their caller once the task state is terminal.
+- containers of job tasks stay behind after the service is removed; ``remove_service``
+  removes them by the ``com.docker.swarm.service.name`` label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import enum
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiodocker
+import aiohttp
+from aiodocker.multiplexed import multiplexed_result_stream
+
+from .errors import ServiceNameConflict, SwarmRequestFailed, SwarmUnavailable
+
+log = logging.getLogger(__name__)
+
+#: Timeout for ordinary API calls; streaming calls (logs) have none and are closed by callers.
+API_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
+
+
+class TaskStateName(enum.StrEnum):
+    NEW = "new"
+    ALLOCATED = "allocated"
+    PENDING = "pending"
+    ASSIGNED = "assigned"
+    ACCEPTED = "accepted"
+    PREPARING = "preparing"
+    READY = "ready"
+    STARTING = "starting"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    SHUTDOWN = "shutdown"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    REMOVE = "remove"
+    ORPHANED = "orphaned"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def parse(cls, value: str) -> TaskStateName:
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+TERMINAL_STATES = frozenset(
+    {
+        TaskStateName.COMPLETE,
+        TaskStateName.SHUTDOWN,
+        TaskStateName.FAILED,
+        TaskStateName.REJECTED,
+        TaskStateName.REMOVE,
+        TaskStateName.ORPHANED,
+    }
+)
+
+
+@dataclass(frozen=True)
+class TaskState:
+    id: str
+    service_id: str
+    node_id: str
+    state: TaskStateName
+    desired_state: str
+    message: str
+    error: str
+    exit_code: int | None
+    container_id: str
+    timestamp: str
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state is TaskStateName.COMPLETE and (self.exit_code or 0) == 0
+
+    @classmethod
+    def from_api(cls, raw: Mapping[str, Any]) -> TaskState:
+        status = raw.get("Status") or {}
+        container = status.get("ContainerStatus") or {}
+        exit_code = container.get("ExitCode")
+        return cls(
+            id=str(raw.get("ID", "")),
+            service_id=str(raw.get("ServiceID", "")),
+            node_id=str(raw.get("NodeID", "")),
+            state=TaskStateName.parse(str(status.get("State", "unknown"))),
+            desired_state=str(raw.get("DesiredState", "")),
+            message=str(status.get("Message", "")),
+            error=str(status.get("Err", "")),
+            exit_code=int(exit_code) if exit_code is not None else None,
+            container_id=str(container.get("ContainerID", "")),
+            timestamp=str(status.get("Timestamp", "")),
+        )
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    id: str
+    name: str
+    labels: Mapping[str, str]
+    image: str
+    created_at: str
+    constraints: tuple[str, ...]
+
+    @classmethod
+    def from_api(cls, raw: Mapping[str, Any]) -> ServiceInfo:
+        spec = raw.get("Spec") or {}
+        template = spec.get("TaskTemplate") or {}
+        placement = template.get("Placement") or {}
+        return cls(
+            id=str(raw.get("ID", "")),
+            name=str(spec.get("Name", "")),
+            labels=dict(spec.get("Labels") or {}),
+            image=str((template.get("ContainerSpec") or {}).get("Image", "")),
+            created_at=str(raw.get("CreatedAt", "")),
+            constraints=tuple(placement.get("Constraints") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    id: str
+    hostname: str
+    role: str
+    state: str
+    availability: str
+    labels: Mapping[str, str]
+    addr: str
+
+    @classmethod
+    def from_api(cls, raw: Mapping[str, Any]) -> NodeInfo:
+        spec = raw.get("Spec") or {}
+        status = raw.get("Status") or {}
+        return cls(
+            id=str(raw.get("ID", "")),
+            hostname=str((raw.get("Description") or {}).get("Hostname", "")),
+            role=str(spec.get("Role", "")),
+            state=str(status.get("State", "unknown")),
+            availability=str(spec.get("Availability", "")),
+            labels=dict(spec.get("Labels") or {}),
+            addr=str(status.get("Addr", "")),
+        )
+
+
+@dataclass(frozen=True)
+class BindMount:
+    source: str
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A one-shot Swarm service: ``replicated-job`` mode, one completion, never restarted."""
+
+    name: str
+    image: str
+    args: Sequence[str]
+    labels: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    mounts: Sequence[BindMount] = ()
+    constraints: Sequence[str] = ()
+    networks: Sequence[str] = ()
+    memory_limit: int | None = None
+    #: Replace the image's entrypoint; None keeps it.
+    command: Sequence[str] | None = None
+    secrets: Sequence[Mapping[str, Any]] = ()
+
+    def to_api(self) -> dict[str, Any]:
+        container: dict[str, Any] = {
+            "Image": self.image,
+            "Args": list(self.args),
+            "Labels": dict(self.labels),
+        }
+        if self.command is not None:
+            container["Command"] = list(self.command)
+        if self.env:
+            container["Env"] = [f"{k}={v}" for k, v in self.env.items()]
+        if self.mounts:
+            container["Mounts"] = [
+                {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only}
+                for m in self.mounts
+            ]
+        if self.secrets:
+            container["Secrets"] = [dict(s) for s in self.secrets]
+        template: dict[str, Any] = {
+            "ContainerSpec": container,
+            "RestartPolicy": {"Condition": "none", "MaxAttempts": 0},
+        }
+        if self.constraints:
+            template["Placement"] = {"Constraints": list(self.constraints)}
+        if self.memory_limit:
+            template["Resources"] = {"Limits": {"MemoryBytes": int(self.memory_limit)}}
+        if self.networks:
+            template["Networks"] = [{"Target": n} for n in self.networks]
+        return {
+            "Name": self.name,
+            "Labels": dict(self.labels),
+            "TaskTemplate": template,
+            "Mode": {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}},
+        }
+
+
+class SwarmClient:
+    """Typed access to the parts of the Engine API swarmbinder uses."""
+
+    def __init__(self, docker: aiodocker.Docker) -> None:
+        self._docker = docker
+
+    @classmethod
+    def connect(cls, url: str | None = None) -> SwarmClient:
+        """A client for ``url`` (else DOCKER_HOST, else the local socket)."""
+        return cls(aiodocker.Docker(url=url, timeout=API_TIMEOUT))
+
+    async def close(self) -> None:
+        await self._docker.close()
+
+    async def __aenter__(self) -> SwarmClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- choke point -------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _translate(self, what: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except aiodocker.DockerError as exc:
+            if exc.status >= 900 or exc.status in (502, 503, 504):
+                # aiodocker reports a connection failure as a made-up status 900.
+                raise SwarmUnavailable(
+                    f"the Docker engine did not answer ({what}): {exc.message}",
+                    user_message="The Docker Swarm manager is not answering right now.",
+                ) from exc
+            raise SwarmRequestFailed(what, exc.status, exc.message) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise SwarmUnavailable(
+                f"the Docker engine did not answer ({what}): {exc or type(exc).__name__}",
+                user_message="The Docker Swarm manager is not answering right now.",
+            ) from exc
+
+    async def _json(
+        self,
+        path: str,
+        method: str = "GET",
+        *,
+        params: Mapping[str, Any] | None = None,
+        data: Any = None,
+    ) -> Any:
+        async with self._translate(f"{method} {path}"):
+            return await self._docker._query_json(path, method, params=params, data=data)
+
+    # -- engine ------------------------------------------------------------------------
+
+    async def info(self) -> Mapping[str, Any]:
+        result: Mapping[str, Any] = await self._json("info")
+        return result
+
+    async def nodes(self) -> list[NodeInfo]:
+        return [NodeInfo.from_api(n) for n in await self._json("nodes")]
+
+    # -- services ----------------------------------------------------------------------
+
+    async def create_job(self, spec: JobSpec) -> ServiceInfo:
+        """Create the one-shot service; raise ServiceNameConflict if the name is taken.
+
+        The name is the lock: two callers racing for one name both reach the engine, one
+        wins, and the other learns it lost by finding the service under that name (Swarm
+        reports the conflict as 409 or, on some versions, as a 500).
+        """
+        body = copy.deepcopy(spec.to_api())
+        try:
+            async with self._translate(f"create service {spec.name}"):
+                created = await self._docker._query_json("services/create", "POST", data=body)
+        except SwarmRequestFailed as exc:
+            existing = await self.inspect_service(spec.name)
+            if existing is not None:
+                raise ServiceNameConflict(spec.name, existing.id) from exc
+            raise
+        service = await self.inspect_service(str(created["ID"]))
+        if service is None:  # removed between create and inspect
+            raise SwarmRequestFailed(f"inspect service {spec.name}", 404, "vanished after create")
+        return service
+
+    async def inspect_service(self, name_or_id: str) -> ServiceInfo | None:
+        try:
+            raw = await self._json(f"services/{name_or_id}")
+        except SwarmRequestFailed as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return ServiceInfo.from_api(raw)
+
+    async def list_services(self, labels: Mapping[str, str | None]) -> list[ServiceInfo]:
+        """Services carrying every label (value None: any value)."""
+        wanted = [k if v is None else f"{k}={v}" for k, v in labels.items()]
+        raw = await self._json("services", params={"filters": json.dumps({"label": wanted})})
+        return [ServiceInfo.from_api(s) for s in raw]
+
+    async def remove_service(self, name_or_id: str) -> bool:
+        """Remove the service and the containers its job tasks leave behind; False if absent."""
+        service = await self.inspect_service(name_or_id)
+        if service is None:
+            return False
+        try:
+            async with self._translate(f"remove service {service.name}"):
+                await self._docker._query_json(f"services/{service.id}", "DELETE")
+        except SwarmRequestFailed as exc:
+            if exc.status != 404:
+                raise
+        await self.remove_leftover_containers(service.name)
+        return True
+
+    async def remove_leftover_containers(self, service_name: str) -> int:
+        filters = json.dumps({"label": [f"com.docker.swarm.service.name={service_name}"]})
+        containers = await self._json("containers/json", params={"all": "1", "filters": filters})
+        removed = 0
+        for container in containers:
+            try:
+                await self._json(
+                    f"containers/{container['Id']}", "DELETE", params={"force": "1", "v": "1"}
+                )
+                removed += 1
+            except SwarmRequestFailed as exc:
+                if exc.status not in (404, 409):  # gone already, or removal in progress
+                    raise
+        return removed
+
+    # -- tasks -------------------------------------------------------------------------
+
+    async def tasks(self, service_name: str) -> list[TaskState]:
+        raw = await self._json("tasks", params={"filters": json.dumps({"service": [service_name]})})
+        states = [TaskState.from_api(t) for t in raw]
+        return sorted(states, key=lambda t: t.timestamp)
+
+    async def wait_job(self, service_name: str, *, poll_interval: float = 0.25) -> TaskState:
+        """Poll until the job's task reaches a terminal state (wrap in asyncio.timeout)."""
+        while True:
+            tasks = await self.tasks(service_name)
+            done = [t for t in tasks if t.terminal]
+            if done:
+                return done[-1]
+            await asyncio.sleep(poll_interval)
+
+    # -- logs --------------------------------------------------------------------------
+
+    async def follow_logs(
+        self, service_name: str, *, tail: int | str = "all"
+    ) -> AsyncIterator[str]:
+        """Yield the service's log lines as they come, stdout and stderr merged.
+
+        The stream does not end by itself when a job finishes; the caller closes it (aclose)
+        once the task is terminal.
+        """
+        params = {
+            "follow": "1",
+            "stdout": "1",
+            "stderr": "1",
+            "tail": str(tail),
+        }
+        pending = ""
+        async with self._translate(f"logs of {service_name}"):
+            async with self._docker._query(
+                f"services/{service_name}/logs", "GET", params=params, timeout=None
+            ) as response:
+                async for chunk in multiplexed_result_stream(response):  # type: ignore[no-untyped-call]
+                    pending += chunk
+                    *lines, pending = pending.split("\n")
+                    for line in lines:
+                        yield line.rstrip("\r")
+        if pending:
+            yield pending
+
+    async def read_logs(self, service_name: str, *, max_seconds: float = 15) -> list[str]:
+        """All log lines so far, within max_seconds: a non-follow call has been seen to hang."""
+        params = {"follow": "0", "stdout": "1", "stderr": "1", "tail": "all"}
+        text = ""
+        async with self._translate(f"logs of {service_name}"):
+            async with asyncio.timeout(max_seconds):
+                async with self._docker._query(
+                    f"services/{service_name}/logs", "GET", params=params, timeout=None
+                ) as response:
+                    async for chunk in multiplexed_result_stream(response):  # type: ignore[no-untyped-call]
+                        text += chunk
+        return [line.rstrip("\r") for line in text.split("\n") if line]

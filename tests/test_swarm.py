@@ -1,0 +1,122 @@
+"""The Swarm adapter against the real engine of the test ground."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from swarmbinder.errors import ServiceNameConflict, SwarmUnavailable
+from swarmbinder.swarm import JobSpec, SwarmClient, TaskStateName
+
+pytestmark = pytest.mark.swarm
+
+
+@pytest.fixture
+async def swarm(testground: dict[str, Any]) -> AsyncIterator[SwarmClient]:
+    client = SwarmClient.connect()
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def run_label() -> dict[str, str]:
+    return {"swarmbinder.test-run": uuid.uuid4().hex[:12]}
+
+
+@pytest.fixture
+async def cleanup(swarm: SwarmClient, run_label: dict[str, str]) -> AsyncIterator[None]:
+    yield
+    for service in await swarm.list_services(run_label):
+        await swarm.remove_service(service.id)
+
+
+def job(name: str, image: str, script: str, labels: dict[str, str]) -> JobSpec:
+    return JobSpec(name=name, image=image, command=["sh", "-c"], args=[script], labels=labels)
+
+
+async def test_one_shot_job_completes_logs_and_is_removed(
+    swarm: SwarmClient, testground: dict[str, Any], run_label: dict[str, str], cleanup: None
+) -> None:
+    name = f"sbtest-job-{run_label['swarmbinder.test-run']}"
+    spec = job(name, testground["images"]["singleuser"], "echo hello; echo oops >&2", run_label)
+    service = await swarm.create_job(spec)
+    assert service.name == name
+    assert service.labels["swarmbinder.test-run"] == run_label["swarmbinder.test-run"]
+
+    async with asyncio.timeout(60):
+        task = await swarm.wait_job(name)
+    assert task.state is TaskStateName.COMPLETE
+    assert task.exit_code == 0
+    assert task.succeeded
+
+    lines = await swarm.read_logs(name)
+    assert "hello" in lines and "oops" in lines
+
+    assert await swarm.remove_service(name) is True
+    assert await swarm.inspect_service(name) is None
+    # Job containers stay behind after `service rm` unless we remove them ourselves.
+    assert await swarm.remove_leftover_containers(name) == 0
+    assert await swarm.remove_service(name) is False
+
+
+async def test_failed_job_reports_exit_code(
+    swarm: SwarmClient, testground: dict[str, Any], run_label: dict[str, str], cleanup: None
+) -> None:
+    name = f"sbtest-fail-{run_label['swarmbinder.test-run']}"
+    await swarm.create_job(job(name, testground["images"]["singleuser"], "exit 7", run_label))
+    async with asyncio.timeout(60):
+        task = await swarm.wait_job(name)
+    assert task.state is TaskStateName.FAILED
+    assert task.exit_code == 7
+    assert not task.succeeded
+    # A job is never restarted.
+    assert len(await swarm.tasks(name)) == 1
+
+
+async def test_follow_logs_streams_lines_while_job_runs(
+    swarm: SwarmClient, testground: dict[str, Any], run_label: dict[str, str], cleanup: None
+) -> None:
+    name = f"sbtest-follow-{run_label['swarmbinder.test-run']}"
+    script = "for i in 1 2 3; do echo line-$i; sleep 0.3; done"
+    await swarm.create_job(job(name, testground["images"]["singleuser"], script, run_label))
+    seen: list[str] = []
+    stream = swarm.follow_logs(name)
+    try:
+        async with asyncio.timeout(60):
+            async for line in stream:
+                seen.append(line)
+                if line == "line-3":
+                    break
+    finally:
+        await stream.aclose()
+    assert seen[-3:] == ["line-1", "line-2", "line-3"]
+
+
+async def test_second_create_with_same_name_is_a_conflict(
+    swarm: SwarmClient, testground: dict[str, Any], run_label: dict[str, str], cleanup: None
+) -> None:
+    name = f"sbtest-lock-{run_label['swarmbinder.test-run']}"
+    spec = job(name, testground["images"]["singleuser"], "sleep 5", run_label)
+    first = await swarm.create_job(spec)
+    with pytest.raises(ServiceNameConflict) as caught:
+        await swarm.create_job(spec)
+    assert caught.value.service_id == first.id
+
+
+async def test_nodes_lists_this_manager(swarm: SwarmClient, testground: dict[str, Any]) -> None:
+    nodes = await swarm.nodes()
+    me = [n for n in nodes if n.id == testground["node_id"]]
+    assert me and me[0].role == "manager" and me[0].state == "ready"
+
+
+async def test_unreachable_engine_is_swarm_unavailable() -> None:
+    client = SwarmClient.connect("tcp://127.0.0.1:9")
+    try:
+        with pytest.raises(SwarmUnavailable, match="did not answer"):
+            await client.nodes()
+    finally:
+        await client.close()
