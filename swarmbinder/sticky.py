@@ -84,17 +84,23 @@ def score(node_key: str, repo_url: str) -> int:
 
 
 def rank_nodes(
-    repo_url: str, nodes: Iterable[Node], *, build_label: str | None = BUILD_NODE_LABEL
+    repo_url: str,
+    nodes: Iterable[Node],
+    *,
+    build_label: str | None = BUILD_NODE_LABEL,
+    required_labels: Mapping[str, str] | None = None,
 ) -> list[Node]:
     """Nodes that may build ``repo_url``, best first.
 
-    Only ready, active nodes are returned. If ``build_label`` is set and *any* node carries it,
-    only labelled nodes are candidates. Whether the label is in use is decided on all nodes,
-    down or drained ones included, so losing the last labelled node does not silently send
-    builds to nodes the operator kept free of them: the result is then empty, and the caller
-    decides whether to wait or build unpinned.
+    Only ready, active nodes carrying every one of ``required_labels`` (the build placement
+    constraints, which Swarm would enforce anyway) are returned. If ``build_label`` is set and
+    *any* of those nodes carries it, only labelled nodes are candidates. Whether the label is in
+    use is decided on all nodes, down or drained ones included, so losing the last labelled node
+    does not silently send builds to nodes the operator kept free of them: the result is then
+    empty, and the caller decides whether to wait or build unpinned.
     """
-    candidates = list(nodes)
+    required = dict(required_labels or {})
+    candidates = [n for n in nodes if all(n.labels.get(k) == v for k, v in required.items())]
     if build_label is not None and any(n.has_label(build_label) for n in candidates):
         candidates = [n for n in candidates if n.has_label(build_label)]
     eligible = [n for n in candidates if n.schedulable]
@@ -103,8 +109,12 @@ def rank_nodes(
 
 
 def pick_node(
-    repo_url: str, nodes: Iterable[Node], *, build_label: str | None = BUILD_NODE_LABEL
+    repo_url: str,
+    nodes: Iterable[Node],
+    *,
+    build_label: str | None = BUILD_NODE_LABEL,
+    required_labels: Mapping[str, str] | None = None,
 ) -> Node | None:
     """The first choice of :func:`rank_nodes`, or ``None`` when no node may build."""
-    ranked = rank_nodes(repo_url, nodes, build_label=build_label)
+    ranked = rank_nodes(repo_url, nodes, build_label=build_label, required_labels=required_labels)
     return ranked[0] if ranked else None

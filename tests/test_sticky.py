@@ -129,6 +129,21 @@ def test_custom_build_label() -> None:
     assert pick_node(REPOS[0], cluster, build_label="gpu=yes") is not None
 
 
+def test_required_labels_are_hard_constraints() -> None:
+    cluster = [
+        *nodes(3),
+        Node("idX", "builder-x", labels={"binder-builds": "true"}),
+        Node("idY", "builder-y", labels={"binder-builds": "true", "swarmbinder.build": "true"}),
+    ]
+    required = {"binder-builds": "true"}
+    for repo in REPOS[:50]:
+        ranked = rank_nodes(repo, cluster, build_label=None, required_labels=required)
+        assert {n.id for n in ranked} == {"idX", "idY"}
+        # the soft build label then narrows within the nodes the constraints allow
+        assert [n.id for n in rank_nodes(repo, cluster, required_labels=required)] == ["idY"]
+    assert rank_nodes(REPOS[0], nodes(3), required_labels=required) == []
+
+
 def test_pick_node_and_constraint() -> None:
     node = pick_node(REPOS[0], nodes(3))
     assert node is not None
