@@ -1,0 +1,40 @@
+"""Repo providers: turn a launch spec into a repository URL, a resolved ref and an image slug.
+
+Prefixes and spec forms are BinderHub's, so ``/v2/gh/...`` badges keep working::
+
+    gh    {user}/{repo}/{ref}                        GitHub or GitHub Enterprise
+    gist  {user}/{gist_id}[/{ref}]                   GitHub Gist
+    gl    {url-escaped namespace/project}/{ref}      GitLab
+    git   {url-escaped repository URL}/{ref}         any git server (http, https, git, ssh)
+
+Every spec is checked when its provider is constructed (:class:`~swarmbinder.errors.SpecError`,
+no network); resolving raises :class:`~swarmbinder.errors.RefNotFound` or
+:class:`~swarmbinder.errors.ProviderUnavailable`.
+"""
+
+from .base import MAX_SPEC_LENGTH, RepoProvider, check_ref, check_text, is_full_sha
+from .cache import EtagCache, NegativeCache
+from .git import GitRepoProvider
+from .github import GistRepoProvider, GitHubCache, GitHubRepoProvider, RateLimit
+from .gitlab import GitLabRepoProvider
+from .registry import ProviderFactory, ProviderRegistry, default_registry, parse_spec
+
+__all__ = [
+    "MAX_SPEC_LENGTH",
+    "EtagCache",
+    "GistRepoProvider",
+    "GitHubCache",
+    "GitHubRepoProvider",
+    "GitLabRepoProvider",
+    "GitRepoProvider",
+    "NegativeCache",
+    "ProviderFactory",
+    "ProviderRegistry",
+    "RateLimit",
+    "RepoProvider",
+    "check_ref",
+    "check_text",
+    "default_registry",
+    "is_full_sha",
+    "parse_spec",
+]

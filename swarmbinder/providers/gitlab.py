@@ -1,0 +1,148 @@
+"""GitLab (``gl``) provider, for gitlab.com or a self-hosted GitLab."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import ClassVar
+from urllib.parse import quote, unquote
+
+import aiohttp
+
+from ..errors import ProviderUnavailable, SpecError
+from .base import (
+    DEFAULT_TIMEOUT,
+    RepoProvider,
+    check_ref,
+    check_text,
+    is_full_sha,
+    minutes_text,
+)
+
+GITLAB_HOSTNAME = "gitlab.com"
+_SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class GitLabRepoProvider(RepoProvider):
+    """``gl/{url-escaped namespace/project}/{ref}``, e.g. ``gl/group%2Fsub%2Fproject/main``.
+
+    GitLab nests groups, so the project path is url-escaped into one spec part.
+    """
+
+    prefix: ClassVar[str] = "gl"
+    name: ClassVar[str] = "GitLab"
+    labels: ClassVar[Mapping[str, object]] = {
+        "text": "GitLab.com repository or URL",
+        "tag_text": "Git ref (branch, tag, or commit)",
+        "ref_prop_disabled": False,
+        "label_prop_disabled": False,
+    }
+    display_config: ClassVar[Mapping[str, object]] = {
+        "displayName": "GitLab",
+        "id": "gl",
+        "spec": {"validateRegex": r"[^/]+/.+"},
+        "detect": {"regex": "^(https?://gitlab.com/)?(?<repo>.*[^/])/?"},
+        "repo": {
+            "label": "GitLab repository name or URL",
+            "placeholder": "example: https://gitlab.com/group/project or group/project",
+            "urlEncode": True,
+        },
+        "ref": {"enabled": True, "default": "HEAD"},
+    }
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        hostname: str = GITLAB_HOSTNAME,
+        api_base_url: str | None = None,
+        access_token: str | None = None,
+        private_token: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(spec, session=session, timeout=timeout)
+        self.hostname = hostname
+        self.api_base_url = (api_base_url or f"https://{hostname}/api/v4").rstrip("/")
+        if access_token is None:
+            access_token = os.environ.get("GITLAB_ACCESS_TOKEN", "")
+        if private_token is None:
+            private_token = os.environ.get("GITLAB_PRIVATE_TOKEN", "")
+        self.access_token = access_token
+        self.private_token = private_token
+
+        self.quoted_namespace, sep, quoted_ref = spec.partition("/")
+        if not sep or not self.quoted_namespace or not quoted_ref:
+            raise SpecError(
+                'Spec is not of the form "url-escaped-namespace/ref" '
+                f'(e.g. "group%2Fproject/HEAD"), provided: "{spec}".'
+            )
+        self.namespace = unquote(self.quoted_namespace)
+        self.unresolved_ref = unquote(quoted_ref)
+        check_text(self.namespace, "Project path")
+        segments = self.namespace.split("/")
+        if len(segments) < 2:
+            raise SpecError(
+                f"GitLab project {self.namespace!r} needs its namespace: url-escape "
+                f'"group/project" as "group%2Fproject", provided: "{spec}".'
+            )
+        for segment in segments:
+            if not _SEGMENT.fullmatch(segment) or segment in {".", ".."}:
+                raise SpecError(
+                    f"GitLab project path {self.namespace!r} may only have letters, digits, "
+                    "'-', '_', '.' and '/' between non-empty parts."
+                )
+        check_ref(self.unresolved_ref)
+
+    @property
+    def git_credentials(self) -> str:
+        token = self.private_token or self.access_token
+        return f"username=oauth2\npassword={token}" if token else ""
+
+    def get_repo_url(self) -> str:
+        return f"https://{self.hostname}/{self.namespace}.git"
+
+    def get_build_slug(self) -> str:
+        # "-" separates the path parts, so a "-" inside a part is marked to keep slugs distinct
+        return "-".join(part.replace("-", "_-") for part in self.namespace.split("/"))
+
+    def _resolved_spec(self, resolved_ref: str) -> str:
+        return f"{self.quoted_namespace}/{resolved_ref}"
+
+    def _ref_url(self, resolved_ref: str) -> str:
+        return f"https://{self.hostname}/{self.namespace}/tree/{resolved_ref}"
+
+    async def _resolve(self) -> str:
+        url = "{}/projects/{}/repository/commits/{}".format(
+            self.api_base_url,
+            quote(self.namespace, safe=""),
+            quote(self.unresolved_ref, safe=""),
+        )
+        headers = {}
+        if self.private_token:
+            headers["PRIVATE-TOKEN"] = self.private_token
+        elif self.access_token:
+            headers["Authorization"] = f"Bearer {self.access_token}"
+        response = await self._get(url, headers)
+        if response.status == 404:
+            raise self._not_found()
+        if response.status == 429:
+            retry_after = response.headers.get("Retry-After", "")
+            wait = float(retry_after) if retry_after.isdigit() else 60.0
+            raise ProviderUnavailable(
+                f"GitLab rate limit exceeded. Try again in {minutes_text(wait)}."
+            )
+        if response.status != 200:
+            raise ProviderUnavailable(
+                f"GitLab API answered {response.status} for {url}",
+                user_message=f"GitLab answered {response.status}. Try again later.",
+            )
+        data = response.json("GitLab")
+        sha = data.get("id") if isinstance(data, dict) else None
+        if not isinstance(sha, str) or not is_full_sha(sha):
+            raise ProviderUnavailable(
+                f"GitLab answered {url} without a commit id",
+                user_message="GitLab gave an unexpected answer. Try again later.",
+            )
+        return sha

@@ -1,0 +1,168 @@
+"""From a launch path to a provider: ``gh/user/repo/ref`` -> ``GitHubRepoProvider``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Mapping
+
+import aiohttp
+
+from ..errors import SpecError, UnknownProvider
+from .base import DEFAULT_TIMEOUT, RepoProvider, check_text
+from .git import ALLOWED_PROTOCOLS, LS_REMOTE_TIMEOUT, GitRepoProvider, check_protocols
+from .github import (
+    GIST_HOSTNAME,
+    GITHUB_HOSTNAME,
+    GistRepoProvider,
+    GitHubCache,
+    GitHubRepoProvider,
+    default_api_base_url,
+)
+from .gitlab import GITLAB_HOSTNAME, GitLabRepoProvider
+
+ProviderFactory = Callable[[str], RepoProvider]
+_PREFIX = re.compile(r"[a-z][a-z0-9_-]*")
+
+
+def parse_spec(path: str) -> tuple[str, str]:
+    """Split ``{prefix}/{spec}`` (the part of ``/v2/`` or ``/build/`` URLs after the route).
+
+    The spec is kept exactly as it came, percent-escapes included: the ``gl`` and ``git``
+    providers need ``%2F`` to tell a path inside one spec part from the part separator. A
+    trailing ``/`` is dropped, as BinderHub does.
+    """
+    check_text(path, "Launch path")
+    prefix, sep, spec = path.lstrip("/").partition("/")
+    spec = spec.rstrip("/")
+    if not sep or not prefix or not spec:
+        raise SpecError(f'Launch path must be "provider/spec", provided: "{path}".')
+    check_text(spec)
+    if not _PREFIX.fullmatch(prefix):
+        raise UnknownProvider(prefix)
+    return prefix, spec
+
+
+class ProviderRegistry:
+    """The providers a service offers, by prefix, each a factory from spec to provider."""
+
+    def __init__(self) -> None:
+        self._factories: dict[str, ProviderFactory] = {}
+        self._classes: dict[str, type[RepoProvider]] = {}
+
+    def register(self, cls: type[RepoProvider], factory: ProviderFactory | None = None) -> None:
+        """Offer ``cls`` under ``cls.prefix``; ``factory`` adds settings (default: ``cls``)."""
+        self._classes[cls.prefix] = cls
+        self._factories[cls.prefix] = factory if factory is not None else cls
+
+    @property
+    def prefixes(self) -> list[str]:
+        return list(self._factories)
+
+    def __contains__(self, prefix: object) -> bool:
+        return prefix in self._factories
+
+    def provider_class(self, prefix: str) -> type[RepoProvider]:
+        try:
+            return self._classes[prefix]
+        except KeyError:
+            raise UnknownProvider(prefix) from None
+
+    def get(self, prefix: str, spec: str) -> RepoProvider:
+        """A provider for ``spec``; raises UnknownProvider or SpecError before any network call."""
+        factory = self._factories.get(prefix)
+        if factory is None:
+            raise UnknownProvider(prefix)
+        return factory(spec)
+
+    def from_path(self, path: str) -> RepoProvider:
+        prefix, spec = parse_spec(path)
+        return self.get(prefix, spec)
+
+    def display_configs(self) -> list[Mapping[str, object]]:
+        """What the home page's provider menu is built from (BinderHub ``/api/repoproviders``)."""
+        return [cls.display_config for cls in self._classes.values()]
+
+    def labels(self) -> dict[str, Mapping[str, object]]:
+        """BinderHub's ``/_config``: the form labels of each provider, by prefix."""
+        return {prefix: cls.labels for prefix, cls in self._classes.items()}
+
+
+def default_registry(
+    session: aiohttp.ClientSession,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    github_hostname: str = GITHUB_HOSTNAME,
+    github_api_base_url: str | None = None,
+    github_access_token: str | None = None,
+    github_client_id: str | None = None,
+    github_client_secret: str | None = None,
+    github_cache: GitHubCache | None = None,
+    gist_hostname: str = GIST_HOSTNAME,
+    allow_secret_gist: bool = False,
+    gitlab_hostname: str = GITLAB_HOSTNAME,
+    gitlab_api_base_url: str | None = None,
+    gitlab_access_token: str | None = None,
+    gitlab_private_token: str | None = None,
+    git_allowed_protocols: Collection[str] = ALLOWED_PROTOCOLS,
+    git_ls_remote_timeout: float = LS_REMOTE_TIMEOUT,
+) -> ProviderRegistry:
+    """``gh``, ``gist``, ``gl`` and ``git`` sharing one HTTP session and one GitHub cache.
+
+    The session belongs to the caller. Credentials left as ``None`` come from the environment
+    variables BinderHub reads (``GITHUB_ACCESS_TOKEN``, ``GITHUB_CLIENT_ID``,
+    ``GITHUB_CLIENT_SECRET``, ``GITLAB_ACCESS_TOKEN``, ``GITLAB_PRIVATE_TOKEN``); pass ``""`` for
+    none.
+    """
+    cache = github_cache if github_cache is not None else GitHubCache()
+    protocols = check_protocols(git_allowed_protocols)
+    github_api = github_api_base_url or default_api_base_url(github_hostname)
+    registry = ProviderRegistry()
+
+    def github(spec: str) -> RepoProvider:
+        return GitHubRepoProvider(
+            spec,
+            hostname=github_hostname,
+            api_base_url=github_api,
+            access_token=github_access_token,
+            client_id=github_client_id,
+            client_secret=github_client_secret,
+            cache=cache,
+            session=session,
+            timeout=timeout,
+        )
+
+    def gist(spec: str) -> RepoProvider:
+        return GistRepoProvider(
+            spec,
+            hostname=gist_hostname,
+            api_base_url=github_api,
+            access_token=github_access_token,
+            client_id=github_client_id,
+            client_secret=github_client_secret,
+            allow_secret_gist=allow_secret_gist,
+            cache=cache,
+            session=session,
+            timeout=timeout,
+        )
+
+    def gitlab(spec: str) -> RepoProvider:
+        return GitLabRepoProvider(
+            spec,
+            hostname=gitlab_hostname,
+            api_base_url=gitlab_api_base_url,
+            access_token=gitlab_access_token,
+            private_token=gitlab_private_token,
+            session=session,
+            timeout=timeout,
+        )
+
+    def git(spec: str) -> RepoProvider:
+        return GitRepoProvider(
+            spec, allowed_protocols=protocols, ls_remote_timeout=git_ls_remote_timeout
+        )
+
+    registry.register(GitHubRepoProvider, github)
+    registry.register(GistRepoProvider, gist)
+    registry.register(GitLabRepoProvider, gitlab)
+    registry.register(GitRepoProvider, git)
+    return registry
