@@ -134,10 +134,11 @@ class _GitHubAPI(RepoProvider):
         message = _github_message(response)
         if response.status == 401:
             raise ProviderUnavailable(
-                f"GitHub rejected the configured access token: {message}",
+                f"GitHub rejected the configured credentials: {message}",
                 user_message="GitHub refused our credentials. Please tell the operators.",
             )
         if response.status in (403, 451):
+            # what is left of 403 here is "Repository access blocked" (terms of service, DMCA)
             raise RefNotFound(f"GitHub refused access to {self.key}: {message}")
         raise ProviderUnavailable(
             f"GitHub API answered {response.status} for {url}: {message}",
