@@ -135,3 +135,48 @@ async def test_repo2docker_runs_as_a_one_shot_swarm_service_and_pushes(
         await swarm.remove_service(name)
     pushed = f"swarmbinder-tests/binder-dockerfile-{run}"
     assert manifest_status(registry, pushed, repo["head"]) == 200
+
+
+def run_testground(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "stack" / "testground"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+        check=False,
+    )
+
+
+def test_engine_that_does_not_answer_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    proc = run_testground(
+        "up", env={"DOCKER_HOST": "tcp://127.0.0.1:9", "SWARMBINDER_TESTGROUND_DIR": str(tmp_path)}
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "testground: error: the Docker engine at DOCKER_HOST=tcp://127.0.0.1:9 does not answer"
+    ]
+
+
+def test_taken_registry_port_is_one_line_and_keeps_the_running_registry(
+    testground: dict[str, Any],
+) -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = run_testground(
+            "up", "--quiet", env={"SWARMBINDER_TESTGROUND_REGISTRY_PORT": str(port)}
+        )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"testground: error: port {port} on 127.0.0.1 is already in use; "
+        "set SWARMBINDER_TESTGROUND_REGISTRY_PORT to a free port"
+    ]
+    assert proc.stdout == ""
+    # The ground's registry was not touched.
+    assert manifest_status(testground["registry"], "never/was", "pushed") == 404
