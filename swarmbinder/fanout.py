@@ -1,0 +1,135 @@
+"""One source, many watchers, bounded memory.
+
+A build has one log reader and any number of browsers watching it. The reader calls
+:meth:`Fanout.publish`, which never waits: each item goes into a ring buffer of the last
+``tail_size`` items (replayed to whoever subscribes later) and into every subscriber's own
+queue of at most ``queue_size`` items. A subscriber that falls behind loses its oldest items,
+counted in :attr:`Subscription.dropped`; it never slows the reader or the other watchers.
+
+:meth:`Fanout.finish` ends the stream with an optional final item (``built`` or ``failed``) that
+is kept apart from the queues and so is never dropped. Subscribing is a context manager: leaving
+it, by cancellation or a client hanging up, unsubscribes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Generic, TypeVar
+
+__all__ = ["Fanout", "Subscription"]
+
+T = TypeVar("T")
+
+
+class Subscription(Generic[T]):
+    """One watcher's view: the tail at subscribe time, then live items, then the final item."""
+
+    def __init__(self, backlog: list[T], queue_size: int) -> None:
+        self._queue: deque[T] = deque()
+        self._queue_size = queue_size
+        self._final: list[T] = []
+        self._ended = False
+        self._wakeup = asyncio.Event()
+        self.dropped = 0
+        """Items this subscriber lost because it fell ``queue_size`` behind."""
+        for item in backlog:
+            self._put(item)
+
+    @property
+    def pending(self) -> int:
+        """Items queued and not yet read (the final item not counted)."""
+        return len(self._queue)
+
+    def _put(self, item: T) -> None:
+        if len(self._queue) >= self._queue_size:
+            self._queue.popleft()
+            self.dropped += 1
+        self._queue.append(item)
+        self._wakeup.set()
+
+    def _end(self, final: list[T]) -> None:
+        self._final = final
+        self._ended = True
+        self._wakeup.set()
+
+    def _close(self) -> None:
+        self._queue.clear()
+        self._final = []
+        self._ended = True
+
+    def __aiter__(self) -> Subscription[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        while True:
+            if self._queue:
+                return self._queue.popleft()
+            if self._final:
+                return self._final.pop()
+            if self._ended:
+                raise StopAsyncIteration
+            # nothing can be published between this check and the wait: no await in between
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+
+class Fanout(Generic[T]):
+    """Broadcast items from one synchronous publisher to many asynchronous subscribers."""
+
+    def __init__(self, *, tail_size: int, queue_size: int = 2000) -> None:
+        if tail_size < 0:
+            raise ValueError(f"tail_size must be >= 0, not {tail_size}")
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, not {queue_size}")
+        self._tail: deque[T] = deque(maxlen=tail_size)
+        self._queue_size = queue_size
+        self._subscribers: set[Subscription[T]] = set()
+        self._final: list[T] = []
+        self._finished = False
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def publish(self, item: T) -> None:
+        """Deliver ``item`` to every subscriber and the tail. Never blocks."""
+        if self._finished:
+            raise RuntimeError("publish() after finish()")
+        self._tail.append(item)
+        for subscriber in self._subscribers:
+            subscriber._put(item)
+
+    def finish(self, final: T | None = None) -> None:
+        """End every subscription after what it has queued, then ``final`` if one is given."""
+        if self._finished:
+            raise RuntimeError("finish() called twice")
+        self._finished = True
+        self._final = [] if final is None else [final]
+        for subscriber in self._subscribers:
+            subscriber._end(self._final.copy())
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[Subscription[T]]:
+        """Watch the stream from the current tail on; unsubscribed when the block is left.
+
+        The tail snapshot and the registration happen together, with no await between them, so
+        every item is seen exactly once: in the tail or live. A tail longer than ``queue_size``
+        starts the subscriber with its oldest items counted as dropped.
+        """
+        subscription = Subscription(list(self._tail), self._queue_size)
+        if self._finished:
+            subscription._end(self._final.copy())
+        else:
+            self._subscribers.add(subscription)
+        try:
+            yield subscription
+        finally:
+            self._subscribers.discard(subscription)
+            subscription._close()
