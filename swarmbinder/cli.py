@@ -219,6 +219,35 @@ def show_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- build ---------------------------------------------------------------------------------
+
+
+def _build_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_config_argument(parser)
+    parser.add_argument("spec", metavar="PROVIDER/SPEC", help="e.g. gh/org/repo/main")
+    parser.add_argument("--json", action="store_true", help="print events as JSON lines")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="resolve and print the plan (ref, repo URL, image, service, node); create nothing",
+    )
+
+
+@command(
+    "build",
+    "build one repository's image on the swarm",
+    _build_arguments,
+    "Resolve PROVIDER/SPEC, then build its image with repo2docker as a one-shot Swarm service "
+    "(joining a build of the same repo and ref that is already running) and print its events. "
+    "Exits 0 when the image is in the registry.",
+)
+def build(args: argparse.Namespace) -> int:
+    from .buildcmd import run_build
+
+    config = load_config(args.config, os.environ)
+    return asyncio.run(run_build(config, args.spec, as_json=args.json, dry_run=args.dry_run))
+
+
 @command("version", "print swarmbinder's version and Python's and aiohttp's")
 def version(args: argparse.Namespace) -> int:
     print(f"swarmbinder {__version__}")

@@ -20,7 +20,7 @@ import copy
 import enum
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -315,6 +315,25 @@ class SwarmClient:
             raise
         return ServiceInfo.from_api(raw)
 
+    async def update_job(
+        self,
+        name_or_id: str,
+        *,
+        constraints: Sequence[str],
+        labels: Mapping[str, str],
+    ) -> None:
+        """Replace a job service's placement constraints and labels (a new job iteration)."""
+        raw = await self._json(f"services/{name_or_id}")
+        spec = copy.deepcopy(raw["Spec"])
+        spec["Labels"] = dict(labels)
+        spec.setdefault("TaskTemplate", {}).setdefault("Placement", {})["Constraints"] = list(
+            constraints
+        )
+        version = raw["Version"]["Index"]
+        await self._json(
+            f"services/{raw['ID']}/update", "POST", params={"version": str(version)}, data=spec
+        )
+
     async def list_services(self, labels: Mapping[str, str | None]) -> list[ServiceInfo]:
         """Services carrying every label (value None: any value)."""
         wanted = [k if v is None else f"{k}={v}" for k, v in labels.items()]
@@ -355,7 +374,10 @@ class SwarmClient:
     async def tasks(self, service_name: str) -> list[TaskState]:
         raw = await self._json("tasks", params={"filters": json.dumps({"service": [service_name]})})
         states = [TaskState.from_api(t) for t in raw]
-        return sorted(states, key=lambda t: t.timestamp)
+        # Tasks of an earlier job iteration (superseded by an update) are shut down by Swarm;
+        # they say nothing about the current run.
+        current = [t for t in states if t.desired_state != "shutdown"] or states
+        return sorted(current, key=lambda t: t.timestamp)
 
     async def wait_job(self, service_name: str, *, poll_interval: float = 0.25) -> TaskState:
         """Poll until the job's task reaches a terminal state (wrap in asyncio.timeout)."""
@@ -370,7 +392,7 @@ class SwarmClient:
 
     async def follow_logs(
         self, service_name: str, *, tail: int | str = "all"
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Yield the service's log lines as they come, stdout and stderr merged.
 
         The stream does not end by itself when a job finishes; the caller closes it (aclose)

@@ -1,0 +1,644 @@
+"""Builds: repo2docker as one-shot Swarm services, shared by every request for the same image.
+
+Swarm is the lock and the source of truth. A build's service name is a deterministic function
+of (build slug, resolved ref), so concurrent requests for one repo and ref name the same
+service: the first ``create`` wins and the others join it. Everything needed to pick a build
+up again after a restart of swarmbinder is on the service as ``swarmbinder.*`` labels, and
+queued builds are services too, held back by a placement constraint no node satisfies, so the
+queue survives restarts and shows in ``docker service ls``.
+
+Each build has exactly one watcher task, owned by the :class:`BuildManager`: it follows the
+service's log on one engine stream, turns repo2docker's JSON lines into events, publishes them
+to a :class:`~swarmbinder.fanout.Fanout` that every request watching the build subscribes to,
+and decides success or failure from the task state and exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .errors import BuildFailed, ServiceNameConflict, SwarmbinderError, SwarmUnavailable
+from .events import BuildEvent, Phase, parse_repo2docker_line
+from .fanout import Fanout
+from .naming import build_service_name
+from .sticky import Node, NodeAvailability, NodeState, rank_nodes
+from .swarm import BindMount, JobSpec, NodeInfo, SwarmClient, TaskState, TaskStateName
+
+log = logging.getLogger(__name__)
+
+LABEL_PREFIX = "swarmbinder."
+KIND_LABEL = "swarmbinder.kind"
+KIND_BUILD = "build"
+#: A constraint no node satisfies: queued builds wait behind it until a slot is free.
+QUEUED_CONSTRAINT = "node.labels.swarmbinder.queued==never"
+DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+class BuildStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    BUILT = "built"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What to build: a resolved repository at an immutable ref, and the image to make."""
+
+    provider: str
+    spec: str
+    repo_url: str
+    ref: str
+    build_slug: str
+    image: str
+
+    @property
+    def service_name(self) -> str:
+        return build_service_name(self.build_slug, self.ref)
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """The build options of the config, as the build manager needs them."""
+
+    builder_image: str
+    push: bool = True
+    memory_limit: int = 0
+    network: str = "host"
+    appendix: str = ""
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    sticky: bool = True
+    max_age: float = 14400
+    cleanup_interval: float = 60
+    pending_timeout: float = 300
+    concurrent_limit: int = 32
+    log_tail_lines: int = 100
+    #: Failed build services are kept this long so their log can be read with docker.
+    keep_failed_for: float = 600
+    extra_args: Sequence[str] = ()
+    poll_interval: float = 0.25
+
+    @classmethod
+    def from_config(cls, config: object) -> BuildSettings:
+        builds = config.builds  # type: ignore[attr-defined]
+        registry = config.registry  # type: ignore[attr-defined]
+        return cls(
+            builder_image=builds.build_image,
+            push=registry.use_registry,
+            memory_limit=builds.build_memory_limit,
+            network=builds.build_network,
+            appendix=builds.appendix,
+            node_selector=dict(builds.build_node_selector),
+            sticky=builds.sticky_builds,
+            max_age=builds.build_max_age,
+            cleanup_interval=builds.build_cleanup_interval,
+            pending_timeout=builds.build_pending_timeout,
+            concurrent_limit=builds.concurrent_build_limit,
+            log_tail_lines=builds.log_tail_lines,
+        )
+
+
+def repo2docker_args(request: BuildRequest, settings: BuildSettings) -> list[str]:
+    """The builder's argv. Every value is attached to its option with ``=`` and the URL comes
+    after ``--``, so a ref or URL can never be read as an option."""
+    args = [
+        f"--ref={request.ref}",
+        f"--image-name={request.image}",
+        "--no-clean",
+        "--no-run",
+        "--json-logs",
+        "--user-name=jovyan",
+        "--user-id=1000",
+    ]
+    if settings.appendix:
+        args.append(f"--appendix={settings.appendix}")
+    if settings.memory_limit:
+        args.append(f"--build-memory-limit={settings.memory_limit}")
+    if settings.push:
+        args.append("--push")
+    args.extend(settings.extra_args)
+    args += ["--", request.repo_url]
+    return args
+
+
+def build_labels(
+    request: BuildRequest, *, status: BuildStatus, node: str, now: float
+) -> dict[str, str]:
+    return {
+        KIND_LABEL: KIND_BUILD,
+        "swarmbinder.provider": request.provider,
+        "swarmbinder.spec": request.spec,
+        "swarmbinder.repo-url": request.repo_url,
+        "swarmbinder.ref": request.ref,
+        "swarmbinder.build-slug": request.build_slug,
+        "swarmbinder.image": request.image,
+        "swarmbinder.status": status.value,
+        "swarmbinder.node": node,
+        "swarmbinder.created": f"{now:.3f}",
+    }
+
+
+def request_from_labels(labels: Mapping[str, str]) -> BuildRequest:
+    return BuildRequest(
+        provider=labels.get("swarmbinder.provider", ""),
+        spec=labels.get("swarmbinder.spec", ""),
+        repo_url=labels.get("swarmbinder.repo-url", ""),
+        ref=labels.get("swarmbinder.ref", ""),
+        build_slug=labels.get("swarmbinder.build-slug", ""),
+        image=labels.get("swarmbinder.image", ""),
+    )
+
+
+def to_sticky_node(node: NodeInfo) -> Node:
+    def parse(enum_cls: type[enum.StrEnum], value: str, default: enum.StrEnum) -> enum.StrEnum:
+        try:
+            return enum_cls(value)
+        except ValueError:
+            return default
+
+    return Node(
+        id=node.id,
+        hostname=node.hostname,
+        state=parse(NodeState, node.state, NodeState.UNKNOWN),  # type: ignore[arg-type]
+        availability=parse(NodeAvailability, node.availability, NodeAvailability.PAUSE),  # type: ignore[arg-type]
+        labels=node.labels,
+    )
+
+
+def as_log_event(line: str) -> BuildEvent:
+    """repo2docker's line as a log event for watchers. Its own ``failed`` lines are shown as
+    build log: BinderHub's clients close the stream at the first ``failed``, and the one that
+    ends a build must be ours, which carries the reason and the status code."""
+    event = parse_repo2docker_line(line)
+    if event.phase is Phase.FAILED:
+        return BuildEvent.log(Phase.BUILDING, event.message)
+    return event
+
+
+def failure_reason(lines: Sequence[str], task: TaskState | None) -> str:
+    """Why a build failed, in words: repo2docker's own error, else the task's, else its code."""
+    for line in lines:
+        event = parse_repo2docker_line(line)
+        if event.phase is Phase.FAILED and event.message.strip():
+            return event.message.strip()
+    if task is not None and task.error:
+        return f"the build task failed: {task.error}"
+    if task is not None and task.exit_code:
+        tail = [ln for ln in lines if ln.strip()][-3:]
+        detail = " | ".join(parse_repo2docker_line(ln).message.strip() for ln in tail)
+        return f"repo2docker exited with code {task.exit_code}" + (f": {detail}" if detail else "")
+    return "the build ended without a result"
+
+
+class Build:
+    """One build as this process sees it: a service, its watcher, and the events fan-out."""
+
+    def __init__(
+        self, request: BuildRequest, status: BuildStatus, *, tail_size: int, created: float
+    ) -> None:
+        self.request = request
+        self.status = status
+        self.created = created
+        self.started: float | None = created if status is BuildStatus.RUNNING else None
+        self.finished: float | None = None
+        self.node = ""
+        self.reason = ""
+        self.fanout: Fanout[BuildEvent] = Fanout(tail_size=max(tail_size, 1) + 8)
+        self.done = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        return self.request.service_name
+
+    @property
+    def image(self) -> str:
+        return self.request.image
+
+    def finish(self, status: BuildStatus, final: BuildEvent, reason: str = "") -> None:
+        if self.done.is_set():
+            return
+        self.status = status
+        self.reason = reason
+        self.finished = time.time()
+        self.fanout.finish(final)
+        self.done.set()
+
+    async def events(self) -> AsyncIterator[BuildEvent]:
+        """The log tail, then live events, ending with ``built`` or ``failed``."""
+        async with self.fanout.subscribe() as subscription:
+            async for event in subscription:
+                yield event
+
+
+class BuildManager:
+    """Starts, shares, queues, watches and cleans up builds. Owns every task it creates."""
+
+    def __init__(
+        self,
+        swarm: SwarmClient,
+        settings: BuildSettings,
+        *,
+        on_log_lines: Callable[[str, Sequence[str]], object] | None = None,
+        on_finished: Callable[[Build], object] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._swarm = swarm
+        self._settings = settings
+        self._builds: dict[str, Build] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._queue: list[str] = []
+        self._lock = asyncio.Lock()
+        self._housekeeper: asyncio.Task[None] | None = None
+        self._on_log_lines = on_log_lines
+        self._on_finished = on_finished
+        self._clock = clock
+        self._closed = False
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Pick up builds from Swarm (after a restart), then start housekeeping."""
+        await self.recover()
+        self._housekeeper = asyncio.create_task(self._housekeeping(), name="build-housekeeping")
+
+    async def close(self) -> None:
+        """Stop watching. Builds keep running in Swarm; a new manager picks them up."""
+        self._closed = True
+        tasks = [t for t in [self._housekeeper, *self._watchers.values()] if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._watchers.clear()
+
+    async def recover(self) -> list[Build]:
+        services = await self._swarm.list_services({KIND_LABEL: KIND_BUILD})
+        recovered = []
+        async with self._lock:
+            for service in sorted(services, key=lambda s: s.labels.get("swarmbinder.created", "")):
+                if service.name in self._builds:
+                    continue
+                status = BuildStatus(service.labels.get("swarmbinder.status", "running"))
+                build = Build(
+                    request_from_labels(service.labels),
+                    status,
+                    tail_size=self._settings.log_tail_lines,
+                    created=float(service.labels.get("swarmbinder.created", "0") or 0),
+                )
+                build.node = service.labels.get("swarmbinder.node", "")
+                self._builds[service.name] = build
+                if status is BuildStatus.QUEUED:
+                    self._queue.append(service.name)
+                    build.fanout.publish(self._waiting_event(service.name))
+                self._start_watcher(build, log_tail=self._settings.log_tail_lines)
+                recovered.append(build)
+            await self._promote_queued_locked()
+        return recovered
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def get(self, name: str) -> Build | None:
+        return self._builds.get(name)
+
+    @property
+    def builds(self) -> list[Build]:
+        return list(self._builds.values())
+
+    def queue_position(self, name: str) -> int | None:
+        return self._queue.index(name) + 1 if name in self._queue else None
+
+    async def request(self, request: BuildRequest) -> Build:
+        """The build for this request: the running or queued one, or a new one."""
+        if self._closed:
+            raise SwarmbinderError("the build manager is shut down")
+        name = request.service_name
+        async with self._lock:
+            build = self._builds.get(name)
+            if build is not None and build.status is BuildStatus.FAILED:
+                # A new request retries a failed build, as BinderHub does.
+                await self._forget_locked(name, remove_service=True)
+                build = None
+            if build is not None:
+                return build
+            existing = await self._swarm.inspect_service(name)
+            if existing is not None:
+                # Started by another swarmbinder replica or before a restart.
+                await self.recover_locked_one(existing.name)
+                found = self._builds.get(name)
+                if found is not None and found.status is not BuildStatus.FAILED:
+                    return found
+                await self._forget_locked(name, remove_service=True)
+            return await self._create_locked(request)
+
+    async def recover_locked_one(self, name: str) -> None:
+        service = await self._swarm.inspect_service(name)
+        if service is None:
+            return
+        status = BuildStatus(service.labels.get("swarmbinder.status", "running"))
+        build = Build(
+            request_from_labels(service.labels),
+            status,
+            tail_size=self._settings.log_tail_lines,
+            created=float(service.labels.get("swarmbinder.created", "0") or 0),
+        )
+        self._builds[name] = build
+        if status is BuildStatus.QUEUED and name not in self._queue:
+            self._queue.append(name)
+        self._start_watcher(build, log_tail=self._settings.log_tail_lines)
+        # Let the watcher find a terminal task before the caller decides to reuse it.
+        tasks = await self._swarm.tasks(name)
+        if tasks and tasks[-1].terminal and not tasks[-1].succeeded:
+            build.status = BuildStatus.FAILED
+
+    async def cancel(self, name: str, reason: str = "cancelled by an administrator") -> bool:
+        async with self._lock:
+            build = self._builds.get(name)
+            if build is None:
+                return await self._swarm.remove_service(name)
+            build.finish(
+                BuildStatus.CANCELLED, BuildEvent.failed(f"Build cancelled: {reason}\n"), reason
+            )
+            await self._forget_locked(name, remove_service=True)
+            await self._promote_queued_locked()
+            return True
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _running_count(self) -> int:
+        return sum(1 for b in self._builds.values() if b.status is BuildStatus.RUNNING)
+
+    async def _create_locked(self, request: BuildRequest) -> Build:
+        now = self._clock()
+        queued = (
+            self._settings.concurrent_limit > 0
+            and self._running_count() >= self._settings.concurrent_limit
+        )
+        node = "" if queued else await self._choose_node(request)
+        status = BuildStatus.QUEUED if queued else BuildStatus.RUNNING
+        spec = self._job_spec(request, status=status, node=node, now=now)
+        build = Build(request, status, tail_size=self._settings.log_tail_lines, created=now)
+        build.node = node
+        try:
+            await self._swarm.create_job(spec)
+        except ServiceNameConflict:
+            # Another replica created it between our inspect and create: join it.
+            await self.recover_locked_one(request.service_name)
+            return self._builds[request.service_name]
+        self._builds[spec.name] = build
+        if queued:
+            self._queue.append(spec.name)
+            build.fanout.publish(self._waiting_event(spec.name))
+        self._start_watcher(build, log_tail="all")
+        return build
+
+    def _job_spec(
+        self, request: BuildRequest, *, status: BuildStatus, node: str, now: float
+    ) -> JobSpec:
+        constraints = [f"{k}=={v}" for k, v in self._settings.node_selector.items()]
+        if status is BuildStatus.QUEUED:
+            constraints.append(QUEUED_CONSTRAINT)
+        elif node:
+            constraints.append(f"node.hostname=={node}")
+        return JobSpec(
+            name=request.service_name,
+            image=self._settings.builder_image,
+            args=repo2docker_args(request, self._settings),
+            labels=build_labels(request, status=status, node=node, now=now),
+            mounts=[BindMount(DOCKER_SOCKET, DOCKER_SOCKET)],
+            constraints=constraints,
+            networks=[self._settings.network] if self._settings.network else [],
+            memory_limit=self._settings.memory_limit or None,
+        )
+
+    async def _choose_node(self, request: BuildRequest) -> str:
+        """The sticky node for the repo: rendezvous rank over ready, active nodes."""
+        if not self._settings.sticky:
+            return ""
+        nodes = [to_sticky_node(n) for n in await self._swarm.nodes()]
+        required = {
+            k.removeprefix("node.labels."): v
+            for k, v in self._settings.node_selector.items()
+            if k.startswith("node.labels.")
+        }
+        ranked = rank_nodes(request.repo_url, nodes, required_labels=required)
+        return ranked[0].hostname if ranked else ""
+
+    async def _promote_queued_locked(self) -> None:
+        """Start queued builds, oldest first, while there are free slots."""
+        limit = self._settings.concurrent_limit
+        while self._queue and (limit == 0 or self._running_count() < limit):
+            name = self._queue.pop(0)
+            build = self._builds.get(name)
+            if build is None or build.status is not BuildStatus.QUEUED:
+                continue
+            node = await self._choose_node(build.request)
+            spec = self._job_spec(
+                build.request, status=BuildStatus.RUNNING, node=node, now=build.created
+            )
+            try:
+                await self._swarm.update_job(name, constraints=spec.constraints, labels=spec.labels)
+            except SwarmbinderError as exc:
+                build.finish(
+                    BuildStatus.FAILED,
+                    BuildEvent.failed(f"Could not start the build: {exc}\n"),
+                    str(exc),
+                )
+                continue
+            build.status = BuildStatus.RUNNING
+            build.node = node
+            build.started = self._clock()
+            build.fanout.publish(BuildEvent.waiting(None, "Build slot free, starting the build.\n"))
+        for name in self._queue:
+            build = self._builds.get(name)
+            if build is not None:
+                build.fanout.publish(self._waiting_event(name))
+
+    def _waiting_event(self, name: str) -> BuildEvent:
+        position = self.queue_position(name)
+        return BuildEvent.waiting(
+            position,
+            f"Waiting for a build slot: position {position} in the queue "
+            f"({self._settings.concurrent_limit} builds run at once).\n",
+        )
+
+    async def _forget_locked(self, name: str, *, remove_service: bool) -> None:
+        watcher = self._watchers.pop(name, None)
+        if watcher is not None and watcher is not asyncio.current_task():
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        self._builds.pop(name, None)
+        if name in self._queue:
+            self._queue.remove(name)
+        if remove_service:
+            with contextlib.suppress(SwarmbinderError):
+                await self._swarm.remove_service(name)
+
+    def _start_watcher(self, build: Build, *, log_tail: int | str) -> None:
+        self._watchers[build.name] = asyncio.create_task(
+            self._watch(build, log_tail), name=f"watch-{build.name}"
+        )
+
+    async def _watch(self, build: Build, log_tail: int | str) -> None:
+        """Follow one build's log and task until it is terminal, then publish the result."""
+        lines: list[str] = []
+        reader = asyncio.create_task(
+            self._read_logs(build, log_tail, lines), name=f"logs-{build.name}"
+        )
+        try:
+            task = await self._wait_terminal(build)
+            # The log stream never ends by itself; give it a moment to deliver the last lines.
+            await self._drain(reader, lines)
+            await self._conclude(build, task, lines)
+        except asyncio.CancelledError:
+            raise
+        except SwarmUnavailable as exc:
+            build.finish(
+                BuildStatus.FAILED,
+                BuildEvent.failed(f"{exc.user_message} ({exc})\n", 503),
+                str(exc),
+            )
+        except Exception as exc:  # a watcher must never die silently
+            log.exception("watching build %s failed", build.name)
+            build.finish(
+                BuildStatus.FAILED,
+                BuildEvent.failed(f"Watching the build failed: {exc}\n"),
+                str(exc),
+            )
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, SwarmbinderError):
+                await reader
+            if self._on_finished is not None and build.done.is_set():
+                with contextlib.suppress(Exception):
+                    result = self._on_finished(build)
+                    if asyncio.iscoroutine(result):
+                        await result
+
+    async def _read_logs(self, build: Build, tail: int | str, lines: list[str]) -> None:
+        stream = self._swarm.follow_logs(build.name, tail=tail)
+        batch: list[str] = []
+        try:
+            async for line in stream:
+                lines.append(line)
+                batch.append(line)
+                build.fanout.publish(as_log_event(line))
+                if self._on_log_lines is not None and len(batch) >= 50:
+                    self._on_log_lines(build.name, batch)
+                    batch = []
+        finally:
+            if self._on_log_lines is not None and batch:
+                self._on_log_lines(build.name, batch)
+            await stream.aclose()
+
+    async def _drain(self, reader: asyncio.Task[None], lines: list[str]) -> None:
+        seen = -1
+        while seen != len(lines) and not reader.done():
+            seen = len(lines)
+            await asyncio.sleep(0.2)
+
+    async def _wait_terminal(self, build: Build) -> TaskState | None:
+        pending_since: float | None = None
+        while True:
+            if build.status is BuildStatus.QUEUED:
+                await asyncio.sleep(self._settings.poll_interval * 4)
+                continue
+            tasks = await self._swarm.tasks(build.name)
+            if not tasks and await self._swarm.inspect_service(build.name) is None:
+                return None
+            current = tasks[-1] if tasks else None
+            if current is not None and current.terminal:
+                return current
+            waiting = current is None or current.state in (
+                TaskStateName.NEW,
+                TaskStateName.PENDING,
+                TaskStateName.ALLOCATED,
+            )
+            now = self._clock()
+            if waiting:
+                pending_since = pending_since or now
+                if now - pending_since > self._settings.pending_timeout:
+                    raise BuildFailed(
+                        f"no node accepted the build within {self._settings.pending_timeout:.0f} s"
+                        + (f" ({current.message or current.error})" if current else "")
+                    )
+            else:
+                pending_since = None
+            if build.started and now - build.started > self._settings.max_age:
+                raise BuildFailed(
+                    f"the build ran longer than build_max_age ({self._settings.max_age:.0f} s)"
+                )
+            await asyncio.sleep(self._settings.poll_interval)
+
+    async def _conclude(self, build: Build, task: TaskState | None, lines: list[str]) -> None:
+        if task is not None and task.succeeded:
+            build.finish(
+                BuildStatus.BUILT, BuildEvent.built(build.image, "Built image, launching...\n")
+            )
+        else:
+            if (
+                task is not None
+                and task.exit_code is not None
+                and not any(parse_repo2docker_line(ln).phase is Phase.FAILED for ln in lines)
+            ):
+                with contextlib.suppress(SwarmbinderError, TimeoutError):
+                    lines = await self._swarm.read_logs(build.name, max_seconds=5)
+            reason = (
+                failure_reason(lines, task) if task is not None else "the build service was removed"
+            )
+            build.finish(BuildStatus.FAILED, BuildEvent.failed(f"Build failed: {reason}\n"), reason)
+        async with self._lock:
+            self._watchers.pop(build.name, None)
+            await self._promote_queued_locked()
+
+    async def _housekeeping(self) -> None:
+        """Remove finished build services; overdue ones were failed by their watchers."""
+        while True:
+            await asyncio.sleep(self._settings.cleanup_interval)
+            try:
+                await self.cleanup()
+            except SwarmbinderError as exc:
+                log.warning("build cleanup failed: %s", exc)
+
+    async def cleanup(self) -> list[str]:
+        now = self._clock()
+        removed = []
+        async with self._lock:
+            for name, build in list(self._builds.items()):
+                if build.finished is None:
+                    continue
+                keep = self._settings.keep_failed_for if build.status is BuildStatus.FAILED else 0
+                if now - build.finished >= keep:
+                    await self._forget_locked(name, remove_service=True)
+                    removed.append(name)
+        return removed
+
+    def snapshot(self) -> list[dict[str, object]]:
+        return [
+            {
+                "name": b.name,
+                "repo_url": b.request.repo_url,
+                "ref": b.request.ref,
+                "image": b.image,
+                "status": b.status.value,
+                "node": b.node,
+                "queue_position": self.queue_position(b.name),
+                "created": b.created,
+                "finished": b.finished,
+                "reason": b.reason,
+            }
+            for b in self._builds.values()
+        ]
+
+
+def dumps_labels(labels: Mapping[str, str]) -> str:
+    return json.dumps(dict(labels), sort_keys=True)

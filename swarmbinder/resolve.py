@@ -1,0 +1,83 @@
+"""From a launch path (``gh/org/repo/ref``) to a :class:`~swarmbinder.builds.BuildRequest`.
+
+Parsing, the spec policy (bans) and ref resolution all happen here, before anything touches
+Swarm: a spec that does not parse, an unknown provider, a banned spec or a ref that does not
+exist is refused with a clear message and no build service is ever created for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+
+from .builds import BuildRequest
+from .config import Config
+from .naming import image_name
+from .providers import ProviderRegistry, default_registry, parse_spec
+from .providers.base import RepoProvider
+from .specpolicy import SpecPolicy
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A resolved launch: what to build, plus what the launch page and hub need to know."""
+
+    build: BuildRequest
+    ref_url: str
+    resolved_spec: str
+
+
+async def resolve(
+    path: str,
+    *,
+    providers: ProviderRegistry,
+    policy: SpecPolicy,
+    image_prefix: str,
+) -> Resolved:
+    prefix, spec = parse_spec(path)
+    provider: RepoProvider = providers.get(prefix, spec)
+    # Bans are matched on the unresolved spec, as BinderHub does, so a banned repo costs no
+    # API call.
+    policy.check(spec)
+    ref = await provider.get_resolved_ref()
+    slug = provider.get_build_slug()
+    request = BuildRequest(
+        provider=prefix,
+        spec=spec,
+        repo_url=provider.get_repo_url(),
+        ref=ref,
+        build_slug=slug,
+        image=image_name(image_prefix, slug, ref),
+    )
+    return Resolved(
+        build=request,
+        ref_url=await provider.get_resolved_ref_url(),
+        resolved_spec=await provider.get_resolved_spec(),
+    )
+
+
+def providers_from_config(config: Config, session: aiohttp.ClientSession) -> ProviderRegistry:
+    github = config.providers.github
+    gitlab = config.providers.gitlab
+    return default_registry(
+        session,
+        github_hostname=github.hostname,
+        github_api_base_url=github.api_base_url or None,
+        github_access_token=github.access_token or None,
+        github_client_id=github.client_id or None,
+        github_client_secret=github.client_secret or None,
+        gitlab_hostname=gitlab.hostname,
+        gitlab_access_token=gitlab.access_token or None,
+        gitlab_private_token=gitlab.private_token or None,
+    )
+
+
+def policy_from_config(config: Config) -> SpecPolicy:
+    bans = config.bans
+    return SpecPolicy.from_config(
+        banned_specs=bans.banned_specs,
+        allowed_specs=bans.allowed_specs,
+        high_quota_specs=config.quotas.high_quota_specs,
+        spec_config=config.quotas.spec_config,
+    )
