@@ -66,6 +66,9 @@ async def run_build(
                 async for event in build.events():
                     _emit(event, as_json, out)
                     final = event
+                # A built image's service has served its purpose; failed ones stay a while
+                # so `docker service logs` can still show what went wrong.
+                await manager.cleanup()
             finally:
                 await manager.close()
         if final is None or final.phase is not Phase.BUILT:

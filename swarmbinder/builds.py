@@ -62,7 +62,9 @@ class BuildRequest:
 
     @property
     def service_name(self) -> str:
-        return build_service_name(self.build_slug, self.ref)
+        # The image name is part of the hash: the same repo and ref built under another
+        # image_prefix (another deployment, another registry) is another build.
+        return build_service_name(self.build_slug, f"{self.ref}\n{self.image}")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from aiohttp import web
 from . import __version__
 from .app import create_app
 from .config import Config, load_config
-from .errors import ConfigError, SwarmbinderError
+from .errors import ConfigError, SpecError, SwarmbinderError
 
 PROG = "swarmbinder"
 log = logging.getLogger("swarmbinder")
@@ -95,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.run(args)
-    except (ConfigError, UsageError) as e:
+    except (ConfigError, SpecError, UsageError) as e:
+        # Bad input, whether a flag, a config value or a launch spec: one line, exit 2.
         return _fail(str(e), 2)
     except SwarmbinderError as e:
         return _fail(str(e), 1)
