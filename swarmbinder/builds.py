@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -29,7 +28,15 @@ from .events import BuildEvent, Phase, parse_repo2docker_line
 from .fanout import Fanout
 from .naming import build_service_name
 from .sticky import Node, NodeAvailability, NodeState, rank_nodes
-from .swarm import BindMount, JobSpec, NodeInfo, SwarmClient, TaskState, TaskStateName
+from .swarm import (
+    BindMount,
+    JobSpec,
+    NodeInfo,
+    ServiceInfo,
+    SwarmClient,
+    TaskState,
+    TaskStateName,
+)
 
 log = logging.getLogger(__name__)
 
@@ -287,24 +294,29 @@ class BuildManager:
         recovered = []
         async with self._lock:
             for service in sorted(services, key=lambda s: s.labels.get("swarmbinder.created", "")):
-                if service.name in self._builds:
-                    continue
-                status = BuildStatus(service.labels.get("swarmbinder.status", "running"))
-                build = Build(
-                    request_from_labels(service.labels),
-                    status,
-                    tail_size=self._settings.log_tail_lines,
-                    created=float(service.labels.get("swarmbinder.created", "0") or 0),
-                )
-                build.node = service.labels.get("swarmbinder.node", "")
-                self._builds[service.name] = build
-                if status is BuildStatus.QUEUED:
-                    self._queue.append(service.name)
-                    build.fanout.publish(self._waiting_event(service.name))
-                self._start_watcher(build, log_tail=self._settings.log_tail_lines)
-                recovered.append(build)
+                if service.name not in self._builds:
+                    recovered.append(self._adopt_locked(service))
             await self._promote_queued_locked()
         return recovered
+
+    def _adopt_locked(self, service: ServiceInfo) -> Build:
+        """Watch a build service this process did not create (a restart, another replica)."""
+        labels = service.labels
+        status = BuildStatus(labels.get("swarmbinder.status", "running"))
+        build = Build(
+            request_from_labels(labels),
+            status,
+            tail_size=self._settings.log_tail_lines,
+            created=float(labels.get("swarmbinder.created", "0") or 0),
+        )
+        build.node = labels.get("swarmbinder.node", "")
+        self._builds[service.name] = build
+        if status is BuildStatus.QUEUED and service.name not in self._queue:
+            self._queue.append(service.name)
+            build.fanout.publish(self._waiting_event(service.name))
+        # A re-attached watcher replays the last log_tail_lines, as BinderHub does on attach.
+        self._start_watcher(build, log_tail=self._settings.log_tail_lines)
+        return build
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -345,18 +357,8 @@ class BuildManager:
         service = await self._swarm.inspect_service(name)
         if service is None:
             return
-        status = BuildStatus(service.labels.get("swarmbinder.status", "running"))
-        build = Build(
-            request_from_labels(service.labels),
-            status,
-            tail_size=self._settings.log_tail_lines,
-            created=float(service.labels.get("swarmbinder.created", "0") or 0),
-        )
-        self._builds[name] = build
-        if status is BuildStatus.QUEUED and name not in self._queue:
-            self._queue.append(name)
-        self._start_watcher(build, log_tail=self._settings.log_tail_lines)
-        # Let the watcher find a terminal task before the caller decides to reuse it.
+        build = self._adopt_locked(service)
+        # A task that already failed must not be joined: the caller retries instead.
         tasks = await self._swarm.tasks(name)
         if tasks and tasks[-1].terminal and not tasks[-1].succeeded:
             build.status = BuildStatus.FAILED
@@ -640,7 +642,3 @@ class BuildManager:
             }
             for b in self._builds.values()
         ]
-
-
-def dumps_labels(labels: Mapping[str, str]) -> str:
-    return json.dumps(dict(labels), sort_keys=True)

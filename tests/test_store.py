@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -136,23 +135,6 @@ async def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="not a database") as info:
         await Store.open(path)
     assert str(path) in str(info.value)
-
-
-@pytest.fixture
-def unreadable_db(db_path: Path) -> Iterator[Path]:
-    db_path.parent.mkdir(parents=True)
-    with side_connection(db_path) as conn:
-        conn.execute("CREATE TABLE t (x)")
-    db_path.chmod(0)
-    yield db_path
-    db_path.chmod(0o600)
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-async def test_an_unreadable_file_is_refused(unreadable_db: Path) -> None:
-    with pytest.raises(StoreError) as info:
-        await Store.open(unreadable_db)
-    assert str(unreadable_db) in str(info.value)
 
 
 async def test_a_parent_that_is_a_file_is_refused(tmp_path: Path) -> None:
