@@ -340,8 +340,13 @@ class SwarmClient:
         raw = await self._json("services", params={"filters": json.dumps({"label": wanted})})
         return [ServiceInfo.from_api(s) for s in raw]
 
-    async def remove_service(self, name_or_id: str) -> bool:
-        """Remove the service and the containers its job tasks leave behind; False if absent."""
+    async def remove_service(self, name_or_id: str, *, settle_seconds: float = 10) -> bool:
+        """Remove the service and the containers its job tasks leave behind; False if absent.
+
+        A task that was starting when the service went away can still produce (or finish) a
+        container afterwards, so containers are reaped until a listing comes back empty twice
+        in a row, for at most ``settle_seconds``.
+        """
         service = await self.inspect_service(name_or_id)
         if service is None:
             return False
@@ -351,23 +356,37 @@ class SwarmClient:
         except SwarmRequestFailed as exc:
             if exc.status != 404:
                 raise
-        await self.remove_leftover_containers(service.name)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settle_seconds
+        empty_listings = 0
+        while empty_listings < 2 and loop.time() < deadline:
+            found = await self._service_containers(service.name)
+            empty_listings = empty_listings + 1 if not found else 0
+            for container_id in found:
+                await self._remove_container(container_id)
+            await asyncio.sleep(0.5)
         return True
 
     async def remove_leftover_containers(self, service_name: str) -> int:
+        """Remove every container of ``service_name`` (a job's exited containers stay)."""
+        found = await self._service_containers(service_name)
+        for container_id in found:
+            await self._remove_container(container_id)
+        return len(found)
+
+    async def _service_containers(self, service_name: str) -> list[str]:
         filters = json.dumps({"label": [f"com.docker.swarm.service.name={service_name}"]})
         containers = await self._json("containers/json", params={"all": "1", "filters": filters})
-        removed = 0
-        for container in containers:
-            try:
-                await self._json(
-                    f"containers/{container['Id']}", "DELETE", params={"force": "1", "v": "1"}
-                )
-                removed += 1
-            except SwarmRequestFailed as exc:
-                if exc.status not in (404, 409):  # gone already, or removal in progress
-                    raise
-        return removed
+        return [str(c["Id"]) for c in containers]
+
+    async def _remove_container(self, container_id: str) -> None:
+        try:
+            await self._json(
+                f"containers/{container_id}", "DELETE", params={"force": "1", "v": "1"}
+            )
+        except SwarmRequestFailed as exc:
+            if exc.status not in (404, 409):  # gone already, or removal in progress
+                raise
 
     # -- tasks -------------------------------------------------------------------------
 

@@ -150,3 +150,15 @@ def remove_build_services(prefix: str) -> None:
         name, _, image = line.partition(" ")
         if prefix in image:
             subprocess.run(["docker", "service", "rm", name], capture_output=True, check=False)
+            # Job containers outlive their service; remove them as the product does.
+            subprocess.run(
+                [
+                    "sh",
+                    "-c",
+                    "docker ps -aq --filter label=com.docker.swarm.service.name=$0 "
+                    "| xargs -r docker rm -f",
+                    name,
+                ],
+                capture_output=True,
+                check=False,
+            )

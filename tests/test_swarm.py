@@ -120,3 +120,12 @@ async def test_unreachable_engine_is_swarm_unavailable() -> None:
             await client.nodes()
     finally:
         await client.close()
+
+
+async def test_removing_a_job_while_it_starts_leaves_no_container(
+    swarm: SwarmClient, testground: dict[str, Any], run_label: dict[str, str], cleanup: None
+) -> None:
+    name = f"sbtest-race-{run_label['swarmbinder.test-run']}"
+    await swarm.create_job(job(name, testground["images"]["singleuser"], "sleep 1", run_label))
+    assert await swarm.remove_service(name) is True
+    assert await swarm.remove_leftover_containers(name) == 0
