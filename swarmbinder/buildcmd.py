@@ -11,7 +11,7 @@ import aiohttp
 
 from .builds import BuildManager, BuildSettings, to_sticky_node
 from .config import Config
-from .errors import SwarmbinderError, SwarmUnavailable
+from .errors import SwarmbinderError
 from .events import BuildEvent, Phase
 from .registry import RegistryClient
 from .resolve import policy_from_config, providers_from_config, resolve
@@ -110,6 +110,3 @@ def _emit(event: BuildEvent, as_json: bool, out: TextIO) -> None:
             file=out,
             flush=True,
         )
-
-
-__all__ = ["run_build", "SwarmUnavailable"]

@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .config import Config
 from .errors import BuildFailed, ServiceNameConflict, SwarmbinderError, SwarmUnavailable
 from .events import BuildEvent, Phase, parse_repo2docker_line
 from .fanout import Fanout
@@ -96,9 +97,9 @@ class BuildSettings:
     poll_interval: float = 0.25
 
     @classmethod
-    def from_config(cls, config: object) -> BuildSettings:
-        builds = config.builds  # type: ignore[attr-defined]
-        registry = config.registry  # type: ignore[attr-defined]
+    def from_config(cls, config: Config) -> BuildSettings:
+        builds = config.builds
+        registry = config.registry
         return cls(
             builder_image=builds.build_image,
             push=registry.use_registry,
@@ -167,17 +168,14 @@ def request_from_labels(labels: Mapping[str, str]) -> BuildRequest:
 
 
 def to_sticky_node(node: NodeInfo) -> Node:
-    def parse(enum_cls: type[enum.StrEnum], value: str, default: enum.StrEnum) -> enum.StrEnum:
-        try:
-            return enum_cls(value)
-        except ValueError:
-            return default
-
+    # States this version does not know count as not schedulable.
+    states = {s.value: s for s in NodeState}
+    availabilities = {a.value: a for a in NodeAvailability}
     return Node(
         id=node.id,
         hostname=node.hostname,
-        state=parse(NodeState, node.state, NodeState.UNKNOWN),  # type: ignore[arg-type]
-        availability=parse(NodeAvailability, node.availability, NodeAvailability.PAUSE),  # type: ignore[arg-type]
+        state=states.get(node.state, NodeState.UNKNOWN),
+        availability=availabilities.get(node.availability, NodeAvailability.PAUSE),
         labels=node.labels,
     )
 

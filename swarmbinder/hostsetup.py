@@ -48,7 +48,6 @@ def run(
     *,
     timeout: float | None = 600,
     env: Mapping[str, str] | None = None,
-    input_bytes: bytes | None = None,
     check: bool = True,
     cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
@@ -57,8 +56,7 @@ def run(
         proc = subprocess.run(
             args,
             capture_output=True,
-            text=input_bytes is None,
-            input=input_bytes,
+            text=True,
             timeout=timeout,
             env=dict(env) if env is not None else None,
             cwd=cwd,
@@ -68,13 +66,6 @@ def run(
         raise SetupError(f"{args[0]} is not installed") from exc
     except subprocess.TimeoutExpired as exc:
         raise SetupError(f"{' '.join(args[:3])} did not finish within {timeout:.0f} s") from exc
-    if isinstance(proc.stdout, bytes):
-        proc = subprocess.CompletedProcess(
-            proc.args,
-            proc.returncode,
-            proc.stdout.decode(errors="replace"),
-            proc.stderr.decode(errors="replace"),
-        )
     if check and proc.returncode != 0:
         raise SetupError(f"{' '.join(args[:3])} failed: {_last_line(proc.stderr or proc.stdout)}")
     return proc

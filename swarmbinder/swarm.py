@@ -294,8 +294,7 @@ class SwarmClient:
         """
         body = copy.deepcopy(spec.to_api())
         try:
-            async with self._translate(f"create service {spec.name}"):
-                created = await self._docker._query_json("services/create", "POST", data=body)
+            created = await self._json("services/create", "POST", data=body)
         except SwarmRequestFailed as exc:
             existing = await self.inspect_service(spec.name)
             if existing is not None:
@@ -351,8 +350,7 @@ class SwarmClient:
         if service is None:
             return False
         try:
-            async with self._translate(f"remove service {service.name}"):
-                await self._docker._query_json(f"services/{service.id}", "DELETE")
+            await self._json(f"services/{service.id}", "DELETE")
         except SwarmRequestFailed as exc:
             if exc.status != 404:
                 raise
