@@ -68,9 +68,10 @@ class SpecBanned(SpecError):
     status_code = 403
 
     def __init__(self, spec: str, reason: str = "") -> None:
-        message = f"Sorry, {spec} has been temporarily disabled from launching."
+        # BinderHub's words, so clients that match on them keep working.
+        message = f"Sorry, {spec} is not allowed to launch. Please contact admins for more info!"
         if reason:
-            message += f" {reason}"
+            message += f" ({reason})"
         super().__init__(message)
         self.spec = spec
         self.reason = reason

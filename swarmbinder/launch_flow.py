@@ -1,0 +1,265 @@
+"""One ``/build/<provider>/<spec>`` request as an async iterator of events.
+
+The order is BinderHub's (``binderhub/builder.py``), so clients see the same conversation:
+
+1. resolve the spec (parse, spec bans, ref resolution) — nothing touches Swarm before this;
+2. look the image up in the registry;
+3. found: ``built`` ("Found built image, launching...") then launch, or with ``build_only``
+   ``ready`` ("Done! Found built image");
+4. not found: check the launch quota (no point building what cannot be launched), ``waiting``,
+   then join or start the build and relay its events until ``built`` or ``failed``;
+5. launch: check the quota again (servers may have started meanwhile), ``launching``, the hub's
+   progress as ``launching`` events, and ``ready`` with the server's URL and token.
+
+Every error becomes one ``failed`` event with a ``status_code`` and the error's user-facing
+message, and the iterator ends right after it. The flow does not know about HTTP: the
+``/build`` handler writes what it yields, and tests drive it with fakes.
+
+Stopping iteration (the client went away) stops only this request: a build is owned by the
+build manager and keeps running for every other watcher, while a launch nobody waits for is
+cleaned up by the launcher when its iterator is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from .builds import BuildRequest
+from .errors import SwarmbinderError
+from .events import MSG_DONE_FOUND, MSG_FOUND_BUILT, BuildEvent, Phase
+from .resolve import Resolved
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+INTERNAL_ERROR_MESSAGE = "Internal error while handling the launch; the admins have been told."
+
+
+class BuildHandle(Protocol):
+    """What the flow needs of a build: its events (log tail, live events, then the end)."""
+
+    def events(self) -> AsyncIterator[BuildEvent]: ...
+
+
+class BuildStarter(Protocol):
+    """Starts a build, or joins the running one for the same repo, ref and image."""
+
+    async def request(self, request: BuildRequest) -> BuildHandle: ...
+
+
+class ServerLauncher(Protocol):
+    """Starts a Jupyter server for an image, yielding ``launching`` events, then ``ready``."""
+
+    def launch(
+        self,
+        image: str,
+        *,
+        repo_url: str,
+        provider_spec: str,
+        ref_url: str,
+        binder_request: str,
+        binder_persistent_request: str,
+        binder_launch_host: str,
+        username: str | None = None,
+        server_name: str = "",
+    ) -> AsyncIterator[BuildEvent]: ...
+
+
+class FlowObserver(Protocol):
+    """Where the flow reports what happened: metrics, the launch event log.
+
+    Each ``*_started`` returns a callable that must be called exactly once with the outcome
+    (``"success"``, ``"failure"``); the flow calls it in a ``finally`` so in-progress gauges
+    return to zero whatever happens, cancellation included.
+    """
+
+    def build_started(self, build: BuildRequest) -> Callable[[str], None]: ...
+
+    def launch_started(self, build: BuildRequest) -> Callable[[str], None]: ...
+
+    def launched(self, request: LaunchRequest, resolved: Resolved) -> None: ...
+
+
+class _NoObserver:
+    def build_started(self, build: BuildRequest) -> Callable[[str], None]:
+        return _ignore
+
+    def launch_started(self, build: BuildRequest) -> Callable[[str], None]:
+        return _ignore
+
+    def launched(self, request: LaunchRequest, resolved: Resolved) -> None:
+        return None
+
+
+@asynccontextmanager
+async def _closing(iterator: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """``contextlib.aclosing`` for any async iterator: generators get ``aclose``d at once."""
+    try:
+        yield iterator
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _ignore(status: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """One ``/build`` request, as the handler parsed it."""
+
+    provider_prefix: str
+    spec: str
+    #: ``badge_base_url`` or ``{proto}://{host}{base_url}``: where this Binder is reached.
+    launch_host: str
+    build_only: bool = False
+    #: The JupyterHub user when ``auth_enabled``; ``None`` launches as a temporary user.
+    username: str | None = None
+    #: A named server for that user (``auth_enabled`` with named servers), else ``""``.
+    server_name: str = ""
+    #: For the launch event: the Binder host, the request's Origin, whether a token came.
+    origin: str = ""
+    request_origin: str = ""
+    have_build_token: bool = False
+
+    @property
+    def path(self) -> str:
+        return f"{self.provider_prefix}/{self.spec}"
+
+
+class LaunchFlow:
+    """Resolve, find or build, and launch; shared by every ``/build`` request."""
+
+    def __init__(
+        self,
+        *,
+        resolve: Callable[[str], Awaitable[Resolved]],
+        image_exists: Callable[[str], Awaitable[bool]],
+        builds: BuildStarter,
+        launcher: ServerLauncher | None,
+        check_quota: Callable[[Resolved], Awaitable[None]],
+        observer: FlowObserver | None = None,
+    ) -> None:
+        self._resolve = resolve
+        self._image_exists = image_exists
+        self._builds = builds
+        self._launcher = launcher
+        self._check_quota = check_quota
+        self._observer: FlowObserver = observer or _NoObserver()
+
+    async def run(self, request: LaunchRequest) -> AsyncIterator[BuildEvent]:
+        """The events for ``request``; the last one is ``ready`` or ``failed``."""
+        try:
+            # _closing everywhere: an abandoned inner iterator must be closed now (its
+            # ``finally`` resets gauges, unsubscribes, cleans up a launch), not whenever the
+            # garbage collector gets to it.
+            async with _closing(self._run(request)) as events:
+                async for event in events:
+                    yield event
+        except SwarmbinderError as error:
+            log.info("launch of %s failed: %s", request.path, error)
+            yield BuildEvent.failed(error.user_message, error.status_code)
+        except Exception:
+            log.exception("unexpected error while launching %s", request.path)
+            yield BuildEvent.failed(INTERNAL_ERROR_MESSAGE, 500)
+
+    async def _run(self, request: LaunchRequest) -> AsyncIterator[BuildEvent]:
+        resolved = await self._resolve(request.path)
+        image = resolved.build.image
+        if await self._image_exists(image):
+            if request.build_only:
+                yield BuildEvent.image_ready(image, MSG_DONE_FOUND)
+                return
+            yield BuildEvent.built(image, MSG_FOUND_BUILT)
+        else:
+            if not request.build_only:
+                # BinderHub refuses the build when the launch after it would be refused.
+                await self._check_quota(resolved)
+            built = False
+            async with _closing(self._build(resolved.build, request.build_only)) as events:
+                async for event in events:
+                    yield event
+                    built = event.phase in (Phase.BUILT, Phase.READY)
+                    if event.phase is Phase.FAILED:
+                        return
+            if not built:
+                raise SwarmbinderError(
+                    f"build of {image} ended without a result",
+                    user_message="The build ended without a result. Please try again.",
+                )
+            if request.build_only:
+                return
+        launched = False
+        async with _closing(self._launch(request, resolved)) as events:
+            async for event in events:
+                yield event
+                launched = event.phase is Phase.READY
+        if launched:
+            self._observer.launched(request, resolved)
+
+    async def _build(self, build: BuildRequest, build_only: bool) -> AsyncIterator[BuildEvent]:
+        """The build's events, ending with ``built`` (``ready`` with ``build_only``) or
+        ``failed``."""
+        yield BuildEvent.waiting()
+        finished = self._observer.build_started(build)
+        status = "failure"
+        try:
+            handle = await self._builds.request(build)
+            async with _closing(handle.events()) as events:
+                async for event in events:
+                    if event.phase is Phase.BUILT:
+                        status = "success"
+                        yield BuildEvent.image_ready(build.image) if build_only else event
+                        return
+                    yield event
+                    if event.phase is Phase.FAILED:
+                        return
+        finally:
+            finished(status)
+
+    async def _launch(
+        self, request: LaunchRequest, resolved: Resolved
+    ) -> AsyncIterator[BuildEvent]:
+        if self._launcher is None:
+            raise SwarmbinderError(
+                "no hub configured",
+                user_message="This Binder has no JupyterHub to launch servers on.",
+            )
+        await self._check_quota(resolved)
+        build = resolved.build
+        finished = self._observer.launch_started(build)
+        status = "failure"
+        started = time.monotonic()
+        try:
+            yield BuildEvent.launching()
+            launch = self._launcher.launch(
+                build.image,
+                repo_url=build.repo_url,
+                provider_spec=request.path,
+                ref_url=resolved.ref_url,
+                binder_request=f"v2/{request.path}",
+                binder_persistent_request=f"v2/{build.provider}/{resolved.resolved_spec}",
+                binder_launch_host=request.launch_host,
+                username=request.username,
+                server_name=request.server_name,
+            )
+            async with _closing(launch) as events:
+                async for event in events:
+                    if event.phase is Phase.READY:
+                        # Counted before the yield: the server runs even if nobody reads on.
+                        status = "success"
+                        elapsed = time.monotonic() - started
+                        log.info("launched %s in %.1fs", build.repo_url, elapsed)
+                    yield event
+                    if event.phase in (Phase.READY, Phase.FAILED):
+                        return
+        finally:
+            finished(status)
