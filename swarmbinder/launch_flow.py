@@ -197,13 +197,11 @@ class LaunchFlow:
                 )
             if request.build_only:
                 return
-        launched = False
         async with _closing(self._launch(request, resolved)) as events:
             async for event in events:
+                if event.phase is Phase.READY:
+                    self._observer.launched(request, resolved)
                 yield event
-                launched = event.phase is Phase.READY
-        if launched:
-            self._observer.launched(request, resolved)
 
     async def _build(self, build: BuildRequest, build_only: bool) -> AsyncIterator[BuildEvent]:
         """The build's events, ending with ``built`` (``ready`` with ``build_only``) or
