@@ -11,13 +11,28 @@ Each build has exactly one watcher task, owned by the :class:`BuildManager`: it 
 service's log on one engine stream, turns repo2docker's JSON lines into events, publishes them
 to a :class:`~swarmbinder.fanout.Fanout` that every request watching the build subscribes to,
 and decides success or failure from the task state and exit code.
+
+When the engine stops answering, a watcher keeps trying for ``BuildSettings.engine_grace``
+seconds (a restarting manager or a network blip should not fail a build), then fails the build
+with a message that names the engine and stops. Its service cannot be removed while the engine
+is away; the build stays in the manager, marked lost, and housekeeping removes the service at
+the first round that reaches the engine again. A manager started later adopts the service like
+any other and removes it once it has finished.
+
+Registry credentials reach the builder as a Docker ``config.json`` in a Swarm secret, mounted
+as a file and found through ``DOCKER_CONFIG``: docker-py (which repo2docker pushes with) reads
+it and sends the credentials to the node's daemon. Service labels, env and args carry only the
+secret's name and the directory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import enum
+import hashlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -33,6 +48,7 @@ from .swarm import (
     BindMount,
     JobSpec,
     NodeInfo,
+    SecretMount,
     ServiceInfo,
     SwarmClient,
     TaskState,
@@ -47,6 +63,11 @@ KIND_BUILD = "build"
 #: A constraint no node satisfies: queued builds wait behind it until a slot is free.
 QUEUED_CONSTRAINT = "node.labels.swarmbinder.queued==never"
 DOCKER_SOCKET = "/var/run/docker.sock"
+KIND_REGISTRY_AUTH = "registry-auth"
+REGISTRY_AUTH_PREFIX = "swarmbinder-registry-auth-"
+#: The builder's DOCKER_CONFIG: the registry credentials secret is mounted as config.json here.
+BUILDER_DOCKER_CONFIG = "/etc/swarmbinder/docker"
+DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
 
 
 class BuildStatus(enum.StrEnum):
@@ -95,6 +116,12 @@ class BuildSettings:
     keep_failed_for: float = 600
     extra_args: Sequence[str] = ()
     poll_interval: float = 0.25
+    #: How long a watcher tolerates an engine that does not answer before failing the build.
+    engine_grace: float = 30
+    #: The registry's API URL; its host is given the credentials too (the image's host is).
+    registry_url: str = ""
+    registry_username: str | None = None
+    registry_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_config(cls, config: Config) -> BuildSettings:
@@ -113,7 +140,14 @@ class BuildSettings:
             pending_timeout=builds.build_pending_timeout,
             concurrent_limit=builds.concurrent_build_limit,
             log_tail_lines=builds.log_tail_lines,
+            registry_url=registry.registry_url,
+            registry_username=registry.registry_username,
+            registry_password=registry.registry_password,
         )
+
+    @property
+    def has_registry_credentials(self) -> bool:
+        return self.registry_username is not None and self.registry_password is not None
 
 
 def repo2docker_args(request: BuildRequest, settings: BuildSettings) -> list[str]:
@@ -167,6 +201,43 @@ def request_from_labels(labels: Mapping[str, str]) -> BuildRequest:
     )
 
 
+def image_registry_host(image: str) -> str:
+    """The registry an image name points at, as docker reads it (config.json's auths key)."""
+    first, slash, _ = image.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return DOCKER_HUB_AUTH_KEY
+
+
+def url_registry_host(url: str) -> str:
+    """``host:port`` of a registry API URL (or a bare ``host:port``)."""
+    rest = url.split("://", 1)[-1]
+    host = rest.split("/", 1)[0]
+    return DOCKER_HUB_AUTH_KEY if host in ("docker.io", "registry-1.docker.io") else host
+
+
+def docker_config_json(hosts: Sequence[str], username: str, password: str) -> bytes:
+    """A Docker client config.json giving ``username:password`` for each registry host."""
+    auth = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    return json.dumps(
+        {"auths": {host: {"auth": auth} for host in sorted(set(hosts))}}, sort_keys=True
+    ).encode()
+
+
+def registry_auth_secret_name(content: bytes) -> str:
+    """A content-addressed secret name: the same credentials give the same name.
+
+    Anyone who can list secrets sees the name, so it comes from a deliberately slow hash: a
+    plain sha256 would let them test password guesses against it quickly.
+    """
+    digest = hashlib.scrypt(content, salt=b"swarmbinder-registry-auth", n=2**14, r=8, p=1, dklen=8)
+    return REGISTRY_AUTH_PREFIX + digest.hex()
+
+
+class _StopBuild(BuildFailed):
+    """The build must end now and its service be removed (overdue, or never placed)."""
+
+
 def to_sticky_node(node: NodeInfo) -> Node:
     # States this version does not know count as not schedulable.
     states = {s.value: s for s in NodeState}
@@ -218,6 +289,10 @@ class Build:
         self.finished: float | None = None
         self.node = ""
         self.reason = ""
+        #: Picked up from Swarm rather than created by this process (its log is replayed).
+        self.adopted = False
+        #: The engine stopped answering while it ran: remove its service as soon as it answers.
+        self.lost = False
         self.fanout: Fanout[BuildEvent] = Fanout(tail_size=max(tail_size, 1) + 8)
         self.done = asyncio.Event()
 
@@ -255,8 +330,13 @@ class BuildManager:
         *,
         on_log_lines: Callable[[str, Sequence[str]], object] | None = None,
         on_finished: Callable[[Build], object] | None = None,
+        on_started: Callable[[Build], object] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``on_started`` is called (synchronously, so it must not block) when a build is
+        created, adopted from Swarm or moved from the queue to a node; ``on_log_lines`` with
+        each batch of log lines as read; ``on_finished`` once a build has ended. A callback
+        that raises is logged and never fails the build."""
         self._swarm = swarm
         self._settings = settings
         self._builds: dict[str, Build] = {}
@@ -266,7 +346,9 @@ class BuildManager:
         self._housekeeper: asyncio.Task[None] | None = None
         self._on_log_lines = on_log_lines
         self._on_finished = on_finished
+        self._on_started = on_started
         self._clock = clock
+        self._secret_names: dict[bytes, str] = {}
         self._closed = False
 
     # -- life cycle -------------------------------------------------------------------------
@@ -308,7 +390,9 @@ class BuildManager:
             created=float(labels.get("swarmbinder.created", "0") or 0),
         )
         build.node = labels.get("swarmbinder.node", "")
+        build.adopted = True
         self._builds[service.name] = build
+        self._notify_started(build)
         if status is BuildStatus.QUEUED and service.name not in self._queue:
             self._queue.append(service.name)
             build.fanout.publish(self._waiting_event(service.name))
@@ -336,8 +420,11 @@ class BuildManager:
         async with self._lock:
             build = self._builds.get(name)
             if build is not None and build.status is BuildStatus.FAILED:
-                # A new request retries a failed build, as BinderHub does.
-                await self._forget_locked(name, remove_service=True)
+                # A new request retries a failed build, as BinderHub does. The old service
+                # goes first; if the engine cannot remove it, the request fails and the build
+                # stays known, so housekeeping still removes it later.
+                await self._swarm.remove_service(name)
+                await self._forget_locked(name, remove_service=False)
                 build = None
             if build is not None:
                 return build
@@ -386,7 +473,8 @@ class BuildManager:
         )
         node = "" if queued else await self._choose_node(request)
         status = BuildStatus.QUEUED if queued else BuildStatus.RUNNING
-        spec = self._job_spec(request, status=status, node=node, now=now)
+        secret = await self._registry_secret(request)
+        spec = self._job_spec(request, status=status, node=node, now=now, secret=secret)
         build = Build(request, status, tail_size=self._settings.log_tail_lines, created=now)
         build.node = node
         try:
@@ -399,11 +487,43 @@ class BuildManager:
         if queued:
             self._queue.append(spec.name)
             build.fanout.publish(self._waiting_event(spec.name))
+        self._notify_started(build)
         self._start_watcher(build, log_tail="all")
         return build
 
+    async def _registry_secret(self, request: BuildRequest) -> SecretMount | None:
+        """The Swarm secret holding the builder's registry credentials, made on first use."""
+        settings = self._settings
+        if not (settings.push and settings.has_registry_credentials):
+            return None
+        assert settings.registry_username is not None and settings.registry_password is not None
+        hosts = [image_registry_host(request.image)]
+        if settings.registry_url:
+            hosts.append(url_registry_host(settings.registry_url))
+        content = docker_config_json(hosts, settings.registry_username, settings.registry_password)
+        name = self._secret_names.get(content)
+        if name is None:
+            name = await asyncio.to_thread(registry_auth_secret_name, content)
+            self._secret_names[content] = name
+        info = await self._swarm.ensure_secret(name, content, {KIND_LABEL: KIND_REGISTRY_AUTH})
+        return SecretMount(info.id, info.name, f"{BUILDER_DOCKER_CONFIG}/config.json")
+
+    def _notify_started(self, build: Build) -> None:
+        if self._on_started is None:
+            return
+        try:
+            self._on_started(build)
+        except Exception:
+            log.exception("the on_started callback failed for build %s", build.name)
+
     def _job_spec(
-        self, request: BuildRequest, *, status: BuildStatus, node: str, now: float
+        self,
+        request: BuildRequest,
+        *,
+        status: BuildStatus,
+        node: str,
+        now: float,
+        secret: SecretMount | None = None,
     ) -> JobSpec:
         constraints = [f"{k}=={v}" for k, v in self._settings.node_selector.items()]
         if status is BuildStatus.QUEUED:
@@ -419,6 +539,8 @@ class BuildManager:
             constraints=constraints,
             networks=[self._settings.network] if self._settings.network else [],
             memory_limit=self._settings.memory_limit or None,
+            secrets=[secret] if secret is not None else [],
+            env={"DOCKER_CONFIG": BUILDER_DOCKER_CONFIG} if secret is not None else {},
         )
 
     async def _choose_node(self, request: BuildRequest) -> str:
@@ -458,6 +580,7 @@ class BuildManager:
             build.status = BuildStatus.RUNNING
             build.node = node
             build.started = self._clock()
+            self._notify_started(build)
             build.fanout.publish(BuildEvent.waiting(None, "Build slot free, starting the build.\n"))
         for name in self._queue:
             build = self._builds.get(name)
@@ -503,11 +626,32 @@ class BuildManager:
             await self._conclude(build, task, lines)
         except asyncio.CancelledError:
             raise
+        except _StopBuild as exc:
+            reason = str(exc)
+            build.finish(BuildStatus.FAILED, BuildEvent.failed(f"Build failed: {reason}\n"), reason)
+            async with self._lock:
+                self._watchers.pop(build.name, None)
+                # Stop it: the builder container goes with the service, and the daemon drops
+                # the image build whose client went away.
+                try:
+                    await self._swarm.remove_service(build.name)
+                except SwarmbinderError as remove_error:
+                    log.warning("could not remove build %s: %s", build.name, remove_error)
+                    build.lost = True  # housekeeping tries again
+                else:
+                    await self._forget_locked(build.name, remove_service=False)
+                await self._promote_queued_locked()
         except SwarmUnavailable as exc:
+            # Only reached after engine_grace: the engine is gone, not blinking.
+            build.lost = True
             build.finish(
                 BuildStatus.FAILED,
-                BuildEvent.failed(f"{exc.user_message} ({exc})\n", 503),
-                str(exc),
+                BuildEvent.failed(
+                    f"Build failed: the Docker engine stopped answering while the build ran "
+                    f"({exc}). Try again later.\n",
+                    503,
+                ),
+                f"the Docker engine stopped answering: {exc}",
             )
         except Exception as exc:  # a watcher must never die silently
             log.exception("watching build %s failed", build.name)
@@ -521,26 +665,57 @@ class BuildManager:
             with contextlib.suppress(asyncio.CancelledError, SwarmbinderError):
                 await reader
             if self._on_finished is not None and build.done.is_set():
-                with contextlib.suppress(Exception):
+                try:
                     result = self._on_finished(build)
                     if asyncio.iscoroutine(result):
                         await result
+                except Exception:
+                    log.exception("the on_finished callback failed for build %s", build.name)
 
     async def _read_logs(self, build: Build, tail: int | str, lines: list[str]) -> None:
-        stream = self._swarm.follow_logs(build.name, tail=tail)
+        """Publish the service's log lines; follow it again if the engine drops the stream.
+
+        After a reconnect, a log followed from its start is read from the start again and the
+        lines already seen are skipped; a log followed from a tail (an adopted build) goes on
+        with new lines only, so lines written while the engine was away may be missing.
+        """
         batch: list[str] = []
+        skip = 0
         try:
-            async for line in stream:
-                lines.append(line)
-                batch.append(line)
-                build.fanout.publish(as_log_event(line))
-                if self._on_log_lines is not None and len(batch) >= 50:
-                    self._on_log_lines(build.name, batch)
-                    batch = []
+            while True:
+                stream = self._swarm.follow_logs(build.name, tail=tail)
+                try:
+                    async for line in stream:
+                        if skip:
+                            skip -= 1
+                            continue
+                        lines.append(line)
+                        batch.append(line)
+                        build.fanout.publish(as_log_event(line))
+                        if len(batch) >= 50:
+                            self._log_lines(build.name, batch)
+                            batch = []
+                except SwarmUnavailable as exc:
+                    log.info("log stream of %s dropped: %s", build.name, exc)
+                finally:
+                    await stream.aclose()
+                self._log_lines(build.name, batch)
+                batch = []
+                await asyncio.sleep(max(self._settings.poll_interval, 0.5))
+                if tail == "all":
+                    skip = len(lines)
+                else:
+                    tail = 0
         finally:
-            if self._on_log_lines is not None and batch:
-                self._on_log_lines(build.name, batch)
-            await stream.aclose()
+            self._log_lines(build.name, batch)
+
+    def _log_lines(self, name: str, batch: list[str]) -> None:
+        if self._on_log_lines is None or not batch:
+            return
+        try:
+            self._on_log_lines(name, batch)
+        except Exception:
+            log.exception("the on_log_lines callback failed for build %s", name)
 
     async def _drain(self, reader: asyncio.Task[None], lines: list[str]) -> None:
         seen = -1
@@ -550,12 +725,28 @@ class BuildManager:
 
     async def _wait_terminal(self, build: Build) -> TaskState | None:
         pending_since: float | None = None
+        unanswered_since: float | None = None
         while True:
             if build.status is BuildStatus.QUEUED:
                 await asyncio.sleep(self._settings.poll_interval * 4)
                 continue
-            tasks = await self._swarm.tasks(build.name)
-            if not tasks and await self._swarm.inspect_service(build.name) is None:
+            now = self._clock()
+            if build.started and now - build.started > self._settings.max_age:
+                raise _StopBuild(
+                    f"the build timed out: it ran longer than build_max_age "
+                    f"({self._settings.max_age:g} s) and was stopped"
+                )
+            try:
+                tasks = await self._swarm.tasks(build.name)
+                gone = not tasks and await self._swarm.inspect_service(build.name) is None
+            except SwarmUnavailable:
+                unanswered_since = unanswered_since or now
+                if now - unanswered_since >= self._settings.engine_grace:
+                    raise
+                await asyncio.sleep(self._settings.poll_interval)
+                continue
+            unanswered_since = None
+            if gone:
                 return None
             current = tasks[-1] if tasks else None
             if current is not None and current.terminal:
@@ -565,20 +756,15 @@ class BuildManager:
                 TaskStateName.PENDING,
                 TaskStateName.ALLOCATED,
             )
-            now = self._clock()
             if waiting:
                 pending_since = pending_since or now
                 if now - pending_since > self._settings.pending_timeout:
-                    raise BuildFailed(
-                        f"no node accepted the build within {self._settings.pending_timeout:.0f} s"
+                    raise _StopBuild(
+                        f"no node accepted the build within {self._settings.pending_timeout:g} s"
                         + (f" ({current.message or current.error})" if current else "")
                     )
             else:
                 pending_since = None
-            if build.started and now - build.started > self._settings.max_age:
-                raise BuildFailed(
-                    f"the build ran longer than build_max_age ({self._settings.max_age:.0f} s)"
-                )
             await asyncio.sleep(self._settings.poll_interval)
 
     async def _conclude(self, build: Build, task: TaskState | None, lines: list[str]) -> None:
@@ -603,7 +789,7 @@ class BuildManager:
             await self._promote_queued_locked()
 
     async def _housekeeping(self) -> None:
-        """Remove finished build services; overdue ones were failed by their watchers."""
+        """Remove finished build services; overdue ones were stopped by their watchers."""
         while True:
             await asyncio.sleep(self._settings.cleanup_interval)
             try:
@@ -612,16 +798,32 @@ class BuildManager:
                 log.warning("build cleanup failed: %s", exc)
 
     async def cleanup(self) -> list[str]:
+        """Remove the services of finished builds: built ones at once, failed ones after
+        ``keep_failed_for`` (so ``docker service logs`` still shows why), lost ones as soon as
+        the engine answers. A build whose service could not be removed is kept for the next
+        round, so an engine that is away never makes us forget a service."""
         now = self._clock()
         removed = []
         async with self._lock:
             for name, build in list(self._builds.items()):
                 if build.finished is None:
                     continue
-                keep = self._settings.keep_failed_for if build.status is BuildStatus.FAILED else 0
-                if now - build.finished >= keep:
-                    await self._forget_locked(name, remove_service=True)
-                    removed.append(name)
+                keep = (
+                    self._settings.keep_failed_for
+                    if build.status is BuildStatus.FAILED and not build.lost
+                    else 0
+                )
+                if now - build.finished < keep:
+                    continue
+                try:
+                    await self._swarm.remove_service(name)
+                except SwarmbinderError as exc:
+                    log.warning("could not remove finished build %s yet: %s", name, exc)
+                    continue
+                await self._forget_locked(name, remove_service=False)
+                removed.append(name)
+            if removed:
+                await self._promote_queued_locked()
         return removed
 
     def snapshot(self) -> list[dict[str, object]]:

@@ -344,6 +344,21 @@ class Store:
 
         return await self._run("list builds for image", op)
 
+    async def builds_with_id_prefix(self, prefix: str, limit: int = 50) -> list[BuildRecord]:
+        """Builds whose id starts with ``prefix``, newest first (a range scan of the key)."""
+        _check_count("limit", limit)
+
+        def op(conn: sqlite3.Connection) -> list[BuildRecord]:
+            # A range rather than LIKE: no wildcards to escape, and it uses the primary key.
+            rows = conn.execute(
+                f"SELECT {_BUILD_COLUMNS} FROM builds WHERE build_id >= ? AND build_id < ?"
+                " ORDER BY started_at DESC, rowid DESC LIMIT ?",
+                (prefix, prefix + "\U0010ffff", limit),
+            ).fetchall()
+            return [BuildRecord(*row) for row in rows]
+
+        return await self._run("list builds by id", op)
+
     async def append_build_log(self, build_id: str, lines: Sequence[str]) -> None:
         """Append ``lines`` to the build's log, in order, in one transaction.
 

@@ -16,6 +16,7 @@ Facts of Swarm this module works around (see the README's "Swarm notes"):
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import enum
 import json
@@ -172,6 +173,34 @@ class BindMount:
 
 
 @dataclass(frozen=True)
+class SecretMount:
+    """A Swarm secret as a file in the container (``target`` may be an absolute path)."""
+
+    secret_id: str
+    secret_name: str
+    target: str
+    mode: int = 0o444
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    """A Swarm secret as the engine describes it; the engine never returns its data."""
+
+    id: str
+    name: str
+    labels: Mapping[str, str]
+
+    @classmethod
+    def from_api(cls, raw: Mapping[str, Any]) -> SecretInfo:
+        spec = raw.get("Spec") or {}
+        return cls(
+            id=str(raw.get("ID", "")),
+            name=str(spec.get("Name", "")),
+            labels=dict(spec.get("Labels") or {}),
+        )
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """A one-shot Swarm service: ``replicated-job`` mode, one completion, never restarted."""
 
@@ -186,7 +215,7 @@ class JobSpec:
     memory_limit: int | None = None
     #: Replace the image's entrypoint; None keeps it.
     command: Sequence[str] | None = None
-    secrets: Sequence[Mapping[str, Any]] = ()
+    secrets: Sequence[SecretMount] = ()
 
     def to_api(self) -> dict[str, Any]:
         container: dict[str, Any] = {
@@ -204,7 +233,14 @@ class JobSpec:
                 for m in self.mounts
             ]
         if self.secrets:
-            container["Secrets"] = [dict(s) for s in self.secrets]
+            container["Secrets"] = [
+                {
+                    "SecretID": s.secret_id,
+                    "SecretName": s.secret_name,
+                    "File": {"Name": s.target, "UID": "0", "GID": "0", "Mode": s.mode},
+                }
+                for s in self.secrets
+            ]
         template: dict[str, Any] = {
             "ContainerSpec": container,
             "RestartPolicy": {"Condition": "none", "MaxAttempts": 0},
@@ -385,6 +421,61 @@ class SwarmClient:
         except SwarmRequestFailed as exc:
             if exc.status not in (404, 409):  # gone already, or removal in progress
                 raise
+
+    # -- secrets -----------------------------------------------------------------------
+
+    async def find_secret(self, name: str) -> SecretInfo | None:
+        """The secret called exactly ``name`` (the engine's name filter also matches prefixes)."""
+        raw = await self._json("secrets", params={"filters": json.dumps({"name": [name]})})
+        found = [SecretInfo.from_api(s) for s in raw]
+        exact = [s for s in found if s.name == name]
+        return exact[0] if exact else None
+
+    async def list_secrets(self, labels: Mapping[str, str | None]) -> list[SecretInfo]:
+        """Secrets carrying every label (value None: any value)."""
+        wanted = [k if v is None else f"{k}={v}" for k, v in labels.items()]
+        raw = await self._json("secrets", params={"filters": json.dumps({"label": wanted})})
+        return [SecretInfo.from_api(s) for s in raw]
+
+    async def ensure_secret(
+        self, name: str, data: bytes, labels: Mapping[str, str] | None = None
+    ) -> SecretInfo:
+        """The secret ``name``, created with ``data`` if it does not exist yet.
+
+        Swarm secrets cannot be changed, so callers put a hash of ``data`` into ``name``: an
+        existing secret of that name holds the same data and is reused. Two callers racing to
+        create it both end with the one the engine kept. ``data`` never appears in an error.
+        """
+        existing = await self.find_secret(name)
+        if existing is not None:
+            return existing
+        body = {
+            "Name": name,
+            "Labels": dict(labels or {}),
+            "Data": base64.b64encode(data).decode("ascii"),
+        }
+        try:
+            created = await self._json("secrets/create", "POST", data=body)
+        except SwarmRequestFailed as exc:
+            if exc.status != 409:
+                raise
+            # Lost the race to another creator: theirs holds the same data.
+            raced = await self.find_secret(name)
+            if raced is None:
+                raise
+            return raced
+        return SecretInfo(id=str(created["ID"]), name=name, labels=dict(labels or {}))
+
+    async def remove_secret(self, name_or_id: str) -> bool:
+        """Remove the secret; False if it does not exist. A secret in use cannot be removed
+        (SwarmRequestFailed with status 400)."""
+        try:
+            await self._json(f"secrets/{name_or_id}", "DELETE")
+        except SwarmRequestFailed as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     # -- tasks -------------------------------------------------------------------------
 
