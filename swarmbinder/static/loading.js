@@ -1,0 +1,165 @@
+/* Loading page: follow /build/<provider>/<spec> and send the browser to the server. */
+(function () {
+  "use strict";
+  var B = window.SwarmBinder;
+  var config = B.readJson("launch-config");
+  var buildUrl = new URL(config.buildUrl, window.location.href);
+  var urlPath = B.launchUrlPath(new URLSearchParams(window.location.search));
+  var ORDER = ["waiting", "fetching", "building", "pushing", "launching", "ready"];
+  // repo2docker and docker colour their output; the log is plain text
+  var ANSI = /\x1b\[[0-9;?]*[A-Za-z]/g;
+  var MAX_RETRIES = 5;
+
+  var el = function (id) { return document.getElementById(id); };
+  var log = el("log");
+  var statusLine = el("status");
+  var finished = false;
+  var controller = null;
+
+  function appendLog(text) {
+    var atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    log.appendChild(document.createTextNode(text.replace(ANSI, "")));
+    if (atBottom) {
+      log.scrollTop = log.scrollHeight;
+    }
+  }
+
+  function setPhase(phase) {
+    // built is the step between pushing and launching
+    var shown = phase === "built" ? "pushing" : phase;
+    var index = ORDER.indexOf(shown);
+    if (index < 0) {
+      return;
+    }
+    el("phases").querySelectorAll("li").forEach(function (item) {
+      var i = ORDER.indexOf(item.dataset.phase);
+      item.classList.toggle("done", i < index || phase === "ready");
+      item.classList.toggle("active", i === index && phase !== "ready");
+    });
+    document.body.dataset.phase = phase;
+    statusLine.textContent = {
+      waiting: "Waiting for a build slot…",
+      fetching: "Fetching the repository…",
+      building: "Building the image…",
+      pushing: "Pushing the image…",
+      built: "Image ready, launching…",
+      launching: "Launching the server…",
+      ready: "Server ready, redirecting…",
+    }[phase];
+    statusLine.className = "status" + (phase === "ready" ? " ready" : "");
+  }
+
+  function fail(message) {
+    finished = true;
+    if (controller) {
+      controller.abort();
+    }
+    document.body.dataset.phase = "failed";
+    el("phases").classList.add("failed");
+    statusLine.textContent = "Launch failed";
+    statusLine.className = "status failed";
+    var box = el("failure");
+    box.textContent = message.replace(ANSI, "").trim() || "The launch failed.";
+    box.classList.remove("hidden");
+    log.classList.remove("hidden");
+    el("toggle-log").textContent = "hide";
+  }
+
+  function ready(data) {
+    finished = true;
+    setPhase("ready");
+    // the server keeps the stream open after ready; closing it is the client's job
+    if (controller) {
+      controller.abort();
+    }
+    window.location.href = B.jupyterRedirectUrl(data.url, data.token, urlPath).toString();
+  }
+
+  function handle(data) {
+    var phase = (data.phase || "").toLowerCase();
+    if (typeof data.message === "string") {
+      appendLog(data.message);
+    }
+    if (phase === "failed") {
+      fail(data.message || "The build failed.");
+    } else if (phase === "ready") {
+      ready(data);
+    } else {
+      setPhase(phase);
+    }
+  }
+
+  function retryOrFail(attempt, message) {
+    if (attempt >= MAX_RETRIES) {
+      fail(message);
+      return;
+    }
+    appendLog(message + " Retrying…\n");
+    setTimeout(function () { connect(attempt + 1); }, 1000 * (attempt + 1));
+  }
+
+  async function connect(attempt) {
+    controller = new AbortController();
+    var response;
+    try {
+      response = await fetch(buildUrl, {
+        headers: { Accept: "text/event-stream" },
+        cache: "no-store",
+        signal: controller.signal,
+      });
+    } catch (error) {
+      if (!finished) {
+        retryOrFail(attempt, "Could not connect to the build stream: " + error + ".");
+      }
+      return;
+    }
+    if (!response.ok) {
+      var body = (await response.text()).trim();
+      var text = "Failed to connect to event stream: " + response.status + " - " + body;
+      // a 4xx other than 429 will not get better by asking again
+      if (response.status >= 400 && response.status < 500 && response.status !== 429) {
+        fail(text);
+      } else {
+        retryOrFail(attempt, text);
+      }
+      return;
+    }
+    statusLine.textContent = "Connected, waiting for the build…";
+    var reader = response.body.getReader();
+    var decoder = new TextDecoder();
+    var parser = new B.SSEParser();
+    try {
+      while (!finished) {
+        var chunk = await reader.read();
+        if (chunk.done) {
+          break;
+        }
+        var events = parser.feed(decoder.decode(chunk.value, { stream: true }));
+        for (var i = 0; i < events.length && !finished; i++) {
+          var data = null;
+          try {
+            data = JSON.parse(events[i]);
+          } catch (error) {
+            appendLog("Unreadable event from the server: " + events[i] + "\n");
+          }
+          if (data) {
+            handle(data);
+          }
+        }
+      }
+    } catch (error) {
+      if (finished) {
+        return; // our own abort after ready or failed
+      }
+    }
+    if (!finished) {
+      fail("Event stream closed unexpectedly.");
+    }
+  }
+
+  el("toggle-log").addEventListener("click", function (event) {
+    var hidden = log.classList.toggle("hidden");
+    event.target.textContent = hidden ? "show" : "hide";
+  });
+  connect(0);
+})();
