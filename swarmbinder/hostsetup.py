@@ -421,3 +421,84 @@ def wait_http(url: str, timeout: float, ok_statuses: tuple[int, ...] = (200,)) -
             pass
         time.sleep(0.3)
     return False
+
+
+# --------------------------------------------------------------------------- swarm objects
+
+
+def ensure_overlay_network(name: str, labels: Mapping[str, str] | None = None) -> str:
+    """An attachable overlay network called ``name`` (created if missing); returns its id.
+
+    Attachable, so a standalone container (a test, a debugging shell) can join the services
+    on it. A network of that name with another driver is an error, not something to replace:
+    services may be using it.
+    """
+    inspect = run(
+        ["docker", "network", "inspect", "--format", "{{.Id}} {{.Driver}} {{.Scope}}", name],
+        check=False,
+    )
+    if inspect.returncode == 0:
+        net_id, driver, scope = (inspect.stdout.split() + ["", "", ""])[:3]
+        if driver != "overlay" or scope != "swarm":
+            raise SetupError(
+                f"network {name} exists as a {scope} {driver} network, not a swarm overlay; "
+                "remove it or choose another name"
+            )
+        return net_id
+    cmd = ["docker", "network", "create", "--driver", "overlay", "--attachable"]
+    for key, value in (labels or {}).items():
+        cmd += ["--label", f"{key}={value}"]
+    created = run([*cmd, name], check=False)
+    if created.returncode != 0:
+        # Another process may have created it meanwhile: that one is as good as ours.
+        again = run(["docker", "network", "inspect", "--format", "{{.Id}}", name], check=False)
+        if again.returncode == 0:
+            return again.stdout.strip()
+        raise SetupError(f"creating network {name} failed: {_last_line(created.stderr)}")
+    return created.stdout.strip()
+
+
+def read_or_create_secret(path: Path, nbytes: int = 32) -> str:
+    """A random hex secret kept in ``path`` (mode 0600), made on first use."""
+    import secrets
+
+    if path.is_file():
+        value = path.read_text().strip()
+        if len(value) >= 16:
+            return value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(nbytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(value + "\n")
+    return value
+
+
+def ensure_swarm_config(name_prefix: str, content: bytes, labels: Mapping[str, str]) -> str:
+    """A Swarm config holding ``content``, named ``{name_prefix}{hash}``; returns the name.
+
+    Swarm configs cannot be changed, so new content gets a new name; the old one is removed
+    once nothing uses it (:func:`remove_unused_configs`).
+    """
+    name = name_prefix + hashlib.sha256(content).hexdigest()[:12]
+    if run(["docker", "config", "inspect", name], check=False).returncode == 0:
+        return name
+    cmd = ["docker", "config", "create"]
+    for key, value in labels.items():
+        cmd += ["--label", f"{key}={value}"]
+    with tempfile.NamedTemporaryFile(prefix="swarmbinder-config-") as tmp:
+        tmp.write(content)
+        tmp.flush()
+        created = run([*cmd, name, tmp.name], check=False)
+    exists = run(["docker", "config", "inspect", name], check=False).returncode == 0
+    if created.returncode != 0 and not exists:
+        raise SetupError(f"creating config {name} failed: {_last_line(created.stderr)}")
+    return name
+
+
+def remove_unused_configs(name_prefix: str, keep: str | None = None) -> None:
+    """Remove configs named ``{name_prefix}*`` except ``keep``; ones still in use stay."""
+    listed = run(["docker", "config", "ls", "--format", "{{.Name}}"], check=False)
+    for name in listed.stdout.split():
+        if name.startswith(name_prefix) and name != keep:
+            run(["docker", "config", "rm", name], check=False)

@@ -1,0 +1,296 @@
+"""JupyterHub configuration for swarmbinder: SwarmSpawner user servers, launched over the API.
+
+Shipped as a Swarm config and read from the environment, so one file serves every deployment.
+Every variable has a default except the two that must never be guessed:
+
+SWARMBINDER_HUB_API_TOKEN         token of the ``swarmbinder`` service (or ..._FILE: a path
+                                  holding it, e.g. a Swarm secret under /run/secrets/)
+SWARMBINDER_HUB_IMAGE_PREFIX      only images whose name starts with this are launched
+                                  (``registry:5000/binder-``); ``*`` is refused on purpose
+SWARMBINDER_HUB_NETWORK           attachable overlay shared by the hub and user servers
+                                  (default ``swarmbinder``)
+SWARMBINDER_HUB_CONNECT_HOST      the hub's Swarm service name, as user servers resolve it
+                                  (default ``jupyterhub``)
+SWARMBINDER_HUB_ID                value of the ``swarmbinder.hub`` label on user servers, so
+                                  several hubs can share a swarm (default: the connect host)
+SWARMBINDER_HUB_BASE_URL          JupyterHub's base URL (default ``/``)
+SWARMBINDER_HUB_DATA_DIR          volume for the database and cookie secret
+                                  (default ``/srv/jupyterhub/data``)
+SWARMBINDER_HUB_DB_URL            database URL (default: SQLite in the data dir)
+SWARMBINDER_HUB_MEM_LIMIT         user server memory limit (``2G``; empty: none)
+SWARMBINDER_HUB_MEM_GUARANTEE     memory reservation (empty: none)
+SWARMBINDER_HUB_CPU_LIMIT         CPUs per user server (``1``; empty: none)
+SWARMBINDER_HUB_CPU_GUARANTEE     CPU reservation (empty: none)
+SWARMBINDER_HUB_CULL_TIMEOUT      seconds of inactivity before a server is culled (3600)
+SWARMBINDER_HUB_CULL_EVERY        seconds between culler runs (600)
+SWARMBINDER_HUB_CULL_MAX_AGE      seconds after which any server is culled (0: never)
+SWARMBINDER_HUB_START_TIMEOUT     seconds for a user server's task to start (120)
+SWARMBINDER_HUB_HTTP_TIMEOUT      seconds for a started server to answer (60)
+SWARMBINDER_HUB_AUTH_ENABLED      ``true``: users log in (then set ..._AUTHENTICATOR) and
+                                  keep their named servers; ``false`` (default): temporary
+                                  users made by swarmbinder, reached with the Binder token only
+SWARMBINDER_HUB_AUTHENTICATOR     authenticator class when auth is enabled
+SWARMBINDER_HUB_SERVER_PREFIX     user server service names start ``{prefix}-`` (``jupyter``)
+SWARMBINDER_HUB_CONSTRAINTS       comma-separated placement constraints for user servers
+SWARMBINDER_HUB_CORS_ALLOW_ORIGIN Access-Control-Allow-Origin of user servers (empty: none)
+
+Settings that a launch on Swarm needs and that are not negotiable: user servers join the
+overlay network by their service name (``use_internal_ip``, ``dnsrr``: without IPVS a service's
+virtual IP does not route), ``cmd`` is explicit (otherwise the spawner inspects the image on the
+manager, where an image that lives only in the registry does not exist), and user-server tasks
+are never restarted (a server that dies is stopped and culled rather than replaced with a fresh
+one behind the user's back).
+"""
+
+# ruff: noqa: F821  (``c`` is provided by JupyterHub when it loads this file)
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from docker.types import RestartPolicy
+from dockerspawner import SwarmSpawner
+from tornado import web
+
+#: Labels on every user-server service; swarmbinder counts quotas and reaps orphans by them.
+LABEL_ROLE = "swarmbinder.role"
+ROLE_USER_SERVER = "user-server"
+LABEL_HUB = "swarmbinder.hub"
+LABEL_USER = "swarmbinder.user"
+LABEL_SERVER_NAME = "swarmbinder.server-name"
+LABEL_IMAGE = "swarmbinder.image"
+LABEL_REPO_URL = "swarmbinder.repo-url"
+LABEL_SPEC = "swarmbinder.spec"
+#: Swarm keeps label values of any length, but nothing good comes of a megabyte of user input.
+MAX_LABEL_VALUE = 1024
+
+#: user_options keys passed on as environment variables, as BinderHub's spawner does.
+BINDER_ENV_OPTIONS = (
+    "binder_ref_url",
+    "binder_launch_host",
+    "binder_persistent_request",
+    "binder_request",
+    "binder_client_ip",
+)
+
+
+def env(name: str, default: str = "") -> str:
+    return os.environ.get(f"SWARMBINDER_HUB_{name}", default).strip()
+
+
+def env_flag(name: str, default: bool) -> bool:
+    value = env(name, "true" if default else "false").lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    sys.exit(f"SWARMBINDER_HUB_{name}={value!r}: expected true or false")
+
+
+def env_number(name: str, default: str) -> float | None:
+    value = env(name, default)
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        sys.exit(f"SWARMBINDER_HUB_{name}={value!r}: expected a number")
+
+
+def read_api_token() -> str:
+    path = env("API_TOKEN_FILE")
+    token = Path(path).read_text().strip() if path else env("API_TOKEN")
+    if len(token) < 8:
+        sys.exit(
+            "SWARMBINDER_HUB_API_TOKEN (or SWARMBINDER_HUB_API_TOKEN_FILE) must hold the "
+            "swarmbinder service's API token, at least 8 characters"
+        )
+    return token
+
+
+API_TOKEN = read_api_token()
+IMAGE_PREFIX = env("IMAGE_PREFIX")
+if not IMAGE_PREFIX or "*" in IMAGE_PREFIX or "/" not in IMAGE_PREFIX:
+    # A prefix without a registry part would let any Docker Hub image run on the swarm.
+    sys.exit(
+        "SWARMBINDER_HUB_IMAGE_PREFIX must be the registry prefix of built images, "
+        "e.g. registry.example.org:5000/binder- (wildcards are refused)"
+    )
+NETWORK = env("NETWORK", "swarmbinder")
+CONNECT_HOST = env("CONNECT_HOST", "jupyterhub")
+HUB_ID = env("ID", CONNECT_HOST)
+DATA_DIR = Path(env("DATA_DIR", "/srv/jupyterhub/data"))
+AUTH_ENABLED = env_flag("AUTH_ENABLED", False)
+CORS_ALLOW_ORIGIN = env("CORS_ALLOW_ORIGIN")
+
+
+def image_allowed(image: object) -> bool:
+    return isinstance(image, str) and image.startswith(IMAGE_PREFIX) and len(image) < 512
+
+
+def allowed_images(spawner: SwarmSpawner) -> list[str]:
+    """Only the image asked for, and only when it is one of ours."""
+    image = spawner.user_options.get("image")
+    return [image] if image_allowed(image) else []
+
+
+def _label_value(value: object) -> str:
+    text = value if isinstance(value, str) else ""
+    return text[:MAX_LABEL_VALUE]
+
+
+class BinderSwarmSpawner(SwarmSpawner):
+    """SwarmSpawner for Binder launches.
+
+    - the image comes from ``user_options["image"]`` and must be under the image prefix;
+    - without auth, ``user_options["token"]`` becomes the server's API token: the hub stores
+      it as a server token of the user, and jupyterhub-singleuser lets a request carrying it
+      in; that is the token the Binder client hands to the browser;
+    - the service carries ``swarmbinder.*`` labels naming user, image, repository and spec.
+    """
+
+    async def start(self) -> object:
+        options = self.user_options or {}
+        image = options.get("image")
+        if not image:
+            raise web.HTTPError(400, "image required")
+        if not image_allowed(image):
+            raise web.HTTPError(
+                400, f"Image {image} is not one this Binder built (not under {IMAGE_PREFIX})"
+            )
+        token = options.get("token")
+        if not AUTH_ENABLED and not token:
+            raise web.HTTPError(400, "token required")
+        if token:
+            if not isinstance(token, str) or len(token) < 16:
+                raise web.HTTPError(400, "token must be a string of at least 16 characters")
+            self.api_token = token
+        self.extra_create_kwargs = {
+            **self.extra_create_kwargs,
+            "labels": {
+                LABEL_ROLE: ROLE_USER_SERVER,
+                LABEL_HUB: HUB_ID,
+                LABEL_USER: self.user.name,
+                LABEL_SERVER_NAME: self.name or "",
+                LABEL_IMAGE: _label_value(image),
+                LABEL_REPO_URL: _label_value(options.get("repo_url")),
+                LABEL_SPEC: _label_value(options.get("provider_spec")),
+            },
+        }
+        return await super().start()
+
+    def get_env(self) -> dict[str, str]:
+        environment: dict[str, str] = super().get_env()
+        options = self.user_options or {}
+        if isinstance(options.get("repo_url"), str):
+            environment["BINDER_REPO_URL"] = options["repo_url"]
+        for key in BINDER_ENV_OPTIONS:
+            if isinstance(options.get(key), str):
+                environment[key.upper()] = options[key]
+        return environment
+
+    def get_args(self) -> list[str]:
+        args: list[str] = super().get_args()
+        if CORS_ALLOW_ORIGIN:
+            args.append(f"--ServerApp.allow_origin={CORS_ALLOW_ORIGIN}")
+            if CORS_ALLOW_ORIGIN == "*":
+                # allow_origin=* alone does not cover requests for single files
+                args.append("--ServerApp.allow_origin_pat=.*")
+        return args
+
+
+# --------------------------------------------------------------------------- hub
+
+c.JupyterHub.base_url = env("BASE_URL", "/")
+c.JupyterHub.ip = "0.0.0.0"
+c.JupyterHub.port = 8000
+c.JupyterHub.hub_ip = "0.0.0.0"
+c.JupyterHub.hub_connect_ip = CONNECT_HOST
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+c.JupyterHub.db_url = env("DB_URL", f"sqlite:///{DATA_DIR / 'jupyterhub.sqlite'}")
+c.JupyterHub.cookie_secret_file = str(DATA_DIR / "jupyterhub_cookie_secret")
+# A hub restart (an update, a moved task) keeps users' servers: they are Swarm services, and
+# the database on the volume still knows them.
+c.JupyterHub.cleanup_servers = False
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.log_level = env("LOG_LEVEL", "INFO")
+
+if AUTH_ENABLED:
+    authenticator = env("AUTHENTICATOR")
+    if not authenticator or authenticator == "null":
+        sys.exit("SWARMBINDER_HUB_AUTH_ENABLED=true needs SWARMBINDER_HUB_AUTHENTICATOR")
+    c.JupyterHub.authenticator_class = authenticator
+else:
+    # Nobody logs in: swarmbinder makes a temporary user per launch through the API, and the
+    # user reaches the server with the token it was started with.
+    c.JupyterHub.authenticator_class = "null"
+
+# --------------------------------------------------------------------------- spawner
+
+c.JupyterHub.spawner_class = BinderSwarmSpawner
+c.SwarmSpawner.network_name = NETWORK
+c.SwarmSpawner.use_internal_ip = True
+c.SwarmSpawner.extra_endpoint_spec = {"mode": "dnsrr"}
+c.SwarmSpawner.cmd = ["jupyterhub-singleuser"]
+c.SwarmSpawner.allowed_images = allowed_images
+c.SwarmSpawner.prefix = env("SERVER_PREFIX", "jupyter")
+c.SwarmSpawner.extra_task_spec = {"restart_policy": RestartPolicy(condition="none")}
+constraints = [item.strip() for item in env("CONSTRAINTS").split(",") if item.strip()]
+if constraints:
+    c.SwarmSpawner.extra_placement_spec = {"constraints": constraints}
+if env("MEM_LIMIT", "2G"):
+    c.SwarmSpawner.mem_limit = env("MEM_LIMIT", "2G")
+if env("MEM_GUARANTEE"):
+    c.SwarmSpawner.mem_guarantee = env("MEM_GUARANTEE")
+cpu_limit = env_number("CPU_LIMIT", "1")
+if cpu_limit:
+    c.SwarmSpawner.cpu_limit = cpu_limit
+cpu_guarantee = env_number("CPU_GUARANTEE", "")
+if cpu_guarantee:
+    c.SwarmSpawner.cpu_guarantee = cpu_guarantee
+c.SwarmSpawner.start_timeout = int(env_number("START_TIMEOUT", "120") or 120)
+c.SwarmSpawner.http_timeout = int(env_number("HTTP_TIMEOUT", "60") or 60)
+c.SwarmSpawner.remove = True
+
+# --------------------------------------------------------------------------- services
+
+cull_timeout = int(env_number("CULL_TIMEOUT", "3600") or 3600)
+cull_every = int(env_number("CULL_EVERY", "600") or 600)
+cull_max_age = int(env_number("CULL_MAX_AGE", "0") or 0)
+culler = [
+    sys.executable,
+    "-m",
+    "jupyterhub_idle_culler",
+    f"--timeout={cull_timeout}",
+    f"--cull-every={cull_every}",
+    f"--max-age={cull_max_age}",
+    "--remove-named-servers=true",
+]
+if not AUTH_ENABLED:
+    # Temporary users exist for one launch: once their server is culled they go too.
+    culler.append("--cull-users=true")
+
+c.JupyterHub.services = [
+    {"name": "swarmbinder", "api_token": API_TOKEN},
+    {"name": "idle-culler", "command": culler},
+]
+c.JupyterHub.load_roles = [
+    {
+        "name": "swarmbinder",
+        "services": ["swarmbinder"],
+        "scopes": ["admin:users", "admin:servers", "tokens", "read:users", "access:servers"],
+    },
+    {
+        "name": "idle-culler",
+        "services": ["idle-culler"],
+        "scopes": [
+            "list:users",
+            "read:users:activity",
+            "read:servers",
+            "delete:servers",
+            *(["admin:users"] if not AUTH_ENABLED else []),
+        ],
+    },
+]
