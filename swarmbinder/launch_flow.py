@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -155,7 +155,7 @@ class LaunchFlow:
         self._check_quota = check_quota
         self._observer: FlowObserver = observer or _NoObserver()
 
-    async def run(self, request: LaunchRequest) -> AsyncIterator[BuildEvent]:
+    async def run(self, request: LaunchRequest) -> AsyncGenerator[BuildEvent, None]:
         """The events for ``request``; the last one is ``ready`` or ``failed``."""
         try:
             # _closing everywhere: an abandoned inner iterator must be closed now (its

@@ -1,0 +1,64 @@
+"""Who may start a launch: network bans, build tokens and the per-IP rate limit, in
+BinderHub's order (``BaseHandler.prepare`` then ``BuildHandler.get``).
+
+The rules themselves live in their own modules (:mod:`bans`, :mod:`buildtokens`,
+:mod:`ratelimit`, :mod:`clientip`); this module only decides the order and what a refusal
+looks like, so the ``/build`` handler stays a parser and tests can drive admission without HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A request that may go on."""
+
+    client_ip: str
+    #: A valid build token came with it: the rate limit does not apply (BinderHub's rule).
+    have_build_token: bool
+    #: The JupyterHub user when ``auth_enabled``; ``None`` means a temporary user.
+    username: str | None = None
+
+
+class Admission:
+    """Each check raises a :class:`~swarmbinder.errors.SwarmbinderError` with its status."""
+
+    def __init__(
+        self,
+        *,
+        client_ip: Callable[[str, Mapping[str, str]], str],
+        check_network: Callable[[str], None],
+        verify_token: Callable[[str, str, str | None], None] | None = None,
+        rate_limit: Callable[[str], None] | None = None,
+        authenticate: Callable[[Mapping[str, str]], Awaitable[str | None]] | None = None,
+    ) -> None:
+        self._client_ip = client_ip
+        self._check_network = check_network
+        self._verify_token = verify_token
+        self._rate_limit = rate_limit
+        self._authenticate = authenticate
+
+    async def admit(
+        self,
+        *,
+        peer: str,
+        headers: Mapping[str, str],
+        path: str,
+        build_token: str | None,
+        origin: str | None,
+    ) -> Admitted:
+        ip = self._client_ip(peer, headers)
+        self._check_network(ip)
+        have_token = False
+        if build_token and self._verify_token is not None:
+            # An invalid token is refused outright rather than ignored: a page that embeds a
+            # stale token should say so, not silently fall back to the rate limit.
+            self._verify_token(build_token, path, origin)
+            have_token = True
+        if not have_token and self._rate_limit is not None:
+            self._rate_limit(ip)
+        username = await self._authenticate(headers) if self._authenticate else None
+        return Admitted(client_ip=ip, have_build_token=have_token, username=username)

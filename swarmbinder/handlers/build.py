@@ -1,0 +1,190 @@
+"""``GET /build/<provider>/<spec>``: BinderHub's EventSource protocol over :mod:`launch_flow`.
+
+The handler parses, admits (network bans, build token, rate limit), and writes what the flow
+yields as ``data: <json>`` frames, with a ``:keepalive`` comment whenever nothing else was
+written for :data:`~swarmbinder.events.KEEPALIVE_INTERVAL` seconds.
+
+Errors found before the stream starts are answered with their HTTP status *and* a ``failed``
+event in an event-stream body, as BinderHub does: an EventSource client never sees the status,
+only the event.
+
+After ``ready`` the stream stays open (keepalives only) until the client closes it: browsers'
+EventSource reconnects when the server closes first, and a reconnect would start a new launch.
+A client that goes away is noticed within :data:`DISCONNECT_POLL` seconds, whatever the flow is
+waiting on, and only this request's iteration stops; the build keeps running for other
+watchers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from ..admission import Admitted
+from ..errors import SwarmbinderError
+from ..events import KEEPALIVE_FRAME, KEEPALIVE_INTERVAL, BuildEvent, Phase, sse_frame
+from ..keys import ADMISSION, CONFIG, FLOW
+from ..launch_flow import LaunchRequest
+
+log = logging.getLogger(__name__)
+
+#: How often a stream checks that its client is still there.
+DISCONNECT_POLL = 0.5
+#: A stream left open after ``ready`` is closed after this long even if the client stays.
+HOLD_OPEN_SECONDS = 600.0
+
+BUILD_ONLY_REFUSED = (
+    "Building but not launching is not permitted when the API only mode was not enabled "
+    "by setting `enable_api_only_mode` to True."
+)
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    # nginx and friends buffer responses unless told not to; an event stream must not wait.
+    "X-Accel-Buffering": "no",
+}
+
+
+def _error_stream(status: int, message: str, headers: dict[str, str]) -> web.Response:
+    body = sse_frame(BuildEvent.failed(message, status))
+    return web.Response(status=status, body=body, headers={**SSE_HEADERS, **headers})
+
+
+def _spec_path(request: web.Request) -> str:
+    """``<provider>/<spec>`` exactly as sent, percent-escapes kept (``git`` specs carry an
+    escaped URL, and unescaping it here would split it at its slashes)."""
+    prefix = f"{request.app[CONFIG].server.base_url}build/"
+    raw = request.raw_path.split("?", 1)[0]
+    return raw[len(prefix) :] if raw.startswith(prefix) else raw.lstrip("/")
+
+
+def _build_only(request: web.Request) -> bool:
+    if request.query.get("build_only", "").lower() != "true":
+        return False
+    if not request.app[CONFIG].server.enable_api_only_mode:
+        raise SwarmbinderError("build_only outside API-only mode", user_message=BUILD_ONLY_REFUSED)
+    return True
+
+
+def _launch_host(request: web.Request) -> str:
+    config = request.app[CONFIG]
+    badge_base_url = config.pages.badge_base_url
+    if badge_base_url:
+        return badge_base_url
+    return f"{request.scheme}://{request.host}{config.server.base_url}"
+
+
+async def build(request: web.Request) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    cors = {}
+    if config.server.cors_allow_origin:
+        cors["Access-Control-Allow-Origin"] = config.server.cors_allow_origin
+    accept = {part.strip().lower() for part in request.headers.get("Accept", "").split(",")}
+    accept |= {part.split(";")[0].strip() for part in accept}
+    if "text/event-stream" not in accept:
+        return _error_stream(400, "Missing Accept header: text/event-stream", cors)
+
+    path = _spec_path(request)
+    try:
+        build_only = _build_only(request)
+        admitted: Admitted = await request.app[ADMISSION].admit(
+            peer=request.remote or "",
+            headers=request.headers,
+            path=path,
+            build_token=request.query.get("build_token"),
+            origin=request.headers.get("Origin"),
+        )
+    except SwarmbinderError as error:
+        status = error.status_code if 400 <= error.status_code < 600 else 400
+        if error.user_message == BUILD_ONLY_REFUSED:
+            status = 400
+        return _error_stream(status, error.user_message, cors)
+
+    provider_prefix, _, spec = path.partition("/")
+    launch = LaunchRequest(
+        provider_prefix=provider_prefix,
+        spec=spec.rstrip("/"),
+        launch_host=_launch_host(request),
+        build_only=build_only,
+        username=admitted.username,
+        origin=request.host,
+        request_origin=request.headers.get("Origin") or request.headers.get("Sec-Fetch-Site") or "",
+        have_build_token=admitted.have_build_token,
+    )
+    response = web.StreamResponse(headers={**SSE_HEADERS, **cors})
+    await response.prepare(request)
+    stream = request.app[FLOW].run(launch)
+    try:
+        await _relay(request, response, stream, hold_open=not build_only)
+    except (ConnectionResetError, ConnectionError):
+        log.info("client left %s", request.path)
+    finally:
+        await stream.aclose()
+    return response
+
+
+async def _relay(
+    request: web.Request,
+    response: web.StreamResponse,
+    stream: AsyncIterator[BuildEvent],
+    *,
+    hold_open: bool,
+) -> None:
+    """Write the flow's events with keepalives; after a launch's ``ready`` hold the stream
+    open (a ``build_only`` request has nothing to reconnect to, so it ends, as BinderHub's)."""
+    queue: asyncio.Queue[BuildEvent | None] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for event in stream:
+                await queue.put(event)
+        finally:
+            await queue.put(None)
+
+    pump_task = asyncio.create_task(pump(), name=f"relay {request.path}")
+    try:
+        last_write = asyncio.get_running_loop().time()
+        final: BuildEvent | None = None
+        while True:
+            if _client_gone(request):
+                return
+            try:
+                item = await asyncio.wait_for(queue.get(), DISCONNECT_POLL)
+            except TimeoutError:
+                now = asyncio.get_running_loop().time()
+                if now - last_write >= KEEPALIVE_INTERVAL:
+                    await response.write(KEEPALIVE_FRAME)
+                    last_write = now
+                continue
+            if item is None:
+                break
+            await response.write(sse_frame(item))
+            last_write = asyncio.get_running_loop().time()
+            final = item
+        if hold_open and final is not None and final.phase is Phase.READY:
+            await _hold_open(request, response)
+    finally:
+        pump_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump_task
+
+
+async def _hold_open(request: web.Request, response: web.StreamResponse) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HOLD_OPEN_SECONDS
+    last_write = loop.time()
+    while loop.time() < deadline and not _client_gone(request):
+        await asyncio.sleep(DISCONNECT_POLL)
+        if loop.time() - last_write >= KEEPALIVE_INTERVAL:
+            await response.write(KEEPALIVE_FRAME)
+            last_write = loop.time()
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
