@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from swarmbinder.errors import ServiceNameConflict, SwarmUnavailable
-from swarmbinder.swarm import JobSpec, SwarmClient, TaskStateName
+from swarmbinder.errors import ServiceNameConflict, SwarmRequestFailed, SwarmUnavailable
+from swarmbinder.swarm import JobSpec, SecretMount, SwarmClient, TaskStateName
 
 pytestmark = pytest.mark.swarm
 
@@ -129,3 +129,52 @@ async def test_removing_a_job_while_it_starts_leaves_no_container(
     await swarm.create_job(job(name, testground["images"]["singleuser"], "sleep 1", run_label))
     assert await swarm.remove_service(name) is True
     assert await swarm.remove_leftover_containers(name) == 0
+
+
+async def test_secrets_are_created_once_reused_and_removed(
+    swarm: SwarmClient, run_label: dict[str, str]
+) -> None:
+    name = f"sbtest-secret-{run_label['swarmbinder.test-run']}"
+    try:
+        first = await swarm.ensure_secret(name, b"content", run_label)
+        again = await swarm.ensure_secret(name, b"content", run_label)
+        assert again.id == first.id and again.name == name
+        assert again.labels == run_label
+        # the name filter matches prefixes; find_secret does not
+        assert await swarm.find_secret(name[:-1]) is None
+        assert [s.id for s in await swarm.list_secrets(run_label)] == [first.id]
+        racing = await asyncio.gather(
+            *(swarm.ensure_secret(name + "-race", b"x", run_label) for _ in range(5))
+        )
+        assert len({s.id for s in racing}) == 1
+    finally:
+        for secret in await swarm.list_secrets(run_label):
+            await swarm.remove_secret(secret.id)
+    assert await swarm.find_secret(name) is None
+    assert await swarm.remove_secret(name) is False
+
+
+async def test_a_job_reads_its_secret_as_a_file(
+    swarm: SwarmClient, testground: dict[str, Any], run_label: dict[str, str], cleanup: None
+) -> None:
+    name = f"sbtest-secretjob-{run_label['swarmbinder.test-run']}"
+    secret = await swarm.ensure_secret(name, b"the-secret-content", run_label)
+    try:
+        spec = JobSpec(
+            name=name,
+            image=testground["images"]["singleuser"],
+            command=["sh", "-c"],
+            args=["cat /etc/sbtest/secret.txt"],
+            labels=run_label,
+            secrets=[SecretMount(secret.id, secret.name, "/etc/sbtest/secret.txt")],
+        )
+        await swarm.create_job(spec)
+        async with asyncio.timeout(60):
+            task = await swarm.wait_job(name)
+        assert task.succeeded
+        assert await swarm.read_logs(name) == ["the-secret-content"]
+        with pytest.raises(SwarmRequestFailed):  # in use by the service
+            await swarm.remove_secret(secret.id)
+    finally:
+        await swarm.remove_service(name)
+        await swarm.remove_secret(secret.id)
