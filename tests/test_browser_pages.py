@@ -181,7 +181,7 @@ async def test_loading_page_shows_log_and_lands_on_server(page: Page) -> None:  
         await expect(log).to_contain_text("Step 1/3 : FROM buildpack-deps:jammy")
         await expect(log).to_contain_text("Successfully built 0123abcd")
         # colour codes are stripped, not shown as garbage
-        assert "\x1b" not in await log.text_content()
+        assert "\x1b" not in (await log.text_content() or "")
         await expect(page.locator("#status")).to_have_text("Image ready, launching…")
         await screenshot(page, "loading")
 

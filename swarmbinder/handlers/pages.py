@@ -181,9 +181,10 @@ def add_page_routes(
     router.add_get(base, home)
     if base != "/":
         router.add_get(base.rstrip("/"), _redirect_to(base))
-    router.add_get(f"{base}v2/{{provider}}/{{spec:.+}}", loading)
+    # [\s\S]: an escaped CR/LF in a spec must reach the spec checks, not fall through to 404
+    router.add_get(f"{base}v2/{{provider}}/{{spec:[\\s\\S]+}}", loading)
     router.add_get(f"{base}repo/{{org}}/{{repo}}", legacy_redirect)
-    router.add_get(f"{base}repo/{{org}}/{{repo}}/{{path:.*}}", legacy_redirect)
+    router.add_get(f"{base}repo/{{org}}/{{repo}}/{{path:[\\s\\S]*}}", legacy_redirect)
     router.add_get(f"{base}about", about)
     router.add_get(f"{base}badge.svg", _badge("badge.svg"))
     router.add_get(f"{base}badge_logo.svg", _badge("badge_logo.svg"))
