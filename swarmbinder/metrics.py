@@ -1,0 +1,416 @@
+"""Prometheus metrics and the launch event log.
+
+BinderHub's metrics keep their exact names, types, labels and buckets (``binderhub/builder.py``)
+so existing Grafana dashboards work unchanged. Note that prometheus_client exposes a Counter
+named ``binderhub_build_count`` as ``binderhub_build_count_total``, exactly as BinderHub's does:
+
+==================================  =========  ===========================  =====================
+name                                type       labels                       buckets (seconds)
+==================================  =========  ===========================  =====================
+binderhub_build_time_seconds        histogram  status                       60 … 7200, +Inf
+binderhub_launch_time_seconds       histogram  status, retries              2 … 600, +Inf
+binderhub_build_count               counter    status, provider, repo
+binderhub_launch_count              counter    status, provider, repo
+binderhub_inprogress_builds         gauge
+binderhub_inprogress_launches       gauge
+==================================  =========  ===========================  =====================
+
+``status`` is ``success``/``failure`` for builds; for launches also ``pod_quota`` and
+``repo_quota`` (a refused launch, counted but not timed), and ``retries`` is the number of
+retries of a successful launch or ``-1`` for a failed one, as in BinderHub. ``provider`` is the
+provider's name (``GitHub``), ``repo`` the repository URL; ``repo`` has no bound on its values,
+so it can be turned off (``repo_label=False`` sends ``""``, keeping the label set).
+
+swarmbinder's own metrics use the ``swarmbinder_`` namespace: the build queue, the running
+builds and user servers, and the Swarm nodes by state and availability.
+
+Every metric lives in the :class:`Metrics` object's own ``CollectorRegistry``, so tests and
+several apps in one process never share counts. In-progress gauges are only changed through
+:class:`Tracker`, which decrements exactly once whatever happens (success, failure, an exception,
+cancellation), so they return to zero.
+
+The launch event is one JSON line per successful launch with the fields of BinderHub's launch
+schema (``binderhub.jupyter.org/launch`` version 6), written to the ``swarmbinder.events.launch``
+logger and, if given a path, appended to a file by a background thread.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import json
+import logging
+import logging.handlers
+import queue
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+log = logging.getLogger(__name__)
+
+# Builds and launches take very different times, hence BinderHub's two bucket sets.
+BUILD_BUCKETS = (60, 120, 300, 600, 1800, 3600, 7200, float("inf"))
+LAUNCH_BUCKETS = (2, 5, 10, 20, 30, 60, 120, 300, 600, float("inf"))
+
+LAUNCH_SCHEMA = "binderhub.jupyter.org/launch"
+LAUNCH_SCHEMA_VERSION = 6
+LAUNCH_EVENT_LOGGER = "swarmbinder.events.launch"
+
+#: BinderHub's provider names by URL prefix (the launch schema's ``provider`` enum).
+PROVIDER_NAMES: Mapping[str, str] = {
+    "gh": "GitHub",
+    "gist": "Gist",
+    "gl": "GitLab",
+    "git": "Git",
+    "zenodo": "Zenodo",
+    "figshare": "Figshare",
+    "hydroshare": "Hydroshare",
+    "dataverse": "Dataverse",
+    "ckan": "CKAN",
+}
+
+
+class BuildStatus(enum.StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+class LaunchStatus(enum.StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    POD_QUOTA = "pod_quota"
+    REPO_QUOTA = "repo_quota"
+
+
+class Tracker:
+    """One build or launch in progress: counted in its gauge until :meth:`finish`."""
+
+    def __init__(
+        self,
+        gauge: Gauge,
+        on_finish: Callable[[str, float, int], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self._gauge = gauge
+        self._on_finish = on_finish
+        self._clock = clock
+        self._started = clock()
+        self.status: str | None = None
+        gauge.inc()
+
+    @property
+    def finished(self) -> bool:
+        return self.status is not None
+
+    def finish(self, status: str, *, retries: int = 0) -> None:
+        """Record the outcome; later calls are ignored, so a ``finally`` can always call it."""
+        if self.status is not None:
+            return
+        self.status = status
+        self._gauge.dec()
+        self._on_finish(status, self._clock() - self._started, retries)
+
+    __call__ = finish
+
+
+class Metrics:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        repo_label: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._repo_label = repo_label
+        self._clock = clock
+        r = self.registry
+        self.build_time = Histogram(
+            "binderhub_build_time_seconds",
+            "Histogram of build times",
+            ["status"],
+            buckets=BUILD_BUCKETS,
+            registry=r,
+        )
+        self.launch_time = Histogram(
+            "binderhub_launch_time_seconds",
+            "Histogram of launch times",
+            ["status", "retries"],
+            buckets=LAUNCH_BUCKETS,
+            registry=r,
+        )
+        self.build_count = Counter(
+            "binderhub_build_count",
+            "Counter of builds by repo",
+            ["status", "provider", "repo"],
+            registry=r,
+        )
+        self.launch_count = Counter(
+            "binderhub_launch_count",
+            "Counter of launches by repo",
+            ["status", "provider", "repo"],
+            registry=r,
+        )
+        self.builds_inprogress = Gauge(
+            "binderhub_inprogress_builds", "Builds currently in progress", registry=r
+        )
+        self.launches_inprogress = Gauge(
+            "binderhub_inprogress_launches", "Launches currently in progress", registry=r
+        )
+        self.build_queue_length = Gauge(
+            "swarmbinder_build_queue_length",
+            "Builds waiting for a free build slot",
+            registry=r,
+        )
+        self.builds_running = Gauge(
+            "swarmbinder_builds_running",
+            "Build services currently running on the swarm",
+            registry=r,
+        )
+        self.user_servers_running = Gauge(
+            "swarmbinder_user_servers_running",
+            "User servers currently running on the swarm",
+            registry=r,
+        )
+        self.swarm_nodes = Gauge(
+            "swarmbinder_swarm_nodes",
+            "Swarm nodes by state (ready, down, ...) and availability (active, pause, drain)",
+            ["state", "availability"],
+            registry=r,
+        )
+        # Series for every outcome exist from the start, so "no failures" reads as 0 and a
+        # rate() over them works before the first failure.
+        for build_status in BuildStatus:
+            self.build_time.labels(status=build_status)
+        self.launch_time.labels(status=LaunchStatus.SUCCESS, retries="0")
+        self.launch_time.labels(status=LaunchStatus.FAILURE, retries="-1")
+
+    def _repo(self, repo: str) -> str:
+        return repo if self._repo_label else ""
+
+    def start_build(self, provider: str, repo: str) -> Tracker:
+        """A build watched by one request; :meth:`Tracker.finish` with a :class:`BuildStatus`."""
+        labels = {"provider": provider, "repo": self._repo(repo)}
+
+        def done(status: str, elapsed: float, retries: int) -> None:
+            self.build_time.labels(status=status).observe(elapsed)
+            self.build_count.labels(status=status, **labels).inc()
+
+        return Tracker(self.builds_inprogress, done, self._clock)
+
+    def start_launch(self, provider: str, repo: str) -> Tracker:
+        """A launch; finish with a :class:`LaunchStatus` and, on success, the retries made."""
+        labels = {"provider": provider, "repo": self._repo(repo)}
+
+        def done(status: str, elapsed: float, retries: int) -> None:
+            retries_label = str(retries) if status == LaunchStatus.SUCCESS else "-1"
+            self.launch_time.labels(status=status, retries=retries_label).observe(elapsed)
+            self.launch_count.labels(status=status, **labels).inc()
+
+        return Tracker(self.launches_inprogress, done, self._clock)
+
+    @contextmanager
+    def track_build(self, provider: str, repo: str) -> Iterator[Tracker]:
+        """``with`` form of :meth:`start_build`: success when the block ends normally without
+        having finished the tracker, failure when anything (cancellation included) escapes."""
+        with _tracking(self.start_build(provider, repo)) as tracker:
+            yield tracker
+
+    @contextmanager
+    def track_launch(self, provider: str, repo: str) -> Iterator[Tracker]:
+        with _tracking(self.start_launch(provider, repo)) as tracker:
+            yield tracker
+
+    def count_quota_refusal(self, provider: str, repo: str, scope: str) -> None:
+        """A launch refused by a quota (``scope`` of :class:`~swarmbinder.errors.QuotaExceeded`),
+        counted as BinderHub does: in ``binderhub_launch_count`` with the quota as status."""
+        self.launch_count.labels(status=scope, provider=provider, repo=self._repo(repo)).inc()
+
+    def set_swarm_nodes(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Replace the node counts: ``{(state, availability): n}``; combinations that are gone
+        are dropped rather than left at their last value."""
+        self.swarm_nodes.clear()
+        for (state, availability), n in counts.items():
+            self.swarm_nodes.labels(state=state, availability=availability).set(n)
+
+
+@contextmanager
+def _tracking(tracker: Tracker) -> Iterator[Tracker]:
+    try:
+        yield tracker
+    except BaseException:
+        tracker.finish(BuildStatus.FAILURE)
+        raise
+    else:
+        tracker.finish(BuildStatus.SUCCESS)
+
+
+# -- the launch event ----------------------------------------------------------------------------
+
+
+def launch_event(
+    *,
+    provider: str,
+    spec: str,
+    ref: str,
+    build_token: bool,
+    origin: str,
+    request_origin: str,
+    now: datetime.datetime | None = None,
+) -> dict[str, Any]:
+    """BinderHub's launch event: its capsule (timestamp, schema, version) and its fields."""
+    now = now or datetime.datetime.now(tz=datetime.UTC)
+    return {
+        "timestamp": now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "schema": LAUNCH_SCHEMA,
+        "version": LAUNCH_SCHEMA_VERSION,
+        "provider": provider,
+        "spec": spec,
+        "ref": ref,
+        "status": "success",
+        "build_token": build_token,
+        "origin": origin,
+        "request_origin": request_origin,
+    }
+
+
+class LaunchEventLog:
+    """Writes launch events as JSON lines to a logger, and optionally to a file.
+
+    The file is opened in append mode and written by a :class:`~logging.handlers.QueueListener`
+    thread, so a slow disk never holds up the event loop. Call :meth:`close` at shutdown.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        logger: logging.Logger | None = None,
+        clock: Callable[[], datetime.datetime] | None = None,
+    ) -> None:
+        self.logger = logger or logging.getLogger(LAUNCH_EVENT_LOGGER)
+        self.logger.setLevel(logging.INFO)
+        self._clock = clock
+        self._queue_handler: logging.handlers.QueueHandler | None = None
+        self._listener: logging.handlers.QueueListener | None = None
+        if path is not None:
+            file_handler = logging.FileHandler(path, mode="a", encoding="utf-8", delay=True)
+            file_handler.setFormatter(logging.Formatter("%(message)s"))
+            events: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+            self._queue_handler = logging.handlers.QueueHandler(events)
+            self._listener = logging.handlers.QueueListener(events, file_handler)
+            self._listener.start()
+            self.logger.addHandler(self._queue_handler)
+
+    def emit(
+        self,
+        *,
+        provider: str,
+        spec: str,
+        ref: str,
+        build_token: bool,
+        origin: str,
+        request_origin: str,
+    ) -> dict[str, Any]:
+        if provider not in PROVIDER_NAMES.values():
+            # The schema would reject it; a dashboard keyed on provider should learn of it.
+            log.warning("launch event with a provider outside the schema: %r", provider)
+        event = launch_event(
+            provider=provider,
+            spec=spec,
+            ref=ref,
+            build_token=build_token,
+            origin=origin,
+            request_origin=request_origin,
+            now=self._clock() if self._clock else None,
+        )
+        self.logger.info(json.dumps(event, ensure_ascii=False))
+        return event
+
+    def close(self) -> None:
+        """Flush and close the file (if any). Safe to call more than once."""
+        if self._queue_handler is not None:
+            self.logger.removeHandler(self._queue_handler)
+            self._queue_handler = None
+        if self._listener is not None:
+            self._listener.stop()
+            for handler in self._listener.handlers:
+                handler.close()
+            self._listener = None
+
+
+# -- the launch flow's observer -------------------------------------------------------------------
+
+
+class _Build(Protocol):
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def repo_url(self) -> str: ...
+
+    @property
+    def ref(self) -> str: ...
+
+
+class _Resolved(Protocol):
+    @property
+    def build(self) -> _Build: ...
+
+
+class _Request(Protocol):
+    @property
+    def spec(self) -> str: ...
+
+    @property
+    def have_build_token(self) -> bool: ...
+
+    @property
+    def origin(self) -> str: ...
+
+    @property
+    def request_origin(self) -> str: ...
+
+
+class MetricsObserver:
+    """What :class:`~swarmbinder.launch_flow.LaunchFlow` reports, turned into metrics and
+    launch events (its ``FlowObserver``)."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        events: LaunchEventLog | None = None,
+        *,
+        provider_names: Mapping[str, str] = PROVIDER_NAMES,
+    ) -> None:
+        self.metrics = metrics
+        self.events = events
+        self._names = provider_names
+
+    def provider_name(self, prefix: str) -> str:
+        return self._names.get(prefix, prefix)
+
+    def build_started(self, build: _Build) -> Callable[[str], None]:
+        return self.metrics.start_build(self.provider_name(build.provider), build.repo_url).finish
+
+    def launch_started(self, build: _Build) -> Callable[[str], None]:
+        return self.metrics.start_launch(self.provider_name(build.provider), build.repo_url).finish
+
+    def quota_refused(self, build: _Build, scope: str) -> None:
+        self.metrics.count_quota_refusal(self.provider_name(build.provider), build.repo_url, scope)
+
+    def launched(self, request: _Request, resolved: _Resolved) -> None:
+        if self.events is None:
+            return
+        self.events.emit(
+            provider=self.provider_name(resolved.build.provider),
+            spec=request.spec,
+            ref=resolved.build.ref,
+            build_token=request.have_build_token,
+            origin=request.origin,
+            request_origin=request.request_origin,
+        )

@@ -1,0 +1,232 @@
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+import re
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from swarmbinder.builds import BuildRequest
+from swarmbinder.launch_flow import LaunchRequest
+from swarmbinder.metrics import (
+    LAUNCH_EVENT_LOGGER,
+    LaunchEventLog,
+    LaunchStatus,
+    Metrics,
+    MetricsObserver,
+)
+from swarmbinder.resolve import Resolved
+
+REPO = "https://github.com/org/repo"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def scrape(metrics: Metrics) -> dict[str, float]:
+    """Every sample of the exposition, keyed ``name{label="value",...}``."""
+    samples: dict[str, float] = {}
+    text = generate_latest(metrics.registry).decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
+
+
+def count(
+    metrics: Metrics, metric: str, status: str, provider: str = "GitHub", repo: str = REPO
+) -> float:
+    key = f'binderhub_{metric}_count_total{{provider="{provider}",repo="{repo}",status="{status}"}}'
+    return scrape(metrics)[key]
+
+
+def test_binderhubs_names_types_labels_and_buckets() -> None:
+    text = generate_latest(Metrics().registry).decode()
+    types = {
+        line.split()[2]: line.split()[3] for line in text.splitlines() if line.startswith("# TYPE")
+    }
+    assert types["binderhub_build_time_seconds"] == "histogram"
+    assert types["binderhub_launch_time_seconds"] == "histogram"
+    assert types["binderhub_inprogress_builds"] == "gauge"
+    assert types["binderhub_inprogress_launches"] == "gauge"
+    # Pre-created outcome series with BinderHub's buckets.
+    build_buckets = re.findall(
+        r'^binderhub_build_time_seconds_bucket\{le="([^"]+)",status="success"\}', text, re.M
+    )
+    assert build_buckets == ["60.0", "120.0", "300.0", "600.0", "1800.0", "3600.0", "7200.0"] + [
+        "+Inf"
+    ]
+    assert (
+        'binderhub_launch_time_seconds_bucket{le="2.0",retries="-1",status="failure"} 0.0' in text
+    )
+    assert 'binderhub_launch_time_seconds_bucket{le="600.0",retries="0",status="success"}' in text
+
+
+def test_own_registry_not_the_global_one() -> None:
+    Metrics()
+    Metrics()  # a second one would clash in a shared registry
+    assert b"binderhub_build_time_seconds" not in generate_latest(REGISTRY)
+
+
+def test_build_success_and_failure_are_counted_and_timed() -> None:
+    clock = Clock()
+    metrics = Metrics(clock=clock)
+    tracker = metrics.start_build("GitHub", REPO)
+    assert scrape(metrics)["binderhub_inprogress_builds{}"] == 1
+    clock.now += 90
+    tracker.finish("success")
+    tracker.finish("failure")  # ignored: one outcome per build
+    metrics.start_build("GitHub", REPO).finish("failure")
+    s = scrape(metrics)
+    assert s["binderhub_inprogress_builds{}"] == 0
+    assert count(metrics, "build", "success") == 1
+    assert count(metrics, "build", "failure") == 1
+    assert s['binderhub_build_time_seconds_bucket{le="60.0",status="success"}'] == 0
+    assert s['binderhub_build_time_seconds_bucket{le="120.0",status="success"}'] == 1
+    assert s['binderhub_build_time_seconds_sum{status="success"}'] == 90
+
+
+def test_launch_retries_label_follows_binderhub() -> None:
+    metrics = Metrics(clock=Clock())
+    metrics.start_launch("GitLab", REPO).finish(LaunchStatus.SUCCESS, retries=2)
+    metrics.start_launch("GitLab", REPO).finish(LaunchStatus.FAILURE, retries=2)
+    metrics.count_quota_refusal("GitLab", REPO, "repo_quota")
+    s = scrape(metrics)
+    assert s['binderhub_launch_time_seconds_count{retries="2",status="success"}'] == 1
+    assert s['binderhub_launch_time_seconds_count{retries="-1",status="failure"}'] == 1
+    assert count(metrics, "launch", "repo_quota", "GitLab") == 1
+    assert s["binderhub_inprogress_launches{}"] == 0
+
+
+def test_repo_label_can_be_turned_off() -> None:
+    metrics = Metrics(repo_label=False)
+    metrics.start_build("GitHub", REPO).finish("success")
+    assert (
+        scrape(metrics)['binderhub_build_count_total{provider="GitHub",repo="",status="success"}']
+        == 1
+    )
+
+
+def test_context_form_returns_gauges_to_zero_on_error() -> None:
+    metrics = Metrics()
+    with metrics.track_build("GitHub", REPO):
+        pass
+    with pytest.raises(RuntimeError), metrics.track_launch("GitHub", REPO):
+        raise RuntimeError("boom")
+    s = scrape(metrics)
+    assert s["binderhub_inprogress_builds{}"] == 0
+    assert s["binderhub_inprogress_launches{}"] == 0
+    assert count(metrics, "build", "success") == 1
+    assert count(metrics, "launch", "failure") == 1
+
+
+async def test_cancellation_returns_gauges_to_zero() -> None:
+    metrics = Metrics()
+    started = asyncio.Event()
+
+    async def build() -> None:
+        with metrics.track_build("GitHub", REPO):
+            started.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(build())
+    await started.wait()
+    assert scrape(metrics)["binderhub_inprogress_builds{}"] == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    s = scrape(metrics)
+    assert s["binderhub_inprogress_builds{}"] == 0
+    assert count(metrics, "build", "failure") == 1
+
+
+def test_swarm_gauges() -> None:
+    metrics = Metrics()
+    metrics.build_queue_length.set(3)
+    metrics.set_swarm_nodes({("ready", "active"): 2, ("down", "drain"): 1})
+    metrics.set_swarm_nodes({("ready", "active"): 3})
+    s = scrape(metrics)
+    assert s["swarmbinder_build_queue_length{}"] == 3
+    assert s['swarmbinder_swarm_nodes{availability="active",state="ready"}'] == 3
+    assert 'swarmbinder_swarm_nodes{availability="drain",state="down"}' not in s
+
+
+FIXED = datetime.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=datetime.UTC)
+
+
+def test_launch_event_is_one_json_line_with_binderhubs_fields(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "launches.jsonl"
+    events = LaunchEventLog(path, clock=lambda: FIXED)
+    try:
+        with caplog.at_level(logging.INFO, logger=LAUNCH_EVENT_LOGGER):
+            events.emit(
+                provider="GitHub",
+                spec="org/repo/HEAD",
+                ref="a" * 40,
+                build_token=False,
+                origin="binder.example.org",
+                request_origin="same-origin",
+            )
+    finally:
+        events.close()
+    events.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0]) == {
+        "timestamp": "2024-05-06T07:08:09.123456Z",
+        "schema": "binderhub.jupyter.org/launch",
+        "version": 6,
+        "provider": "GitHub",
+        "spec": "org/repo/HEAD",
+        "ref": "a" * 40,
+        "status": "success",
+        "build_token": False,
+        "origin": "binder.example.org",
+        "request_origin": "same-origin",
+    }
+    assert [json.loads(r.getMessage())["spec"] for r in caplog.records] == ["org/repo/HEAD"]
+
+
+def test_observer_fits_the_launch_flow(tmp_path: Path) -> None:
+    path = tmp_path / "launches.jsonl"
+    metrics = Metrics()
+    observer = MetricsObserver(metrics, LaunchEventLog(path))
+    build = BuildRequest(
+        provider="gh",
+        spec="org/repo/HEAD",
+        repo_url=REPO,
+        ref="b" * 40,
+        build_slug="org-repo",
+        image="registry/org-repo:" + "b" * 40,
+    )
+    finished = observer.build_started(build)
+    finished("success")
+    observer.launch_started(build)("failure")
+    request = LaunchRequest(
+        provider_prefix="gh",
+        spec="org/repo/HEAD",
+        launch_host="https://binder.example.org/",
+        origin="binder.example.org",
+        request_origin="",
+        have_build_token=True,
+    )
+    observer.launched(request, Resolved(build=build, ref_url="", resolved_spec=""))
+    assert observer.events is not None
+    observer.events.close()
+    event = json.loads(path.read_text())
+    assert (event["provider"], event["ref"], event["build_token"]) == ("GitHub", "b" * 40, True)
+    assert count(metrics, "build", "success") == 1
+    assert count(metrics, "launch", "failure") == 1
