@@ -260,3 +260,19 @@ async def test_escaped_spec_reaches_build_unchanged(page: Page) -> None:  # noqa
         await page.wait_for_url(f"{base}user/jovyan-abc/?token={SERVER_TOKEN}")
     assert fake.requests[0].raw_path.startswith(f"/build/git/{spec}?build_token=")
     assert fake.token_ok == [True]
+
+
+async def test_about_and_not_found_pages(page: Page) -> None:  # noqa: F811
+    pages = PagesConfig(banner_message="<b>Scheduled maintenance on Friday</b>")
+    async with serve_app(make_app(Config(pages=pages))) as base:
+        await page.goto(f"{base}about")
+        await expect(page.locator("#versions")).to_contain_text("swarmbinder")
+        await expect(page.locator("#banner")).to_have_text("Scheduled maintenance on Friday")
+        await screenshot(page, "about")
+        response = await page.goto(f"{base}no/such/page")
+        assert response is not None and response.status == 404
+        await expect(page.locator("h1")).to_have_text("404: Not Found")
+        await screenshot(page, "not-found")
+        # the header logo leads home
+        await page.click("header a")
+        await page.wait_for_url(base)
