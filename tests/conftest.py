@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,3 +38,45 @@ def testground() -> Iterator[dict[str, Any]]:
     ground: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     os.environ.setdefault("DOCKER_HOST", ground["docker_host"])
     yield ground
+
+
+def _build_and_push(dockerfile: str, tag: str) -> None:
+    """Build an image from a Dockerfile given as text and push it to the test ground registry."""
+    env = {**os.environ, "DOCKER_BUILDKIT": "0"}
+    subprocess.run(
+        ["docker", "build", "-q", "-t", tag, "-"],
+        input=dockerfile,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=300,
+    )
+    subprocess.run(["docker", "push", "-q", tag], capture_output=True, check=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def launchable_image(testground: dict[str, Any]) -> Iterator[str]:
+    """An image under the hub's image prefix that runs jupyterhub-singleuser, in the registry.
+
+    FROM the single-user base with one label layer: the push shares every other layer, so it
+    takes about a second.
+    """
+    run = uuid.uuid4().hex[:10]
+    tag = f"{testground['image_prefix']}launchtest-jupyter:{run}"
+    _build_and_push(
+        f"FROM {testground['images']['singleuser']}\nLABEL swarmbinder.test-run={run}\n", tag
+    )
+    yield tag
+    subprocess.run(["docker", "image", "rm", tag], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="session")
+def image_without_jupyter(testground: dict[str, Any]) -> Iterator[str]:
+    """An image under the hub's image prefix that has no jupyterhub-singleuser at all."""
+    run = uuid.uuid4().hex[:10]
+    tag = f"{testground['image_prefix']}launchtest-nojupyter:{run}"
+    base = testground["base_images"]["debian"]
+    _build_and_push(f"FROM {base}\nLABEL swarmbinder.test-run={run}\n", tag)
+    yield tag
+    subprocess.run(["docker", "image", "rm", tag], capture_output=True, check=False)

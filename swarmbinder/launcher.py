@@ -1,0 +1,639 @@
+"""Launching users' servers through JupyterHub's REST API (the hub runs SwarmSpawner).
+
+:class:`HubClient` is the adapter for the hub's API: typed answers, 5xx and connection
+failures retried with backoff, 4xx never retried, every failure a
+:class:`~swarmbinder.errors.LaunchFailed` with a message a user can read.
+
+:class:`Launcher` is BinderHub's launch, made to fail fast on Swarm::
+
+    check the image's manifest in the registry     (a missing tag would make Swarm retry)
+    create a temporary user                         (unless a logged-in user launches)
+    POST /users/{name}/servers/{server}             image, token, repo and binder_* fields
+    follow /progress, forwarding its messages       while watching the server's Swarm tasks
+    ready: the server's URL and token
+
+The hub notices a server whose container cannot start only when it polls, and a task Swarm
+rejects (say, for an image it cannot pull) keeps the spawn pending until the hub's start
+timeout. So the launcher watches the user-server service's tasks itself and ends the launch as
+soon as one fails. Whatever stops a launch short of ``ready`` (a 4xx, a failed task, the launch
+timeout, the caller walking away) stops the server, deletes the temporary user and removes the
+service: nothing is left for the culler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from . import naming
+from .errors import LaunchFailed, SwarmbinderError, SwarmRequestFailed
+from .events import BuildEvent, SSEDecoder
+from .registry import RegistryClient
+from .swarm import SwarmClient, TaskState, TaskStateName
+
+log = logging.getLogger(__name__)
+
+PAGINATION_MEDIA_TYPE = "application/jupyterhub-pagination+json"
+HUB_DOWN_MESSAGE = "The JupyterHub that runs servers is not answering right now. Try again soon."
+#: Task states that mean the server's container will not come up (restarts are off).
+FAILED_TASK_STATES = frozenset(
+    {TaskStateName.FAILED, TaskStateName.REJECTED, TaskStateName.COMPLETE}
+)
+
+
+class HubRequestFailed(LaunchFailed):
+    """The hub answered a request with an error status."""
+
+    def __init__(self, method: str, path: str, status: int, detail: str) -> None:
+        super().__init__(
+            f"{method} {path}: the hub answered {status}: {detail}",
+            user_message=f"Launch failed: {detail}" if status < 500 else HUB_DOWN_MESSAGE,
+        )
+        self.status = status
+        self.detail = detail
+
+
+class HubUnavailable(LaunchFailed):
+    """The hub did not answer (connection refused, reset, timed out), even after retries."""
+
+    status_code = 503
+
+    def __init__(self, what: str, cause: BaseException) -> None:
+        super().__init__(
+            f"{what}: the hub did not answer: {cause or type(cause).__name__}",
+            user_message=HUB_DOWN_MESSAGE,
+        )
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Retry schedule: ``attempts`` tries, sleeping ``start * factor**n`` (at most ``cap``)."""
+
+    attempts: int = 4
+    start: float = 0.25
+    factor: float = 2.0
+    cap: float = 2.0
+
+    def delays(self) -> list[float]:
+        """The sleeps between tries (one fewer than ``attempts``)."""
+        return [min(self.cap, self.start * self.factor**n) for n in range(self.attempts - 1)]
+
+
+@dataclass(frozen=True)
+class HubServer:
+    name: str
+    ready: bool
+    pending: str | None
+    url: str
+
+
+@dataclass(frozen=True)
+class HubUser:
+    name: str
+    servers: Mapping[str, HubServer]
+
+    @classmethod
+    def from_api(cls, raw: Mapping[str, Any]) -> HubUser:
+        servers = {
+            str(key): HubServer(
+                name=str(key),
+                ready=bool(value.get("ready")),
+                pending=value.get("pending") or None,
+                url=str(value.get("url", "")),
+            )
+            for key, value in (raw.get("servers") or {}).items()
+        }
+        return cls(name=str(raw.get("name", "")), servers=servers)
+
+
+def _detail(body: bytes) -> str:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+        return str(parsed["message"])
+    text = body.decode("utf-8", "replace").strip()
+    return text[:200] or "(no details)"
+
+
+class HubClient:
+    """JupyterHub's REST API at ``hub_api_url`` (``https://hub.example.org/hub/api``).
+
+    ``session`` is shared and not closed here. ``token`` is a service token with the scopes
+    the hub configuration gives the ``swarmbinder`` service.
+    """
+
+    def __init__(
+        self,
+        hub_api_url: str,
+        token: str,
+        session: aiohttp.ClientSession,
+        *,
+        backoff: Backoff = Backoff(),
+        timeout: float = 30,
+    ) -> None:
+        self._api = hub_api_url.rstrip("/")
+        self._headers = {"Authorization": f"token {token}"}
+        self._session = session
+        self._backoff = backoff
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5))
+
+    # -- transport ---------------------------------------------------------------------
+
+    async def _once(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        accept: str = "application/json",
+    ) -> tuple[int, Any]:
+        """One request; 4xx/5xx raise HubRequestFailed, transport errors HubUnavailable."""
+        try:
+            async with self._session.request(
+                method,
+                self._api + path,
+                json=body,
+                params=params,
+                headers={**self._headers, "Accept": accept},
+                timeout=self._timeout,
+            ) as response:
+                raw = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise HubUnavailable(f"{method} {path}", exc) from exc
+        if status >= 400:
+            raise HubRequestFailed(method, path, status, _detail(raw))
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError as exc:
+            raise HubUnavailable(f"{method} {path}", ValueError("not JSON")) from exc
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        accept: str = "application/json",
+    ) -> tuple[int, Any]:
+        """:meth:`_once`, retrying 5xx and transport failures with backoff, never a 4xx."""
+        delays = self._backoff.delays()
+        for attempt in range(len(delays) + 1):
+            try:
+                return await self._once(method, path, body=body, params=params, accept=accept)
+            except HubRequestFailed as exc:
+                if attempt and exc.status == 409:
+                    # BinderHub's rule: a conflict on a retry means the first try got through
+                    return exc.status, None
+                if exc.status < 500 or attempt == len(delays):
+                    raise
+                log.info("hub answered %s to %s %s; retrying", exc.status, method, path)
+            except HubUnavailable as exc:
+                if attempt == len(delays):
+                    raise
+                log.info("hub did not answer %s %s (%s); retrying", method, path, exc)
+            await asyncio.sleep(delays[attempt])
+        raise AssertionError("unreachable")
+
+    # -- users -------------------------------------------------------------------------
+
+    async def version(self) -> str:
+        """The hub's version (``GET /hub/api/``): a cheap liveness check."""
+        _, data = await self._request("GET", "/")
+        return str((data or {}).get("version", ""))
+
+    async def create_user(self, name: str) -> None:
+        await self._request("POST", f"/users/{quote(name, safe='')}")
+
+    async def get_user(self, name: str) -> HubUser | None:
+        try:
+            _, data = await self._request("GET", f"/users/{quote(name, safe='')}")
+        except HubRequestFailed as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return HubUser.from_api(data)
+
+    async def list_users(self, *, state: str | None = None, page_size: int = 200) -> list[HubUser]:
+        """Every user (``state="active"``: only those with a server running or starting)."""
+        users: list[HubUser] = []
+        offset = 0
+        while True:
+            params = {"offset": str(offset), "limit": str(page_size)}
+            if state:
+                params["state"] = state
+            _, data = await self._request(
+                "GET", "/users", params=params, accept=PAGINATION_MEDIA_TYPE
+            )
+            items = data.get("items", []) if isinstance(data, dict) else data or []
+            users.extend(HubUser.from_api(item) for item in items)
+            following = (
+                (data.get("_pagination") or {}).get("next") if isinstance(data, dict) else None
+            )
+            if not following or not items:
+                return users
+            offset = int(following.get("offset", offset + len(items)))
+
+    async def active_servers(self) -> set[tuple[str, str]]:
+        """(user, server name) of every server the hub has running or starting."""
+        return {
+            (user.name, server)
+            for user in await self.list_users(state="active")
+            for server in user.servers
+        }
+
+    async def delete_user(self, name: str) -> bool:
+        """Delete the user (stopping a running default server); False if there was none."""
+        try:
+            await self._request("DELETE", f"/users/{quote(name, safe='')}")
+        except HubRequestFailed as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    # -- servers -----------------------------------------------------------------------
+
+    def _server_path(self, name: str, server_name: str) -> str:
+        user = quote(name, safe="")
+        if server_name:
+            return f"/users/{user}/servers/{quote(server_name, safe='')}"
+        return f"/users/{user}/server"
+
+    async def start_server(self, name: str, server_name: str, options: Mapping[str, Any]) -> bool:
+        """Ask the hub to start a server; True if it is ready already, False if pending.
+
+        A 5xx may mean the spawn itself failed (the hub answers 500 then): the progress
+        endpoint says so, and that failure is final. Any other 5xx is retried; a retry that
+        finds the server running counts as success (the first try got through).
+        """
+        path = self._server_path(name, server_name)
+        delays = self._backoff.delays()
+        for attempt in range(len(delays) + 1):
+            try:
+                status, _ = await self._once("POST", path, body=dict(options))
+                return status != 202
+            except HubRequestFailed as exc:
+                if exc.status < 500:
+                    if attempt and exc.status == 400 and "already running" in exc.detail:
+                        return True
+                    raise
+                failure = await self.spawn_failure(name, server_name)
+                if failure is not None:
+                    raise LaunchFailed(
+                        f"spawn of {name}/{server_name} failed: {failure}",
+                        user_message=f"Launch failed: {failure}",
+                    ) from exc
+                if attempt == len(delays):
+                    raise
+            except HubUnavailable:
+                if attempt == len(delays):
+                    raise
+            await asyncio.sleep(delays[attempt])
+        raise AssertionError("unreachable")
+
+    async def spawn_failure(self, name: str, server_name: str) -> str | None:
+        """The message of a spawn that failed, if the hub's last spawn of it failed."""
+        try:
+            async with asyncio.timeout(3):
+                async for event in self.progress(name, server_name):
+                    if event.get("failed"):
+                        return str(event.get("message") or "the server failed to start")
+                    return None
+        except (SwarmbinderError, TimeoutError):
+            return None
+        return None
+
+    async def progress(self, name: str, server_name: str) -> AsyncIterator[dict[str, Any]]:
+        """The spawn's progress events until the hub ends the stream (ready or failed)."""
+        path = self._server_path(name, server_name) + "/progress"
+        decoder = SSEDecoder()
+        try:
+            async with self._session.get(
+                self._api + path,
+                headers={**self._headers, "Accept": "text/event-stream"},
+                # the stream lasts as long as the spawn; the launch timeout bounds it
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+            ) as response:
+                if response.status >= 400:
+                    raise HubRequestFailed(
+                        "GET", path, response.status, _detail(await response.read())
+                    )
+                async for chunk in response.content.iter_any():
+                    for event in decoder.feed(chunk):
+                        yield event
+                for event in decoder.close():
+                    yield event
+        except (aiohttp.ClientError, OSError) as exc:
+            raise HubUnavailable(f"GET {path}", exc) from exc
+        except ValueError as exc:
+            raise HubUnavailable(f"GET {path}", exc) from exc
+
+    async def stop_server(self, name: str, server_name: str = "", *, remove: bool = False) -> None:
+        """Stop (a pending spawn is interrupted); ``remove`` also forgets a named server."""
+        try:
+            await self._request(
+                "DELETE",
+                self._server_path(name, server_name),
+                body={"remove": True} if remove and server_name else None,
+            )
+        except HubRequestFailed as exc:
+            if exc.status != 404:
+                raise
+
+
+# --------------------------------------------------------------------------- launcher
+
+
+class _Ready:
+    """The hub says the server is up."""
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: SwarmbinderError
+
+
+_Item = BuildEvent | _Ready | _Failed
+
+
+def task_failure(tasks: Sequence[TaskState]) -> str | None:
+    """Why the server's container will not come up, if a task says so."""
+    for task in reversed(tasks):
+        if task.state not in FAILED_TASK_STATES:
+            continue
+        if task.error:
+            return f"the server's container could not start: {task.error}"
+        if task.exit_code is not None:
+            return f"the server exited with code {task.exit_code} before it was ready"
+        return f"the server's task ended ({task.state.value}) before it was ready"
+    return None
+
+
+class Launcher:
+    """Starts Jupyter servers for built images; one instance serves every launch.
+
+    ``hub_url`` is the hub as browsers reach it (the ``url`` in ``ready`` starts with it);
+    ``registry`` None skips the manifest check (``use_registry: false``). ``server_prefix`` is
+    SwarmSpawner's ``prefix`` (the hub's ``SWARMBINDER_HUB_SERVER_PREFIX``).
+    """
+
+    def __init__(
+        self,
+        hub: HubClient,
+        swarm: SwarmClient,
+        *,
+        hub_url: str,
+        registry: RegistryClient | None,
+        launch_timeout: float = 600,
+        server_prefix: str = naming.SPAWNER_PREFIX,
+        task_poll_interval: float = 0.5,
+    ) -> None:
+        self._hub = hub
+        self._swarm = swarm
+        self._hub_url = hub_url if hub_url.endswith("/") else hub_url + "/"
+        self._registry = registry
+        self._launch_timeout = launch_timeout
+        self._prefix = server_prefix
+        self._poll = task_poll_interval
+        self._cleanups: set[asyncio.Task[None]] = set()
+
+    async def aclose(self) -> None:
+        """Wait for cleanups still running (of launches whose caller was cancelled)."""
+        if self._cleanups:
+            await asyncio.gather(*self._cleanups, return_exceptions=True)
+
+    async def launch(
+        self,
+        image: str,
+        *,
+        repo_url: str,
+        provider_spec: str,
+        ref_url: str,
+        binder_request: str,
+        binder_persistent_request: str,
+        binder_launch_host: str,
+        username: str | None = None,
+        server_name: str = "",
+    ) -> AsyncGenerator[BuildEvent, None]:
+        """``launching`` events with the hub's progress messages, then ``ready``.
+
+        Raises LaunchFailed (or another SwarmbinderError, e.g. RegistryError) when the server
+        cannot be started; by then nothing of the launch is left in the hub or the swarm.
+        """
+        await self._check_image(image)
+        temporary = username is None
+        user = username or naming.temporary_name(
+            repo_url, budget=naming.temporary_name_budget(prefix=self._prefix)
+        )
+        service = naming.spawner_service_name(user, server_name, self._prefix)
+        token = secrets.token_urlsafe(24)
+        options = {
+            "image": image,
+            "token": token,
+            "repo_url": repo_url,
+            "provider_spec": provider_spec,
+            "binder_ref_url": ref_url,
+            "binder_launch_host": binder_launch_host,
+            "binder_request": binder_request,
+            "binder_persistent_request": binder_persistent_request,
+        }
+        started = False
+        ready = False
+        queue: asyncio.Queue[_Item] = asyncio.Queue()
+        workers: list[asyncio.Task[None]] = []
+        try:
+            if temporary:
+                await self._hub.create_user(user)
+            started = True
+            log.info("starting server %r of %s with %s", server_name, user, image)
+            workers = [
+                asyncio.create_task(self._spawn(user, server_name, options, queue)),
+                asyncio.create_task(self._watch_tasks(service, queue)),
+            ]
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._launch_timeout
+            while True:
+                try:
+                    # No yield inside the timeout: it must cancel only our own wait.
+                    async with asyncio.timeout_at(deadline):
+                        item = await queue.get()
+                except TimeoutError:
+                    raise LaunchFailed(
+                        f"server for {user} not ready within {self._launch_timeout:.0f} s",
+                        user_message=(
+                            f"Launch timed out: the server did not start within "
+                            f"{self._launch_timeout:.0f} seconds."
+                        ),
+                    ) from None
+                if isinstance(item, _Failed):
+                    raise item.error
+                if isinstance(item, _Ready):
+                    break
+                yield item
+            url = self._server_url(user, server_name)
+            ready = True
+            yield BuildEvent.ready(
+                url=url,
+                token=token,
+                image=image,
+                repo_url=repo_url,
+                binder_ref_url=ref_url,
+                binder_launch_host=binder_launch_host,
+                binder_request=binder_request,
+                binder_persistent_request=binder_persistent_request,
+            )
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            if started and not ready:
+                await self._clean_up_shielded(user, server_name, service, temporary)
+
+    # -- steps -------------------------------------------------------------------------
+
+    async def _check_image(self, image: str) -> None:
+        if self._registry is None:
+            return
+        repository, tag = naming.split_image_name(image)
+        if not await self._registry.manifest_exists(repository, tag):
+            raise LaunchFailed(
+                f"image {image} is not in the registry",
+                user_message=f"Launch failed: the image {image} is not in the registry. "
+                "Rebuild it and try again.",
+            )
+
+    def _server_url(self, user: str, server_name: str) -> str:
+        url = f"{self._hub_url}user/{quote(user, safe='')}/"
+        if server_name:
+            url += f"{quote(server_name, safe='')}/"
+        return url
+
+    async def _spawn(
+        self, user: str, server_name: str, options: Mapping[str, Any], queue: asyncio.Queue[_Item]
+    ) -> None:
+        """POST the start, then relay the hub's progress; the last item is ready or failed."""
+        try:
+            if not await self._hub.start_server(user, server_name, options):
+                async for event in self._hub.progress(user, server_name):
+                    if event.get("failed"):
+                        message = str(event.get("message") or "the server failed to start")
+                        raise LaunchFailed(
+                            f"spawn of {user}/{server_name} failed: {message}",
+                            user_message=f"Launch failed: {message}",
+                        )
+                    if event.get("ready"):
+                        break
+                    if event.get("message"):
+                        queue.put_nowait(BuildEvent.launching(str(event["message"])))
+                else:
+                    raise LaunchFailed(
+                        f"progress of {user}/{server_name} ended before ready",
+                        user_message="Launch failed: the hub stopped reporting progress.",
+                    )
+            queue.put_nowait(_Ready())
+        except SwarmbinderError as exc:
+            queue.put_nowait(_Failed(await self._clearer_failure(exc, user, server_name)))
+        except Exception:
+            log.exception("unexpected error while starting a server for %s", user)
+            queue.put_nowait(
+                _Failed(LaunchFailed("unexpected error", user_message="Launch failed."))
+            )
+
+    async def _clearer_failure(
+        self, error: SwarmbinderError, user: str, server_name: str
+    ) -> SwarmbinderError:
+        """The hub reports a dead container as a dump of task status; Swarm says it plainly."""
+        if isinstance(error, HubUnavailable) or (
+            isinstance(error, HubRequestFailed) and error.status < 500
+        ):
+            return error
+        service = naming.spawner_service_name(user, server_name, self._prefix)
+        try:
+            reason = task_failure(await self._tasks(service))
+        except SwarmbinderError:
+            reason = None
+        if reason is None:
+            return error
+        return LaunchFailed(f"{error.message} ({reason})", user_message=f"Launch failed: {reason}")
+
+    async def _tasks(self, service: str) -> list[TaskState]:
+        try:
+            return await self._swarm.tasks(service)
+        except SwarmRequestFailed as exc:
+            if exc.status == 404:  # not created yet, or already removed
+                return []
+            raise
+
+    async def _watch_tasks(self, service: str, queue: asyncio.Queue[_Item]) -> None:
+        """Report a failed task of the server at once: the hub would notice it much later."""
+        while True:
+            try:
+                reason = task_failure(await self._tasks(service))
+            except SwarmbinderError as exc:
+                log.info("cannot watch %s: %s", service, exc)
+                reason = None
+            if reason is not None:
+                queue.put_nowait(
+                    _Failed(
+                        LaunchFailed(
+                            f"service {service}: {reason}", user_message=f"Launch failed: {reason}"
+                        )
+                    )
+                )
+                return
+            await asyncio.sleep(self._poll)
+
+    # -- cleanup -----------------------------------------------------------------------
+
+    async def _clean_up_shielded(
+        self, user: str, server_name: str, service: str, temporary: bool
+    ) -> None:
+        """Run the cleanup to its end even if our caller is cancelled meanwhile."""
+        task = asyncio.create_task(self._clean_up(user, server_name, service, temporary))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+        await asyncio.shield(task)
+
+    async def _clean_up(self, user: str, server_name: str, service: str, temporary: bool) -> None:
+        """Stop the server, delete a temporary user, and make sure the service is gone."""
+        try:
+            await self._hub.stop_server(user, server_name, remove=bool(server_name))
+        except SwarmbinderError as exc:
+            log.warning("stopping %s/%s after a failed launch: %s", user, server_name, exc)
+        if temporary:
+            await self._delete_user(user)
+        try:
+            await self._swarm.remove_service(service, settle_seconds=3)
+        except SwarmbinderError as exc:
+            # the reaper removes it later
+            log.warning("removing %s after a failed launch: %s", service, exc)
+
+    async def _delete_user(self, user: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while True:
+            try:
+                await self._hub.delete_user(user)
+                return
+            except HubRequestFailed as exc:
+                # 400 while the hub is still stopping the server: ask again shortly
+                if exc.status != 400 or loop.time() > deadline:
+                    log.warning("deleting temporary user %s: %s", user, exc)
+                    return
+            except SwarmbinderError as exc:
+                log.warning("deleting temporary user %s: %s", user, exc)
+                return
+            await asyncio.sleep(0.2)
