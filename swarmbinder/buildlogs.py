@@ -72,6 +72,11 @@ class _Lines:
     lines: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class _Flush:
+    done: asyncio.Future[None]
+
+
 @dataclass
 class _Replay:
     stored_tail: list[str]
@@ -93,7 +98,7 @@ class BuildLogRecorder:
         self._store = store
         self._replay_tail = replay_tail
         # Records always queue (few and small); lines queue up to max_pending_lines.
-        self._queue: deque[_Record | _Lines | None] = deque()
+        self._queue: deque[_Record | _Lines | _Flush | None] = deque()
         self._wake = asyncio.Event()
         self._pending_lines = 0
         self._max_pending_lines = max_pending_lines
@@ -133,6 +138,14 @@ class BuildLogRecorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
 
+    async def flush(self) -> None:
+        """Wait until everything reported before this call is in the store (or failed)."""
+        if self._writer is None:
+            raise RuntimeError("the build log recorder is not running")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._put(_Flush(done))
+        await done
+
     # -- the manager's callbacks (on the event loop, never blocking) -------------------------
 
     def started(self, build: Build) -> None:
@@ -159,7 +172,7 @@ class BuildLogRecorder:
         if self._current.get(build.name) == record_id(build):
             del self._current[build.name]
 
-    def _put(self, item: _Record | _Lines) -> None:
+    def _put(self, item: _Record | _Lines | _Flush) -> None:
         self._queue.append(item)
         self._wake.set()
 
@@ -174,6 +187,10 @@ class BuildLogRecorder:
             item = self._queue.popleft()
             if item is None:
                 return
+            if isinstance(item, _Flush):
+                if not item.done.done():
+                    item.done.set_result(None)
+                continue
             if isinstance(item, _Lines):
                 self._pending_lines -= len(item.lines)
             try:

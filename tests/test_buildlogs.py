@@ -1,0 +1,250 @@
+"""Persisted build logs: what a build wrote can be read back after its service is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from build_fixtures import (
+    build_settings,
+    cleanup_builds,
+    collect,
+    ground_request,
+    run_id,
+    swarm,
+    wait_until_gone,
+)
+
+from swarmbinder.buildlogs import (
+    BuildLogRecorder,
+    prune_build_logs,
+    read_build_log,
+    record_id,
+    recording_manager,
+)
+from swarmbinder.builds import Build, BuildRequest, BuildStatus
+from swarmbinder.events import BuildEvent, Phase
+from swarmbinder.store import Store
+from swarmbinder.swarm import SwarmClient
+
+__all__ = ["cleanup_builds", "run_id", "swarm"]  # fixtures, imported for pytest
+
+
+def fake_build(name: str = "svc", created: float = 1000.0, image: str = "reg/img:abc") -> Build:
+    req = BuildRequest(
+        provider="git",
+        spec="u/abc",
+        repo_url="http://x/r.git",
+        ref="abc",
+        build_slug=name,
+        image=image,
+    )
+    build = Build(req, BuildStatus.RUNNING, tail_size=10, created=created)
+    # Build.name is the service name derived from the request; tests use it as is.
+    build.node = "node-1"
+    return build
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[Store]:
+    async with await Store.open(":memory:") as opened:
+        yield opened
+
+
+@pytest.fixture
+async def recorder(store: Store) -> AsyncIterator[BuildLogRecorder]:
+    rec = BuildLogRecorder(store, replay_tail=5)
+    await rec.start()
+    yield rec
+    await rec.close()
+
+
+async def test_a_finished_build_reads_back_by_service_and_image(
+    store: Store, recorder: BuildLogRecorder
+) -> None:
+    build = fake_build()
+    recorder.started(build)
+    recorder.log_lines(build.name, ["one", "two"])
+    recorder.log_lines(build.name, ["three"])
+    build.finish(BuildStatus.FAILED, BuildEvent.failed("Build failed: boom\n"), "boom")
+    recorder.finished(build)
+    await recorder.flush()
+
+    by_name = await read_build_log(store, service_name=build.name)
+    assert by_name is not None
+    assert by_name.lines == ["one", "two", "three"]
+    assert by_name.record.status == "failed" and by_name.record.reason == "boom"
+    assert by_name.record.node == "node-1" and by_name.record.finished_at == build.finished
+    by_image = await read_build_log(store, image=build.image, tail=1)
+    assert by_image is not None and by_image.lines == ["three"]
+    assert await read_build_log(store, service_name="other") is None
+    with pytest.raises(ValueError):
+        await read_build_log(store)
+
+
+async def test_a_retry_is_a_new_run_and_the_latest_is_read(
+    store: Store, recorder: BuildLogRecorder
+) -> None:
+    first = fake_build(created=1000.0)
+    recorder.started(first)
+    recorder.log_lines(first.name, ["first run"])
+    first.finish(BuildStatus.FAILED, BuildEvent.failed("x\n"), "x")
+    recorder.finished(first)
+    second = fake_build(created=2000.0)
+    recorder.started(second)
+    recorder.log_lines(second.name, ["second run"])
+    await recorder.flush()
+    latest = await read_build_log(store, service_name=second.name)
+    assert latest is not None and latest.lines == ["second run"]
+    assert latest.record.status == "running" and latest.record.finished_at is None
+    assert await store.build_log(record_id(first)) == ["first run"]
+
+
+async def test_an_adopted_build_does_not_store_its_replayed_tail_twice(
+    store: Store, recorder: BuildLogRecorder
+) -> None:
+    build = fake_build()
+    recorder.started(build)
+    recorder.log_lines(build.name, ["a", "b", "c", "d"])
+    await recorder.flush()
+    # a restarted manager adopts it and replays the last lines, then new ones come
+    adopted = fake_build()
+    adopted.adopted = True
+    other = BuildLogRecorder(store, replay_tail=5)
+    await other.start()
+    try:
+        other.started(adopted)
+        other.log_lines(adopted.name, ["b", "c"])
+        other.log_lines(adopted.name, ["d", "e", "f"])
+        other.log_lines(adopted.name, ["g"])
+        await other.flush()
+    finally:
+        await other.close()
+    assert await store.build_log(record_id(build)) == ["a", "b", "c", "d", "e", "f", "g"]
+
+
+async def test_a_failing_store_never_reaches_the_build(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = BuildLogRecorder(store)
+    await recorder.start()
+    await store.close()
+    build = fake_build()
+    with caplog.at_level(logging.ERROR, logger="swarmbinder.buildlogs"):
+        recorder.started(build)
+        recorder.log_lines(build.name, ["line"])
+        recorder.finished(build)
+        await recorder.flush()
+        await recorder.close()
+    assert recorder.failed_writes == 3
+    assert "could not persist build log data" in caplog.text
+
+
+async def test_lines_beyond_the_queue_limit_are_dropped_not_blocked(store: Store) -> None:
+    recorder = BuildLogRecorder(store, max_pending_lines=3)  # not started: nothing drains
+    build = fake_build()
+    recorder.started(build)
+    recorder.log_lines(build.name, ["1", "2"])
+    recorder.log_lines(build.name, ["3", "4"])
+    assert recorder.dropped_lines == 2
+    await recorder.start()
+    await recorder.flush()
+    await recorder.close()
+    assert await store.build_log(record_id(build)) == ["1", "2"]
+
+
+async def test_prune_removes_old_finished_builds_only(
+    store: Store, recorder: BuildLogRecorder
+) -> None:
+    old = fake_build("old", created=100.0)
+    recorder.started(old)
+    recorder.log_lines(old.name, ["old line"])
+    old.finish(BuildStatus.BUILT, BuildEvent.built(old.image, "done\n"))
+    recorder.finished(old)
+    running = fake_build("running", created=100.0)
+    recorder.started(running)
+    await recorder.flush()
+    finished = old.finished
+    assert finished is not None
+    pruned = await prune_build_logs(store, keep_for=10, clock=lambda: finished + 11)
+    assert pruned == 1
+    assert await read_build_log(store, service_name=old.name) is None
+    assert await read_build_log(store, service_name=running.name) is not None
+
+
+# -- the real thing ------------------------------------------------------------------------------
+
+
+@pytest.mark.swarm
+async def test_logs_of_cleaned_up_builds_can_be_read_back(
+    testground: dict[str, Any], swarm: SwarmClient, run_id: str, cleanup_builds: None
+) -> None:
+    async with await Store.open(":memory:") as store:
+        recorder = BuildLogRecorder(store)
+        await recorder.start()
+        manager = recording_manager(swarm, build_settings(testground, keep_failed_for=0), recorder)
+        good = ground_request(testground, "binder-dockerfile", run_id)
+        bad = ground_request(testground, "binder-failing", run_id)
+        try:
+            builds = [await manager.request(good), await manager.request(bad)]
+            results = await asyncio.gather(*(collect(b) for b in builds))
+            assert [events[-1].phase for events in results] == [Phase.BUILT, Phase.FAILED]
+            await manager.cleanup()
+        finally:
+            await manager.close()
+            await recorder.close()
+        for req in (good, bad):
+            await wait_until_gone(swarm, req.service_name, 5)
+
+        built = await read_build_log(store, service_name=good.service_name)
+        assert built is not None
+        assert built.record.status == "built" and built.record.node == testground["node_hostname"]
+        assert built.record.finished_at is not None
+        assert built.record.finished_at > built.record.started_at
+        text = "\n".join(built.lines)
+        assert "Step 1/" in text and good.image.split(":")[0] in text
+
+        failed = await read_build_log(store, image=bad.image)
+        assert failed is not None and failed.record.status == "failed"
+        assert "non-zero code: 3" in failed.record.reason
+        assert any("fails on purpose" in line for line in failed.lines)
+        assert recorder.failed_writes == 0 and recorder.dropped_lines == 0
+
+
+@pytest.mark.swarm
+async def test_a_build_adopted_after_a_restart_keeps_one_whole_log(
+    testground: dict[str, Any], swarm: SwarmClient, run_id: str, cleanup_builds: None
+) -> None:
+    req = ground_request(testground, "binder-two-commits", run_id)
+    async with await Store.open(":memory:") as store:
+        first_recorder = BuildLogRecorder(store, replay_tail=100)
+        await first_recorder.start()
+        first = recording_manager(swarm, build_settings(testground), first_recorder)
+        build = await first.request(req)
+        async with asyncio.timeout(60):
+            async for event in build.events():
+                if event.phase is Phase.BUILDING:
+                    break
+        await first.close()
+        await first_recorder.close()
+
+        second_recorder = BuildLogRecorder(store, replay_tail=100)
+        await second_recorder.start()
+        second = recording_manager(swarm, build_settings(testground), second_recorder)
+        try:
+            await second.start()
+            adopted = second.get(req.service_name)
+            assert adopted is not None
+            events = await collect(adopted)
+        finally:
+            await second.close()
+            await second_recorder.close()
+        assert events[-1].phase is Phase.BUILT
+        whole = await swarm.read_logs(req.service_name)
+        stored = await read_build_log(store, service_name=req.service_name)
+        assert stored is not None and stored.record.status == "built"
+        # read_logs leaves out empty lines; the follower keeps them
+        assert [line for line in stored.lines if line] == whole
