@@ -73,7 +73,7 @@ async def home(request: web.Request) -> web.Response:
 async def loading(request: web.Request) -> web.Response:
     site = request.app[PAGE_SITE]
     provider = request.match_info["provider"]
-    raw_spec = raw_path_after(request.raw_path, f"v2/{provider}/")
+    raw_spec = raw_path_after(request.raw_path, f"{site.base_url}v2/{provider}/")
     try:
         launch = site.launch_page(
             provider, raw_spec, dict(request.query), token_origin(request.headers)
