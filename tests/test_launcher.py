@@ -198,7 +198,11 @@ async def test_a_caller_that_walks_away_leaves_no_user_or_service(
     launcher: Launcher, hub: HubClient, swarm: SwarmClient, launchable_image: str
 ) -> None:
     events = launch(launcher, launchable_image)
-    first = asyncio.create_task(anext(events))  # type: ignore[arg-type]
+
+    async def first_event() -> BuildEvent:
+        return await anext(events)
+
+    first = asyncio.create_task(first_event())
     created: list[str] = launcher.hub.created  # type: ignore[attr-defined]
     # Walk away once the server's service exists: the spawn is under way.
     for _ in range(300):
