@@ -31,7 +31,7 @@ class Admission:
         *,
         client_ip: Callable[[str, Mapping[str, str]], str],
         check_network: Callable[[str], None],
-        verify_token: Callable[[str, str, str | None], None] | None = None,
+        verify_token: Callable[[str, str, Mapping[str, str]], bool] | None = None,
         rate_limit: Callable[[str], None] | None = None,
         authenticate: Callable[[Mapping[str, str]], Awaitable[str | None]] | None = None,
     ) -> None:
@@ -48,7 +48,6 @@ class Admission:
         headers: Mapping[str, str],
         path: str,
         build_token: str | None,
-        origin: str | None,
     ) -> Admitted:
         ip = self._client_ip(peer, headers)
         self._check_network(ip)
@@ -56,8 +55,7 @@ class Admission:
         if build_token and self._verify_token is not None:
             # An invalid token is refused outright rather than ignored: a page that embeds a
             # stale token should say so, not silently fall back to the rate limit.
-            self._verify_token(build_token, path, origin)
-            have_token = True
+            have_token = self._verify_token(build_token, path, headers)
         if not have_token and self._rate_limit is not None:
             self._rate_limit(ip)
         username = await self._authenticate(headers) if self._authenticate else None

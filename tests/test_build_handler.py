@@ -56,7 +56,6 @@ class FakeAdmission:
         headers: Mapping[str, str],
         path: str,
         build_token: str | None,
-        origin: str | None,
     ) -> Admitted:
         self.calls.append({"peer": peer, "path": path, "build_token": build_token})
         if self.error is not None:

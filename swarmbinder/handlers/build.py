@@ -97,7 +97,6 @@ async def build(request: web.Request) -> web.StreamResponse:
             headers=request.headers,
             path=path,
             build_token=request.query.get("build_token"),
-            origin=request.headers.get("Origin"),
         )
     except SwarmbinderError as error:
         status = error.status_code if 400 <= error.status_code < 600 else 400
