@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
@@ -45,7 +46,18 @@ def test_up_again_rebuilds_nothing_and_prints_the_same_ground(testground: dict[s
     )
     again = json.loads(proc.stdout)
     assert again["rebuilt"] == []
-    for key in ("registry", "git_base_url", "images", "repos", "node_id"):
+    for key in (
+        "registry",
+        "git_base_url",
+        "images",
+        "repos",
+        "node_id",
+        "hub_url",
+        "hub_api_token",
+        "hub_network",
+        "hub_service",
+        "image_prefix",
+    ):
         assert again[key] == testground[key]
 
 
@@ -60,6 +72,42 @@ def test_status_reports_everything_up(testground: dict[str, Any]) -> None:
     status = json.loads(proc.stdout)
     assert proc.returncode == 0, status
     assert status["swarm"] == "active" and status["registry"] and status["git_server"]
+    assert status["hub"]
+
+
+def test_the_hub_api_answers_the_ground_token_and_only_it(testground: dict[str, Any]) -> None:
+    url = testground["hub_api_url"] + "/users"
+    assert testground["hub_url"].startswith("http://127.0.0.1:")
+    assert testground["image_prefix"].startswith(testground["registry"] + "/")
+    request = urllib.request.Request(
+        url, headers={"Authorization": f"token {testground['hub_api_token']}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+        assert isinstance(json.loads(response.read()), list)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=10)
+    assert refused.value.code == 403
+
+
+def test_the_hub_service_is_on_the_overlay_by_name(testground: dict[str, Any]) -> None:
+    inspect = subprocess.run(
+        ["docker", "service", "inspect", testground["hub_service"]],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    spec = json.loads(inspect.stdout)[0]["Spec"]
+    assert spec["EndpointSpec"]["Mode"] == "dnsrr"
+    assert [p["PublishMode"] for p in spec["EndpointSpec"]["Ports"]] == ["host"]
+    network = subprocess.run(
+        ["docker", "network", "inspect", testground["hub_network"]],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    info = json.loads(network.stdout)[0]
+    assert info["Driver"] == "overlay" and info["Attachable"] is True
 
 
 def test_clone_a_test_repository_over_http(testground: dict[str, Any], tmp_path: Path) -> None:
@@ -180,3 +228,23 @@ def test_taken_registry_port_is_one_line_and_keeps_the_running_registry(
     assert proc.stdout == ""
     # The ground's registry was not touched.
     assert manifest_status(testground["registry"], "never/was", "pushed") == 404
+
+
+def test_taken_hub_port_is_one_line_and_keeps_the_running_hub(
+    testground: dict[str, Any],
+) -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = run_testground("up", "--quiet", env={"SWARMBINDER_TESTGROUND_HUB_PORT": str(port)})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"testground: error: port {port} on 127.0.0.1 is already in use; "
+        "set SWARMBINDER_TESTGROUND_HUB_PORT to a free port"
+    ]
+    assert proc.stdout == ""
+    with urllib.request.urlopen(testground["hub_api_url"] + "/", timeout=10) as response:
+        assert response.status == 200
