@@ -50,6 +50,8 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .errors import QuotaExceeded
+
 log = logging.getLogger(__name__)
 
 # Builds and launches take very different times, hence BinderHub's two bucket sets.
@@ -346,13 +348,15 @@ class LaunchEventLog:
 # -- the launch flow's observer -------------------------------------------------------------------
 
 
-class _Build(Protocol):
+class _Repo(Protocol):
     @property
     def provider(self) -> str: ...
 
     @property
     def repo_url(self) -> str: ...
 
+
+class _Build(_Repo, Protocol):
     @property
     def ref(self) -> str: ...
 
@@ -400,8 +404,10 @@ class MetricsObserver:
     def launch_started(self, build: _Build) -> Callable[[str], None]:
         return self.metrics.start_launch(self.provider_name(build.provider), build.repo_url).finish
 
-    def quota_refused(self, build: _Build, scope: str) -> None:
-        self.metrics.count_quota_refusal(self.provider_name(build.provider), build.repo_url, scope)
+    def quota_refused(self, build: _Repo, refusal: QuotaExceeded) -> None:
+        """Count a launch refused by a quota (``Quotas.gate``'s ``on_refused``)."""
+        name = self.provider_name(build.provider)
+        self.metrics.count_quota_refusal(name, build.repo_url, refusal.scope)
 
     def launched(self, request: _Request, resolved: _Resolved) -> None:
         if self.events is None:

@@ -29,7 +29,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -56,6 +56,25 @@ class RunningServer(Protocol):
 
     @property
     def image(self) -> str: ...
+
+
+class _Build(Protocol):
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def spec(self) -> str: ...
+
+    @property
+    def repo_url(self) -> str: ...
+
+    @property
+    def image(self) -> str: ...
+
+
+class _Resolved(Protocol):
+    @property
+    def build(self) -> _Build: ...
 
 
 class QuotaStore(Protocol):
@@ -213,6 +232,34 @@ class Quotas:
                 scope="repo_quota",
             )
         return QuotaCheck(total, matching, repo_quota, pod_quota)
+
+    def needs_servers(self, spec: str) -> bool:
+        """Whether :meth:`check` can refuse ``spec`` at all. When no quota applies the running
+        servers need not be listed, so launches go on while the listing is unavailable."""
+        return self.pod_quota is not None or self.quota_for(spec).quota > 0
+
+    def gate(
+        self,
+        list_servers: Callable[[], Awaitable[Sequence[RunningServer]]],
+        *,
+        on_refused: Callable[[_Build, QuotaExceeded], None] | None = None,
+    ) -> Callable[[_Resolved], Awaitable[None]]:
+        """The launch flow's ``check_quota``: list the servers (only when a quota applies) and
+        :meth:`check`; ``on_refused`` sees each refusal first (to count it in the metrics)."""
+
+        async def check_quota(resolved: _Resolved) -> None:
+            build = resolved.build
+            if not self.needs_servers(build.spec):
+                return
+            servers = await list_servers()
+            try:
+                self.check(build.spec, build.repo_url, build.image, servers)
+            except QuotaExceeded as refusal:
+                if on_refused is not None:
+                    on_refused(build, refusal)
+                raise
+
+        return check_quota
 
     def snapshot(
         self, servers: Sequence[RunningServer], specs: Mapping[str, str] | None = None

@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from swarmbinder.builds import BuildRequest
+from swarmbinder.errors import QuotaExceeded
 from swarmbinder.launch_flow import LaunchRequest
 from swarmbinder.metrics import (
     LAUNCH_EVENT_LOGGER,
@@ -215,6 +216,7 @@ def test_observer_fits_the_launch_flow(tmp_path: Path) -> None:
     finished = observer.build_started(build)
     finished("success")
     observer.launch_started(build)("failure")
+    observer.quota_refused(build, QuotaExceeded("full", quota=1, used=1, scope="pod_quota"))
     request = LaunchRequest(
         provider_prefix="gh",
         spec="org/repo/HEAD",
@@ -230,3 +232,4 @@ def test_observer_fits_the_launch_flow(tmp_path: Path) -> None:
     assert (event["provider"], event["ref"], event["build_token"]) == ("GitHub", "b" * 40, True)
     assert count(metrics, "build", "success") == 1
     assert count(metrics, "launch", "failure") == 1
+    assert count(metrics, "launch", "pod_quota") == 1

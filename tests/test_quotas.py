@@ -205,3 +205,53 @@ def test_image_without_tag() -> None:
     assert image_without_tag("registry:5000/org/name:tag") == "registry:5000/org/name"
     assert image_without_tag("registry:5000/org/name") == "registry:5000/org/name"
     assert image_without_tag("name@sha256:abc") == "name"
+
+
+@dataclass(frozen=True)
+class Build:
+    provider: str
+    spec: str
+    repo_url: str
+    image: str
+
+
+@dataclass(frozen=True)
+class Resolved:
+    build: Build
+
+
+RESOLVED = Resolved(Build("gh", SPEC, REPO, IMAGE))
+
+
+async def test_gate_lists_servers_only_when_a_quota_applies() -> None:
+    listed = 0
+
+    async def unavailable() -> list[Server]:
+        nonlocal listed
+        listed += 1
+        raise ConnectionError("the swarm manager does not answer")
+
+    # No quota at all: the launch goes on even though the listing would fail.
+    await Quotas().gate(unavailable)(RESOLVED)
+    assert listed == 0
+    with pytest.raises(ConnectionError):
+        await Quotas(per_repo_quota=2).gate(unavailable)(RESOLVED)
+    assert listed == 1
+
+
+async def test_gate_reports_each_refusal_then_raises() -> None:
+    refused: list[tuple[str, str]] = []
+
+    async def running() -> list[Server]:
+        return servers(2)
+
+    def on_refused(build: object, refusal: QuotaExceeded) -> None:
+        assert isinstance(build, Build)
+        refused.append((build.repo_url, refusal.scope))
+
+    gate = Quotas(per_repo_quota=2).gate(running, on_refused=on_refused)
+    with pytest.raises(QuotaExceeded, match="Too many users running"):
+        await gate(RESOLVED)
+    assert refused == [(REPO, "repo_quota")]
+    await Quotas(per_repo_quota=3).gate(running, on_refused=on_refused)(RESOLVED)
+    assert len(refused) == 1
