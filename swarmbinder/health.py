@@ -132,3 +132,16 @@ class HealthChecker:
             log.error("health check %s returned %r, not a bool or a mapping with ok", name, result)
             return {"service": name, "ok": False, "error": "bad check result"}
         return {"service": name, **result}
+
+
+def capacity_result(used: int, capacity: int | None, **details: Any) -> dict[str, Any]:
+    """A check result for a capacity (build slots, the pod quota): not ok when full, but shown
+    without failing ``/health`` (BinderHub's ``_ignore_failure``): a busy service is not down.
+    ``capacity=None`` means unlimited."""
+    return {
+        "ok": capacity is None or used < capacity,
+        "used": used,
+        "capacity": capacity,
+        **details,
+        "_ignore_failure": True,
+    }

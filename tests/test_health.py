@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from swarmbinder.errors import RegistryError
-from swarmbinder.health import CheckResult, HealthChecker
+from swarmbinder.health import CheckResult, HealthChecker, capacity_result
 
 
 class Clock:
@@ -143,3 +143,22 @@ async def test_aclose_cancels_a_run_in_flight() -> None:
     await checker.aclose()
     with pytest.raises(asyncio.CancelledError):
         await caller
+
+
+async def test_a_full_capacity_is_shown_but_not_unhealthy() -> None:
+    async def builds() -> CheckResult:
+        return capacity_result(4, 4, queued=2)
+
+    report = await HealthChecker({"Build capacity": builds}).check()
+    assert report.status_code == 200
+    assert report.to_json()["checks"] == [
+        {
+            "service": "Build capacity",
+            "ok": False,
+            "used": 4,
+            "capacity": 4,
+            "queued": 2,
+            "_ignore_failure": True,
+        }
+    ]
+    assert capacity_result(3, None)["ok"] is True
