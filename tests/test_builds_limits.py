@@ -1,0 +1,187 @@
+"""Limits and housekeeping of builds, and what a build does when the engine or the registry
+stops answering, against the real engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from build_fixtures import (
+    EngineProxy,
+    GitRepo,
+    build_settings,
+    cleanup_builds,
+    collect,
+    git_repo,
+    ground_request,
+    make_request,
+    remove_registry,
+    run_id,
+    running_registry,
+    service_json,
+    slow_dockerfile,
+    swarm,
+    wait_until_gone,
+)
+
+from swarmbinder.builds import BuildManager, BuildStatus
+from swarmbinder.events import Phase
+from swarmbinder.swarm import SwarmClient
+
+__all__ = ["cleanup_builds", "run_id", "swarm"]  # fixtures, imported for pytest
+
+pytestmark = pytest.mark.swarm
+
+
+@pytest.fixture
+def slow_repo(testground: dict[str, Any]) -> Iterator[GitRepo]:
+    """A Dockerfile repository whose build sleeps for a minute."""
+    with git_repo(testground, slow_dockerfile(testground, 60), "sbtest-slow") as repo:
+        yield repo
+
+
+async def test_memory_limit_lands_on_the_service(
+    testground: dict[str, Any], swarm: SwarmClient, run_id: str, cleanup_builds: None
+) -> None:
+    limit = 3 * 1024**3
+    manager = BuildManager(swarm, build_settings(testground, memory_limit=limit))
+    try:
+        req = ground_request(testground, "binder-dockerfile", run_id)
+        build = await manager.request(req)
+        spec = service_json(req.service_name)["Spec"]
+        events = await collect(build)
+    finally:
+        await manager.close()
+    assert spec["TaskTemplate"]["Resources"]["Limits"]["MemoryBytes"] == limit
+    assert f"--build-memory-limit={limit}" in spec["TaskTemplate"]["ContainerSpec"]["Args"]
+    assert events[-1].phase is Phase.BUILT
+
+
+async def test_housekeeping_removes_built_at_once_and_failed_later(
+    testground: dict[str, Any], swarm: SwarmClient, run_id: str, cleanup_builds: None
+) -> None:
+    keep_failed_for = 12.0
+    settings = build_settings(testground, cleanup_interval=0.5, keep_failed_for=keep_failed_for)
+    manager = BuildManager(swarm, settings)
+    await manager.start()  # starts housekeeping; nobody calls cleanup() here
+    try:
+        good = await manager.request(ground_request(testground, "binder-dockerfile", run_id))
+        bad = await manager.request(ground_request(testground, "binder-failing", run_id))
+        good_events, bad_events = await asyncio.gather(collect(good), collect(bad))
+        assert good_events[-1].phase is Phase.BUILT and bad_events[-1].phase is Phase.FAILED
+        assert good.finished is not None and bad.finished is not None
+
+        await wait_until_gone(swarm, good.name, 10)
+        # the failed one stays until keep_failed_for has passed since it failed
+        assert time.time() - bad.finished < keep_failed_for
+        assert await swarm.inspect_service(bad.name) is not None
+        await wait_until_gone(swarm, bad.name, keep_failed_for + 15)
+        assert time.time() - bad.finished >= keep_failed_for
+    finally:
+        await manager.close()
+
+
+async def test_an_overdue_build_is_stopped_and_says_it_timed_out(
+    testground: dict[str, Any],
+    swarm: SwarmClient,
+    run_id: str,
+    slow_repo: GitRepo,
+    cleanup_builds: None,
+) -> None:
+    manager = BuildManager(swarm, build_settings(testground, max_age=6))
+    req = make_request(
+        run_id, slow_repo.url, slow_repo.sha, registry=testground["registry"], label="slow"
+    )
+    try:
+        build = await manager.request(req)
+        events = await collect(build, within=40)
+        # the service goes right after the failure event (removal is not instant)
+        await wait_until_gone(swarm, req.service_name, 20)
+    finally:
+        await manager.close()
+    final = events[-1]
+    assert final.phase is Phase.FAILED
+    assert "timed out" in final.message and "build_max_age (6 s)" in final.message
+    assert build.status is BuildStatus.FAILED
+    assert any(e.phase is Phase.BUILDING for e in events)  # it was stopped mid-build
+
+
+@contextlib.contextmanager
+def proxy_path() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="sbtest-engine-") as tmp:
+        yield Path(tmp) / "docker.sock"
+
+
+async def test_engine_gone_mid_build_fails_in_bounded_time_and_leaks_nothing(
+    testground: dict[str, Any],
+    swarm: SwarmClient,
+    run_id: str,
+    slow_repo: GitRepo,
+    cleanup_builds: None,
+) -> None:
+    req = make_request(
+        run_id, slow_repo.url, slow_repo.sha, registry=testground["registry"], label="cut"
+    )
+    with proxy_path() as path:
+        proxy = EngineProxy(path)
+        await proxy.start()
+        proxied = SwarmClient.connect(proxy.url)
+        settings = build_settings(testground, engine_grace=3, cleanup_interval=0.5)
+        manager = BuildManager(proxied, settings)
+        await manager.start()
+        try:
+            build = await manager.request(req)
+            async with asyncio.timeout(60):
+                async for event in build.events():
+                    if event.phase is Phase.BUILDING:
+                        break
+            await proxy.cut()
+            loop = asyncio.get_running_loop()
+            cut_at = loop.time()
+            events = await collect(build, within=30)
+            took = loop.time() - cut_at
+            final = events[-1]
+            assert final.phase is Phase.FAILED
+            assert "Docker engine stopped answering" in final.message
+            assert took < 3 + 10  # engine_grace plus a poll or two, never a hang
+            # still running in Swarm: nothing could remove it
+            assert await swarm.inspect_service(req.service_name) is not None
+
+            await proxy.start()  # the engine answers again
+            await wait_until_gone(swarm, req.service_name, 30)
+        finally:
+            await manager.close()
+            await proxy.cut()
+            await proxied.close()
+
+
+async def test_registry_gone_mid_build_fails_with_the_push_error(
+    testground: dict[str, Any], swarm: SwarmClient, run_id: str, cleanup_builds: None
+) -> None:
+    with (
+        git_repo(testground, slow_dockerfile(testground, 4), "sbtest-pushfail") as repo,
+        running_registry(testground, auth=False) as registry,
+    ):
+        req = make_request(run_id, repo.url, repo.sha, registry=registry.host, label="pushfail")
+        manager = BuildManager(swarm, build_settings(testground))
+        try:
+            build = await manager.request(req)
+            async with asyncio.timeout(60):
+                async for event in build.events():
+                    if event.phase is Phase.BUILDING:
+                        break
+            # the registry goes away while the image is still building
+            remove_registry(registry.service)
+            events = await collect(build, within=120)
+        finally:
+            await manager.close()
+    final = events[-1]
+    assert final.phase is Phase.FAILED
+    # repo2docker's push error, as the node's daemon reported it
+    assert f"{registry.host}/v2/" in final.message and "connection refused" in final.message
