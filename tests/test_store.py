@@ -210,6 +210,21 @@ async def test_builds_for_image(store: Store) -> None:
     assert await store.builds_for_image("img:none") == []
 
 
+async def test_builds_with_id_prefix(store: Store) -> None:
+    await store.record_build(build("svc-a@1.000", started_at=1.0))
+    await store.record_build(build("svc-a@2.000", started_at=2.0))
+    await store.record_build(build("svc-ab@3.000", started_at=3.0))
+    await store.record_build(build("svc-b@4.000", started_at=4.0))
+    found = await store.builds_with_id_prefix("svc-a@")
+    assert [b.build_id for b in found] == ["svc-a@2.000", "svc-a@1.000"]
+    assert [b.build_id for b in await store.builds_with_id_prefix("svc-a@", limit=1)] == [
+        "svc-a@2.000"
+    ]
+    # no wildcards: % and _ are plain characters
+    assert await store.builds_with_id_prefix("svc_a") == []
+    assert await store.builds_with_id_prefix("%") == []
+
+
 async def test_build_log_in_order_across_appends_and_tail(store: Store) -> None:
     await store.record_build(build("b1"))
     await store.append_build_log("b1", ['{"phase": "building", "message": "Step 1"}\n', "two"])
