@@ -1,28 +1,75 @@
-"""Builds the aiohttp application from a Config: routes, shared state, background tasks."""
+"""Builds the aiohttp application from a Config: routes, shared state, background tasks.
+
+Wiring only: every rule lives in a domain module. The outside systems (Docker engine,
+registry, hub, store) are connected in one ``cleanup_ctx`` entry, :func:`services`, which
+never waits for them to answer: the service starts and serves pages, badges, ``/health``
+(503 naming what is down), ``/versions`` and ``/metrics`` while any of them is down, and picks
+them up when they come back.
+
+Tests can put their own ``FLOW``/``ADMISSION`` on the app before it starts; :func:`services`
+then leaves them alone.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
 from aiohttp import web
 
+from .admission import Admission
+from .bans import BanList
+from .buildlogs import BuildLogRecorder, recording_manager
+from .builds import BuildManager, BuildSettings
+from .buildtokens import BuildTokens, build_audience, token_origin
+from .clientip import ClientIP
 from .config import Config
+from .errors import SwarmUnavailable
 from .handlers import build, ops
-from .keys import CONFIG
+from .handlers.pages import BUILD_TOKENS, add_page_routes
+from .health import HealthChecker, capacity_result
+from .keys import ADMISSION, BANS, BUILDS, CONFIG, FLOW, QUOTAS, STORE
+from .launch_flow import LaunchFlow
+from .launcher import HubClient, Launcher
+from .metrics import LaunchEventLog, Metrics, MetricsObserver
+from .quotas import Quotas
+from .ratelimit import RateLimiter
+from .registry import RegistryClient
+from .resolve import Resolved, policy_from_config, providers_from_config, resolve
+from .store import Store
+from .swarm import SwarmClient
+from .userservers import UserServer, list_user_servers, reap_forever
+
+log = logging.getLogger(__name__)
+
+#: How long to wait between attempts to pick up builds while the engine does not answer.
+ENGINE_RETRY_SECONDS = 5.0
 
 
 def create_app(config: Config) -> web.Application:
-    """The application for ``config``; wiring only, no behaviour of its own."""
-    app = web.Application()
-    app[CONFIG] = config
-
+    """The application for ``config``."""
     base = config.server.base_url
+    allow_origin = config.server.cors_allow_origin
+    app = web.Application(middlewares=[ops.cors_preflight(allow_origin, base)])
+    app[CONFIG] = config
+    app[ops.METRICS] = Metrics()
+    app[BUILD_TOKENS] = BuildTokens(
+        config.tokens.build_token_secret,
+        expires_seconds=config.tokens.build_token_expires_seconds,
+        check_origin=config.tokens.build_token_check_origin,
+    )
+    app.on_response_prepare.append(ops.cors_signal(allow_origin, base))
+
     app.router.add_get(f"{base}versions", ops.versions)
     app.router.add_get(f"{base}health", ops.health)
-
+    app.router.add_get(f"{base}metrics", ops.metrics)
     add_build_routes(app)
-
-    # Background tasks (build watcher, build_cleanup_interval sweeper, event readers) go here:
-    # one asynccontextmanager each, appended to app.cleanup_ctx, that creates the task, stores
-    # it under an AppKey from keys.py, and cancels and awaits it after its yield.
+    add_page_routes(app, config, tokens=app[BUILD_TOKENS])
+    app.cleanup_ctx.append(services)
     return app
 
 
@@ -30,3 +77,201 @@ def add_build_routes(app: web.Application) -> None:
     """``/build/<provider>/<spec>``; the handler needs FLOW and ADMISSION on the app."""
     base = app[CONFIG].server.base_url
     app.router.add_get(f"{base}build/{{provider}}/{{spec:.+}}", build.build)
+
+
+async def services(app: web.Application) -> AsyncIterator[None]:
+    """Connect the outside systems, run the background tasks, and close it all at shutdown."""
+    if FLOW in app:
+        yield
+        return
+    config = app[CONFIG]
+    async with contextlib.AsyncExitStack() as stack:
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        swarm = await stack.enter_async_context(SwarmClient.connect(config.builds.docker_host))
+        store = await Store.open(config.server.store_path)
+        stack.push_async_callback(store.close)
+        app[STORE] = store
+
+        registry: RegistryClient | None = None
+        if config.registry.use_registry:
+            registry = RegistryClient(
+                config.registry.registry_url or config.registry.image_prefix.split("/", 1)[0],
+                username=config.registry.registry_username,
+                password=config.registry.registry_password,
+                session=session,
+            )
+
+        recorder = BuildLogRecorder(store)
+        await recorder.start()
+        stack.push_async_callback(recorder.close)
+        builds = recording_manager(swarm, build_settings(config), recorder)
+        stack.push_async_callback(builds.close)
+        app[BUILDS] = builds
+        tasks = _Tasks()
+        stack.push_async_callback(tasks.cancel_all)
+        tasks.start(_start_builds(builds), "build-manager-start")
+
+        policy = policy_from_config(config)
+        bans = BanList(ban_networks=config.bans.ban_networks, policy=policy, store=store)
+        await bans.load()
+        quotas = Quotas(
+            pod_quota=config.quotas.pod_quota,
+            per_repo_quota=config.quotas.per_repo_quota,
+            per_repo_quota_higher=config.quotas.per_repo_quota_higher,
+            policy=policy,
+            store=store,
+        )
+        await quotas.load()
+        app[BANS], app[QUOTAS] = bans, quotas
+
+        hub: HubClient | None = None
+        launcher: Launcher | None = None
+        hub_id = config.hub.hub_id or None
+        if config.hub.local_url:
+            hub = HubClient(config.hub.local_url + "hub/api", config.hub.hub_api_token, session)
+            launcher = Launcher(
+                hub,
+                swarm,
+                hub_url=config.hub.hub_url or config.hub.local_url,
+                registry=registry,
+                launch_timeout=config.hub.launch_timeout,
+            )
+            stack.push_async_callback(launcher.aclose)
+            if hub_id is not None:
+                tasks.start(
+                    reap_forever(swarm, hub, hub_id=hub_id, interval=config.hub.reaper_interval),
+                    "user-server-reaper",
+                )
+
+        async def running_servers() -> list[UserServer]:
+            return await list_user_servers(swarm, hub_id=hub_id)
+
+        metrics = app[ops.METRICS]
+        events = LaunchEventLog()
+        stack.callback(events.close)
+        observer = MetricsObserver(metrics, events)
+        providers = providers_from_config(config, session)
+        image_prefix = config.registry.image_prefix
+
+        async def resolve_path(path: str) -> Resolved:
+            # bans.policy is read per request: an admin's spec ban applies to the next launch.
+            return await resolve(
+                path, providers=providers, policy=bans.policy, image_prefix=image_prefix
+            )
+
+        async def image_exists(image: str) -> bool:
+            if registry is None:
+                return False
+            name, _, tag = image.rpartition(":")
+            return await registry.manifest_exists(name, tag)
+
+        app[FLOW] = LaunchFlow(
+            resolve=resolve_path,
+            image_exists=image_exists,
+            builds=builds,
+            launcher=launcher,
+            check_quota=quotas.gate(running_servers, on_refused=observer.quota_refused),
+            observer=observer,
+        )
+        tokens = app[BUILD_TOKENS]
+
+        def verify_token(token: str, path: str, headers: Any) -> bool:
+            provider, _, spec = path.partition("/")
+            return tokens.check(token, build_audience(provider, spec), token_origin(headers))
+
+        limiter = RateLimiter(config.quotas.rate_limit, config.quotas.rate_limit_period)
+        app[ADMISSION] = Admission(
+            client_ip=ClientIP(config.server.trusted_proxies),
+            check_network=bans.check_network,
+            verify_token=verify_token,
+            rate_limit=limiter if config.quotas.rate_limit > 0 else None,
+        )
+        checker = HealthChecker(
+            _health_checks(config, swarm, registry, hub, builds, running_servers)
+        )
+        stack.push_async_callback(checker.aclose)
+        app[ops.HEALTH] = checker
+        yield
+
+
+def build_settings(config: Config) -> BuildSettings:
+    return BuildSettings.from_config(config)
+
+
+def _health_checks(
+    config: Config,
+    swarm: SwarmClient,
+    registry: RegistryClient | None,
+    hub: HubClient | None,
+    builds: BuildManager,
+    running_servers: Callable[[], Awaitable[list[UserServer]]],
+) -> dict[str, Callable[[], Awaitable[Any]]]:
+    """BinderHub's /health checks (names as BinderHub shows them), plus the swarm's."""
+    checks: dict[str, Callable[[], Awaitable[Any]]] = {}
+
+    async def swarm_manager() -> dict[str, Any]:
+        info = await swarm.info()
+        return {"ok": True, "nodes": len(await swarm.nodes()), "node": info.get("Name", "")}
+
+    checks["Swarm manager"] = swarm_manager
+
+    if registry is not None:
+
+        async def docker_registry() -> bool:
+            await registry.ping()
+            return True
+
+        checks["Docker registry"] = docker_registry
+
+    if hub is not None:
+
+        async def jupyterhub_api() -> dict[str, Any]:
+            return {"ok": True, "version": await hub.version()}
+
+        checks["JupyterHub API"] = jupyterhub_api
+
+    async def build_capacity() -> dict[str, Any]:
+        running = sum(1 for b in builds.builds if b.status.value == "running")
+        return capacity_result(running, config.builds.concurrent_build_limit or None)
+
+    checks["Build capacity"] = build_capacity
+
+    if config.quotas.pod_quota is not None:
+        pod_quota = config.quotas.pod_quota
+
+        async def user_servers() -> dict[str, Any]:
+            return capacity_result(len(await running_servers()), pod_quota)
+
+        checks["Pod quota"] = user_servers
+    return checks
+
+
+async def _start_builds(builds: BuildManager) -> None:
+    """Pick up builds from Swarm once the engine answers; until then /build reports it down."""
+    while True:
+        try:
+            await builds.start()
+            return
+        except SwarmUnavailable as error:
+            log.warning("cannot pick up builds yet: %s", error)
+        await asyncio.sleep(ENGINE_RETRY_SECONDS)
+
+
+class _Tasks:
+    """Background tasks owned by the app: started by name, cancelled and awaited at shutdown."""
+
+    def __init__(self) -> None:
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, coroutine: Awaitable[None], name: str) -> None:
+        async def run() -> None:
+            await coroutine
+
+        self._tasks.append(asyncio.create_task(run(), name=name))
+
+    async def cancel_all(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -421,6 +421,18 @@ class HubConfig(_Section):
         "(BinderHub's Launcher.launch_timeout).",
         minimum=1,
     )
+    hub_id: str = _opt(
+        "",
+        "The hub's id as its user-server services are labelled (the hub's SWARMBINDER_HUB_ID, "
+        "by default its service name). Quotas count only that hub's servers, and services of "
+        "that hub that it no longer knows are removed. Empty: count every swarmbinder user "
+        "server and remove none.",
+    )
+    reaper_interval: int = _opt(
+        60,
+        "Seconds between sweeps for user-server services their hub no longer knows.",
+        minimum=1,
+    )
 
     @property
     def local_url(self) -> str:

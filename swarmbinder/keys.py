@@ -8,11 +8,23 @@ from __future__ import annotations
 from aiohttp import web
 
 from .admission import Admission
+from .bans import BanList
+from .builds import BuildManager
 from .config import Config
 from .launch_flow import LaunchFlow
+from .quotas import Quotas
+from .store import Store
 
 CONFIG = web.AppKey("config", Config)
 #: Decides whether a /build request may go on (bans, build token, rate limit).
 ADMISSION = web.AppKey("admission", Admission)
 #: Runs one /build request as events.
 FLOW = web.AppKey("flow", LaunchFlow)
+#: The build manager: every build this process watches.
+BUILDS = web.AppKey("builds", BuildManager)
+#: Bans in force (config plus admin changes).
+BANS = web.AppKey("bans", BanList)
+#: Quotas in force (config plus admin overrides).
+QUOTAS = web.AppKey("quotas", Quotas)
+#: The embedded store (build records and logs, admin bans and quotas, audit).
+STORE = web.AppKey("store", Store)

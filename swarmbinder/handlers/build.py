@@ -80,10 +80,8 @@ def _launch_host(request: web.Request) -> str:
 
 
 async def build(request: web.Request) -> web.StreamResponse:
-    config = request.app[CONFIG]
-    cors = {}
-    if config.server.cors_allow_origin:
-        cors["Access-Control-Allow-Origin"] = config.server.cors_allow_origin
+    # CORS headers are added by the app's response signal, to streams and errors alike.
+    cors: dict[str, str] = {}
     accept = {part.strip().lower() for part in request.headers.get("Accept", "").split(",")}
     accept |= {part.split(";")[0].strip() for part in accept}
     if "text/event-stream" not in accept:
