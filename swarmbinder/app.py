@@ -23,7 +23,7 @@ from aiohttp import web
 
 from .admission import Admission
 from .bans import BanList
-from .buildlogs import BuildLogRecorder, recording_manager
+from .buildlogs import BuildLogRecorder, prune_build_logs, recording_manager
 from .builds import BuildManager, BuildSettings
 from .buildtokens import BuildTokens, build_audience, token_origin
 from .clientip import ClientIP
@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: How long to wait between attempts to pick up builds while the engine does not answer.
 ENGINE_RETRY_SECONDS = 5.0
+#: How often persisted build logs past build_log_retention are deleted.
+BUILD_LOG_PRUNE_INTERVAL = 3600.0
 
 
 def create_app(config: Config) -> web.Application:
@@ -101,14 +103,24 @@ async def services(app: web.Application) -> AsyncIterator[None]:
                 session=session,
             )
 
-        recorder = BuildLogRecorder(store)
-        await recorder.start()
-        stack.push_async_callback(recorder.close)
-        builds = recording_manager(swarm, build_settings(config), recorder)
-        stack.push_async_callback(builds.close)
-        app[BUILDS] = builds
         tasks = _Tasks()
+        settings = BuildSettings.from_config(config)
+        if config.builds.persist_build_logs:
+            recorder = BuildLogRecorder(store, replay_tail=config.builds.log_tail_lines)
+            await recorder.start()
+            stack.push_async_callback(recorder.close)
+            builds = recording_manager(swarm, settings, recorder)
+            tasks.start(
+                _prune_build_logs(store, config.builds.build_log_retention),
+                "build-log-pruning",
+            )
+        else:
+            builds = BuildManager(swarm, settings)
+        stack.push_async_callback(builds.close)
+        # Registered after builds.close: an exit stack unwinds in reverse, so background tasks
+        # are cancelled before the manager closes.
         stack.push_async_callback(tasks.cancel_all)
+        app[BUILDS] = builds
         tasks.start(_start_builds(builds), "build-manager-start")
 
         policy = policy_from_config(config)
@@ -194,10 +206,6 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-def build_settings(config: Config) -> BuildSettings:
-    return BuildSettings.from_config(config)
-
-
 def _health_checks(
     config: Config,
     swarm: SwarmClient,
@@ -244,6 +252,18 @@ def _health_checks(
 
         checks["Pod quota"] = user_servers
     return checks
+
+
+async def _prune_build_logs(store: Store, keep_for: int) -> None:
+    """Forget persisted logs of builds that finished more than ``keep_for`` seconds ago."""
+    while True:
+        try:
+            pruned = await prune_build_logs(store, keep_for=keep_for)
+            if pruned:
+                log.info("pruned %d persisted build logs", pruned)
+        except Exception:
+            log.exception("pruning build logs failed; trying again later")
+        await asyncio.sleep(BUILD_LOG_PRUNE_INTERVAL)
 
 
 async def _start_builds(builds: BuildManager) -> None:

@@ -140,6 +140,8 @@ class BuildSettings:
             pending_timeout=builds.build_pending_timeout,
             concurrent_limit=builds.concurrent_build_limit,
             log_tail_lines=builds.log_tail_lines,
+            keep_failed_for=builds.build_keep_failed_for,
+            engine_grace=builds.build_engine_grace,
             registry_url=registry.registry_url,
             registry_username=registry.registry_username,
             registry_password=registry.registry_password,

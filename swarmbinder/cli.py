@@ -18,6 +18,7 @@ import logging
 import os
 import platform
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -148,13 +149,19 @@ def serve(args: argparse.Namespace) -> int:
 async def _serve(config: Config) -> None:
     """Serve until SIGTERM or SIGINT, then shut down cleanly (aiohttp's graceful shutdown)."""
     host, port = config.server.host, config.server.port
-    runner = web.AppRunner(create_app(config))
-    await runner.setup()
+    # Bind first: a taken port is one clear line, before the app connects to anything.
     try:
-        await web.TCPSite(runner, host, port).start()
+        sock = socket.create_server((host, port), reuse_port=False)
     except OSError as e:
-        await runner.cleanup()
         raise UsageError(_bind_problem(e, host, port)) from None
+    runner = web.AppRunner(create_app(config))
+    try:
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+    except BaseException:
+        sock.close()
+        await runner.cleanup()
+        raise
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

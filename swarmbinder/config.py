@@ -540,8 +540,25 @@ class BuildConfig(_Section):
         minimum=0,
     )
     persist_build_logs: bool = _opt(
-        False,
+        True,
         "Keep each build's log in the store after its service is removed, for the admin API.",
+    )
+    build_log_retention: int = _opt(
+        7 * 24 * 3600,
+        "Seconds a finished build's persisted log is kept in the store.",
+        minimum=1,
+    )
+    build_keep_failed_for: int = _opt(
+        600,
+        "Seconds a failed build's service is kept (so `docker service logs` can read it) "
+        "before housekeeping removes it.",
+        minimum=0,
+    )
+    build_engine_grace: int = _opt(
+        30,
+        "Seconds a build's watcher keeps retrying a Docker engine that stopped answering "
+        "before the build is reported failed.",
+        minimum=1,
     )
 
 

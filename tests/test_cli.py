@@ -224,7 +224,9 @@ def test_serve_serves_versions_then_stops_cleanly(
     tmp_path: Path, stop_signal: signal.Signals
 ) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text("base_url: /binder\nbuild_image: example.org/r2d:1\n")
+    config.write_text(
+        f"base_url: /binder\nbuild_image: example.org/r2d:1\nstore_path: {tmp_path / 's.db'}\n"
+    )
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "swarmbinder", "serve", "--config", str(config)]
@@ -252,8 +254,8 @@ def test_serve_serves_versions_then_stops_cleanly(
 # --- the application serve runs ------------------------------------------------------------
 
 
-async def test_versions_like_binderhub(aiohttp_client: AiohttpClient) -> None:
-    config = load_config(EXAMPLE, env={})
+async def test_versions_like_binderhub(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
+    config = load_config(EXAMPLE, env={}, overrides={"store_path": str(tmp_path / "s.db")})
     client = await aiohttp_client(create_app(config))
     response = await client.get("/binder/versions")
     assert response.status == 200
@@ -265,18 +267,28 @@ async def test_versions_like_binderhub(aiohttp_client: AiohttpClient) -> None:
     }
 
 
-async def test_health_has_no_checks_yet(aiohttp_client: AiohttpClient) -> None:
-    client = await aiohttp_client(create_app(Config()))
+async def test_health_names_what_is_down(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
+    closed = free_port()
+    overrides = {
+        "store_path": str(tmp_path / "s.db"),
+        "image_prefix": f"127.0.0.1:{closed}/binder-",
+        "registry_url": f"http://127.0.0.1:{closed}",
+    }
+    client = await aiohttp_client(create_app(load_config(None, env={}, overrides=overrides)))
     response = await client.get("/health")
-    assert response.status == 200
-    assert await response.json() == {"ok": True, "checks": []}
+    assert response.status == 503
+    body = await response.json()
+    assert body["ok"] is False
+    registry = next(c for c in body["checks"] if c["service"] == "Docker registry")
+    assert registry["ok"] is False
 
 
-async def test_routes_live_under_base_url(aiohttp_client: AiohttpClient) -> None:
-    config = load_config(None, env={}, overrides={"base_url": "x"})
-    client = await aiohttp_client(create_app(config))
-    assert (await client.get("/x/health")).status == 200
-    assert (await client.get("/health")).status == 404
+async def test_routes_live_under_base_url(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
+    overrides = {"base_url": "x", "store_path": str(tmp_path / "s.db")}
+    client = await aiohttp_client(create_app(load_config(None, env={}, overrides=overrides)))
+    assert (await client.get("/x/versions")).status == 200
+    assert (await client.get("/x/health")).status in (200, 503)
+    assert (await client.get("/versions")).status == 404
 
 
 def test_create_app_shares_the_config() -> None:
