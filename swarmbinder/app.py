@@ -32,7 +32,7 @@ from .errors import SwarmUnavailable
 from .handlers import build, ops
 from .handlers.pages import BUILD_TOKENS, add_page_routes
 from .health import HealthChecker, capacity_result
-from .keys import ADMISSION, BANS, BUILDS, CONFIG, FLOW, QUOTAS, STORE
+from .keys import ADMISSION, BANS, BUILDS, CONFIG, FLOW, HUB, QUOTAS, STORE, SWARM
 from .launch_flow import LaunchFlow
 from .launcher import HubClient, Launcher
 from .metrics import LaunchEventLog, Metrics, MetricsObserver
@@ -90,6 +90,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as stack:
         session = await stack.enter_async_context(aiohttp.ClientSession())
         swarm = await stack.enter_async_context(SwarmClient.connect(config.builds.docker_host))
+        app[SWARM] = swarm
         store = await Store.open(config.server.store_path)
         stack.push_async_callback(store.close)
         app[STORE] = store
@@ -141,6 +142,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         hub_id = config.hub.hub_id or None
         if config.hub.local_url:
             hub = HubClient(config.hub.local_url + "hub/api", config.hub.hub_api_token, session)
+            app[HUB] = hub
             launcher = Launcher(
                 hub,
                 swarm,

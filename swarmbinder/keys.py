@@ -12,8 +12,10 @@ from .bans import BanList
 from .builds import BuildManager
 from .config import Config
 from .launch_flow import LaunchFlow
+from .launcher import HubClient
 from .quotas import Quotas
 from .store import Store
+from .swarm import SwarmClient
 
 CONFIG = web.AppKey("config", Config)
 #: Decides whether a /build request may go on (bans, build token, rate limit).
@@ -28,3 +30,7 @@ BANS = web.AppKey("bans", BanList)
 QUOTAS = web.AppKey("quotas", Quotas)
 #: The embedded store (build records and logs, admin bans and quotas, audit).
 STORE = web.AppKey("store", Store)
+#: The Docker engine (swarm manager) client: nodes, services, user servers.
+SWARM = web.AppKey("swarm", SwarmClient)
+#: JupyterHub's REST API client; absent when no hub is configured.
+HUB = web.AppKey("hub", HubClient)
