@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from .ratelimit import RateLimitStatus
+
 
 @dataclass(frozen=True)
 class Admitted:
@@ -21,6 +23,9 @@ class Admitted:
     have_build_token: bool
     #: The JupyterHub user when ``auth_enabled``; ``None`` means a temporary user.
     username: str | None = None
+    #: Where the client stands with the rate limit (None: no limit applied), for BinderHub's
+    #: ``X-RateLimit-*`` response headers.
+    rate_limit: RateLimitStatus | None = None
 
 
 class Admission:
@@ -32,7 +37,7 @@ class Admission:
         client_ip: Callable[[str, Mapping[str, str]], str],
         check_network: Callable[[str], None],
         verify_token: Callable[[str, str, Mapping[str, str]], bool] | None = None,
-        rate_limit: Callable[[str], None] | None = None,
+        rate_limit: Callable[[str], RateLimitStatus | None] | None = None,
         authenticate: Callable[[Mapping[str, str]], Awaitable[str | None]] | None = None,
     ) -> None:
         self._client_ip = client_ip
@@ -52,11 +57,14 @@ class Admission:
         ip = self._client_ip(peer, headers)
         self._check_network(ip)
         have_token = False
+        limit: RateLimitStatus | None = None
         if build_token and self._verify_token is not None:
             # An invalid token is refused outright rather than ignored: a page that embeds a
             # stale token should say so, not silently fall back to the rate limit.
             have_token = self._verify_token(build_token, path, headers)
         if not have_token and self._rate_limit is not None:
-            self._rate_limit(ip)
+            limit = self._rate_limit(ip)
         username = await self._authenticate(headers) if self._authenticate else None
-        return Admitted(client_ip=ip, have_build_token=have_token, username=username)
+        return Admitted(
+            client_ip=ip, have_build_token=have_token, username=username, rate_limit=limit
+        )

@@ -29,7 +29,7 @@ from .buildtokens import BuildTokens, build_audience, token_origin
 from .clientip import ClientIP
 from .config import Config
 from .errors import SwarmUnavailable
-from .handlers import build, ops
+from .handlers import build, guard, ops
 from .handlers.pages import BUILD_TOKENS, add_page_routes
 from .health import HealthChecker, capacity_result
 from .keys import ADMISSION, BANS, BUILDS, CONFIG, FLOW, HUB, QUOTAS, STORE, SWARM
@@ -56,7 +56,13 @@ def create_app(config: Config) -> web.Application:
     """The application for ``config``."""
     base = config.server.base_url
     allow_origin = config.server.cors_allow_origin
-    app = web.Application(middlewares=[ops.cors_preflight(allow_origin, base)])
+    app = web.Application(
+        middlewares=[
+            # First: BinderHub refuses a banned network before anything else is looked at.
+            guard.network_bans(ClientIP(config.server.trusted_proxies), base),
+            ops.cors_preflight(allow_origin, base),
+        ]
+    )
     app[CONFIG] = config
     app[ops.METRICS] = Metrics()
     app[BUILD_TOKENS] = BuildTokens(
@@ -102,6 +108,8 @@ async def services(app: web.Application) -> AsyncIterator[None]:
                 username=config.registry.registry_username,
                 password=config.registry.registry_password,
                 session=session,
+                # Images are named by image_prefix's host, which may not be registry_url's.
+                image_hosts=[config.registry.image_prefix.split("/", 1)[0]],
             )
 
         tasks = _Tasks()
@@ -198,7 +206,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
             client_ip=ClientIP(config.server.trusted_proxies),
             check_network=bans.check_network,
             verify_token=verify_token,
-            rate_limit=limiter if config.quotas.rate_limit > 0 else None,
+            rate_limit=limiter.check if config.quotas.rate_limit > 0 else None,
         )
         checker = HealthChecker(
             _health_checks(config, swarm, registry, hub, builds, running_servers)

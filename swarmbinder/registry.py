@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
@@ -144,6 +144,8 @@ class RegistryClient:
     ``docker`` assumes. Pass ``session`` to share a ``ClientSession`` (it is not closed
     here); otherwise the client opens its own on first use and ``aclose`` closes it.
     ``username`` and ``password`` go together and are only sent when the registry asks.
+    ``image_hosts`` are other names of this registry in image names: the nodes may push to
+    ``127.0.0.1:5050/...`` while we reach the same registry as ``http://registry:5000``.
     """
 
     def __init__(
@@ -156,6 +158,7 @@ class RegistryClient:
         positive_cache_seconds: float = 30,
         timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        image_hosts: Iterable[str] = (),
     ) -> None:
         if (username is None) != (password is None):
             raise ValueError("registry username and password must be given together")
@@ -175,7 +178,7 @@ class RegistryClient:
         self._positive_cache_seconds = positive_cache_seconds
         self._timeout = timeout
         self._clock = clock
-        self._host_aliases = _host_aliases(self._base)
+        self._host_aliases = _host_aliases(self._base) | {h.lower() for h in image_hosts}
         self._is_docker_hub = bool(self._host_aliases & _DOCKER_HUB_HOSTS)
 
         self._basic_wanted = False  # the registry answered a Basic challenge before

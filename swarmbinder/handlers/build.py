@@ -29,6 +29,7 @@ from ..errors import SwarmbinderError
 from ..events import KEEPALIVE_FRAME, KEEPALIVE_INTERVAL, BuildEvent, Phase, sse_frame
 from ..keys import ADMISSION, CONFIG, FLOW
 from ..launch_flow import LaunchRequest
+from ..ratelimit import RateLimitExceeded
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,9 @@ async def build(request: web.Request) -> web.StreamResponse:
         status = error.status_code if 400 <= error.status_code < 600 else 400
         if error.user_message == BUILD_ONLY_REFUSED:
             status = 400
-        return _error_stream(status, error.user_message, cors)
+        # BinderHub's Retry-After and X-RateLimit-Limit on a 429.
+        limited = error.headers() if isinstance(error, RateLimitExceeded) else {}
+        return _error_stream(status, error.user_message, {**cors, **limited})
 
     provider_prefix, _, spec = path.partition("/")
     launch = LaunchRequest(
@@ -113,7 +116,10 @@ async def build(request: web.Request) -> web.StreamResponse:
         request_origin=request.headers.get("Origin") or request.headers.get("Sec-Fetch-Site") or "",
         have_build_token=admitted.have_build_token,
     )
-    response = web.StreamResponse(headers={**SSE_HEADERS, **cors})
+    # BinderHub's X-RateLimit-* headers: how many launches this client has left, and when
+    # its window resets.
+    limit = admitted.rate_limit.headers() if admitted.rate_limit is not None else {}
+    response = web.StreamResponse(headers={**SSE_HEADERS, **cors, **limit})
     await response.prepare(request)
     stream = request.app[FLOW].run(launch)
     try:
