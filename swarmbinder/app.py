@@ -29,7 +29,7 @@ from .buildtokens import BuildTokens, build_audience, token_origin
 from .clientip import ClientIP
 from .config import Config
 from .errors import SwarmUnavailable
-from .handlers import build, guard, ops
+from .handlers import admin, build, guard, ops
 from .handlers.pages import BUILD_TOKENS, add_page_routes
 from .health import HealthChecker, capacity_result
 from .keys import ADMISSION, BANS, BUILDS, CONFIG, FLOW, HUB, QUOTAS, STORE, SWARM
@@ -78,6 +78,8 @@ def create_app(config: Config) -> web.Application:
     add_build_routes(app)
     add_page_routes(app, config, tokens=app[BUILD_TOKENS])
     app.cleanup_ctx.append(services)
+    # After services: the admin API is made from what services puts on the app.
+    admin.add_admin_routes(app)
     return app
 
 
