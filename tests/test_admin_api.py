@@ -1,0 +1,361 @@
+"""The admin API over in-process fakes: token rules, resources, actions, bad input, the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from swarmbinder.admin import AdminService, ConfigQuotas
+from swarmbinder.bans import BanList
+from swarmbinder.builds import Build, BuildRequest, BuildStatus
+from swarmbinder.config import load_config
+from swarmbinder.events import BuildEvent, Phase
+from swarmbinder.handlers.admin import ADMIN, add_admin_routes
+from swarmbinder.keys import CONFIG
+from swarmbinder.quotas import Quotas
+from swarmbinder.store import Store
+from swarmbinder.swarm import NodeInfo
+from swarmbinder.userservers import UserServer
+
+TOKEN = "s3cret-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class FakeBuilds:
+    def __init__(self) -> None:
+        self.by_name: dict[str, Build] = {}
+        self.queue: list[str] = []
+        self.cancelled: list[str] = []
+
+    def add(self, repo: str, status: BuildStatus = BuildStatus.RUNNING, node: str = "n1") -> Build:
+        request = BuildRequest(
+            "gh",
+            f"{repo}/main",
+            f"https://github.com/{repo}",
+            "abc123",
+            repo.replace("/", "-"),
+            f"reg/binder-{repo.replace('/', '-')}:abc",
+        )
+        build = Build(request, status, tail_size=10, created=1000.0)
+        build.node = node
+        self.by_name[build.name] = build
+        if status is BuildStatus.QUEUED:
+            self.queue.append(build.name)
+        return build
+
+    @property
+    def builds(self) -> list[Build]:
+        return list(self.by_name.values())
+
+    def get(self, name: str) -> Build | None:
+        return self.by_name.get(name)
+
+    def queue_position(self, name: str) -> int | None:
+        return self.queue.index(name) + 1 if name in self.queue else None
+
+    async def cancel(self, name: str, reason: str = "") -> bool:
+        build = self.by_name.pop(name)
+        build.finish(BuildStatus.CANCELLED, BuildEvent.failed(reason), reason)
+        self.cancelled.append(name)
+        return True
+
+
+class FakeHub:
+    def __init__(self, servers: list[UserServer]) -> None:
+        self.servers = servers
+        self.calls: list[tuple[str, ...]] = []
+
+    async def stop_server(self, name: str, server_name: str = "", *, remove: bool = False) -> None:
+        self.calls.append(("stop", name, server_name))
+        self.servers[:] = [
+            s for s in self.servers if (s.user, s.server_name) != (name, server_name)
+        ]
+
+    async def delete_user(self, name: str) -> bool:
+        self.calls.append(("delete", name))
+        return True
+
+
+def server(user: str, repo: str) -> UserServer:
+    return UserServer(
+        "id-" + user,
+        "jupyter-" + user,
+        "hub",
+        user,
+        "",
+        f"reg/binder-{repo}:abc",
+        f"https://github.com/{repo}",
+        f"{repo}/main",
+        datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+
+NODES = [
+    NodeInfo("id1", "n1", "manager", "ready", "active", {}, "10.0.0.1"),
+    NodeInfo("id2", "n2", "worker", "down", "drain", {}, "10.0.0.2"),
+]
+
+
+@pytest.fixture
+async def parts() -> AsyncIterator[dict[str, Any]]:
+    store = await Store.open(":memory:")
+    builds = FakeBuilds()
+    servers = [server("alice", "org/one"), server("bob", "org/one"), server("carol", "org/two")]
+    hub = FakeHub(servers)
+    bans = BanList(ban_networks={"10.9.0.0/16": "the lab"}, store=store)
+    quotas = Quotas(pod_quota=50, per_repo_quota=5, store=store)
+
+    async def list_servers() -> list[UserServer]:
+        return list(servers)
+
+    async def list_nodes() -> list[NodeInfo]:
+        return NODES
+
+    admin = AdminService(
+        builds=builds,
+        bans=bans,
+        quotas=quotas,
+        store=store,
+        list_servers=list_servers,
+        list_nodes=list_nodes,
+        hub=hub,
+        config_quotas=ConfigQuotas(50, 5, 0),
+        poll_interval=0.01,
+        refresh_interval=0.05,
+    )
+    yield {
+        "store": store,
+        "builds": builds,
+        "hub": hub,
+        "admin": admin,
+        "bans": bans,
+        "quotas": quotas,
+    }
+    await store.close()
+
+
+def make_app(admin: AdminService | None, token: str | None = TOKEN) -> web.Application:
+    app = web.Application()
+    app[CONFIG] = load_config(env={}, overrides={"admin_token": token})
+    if admin is not None:
+        app[ADMIN] = admin
+    add_admin_routes(app)
+    return app
+
+
+@pytest.fixture
+async def client(parts: dict[str, Any]) -> AsyncIterator[TestClient[Any, Any]]:
+    async with TestClient(TestServer(make_app(parts["admin"]))) as c:
+        yield c
+
+
+async def test_token_is_required_and_checked(
+    client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    for path in ("/api/admin/builds", "/api/admin/events", "/api/admin/nosuch"):
+        resp = await client.get(path)
+        assert resp.status == 401, path
+        assert "Bearer" in (await resp.json())["message"]
+        resp = await client.get(path, headers={"Authorization": "Bearer wrong"})
+        assert resp.status == 403, path
+        assert (await resp.json())["message"] == "The admin token is wrong."
+    resp = await client.post(
+        "/api/admin/bans",
+        json={"kind": "spec", "pattern": "x"},
+        headers={"Authorization": f"Bearer {TOKEN}x"},
+    )
+    assert resp.status == 403
+    assert TOKEN not in caplog.text
+    assert (await client.get("/api/admin/nosuch", headers=AUTH)).status == 404
+
+
+async def test_disabled_without_a_token() -> None:
+    async with TestClient(TestServer(make_app(None, token=None))) as c:
+        resp = await c.get("/api/admin/builds", headers=AUTH)
+        assert resp.status == 404
+        assert "admin_token" in (await resp.json())["message"]
+
+
+async def test_builds_are_listed_and_cancelled(
+    client: TestClient[Any, Any], parts: dict[str, Any]
+) -> None:
+    running = parts["builds"].add("org/one")
+    queued = parts["builds"].add("org/two", BuildStatus.QUEUED, node="")
+    body = await (await client.get("/api/admin/builds", headers=AUTH)).json()
+    rows = {b["id"]: b for b in body["builds"]}
+    assert rows[running.name]["phase"] == "running" and rows[running.name]["node"] == "n1"
+    assert rows[running.name]["repo_url"] == "https://github.com/org/one"
+    assert rows[queued.name]["queue_position"] == 1
+
+    resp = await client.delete(
+        f"/api/admin/builds/{running.name}", headers={**AUTH, "X-Swarmbinder-Actor": "ops jo"}
+    )
+    assert resp.status == 200
+    assert parts["builds"].cancelled == [running.name]
+    audit = (await (await client.get("/api/admin/audit", headers=AUTH)).json())["audit"]
+    assert audit[0]["action"] == "build.cancel" and audit[0]["actor"] == "admin:opsjo"
+    assert (await client.delete(f"/api/admin/builds/{running.name}", headers=AUTH)).status == 404
+
+
+async def test_build_detail_has_its_log(
+    client: TestClient[Any, Any], parts: dict[str, Any]
+) -> None:
+    build = parts["builds"].add("org/one")
+    await asyncio.sleep(0.1)  # the feed task starts following the build
+    build.fanout.publish(BuildEvent.log(Phase.BUILDING, "Step 1/2 : FROM base"))
+    build.fanout.publish(BuildEvent.log(Phase.BUILDING, "Step 2/2 : COPY . ."))
+    for _ in range(50):
+        body = await (await client.get(f"/api/admin/builds/{build.name}", headers=AUTH)).json()
+        if len(body["log"]) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert body["log"] == ["Step 1/2 : FROM base", "Step 2/2 : COPY . ."]
+    assert body["build"]["last_log"][-1] == "Step 2/2 : COPY . ."
+    assert (await client.get("/api/admin/builds/nope", headers=AUTH)).status == 404
+    assert (await client.get(f"/api/admin/builds/{build.name}?tail=x", headers=AUTH)).status == 400
+
+
+async def test_bans_add_validate_remove(
+    client: TestClient[Any, Any], parts: dict[str, Any]
+) -> None:
+    bad = [
+        {"kind": "network", "pattern": "10.0.0.300/8", "reason": "x"},
+        {"kind": "spec", "pattern": "gh/(unclosed", "reason": "x"},
+        {"kind": "colour", "pattern": "red"},
+        {"kind": "spec"},
+    ]
+    for body in bad:
+        resp = await client.post("/api/admin/bans", json=body, headers=AUTH)
+        assert resp.status == 400, body
+        assert "invalid" in (await resp.json())["message"]
+    resp = await client.post("/api/admin/bans", data="{not json", headers=AUTH)
+    assert resp.status == 400
+
+    resp = await client.post(
+        "/api/admin/bans",
+        headers=AUTH,
+        json={"kind": "spec", "pattern": "^gh/evil/.*", "reason": "mining"},
+    )
+    assert resp.status == 201
+    ban = (await resp.json())["ban"]
+    assert ban["source"] == "admin" and ban["created_by"] == "admin"
+    bans = (await (await client.get("/api/admin/bans", headers=AUTH)).json())["bans"]
+    assert [(b["source"], b["pattern"]) for b in bans] == [
+        ("config", "10.9.0.0/16"),
+        ("admin", "^gh/evil/.*"),
+    ]
+    with pytest.raises(Exception, match="not allowed"):
+        parts["bans"].check_spec("gh/evil/repo/main")
+
+    assert (await client.delete("/api/admin/bans/abc", headers=AUTH)).status == 400
+    assert (await client.delete(f"/api/admin/bans/{ban['id']}", headers=AUTH)).status == 200
+    assert (await client.delete(f"/api/admin/bans/{ban['id']}", headers=AUTH)).status == 404
+    parts["bans"].check_spec("gh/evil/repo/main")
+    actions = [
+        e["action"]
+        for e in (await (await client.get("/api/admin/audit", headers=AUTH)).json())["audit"]
+    ]
+    assert actions[:2] == ["ban.remove", "ban.add"]
+
+
+async def test_quotas_set_clear_and_validate(
+    client: TestClient[Any, Any], parts: dict[str, Any]
+) -> None:
+    for body in (
+        {"pattern": "org/one", "quota": -1},
+        {"pattern": "(", "quota": 1},
+        {"pattern": "org/one", "quota": "3"},
+        {"pattern": "x", "quota": 1, "expires_in": -5},
+    ):
+        resp = await client.post("/api/admin/quotas", json=body, headers=AUTH)
+        assert resp.status == 400, body
+    assert (
+        await client.put("/api/admin/quotas/pod", json={"quota": -2}, headers=AUTH)
+    ).status == 400
+
+    resp = await client.post(
+        "/api/admin/quotas",
+        headers=AUTH,
+        json={"pattern": "org/one", "quota": 1, "expires_in": 3600},
+    )
+    assert resp.status == 200
+    assert parts["quotas"].quota_for("org/one/main").quota == 1
+    servers = await (await client.get("/api/admin/servers", headers=AUTH)).json()
+    one = next(r for r in servers["repos"] if r["repo_url"].endswith("org/one"))
+    assert (one["running"], one["quota"], one["quota_source"]) == (2, 1, "admin")
+
+    resp = await client.put("/api/admin/quotas/pod", json={"quota": 0}, headers=AUTH)
+    assert (await resp.json())["pod_quota"] == 0
+    quotas = await (await client.get("/api/admin/quotas", headers=AUTH)).json()
+    assert quotas["pod_quota_source"] == "admin" and quotas["config"]["pod_quota"] == 50
+    assert (await client.delete("/api/admin/quotas/pod", headers=AUTH)).status == 200
+    assert parts["quotas"].pod_quota == 50
+    assert (await client.delete("/api/admin/quotas", headers=AUTH)).status == 400
+    resp = await client.delete("/api/admin/quotas?pattern=org/one", headers=AUTH)
+    assert resp.status == 200
+    assert parts["quotas"].quota_for("org/one/main").quota == 5
+
+
+async def test_servers_nodes_and_stop(client: TestClient[Any, Any], parts: dict[str, Any]) -> None:
+    parts["builds"].add("org/one", node="n1")
+    nodes = (await (await client.get("/api/admin/nodes", headers=AUTH)).json())["nodes"]
+    n1 = next(n for n in nodes if n["hostname"] == "n1")
+    assert n1["running_builds"] == 1 and n1["sticky_share"] == 1.0
+    assert next(n for n in nodes if n["hostname"] == "n2")["state"] == "down"
+
+    assert (await client.delete("/api/admin/servers/nobody", headers=AUTH)).status == 404
+    resp = await client.delete("/api/admin/servers/alice", headers=AUTH)
+    assert resp.status == 200
+    assert parts["hub"].calls == [("stop", "alice", ""), ("delete", "alice")]
+    servers = await (await client.get("/api/admin/servers", headers=AUTH)).json()
+    assert servers["total"] == 2
+
+
+async def read_stream(
+    client: TestClient[Any, Any], until: Any, limit: int = 50
+) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    async with client.get("/api/admin/events", headers=AUTH) as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        buffer = b""
+        async for chunk in resp.content.iter_any():
+            buffer += chunk
+            while b"\n\n" in buffer:
+                frame, buffer = buffer.split(b"\n\n", 1)
+                if frame.startswith(b"data: "):
+                    seen.append(json.loads(frame[6:]))
+                    if until(seen) or len(seen) > limit:
+                        return seen
+    return seen
+
+
+async def test_event_stream_starts_with_a_snapshot_then_goes_live(
+    client: TestClient[Any, Any], parts: dict[str, Any]
+) -> None:
+    async def act() -> None:
+        await asyncio.sleep(0.2)
+        parts["builds"].add("org/live")
+        await client.post(
+            "/api/admin/bans",
+            headers=AUTH,
+            json={"kind": "network", "pattern": "192.0.2.0/24", "reason": "abuse"},
+        )
+
+    task = asyncio.create_task(act())
+    events = await asyncio.wait_for(
+        read_stream(client, lambda seen: {"build", "bans", "audit"} <= {e["type"] for e in seen}),
+        10,
+    )
+    await task
+    assert events[0]["type"] == "snapshot"
+    assert {"builds", "servers", "nodes", "bans", "quotas", "audit"} <= set(events[0])
+    build = next(e for e in events if e["type"] == "build")["build"]
+    assert build["repo_url"] == "https://github.com/org/live"
+    assert next(e for e in events if e["type"] == "audit")["entry"]["action"] == "ban.add"
