@@ -172,6 +172,13 @@ def _hex_secret(value: str | None) -> str | None:
     return value
 
 
+def _cookie_secret(value: str | None) -> str | None:
+    value = _hex_secret(value)
+    if value is not None and len(bytes.fromhex(value)) < 16:
+        raise ValueError("must be at least 16 bytes (32 hex digits)")
+    return value
+
+
 _BYTE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _BYTE_SPEC = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 
@@ -415,6 +422,43 @@ class HubConfig(_Section):
         "Require users to log in to JupyterHub (no temporary users) and start the server for "
         "the logged-in user.",
     )
+    oauth_client_id: str = _opt(
+        "service-swarmbinder",
+        "With auth_enabled: swarmbinder's OAuth client id at the hub (HubOAuth.oauth_client_id; "
+        "JupyterHub names a service's client service-<name>).",
+    )
+    oauth_redirect_uri: str = _opt(
+        "",
+        "With auth_enabled: the OAuth callback as registered with the hub and reached by "
+        "browsers, e.g. https://binder.example.org/oauth_callback (HubOAuth.oauth_redirect_uri). "
+        "Empty: base_url + 'oauth_callback', a path on the hub's host, as BinderHub's default.",
+    )
+    oauth_client_secret: str = _opt(
+        "",
+        "With auth_enabled: the OAuth client secret. Empty: hub_api_token (JupyterHub uses a "
+        "service's api_token as its client secret).",
+        secret=True,
+    )
+    cookie_secret: str | None = _opt(
+        None,
+        "With auth_enabled: secret that signs login cookies, as a hex string of at least 16 "
+        "bytes. Null: a random secret per process (logins then do not survive a restart and "
+        "are not shared between replicas).",
+        secret=True,
+        check=_cookie_secret,
+    )
+    allow_named_servers: bool = _opt(
+        False,
+        "With auth_enabled: start each launch as a new named server of the logged-in user "
+        "(the hub must allow named servers), so one user can run several. False: launch the "
+        "user's default server, refused while it runs (BinderHub's Launcher.allow_named_servers).",
+    )
+    named_server_limit_per_user: int = _opt(
+        0,
+        "With allow_named_servers: launches are refused while the user has this many named "
+        "servers. 0: no limit (BinderHub's Launcher.named_server_limit_per_user).",
+        minimum=0,
+    )
     launch_timeout: int = _opt(
         600,
         "Seconds to wait for a launched server to become ready before the launch fails "
@@ -433,6 +477,15 @@ class HubConfig(_Section):
         "Seconds between sweeps for user-server services their hub no longer knows.",
         minimum=1,
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.auth_enabled and not self.hub_url:
+            raise ConfigError("hub_url", "auth_enabled needs hub_url: users log in at the hub")
+        if self.auth_enabled and not (self.oauth_client_secret or self.hub_api_token):
+            raise ConfigError(
+                "oauth_client_secret", "auth_enabled needs oauth_client_secret or hub_api_token"
+            )
 
     @property
     def local_url(self) -> str:
