@@ -30,6 +30,11 @@ SWARMBINDER_HUB_AUTH_ENABLED      ``true``: users log in (then set ..._AUTHENTIC
                                   keep their named servers; ``false`` (default): temporary
                                   users made by swarmbinder, reached with the Binder token only
 SWARMBINDER_HUB_AUTHENTICATOR     authenticator class when auth is enabled
+SWARMBINDER_HUB_OAUTH_REDIRECT_URI with auth: swarmbinder's OAuth callback as browsers reach it
+                                  (``https://binder.example.org/oauth_callback``; swarmbinder's
+                                  ``oauth_redirect_uri``); required when auth is enabled
+SWARMBINDER_HUB_OAUTH_CLIENT_ID   with auth: swarmbinder's OAuth client id (default
+                                  ``service-swarmbinder``, swarmbinder's ``oauth_client_id``)
 SWARMBINDER_HUB_SERVER_PREFIX     user server service names start ``{prefix}-`` (``jupyter``)
 SWARMBINDER_HUB_CONSTRAINTS       comma-separated placement constraints for user servers
 SWARMBINDER_HUB_CORS_ALLOW_ORIGIN Access-Control-Allow-Origin of user servers (empty: none)
@@ -272,8 +277,22 @@ if not AUTH_ENABLED:
     # Temporary users exist for one launch: once their server is culled they go too.
     culler.append("--cull-users=true")
 
+swarmbinder_service: dict[str, object] = {"name": "swarmbinder", "api_token": API_TOKEN}
+if AUTH_ENABLED:
+    # Users log in to swarmbinder through the hub (OAuth; the client secret is the service's
+    # api_token). Binder is this hub's own front end, so the hub does not ask users to confirm
+    # that it may identify them.
+    redirect_uri = env("OAUTH_REDIRECT_URI")
+    if not redirect_uri:
+        sys.exit("SWARMBINDER_HUB_AUTH_ENABLED=true needs SWARMBINDER_HUB_OAUTH_REDIRECT_URI")
+    swarmbinder_service.update(
+        oauth_client_id=env("OAUTH_CLIENT_ID", "service-swarmbinder"),
+        oauth_redirect_uri=redirect_uri,
+        oauth_no_confirm=True,
+    )
+
 c.JupyterHub.services = [
-    {"name": "swarmbinder", "api_token": API_TOKEN},
+    swarmbinder_service,
     {"name": "idle-culler", "command": culler},
 ]
 c.JupyterHub.load_roles = [
@@ -282,6 +301,13 @@ c.JupyterHub.load_roles = [
         "services": ["swarmbinder"],
         "scopes": ["admin:users", "admin:servers", "tokens", "read:users", "access:servers"],
     },
+    *(
+        # A logged-in user may log in to swarmbinder (the hub refuses OAuth to a service
+        # its users may not access); "self" is what the default user role holds.
+        [{"name": "user", "scopes": ["self", "access:services!service=swarmbinder"]}]
+        if AUTH_ENABLED
+        else []
+    ),
     {
         "name": "idle-culler",
         "services": ["idle-culler"],
