@@ -29,7 +29,11 @@ class Admitted:
 
 
 class Admission:
-    """Each check raises a :class:`~swarmbinder.errors.SwarmbinderError` with its status."""
+    """Each check raises a :class:`~swarmbinder.errors.SwarmbinderError` with its status.
+
+    ``authenticate`` (with ``auth_enabled``) returns the logged-in user's name, or raises
+    when there is none.
+    """
 
     def __init__(
         self,
@@ -56,15 +60,17 @@ class Admission:
     ) -> Admitted:
         ip = self._client_ip(peer, headers)
         self._check_network(ip)
+        # BinderHub's order: the login is required (``@authenticated``) before the token and
+        # rate limit are looked at, and a logged-in user is not rate limited.
+        username = await self._authenticate(headers) if self._authenticate else None
         have_token = False
         limit: RateLimitStatus | None = None
         if build_token and self._verify_token is not None:
             # An invalid token is refused outright rather than ignored: a page that embeds a
             # stale token should say so, not silently fall back to the rate limit.
             have_token = self._verify_token(build_token, path, headers)
-        if not have_token and self._rate_limit is not None:
+        if not have_token and username is None and self._rate_limit is not None:
             limit = self._rate_limit(ip)
-        username = await self._authenticate(headers) if self._authenticate else None
         return Admitted(
             client_ip=ip, have_build_token=have_token, username=username, rate_limit=limit
         )

@@ -61,6 +61,18 @@ class HubRequestFailed(LaunchFailed):
         self.detail = detail
 
 
+class ServerConflict(LaunchFailed):
+    """The logged-in user may not start another server now (BinderHub's 409s)."""
+
+    status_code = 409
+
+
+class NoRoomForServerName(LaunchFailed):
+    """The user's name leaves no room for a named server within Swarm's 63 characters."""
+
+    status_code = 400
+
+
 class HubUnavailable(LaunchFailed):
     """The hub did not answer (connection refused, reset, timed out), even after retries."""
 
@@ -388,6 +400,11 @@ class Launcher:
     ``hub_url`` is the hub as browsers reach it (the ``url`` in ``ready`` starts with it);
     ``registry`` None skips the manifest check (``use_registry: false``). ``server_prefix`` is
     SwarmSpawner's ``prefix`` (the hub's ``SWARMBINDER_HUB_SERVER_PREFIX``).
+
+    A launch for a logged-in user (``username``) never creates or deletes that user. With
+    ``allow_named_servers`` it starts a new named server (a unique name from the repo), refused
+    once the user has ``named_server_limit_per_user`` of them; without, the user's default
+    server, refused while it runs. Either way a failed launch removes only that server.
     """
 
     def __init__(
@@ -400,6 +417,8 @@ class Launcher:
         launch_timeout: float = 600,
         server_prefix: str = naming.SPAWNER_PREFIX,
         task_poll_interval: float = 0.5,
+        allow_named_servers: bool = False,
+        named_server_limit_per_user: int = 0,
     ) -> None:
         self._hub = hub
         self._swarm = swarm
@@ -409,6 +428,8 @@ class Launcher:
         self._prefix = server_prefix
         self._poll = task_poll_interval
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._named_servers = allow_named_servers
+        self._named_limit = named_server_limit_per_user
 
     async def aclose(self) -> None:
         """Wait for cleanups still running (of launches whose caller was cancelled)."""
@@ -435,9 +456,13 @@ class Launcher:
         """
         await self._check_image(image)
         temporary = username is None
-        user = username or naming.temporary_name(
-            repo_url, budget=naming.temporary_name_budget(prefix=self._prefix)
-        )
+        if username is None:
+            user = naming.temporary_name(
+                repo_url, budget=naming.temporary_name_budget(prefix=self._prefix)
+            )
+        else:
+            user = username
+            server_name = server_name or await self._server_for(user, repo_url)
         service = naming.spawner_service_name(user, server_name, self._prefix)
         token = secrets.token_urlsafe(24)
         options = {
@@ -514,6 +539,38 @@ class Launcher:
                 user_message=f"Launch failed: the image {image} is not in the registry. "
                 "Rebuild it and try again.",
             )
+
+    async def _server_for(self, user: str, repo_url: str) -> str:
+        """The server a logged-in user's launch starts: a fresh named one, or the default."""
+        if not self._named_servers:
+            known = await self._hub.get_user(user)
+            if known is not None and "" in known.servers:
+                raise ServerConflict(
+                    f"{user} already has a running default server",
+                    user_message=f"User {user} already has a running server.",
+                )
+            return ""
+        if self._named_limit:
+            known = await self._hub.get_user(user)
+            named = [name for name in (known.servers if known else {}) if name]
+            if len(named) >= self._named_limit:
+                raise ServerConflict(
+                    f"{user} has {len(named)} named servers (limit {self._named_limit})",
+                    user_message=(
+                        f"User {user} already has the maximum of {self._named_limit} named "
+                        "servers. One must be deleted before a new server can be created."
+                    ),
+                )
+        budget = naming.temporary_name_budget(user, prefix=self._prefix)
+        try:
+            return naming.temporary_name(repo_url, budget=budget)
+        except ValueError:
+            raise NoRoomForServerName(
+                f"user name {user!r} leaves {budget} characters for a server name",
+                user_message=(
+                    f"Launch failed: the user name {user} is too long for a named server."
+                ),
+            ) from None
 
     def _server_url(self, user: str, server_name: str) -> str:
         url = f"{self._hub_url}user/{quote(user, safe='')}/"
