@@ -30,9 +30,10 @@ from .clientip import ClientIP
 from .config import Config
 from .errors import SwarmUnavailable
 from .handlers import admin, build, guard, ops
+from .handlers.hubauth import authenticator, setup_hub_auth
 from .handlers.pages import BUILD_TOKENS, add_page_routes
 from .health import HealthChecker, capacity_result
-from .keys import ADMISSION, BANS, BUILDS, CONFIG, FLOW, HUB, QUOTAS, STORE, SWARM
+from .keys import ADMISSION, BANS, BUILDS, CONFIG, FLOW, HUB, HUB_AUTH, QUOTAS, STORE, SWARM
 from .launch_flow import LaunchFlow
 from .launcher import HubClient, Launcher
 from .metrics import LaunchEventLog, Metrics, MetricsObserver
@@ -77,6 +78,8 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get(f"{base}metrics", ops.metrics)
     add_build_routes(app)
     add_page_routes(app, config, tokens=app[BUILD_TOKENS])
+    if config.hub.auth_enabled:
+        setup_hub_auth(app)  # before services: /build's admission needs HUB_AUTH
     app.cleanup_ctx.append(services)
     # After services: the admin API is made from what services puts on the app.
     admin.add_admin_routes(app)
@@ -159,6 +162,8 @@ async def services(app: web.Application) -> AsyncIterator[None]:
                 hub_url=config.hub.hub_url or config.hub.local_url,
                 registry=registry,
                 launch_timeout=config.hub.launch_timeout,
+                allow_named_servers=config.hub.allow_named_servers,
+                named_server_limit_per_user=config.hub.named_server_limit_per_user,
             )
             stack.push_async_callback(launcher.aclose)
             if hub_id is not None:
@@ -209,6 +214,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
             check_network=bans.check_network,
             verify_token=verify_token,
             rate_limit=limiter.check if config.quotas.rate_limit > 0 else None,
+            authenticate=authenticator(app[HUB_AUTH]) if HUB_AUTH in app else None,
         )
         checker = HealthChecker(
             _health_checks(config, swarm, registry, hub, builds, running_servers)

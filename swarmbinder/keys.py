@@ -11,6 +11,7 @@ from .admission import Admission
 from .bans import BanList
 from .builds import BuildManager
 from .config import Config
+from .hubauth import HubAuth
 from .launch_flow import LaunchFlow
 from .launcher import HubClient
 from .quotas import Quotas
@@ -34,3 +35,5 @@ STORE = web.AppKey("store", Store)
 SWARM = web.AppKey("swarm", SwarmClient)
 #: JupyterHub's REST API client; absent when no hub is configured.
 HUB = web.AppKey("hub", HubClient)
+#: The JupyterHub OAuth client that logs users in; only with ``auth_enabled``.
+HUB_AUTH = web.AppKey("hub_auth", HubAuth)

@@ -27,6 +27,7 @@ from ..config import Config
 from ..errors import SwarmbinderError
 from ..pages import PageSite, legacy_redirect_target, raw_path_after
 from ..providers import ProviderRegistry
+from .hubauth import login_required
 
 log = logging.getLogger(__name__)
 
@@ -178,13 +179,18 @@ def add_page_routes(
     if config.server.enable_api_only_mode:
         return
 
-    router.add_get(base, home)
+    # With auth_enabled the pages that lead to a launch need a login, as BinderHub's
+    # @authenticated ones; about, badges and static files stay public.
+    guard: Callable[[_Handler], _Handler] = (
+        login_required if config.hub.auth_enabled else (lambda handler: handler)
+    )
+    router.add_get(base, guard(home))
     if base != "/":
         router.add_get(base.rstrip("/"), _redirect_to(base))
     # [\s\S]: an escaped CR/LF in a spec must reach the spec checks, not fall through to 404
-    router.add_get(f"{base}v2/{{provider}}/{{spec:[\\s\\S]+}}", loading)
-    router.add_get(f"{base}repo/{{org}}/{{repo}}", legacy_redirect)
-    router.add_get(f"{base}repo/{{org}}/{{repo}}/{{path:[\\s\\S]*}}", legacy_redirect)
+    router.add_get(f"{base}v2/{{provider}}/{{spec:[\\s\\S]+}}", guard(loading))
+    router.add_get(f"{base}repo/{{org}}/{{repo}}", guard(legacy_redirect))
+    router.add_get(f"{base}repo/{{org}}/{{repo}}/{{path:[\\s\\S]*}}", guard(legacy_redirect))
     router.add_get(f"{base}about", about)
     router.add_get(f"{base}badge.svg", _badge("badge.svg"))
     router.add_get(f"{base}badge_logo.svg", _badge("badge_logo.svg"))
