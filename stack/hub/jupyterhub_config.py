@@ -38,6 +38,10 @@ SWARMBINDER_HUB_OAUTH_CLIENT_ID   with auth: swarmbinder's OAuth client id (defa
 SWARMBINDER_HUB_SERVER_PREFIX     user server service names start ``{prefix}-`` (``jupyter``)
 SWARMBINDER_HUB_CONSTRAINTS       comma-separated placement constraints for user servers
 SWARMBINDER_HUB_CORS_ALLOW_ORIGIN Access-Control-Allow-Origin of user servers (empty: none)
+SWARMBINDER_HUB_PROXY_API_URL     API URL of a configurable-http-proxy run as its own service
+                                  (``http://proxy:8001``); empty (default): the hub starts its
+                                  own proxy on port 8000
+SWARMBINDER_HUB_PROXY_AUTH_TOKEN_FILE  that proxy's API token, as a file (a Swarm secret)
 
 Settings that a launch on Swarm needs and that are not negotiable: user servers join the
 overlay network by their service name (``use_internal_ip``, ``dnsrr``: without IPVS a service's
@@ -221,6 +225,21 @@ c.JupyterHub.cookie_secret_file = str(DATA_DIR / "jupyterhub_cookie_secret")
 c.JupyterHub.cleanup_servers = False
 c.JupyterHub.allow_named_servers = True
 c.JupyterHub.log_level = env("LOG_LEVEL", "INFO")
+
+PROXY_API_URL = env("PROXY_API_URL")
+if PROXY_API_URL:
+    # The proxy is a service of its own (it keeps serving while the hub restarts); the hub
+    # only tells it the routes, with the token both read from the same secret.
+    token_file = env("PROXY_AUTH_TOKEN_FILE")
+    proxy_token = Path(token_file).read_text().strip() if token_file else ""
+    if len(proxy_token) < 8:
+        sys.exit(
+            "SWARMBINDER_HUB_PROXY_API_URL needs SWARMBINDER_HUB_PROXY_AUTH_TOKEN_FILE: a file "
+            "holding the proxy's API token, at least 8 characters"
+        )
+    c.ConfigurableHTTPProxy.should_start = False
+    c.ConfigurableHTTPProxy.api_url = PROXY_API_URL
+    c.ConfigurableHTTPProxy.auth_token = proxy_token
 
 if AUTH_ENABLED:
     authenticator = env("AUTHENTICATOR")
