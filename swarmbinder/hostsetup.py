@@ -502,3 +502,33 @@ def remove_unused_configs(name_prefix: str, keep: str | None = None) -> None:
     for name in listed.stdout.split():
         if name.startswith(name_prefix) and name != keep:
             run(["docker", "config", "rm", name], check=False)
+
+
+def ensure_secret(name: str, make_value: Callable[[], str], labels: Mapping[str, str]) -> bool:
+    """Create the Swarm secret ``name`` holding ``make_value()`` unless it exists; never
+    overwrite one (services may be using it, and Swarm secrets cannot change anyway).
+
+    Returns True if this call created it. The value goes through stdin, never the command line.
+    """
+    if run(["docker", "secret", "inspect", name], check=False).returncode == 0:
+        return False
+    cmd = ["docker", "secret", "create"]
+    for key, value in labels.items():
+        cmd += ["--label", f"{key}={value}"]
+    try:
+        proc = subprocess.run(
+            [*cmd, name, "-"],
+            input=make_value(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise SetupError("docker is not installed") from exc
+    if proc.returncode == 0:
+        return True
+    # Made by someone else meanwhile: theirs stands.
+    if run(["docker", "secret", "inspect", name], check=False).returncode == 0:
+        return False
+    raise SetupError(f"creating secret {name} failed: {_last_line(proc.stderr)}")
