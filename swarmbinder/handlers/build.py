@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator
 
@@ -67,9 +68,20 @@ def _spec_path(request: web.Request) -> str:
 def _build_only(request: web.Request) -> bool:
     if request.query.get("build_only", "").lower() != "true":
         return False
-    if not request.app[CONFIG].server.enable_api_only_mode:
+    # Outside API-only mode, building without launching is for administrators only
+    # (``swarmbinder prebuild --url``), as BinderHub keeps it off its public pages.
+    if not request.app[CONFIG].server.enable_api_only_mode and not _admin(request):
         raise SwarmbinderError("build_only outside API-only mode", user_message=BUILD_ONLY_REFUSED)
     return True
+
+
+def _admin(request: web.Request) -> bool:
+    """The request carries ``Authorization: Bearer <admin_token>`` (compared in constant time)."""
+    token = request.app[CONFIG].admin.admin_token
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if not token or scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 def _launch_host(request: web.Request) -> str:
