@@ -20,8 +20,10 @@ import platform
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 import aiohttp
@@ -261,6 +263,156 @@ def version(args: argparse.Namespace) -> int:
     print(f"swarmbinder {__version__}")
     print(f"Python {platform.python_version()}")
     print(f"aiohttp {aiohttp.__version__}")
+    return 0
+
+
+# --- up, down ------------------------------------------------------------------------------
+
+
+class _TerminalProgress:
+    """Steps as lines on stderr; on a terminal the status of a long step is one line that
+    updates in place, elsewhere (CI logs) it is printed every 15 s at most."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self._quiet = quiet
+        self._tty = sys.stderr.isatty()
+        self._status_shown = False
+        self._last_status = 0.0
+
+    def step(self, message: str) -> None:
+        if self._quiet:
+            return
+        self._clear()
+        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+    def status(self, message: str) -> None:
+        if self._quiet:
+            return
+        if self._tty:
+            print(f"\r\033[K{PROG}: {message}", end="", file=sys.stderr, flush=True)
+            self._status_shown = True
+        elif time.monotonic() - self._last_status >= 15:
+            print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+            self._last_status = time.monotonic()
+
+    def _clear(self) -> None:
+        if self._status_shown:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+            self._status_shown = False
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise UsageError(f"{name}={value!r} is not a port number") from None
+
+
+def _stack_name_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--stack",
+        default=os.environ.get("SWARMBINDER_STACK") or "swarmbinder",
+        help="the stack's name (default: $SWARMBINDER_STACK, else swarmbinder)",
+    )
+
+
+def _up_arguments(parser: argparse.ArgumentParser) -> None:
+    _stack_name_argument(parser)
+    for flag, variable, default, what in (
+        ("--port", "SWARMBINDER_PORT", 8585, "Binder's published port"),
+        ("--hub-port", "SWARMBINDER_HUB_PORT", 8000, "the hub's published port"),
+        ("--registry-port", "SWARMBINDER_REGISTRY_PORT", 5000, "the registry's published port"),
+    ):
+        parser.add_argument(
+            flag,
+            type=int,
+            default=None,
+            help=f"{what} (default: ${variable}, else {default})",
+        )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="Binder's config file, deployed as a Swarm config (default: stack/config/binder.yaml)",
+    )
+    parser.add_argument(
+        "--base",
+        choices=["auto", "dockerhub", "debootstrap"],
+        default="auto",
+        help="where base images come from (default: Docker Hub if it answers, else debootstrap)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=300, help="seconds to wait for a healthy stack (300)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="print only the URL")
+
+
+@command(
+    "up",
+    "deploy (or update) the stack on this machine and print Binder's URL",
+    _up_arguments,
+    "Bring a local Binder up: the Docker engine (installed and started on Debian as root if "
+    "none answers), a single-node swarm if the engine is in none, the images, the stack's "
+    "secrets (made once, never overwritten), docker-stack.yml deployed, then a wait until "
+    "Binder's /health is ok. Idempotent: a second run changes nothing and says so.",
+)
+def up(args: argparse.Namespace) -> int:
+    from . import stackctl
+
+    defaults = stackctl.StackOptions()
+    options = stackctl.StackOptions(
+        name=args.stack,
+        port=args.port or _env_int("SWARMBINDER_PORT", defaults.port),
+        hub_port=args.hub_port or _env_int("SWARMBINDER_HUB_PORT", defaults.hub_port),
+        registry_port=args.registry_port
+        or _env_int("SWARMBINDER_REGISTRY_PORT", defaults.registry_port),
+        public_host=os.environ.get("SWARMBINDER_PUBLIC_HOST") or defaults.public_host,
+        registry_host=os.environ.get("SWARMBINDER_REGISTRY_HOST") or defaults.registry_host,
+        config_file=Path(args.config) if args.config else defaults.config_file,
+        base=args.base,
+        timeout=args.timeout,
+    )
+    progress = _TerminalProgress(args.quiet)
+    try:
+        result = stackctl.up(options, progress)
+    except stackctl.StackInputError as e:
+        raise UsageError(str(e)) from None
+    if result.changed:
+        progress.step(f"stack {options.name} is up ({result.seconds:.0f} s)")
+    else:
+        progress.step(f"nothing changed: stack {options.name} is up to date")
+    print(f"Binder is running at {result.url}" if not args.quiet else result.url)
+    return 0
+
+
+def _down_arguments(parser: argparse.ArgumentParser) -> None:
+    _stack_name_argument(parser)
+    parser.add_argument(
+        "--purge", action="store_true", help="also remove the stack's volumes and secrets"
+    )
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+
+@command(
+    "down",
+    "remove the stack (volumes and secrets stay unless --purge)",
+    _down_arguments,
+    "Remove the stack, the user servers its hub started and the builds its Binder left. The "
+    "registry's images, the hub's database and the secrets stay for the next 'up' unless "
+    "--purge.",
+)
+def down(args: argparse.Namespace) -> int:
+    from . import stackctl
+
+    progress = _TerminalProgress(args.quiet)
+    try:
+        result = stackctl.down(args.stack, purge=args.purge, progress=progress)
+    except stackctl.StackInputError as e:
+        raise UsageError(str(e)) from None
+    if result.removed_stack:
+        progress.step(f"stack {args.stack} removed")
+    else:
+        progress.step(f"nothing to remove: no stack {args.stack}")
     return 0
 
 
