@@ -258,6 +258,95 @@ def build(args: argparse.Namespace) -> int:
     return asyncio.run(run_build(config, args.spec, as_json=args.json, dry_run=args.dry_run))
 
 
+# --- prebuild ------------------------------------------------------------------------------
+
+
+def _prebuild_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("specs", nargs="*", metavar="PROVIDER/SPEC", help="e.g. gh/org/repo/main")
+    parser.add_argument(
+        "--file", metavar="FILE", help="more specs, one a line, # comments ('-': stdin)"
+    )
+    _add_config_argument(parser)
+    parser.add_argument("--url", help="a running swarmbinder to build through, as its admin")
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="its admin token, with --url (default: $SWARMBINDER_ADMIN_TOKEN)",
+    )
+    parser.add_argument("--json", action="store_true", help="JSON lines, then a summary object")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=0,
+        metavar="N",
+        help="builds in flight at most (default 0: concurrent_build_limit's queue decides)",
+    )
+    parser.add_argument(
+        "--as-job", action="store_true", help="run as a replicated-job service on the swarm"
+    )
+    parser.add_argument("--detach", action="store_true", help="with --as-job: do not wait")
+    parser.add_argument(
+        "--job-image",
+        default=f"swarmbinder/swarmbinder:{__version__}",
+        help="with --as-job: the swarmbinder image to run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--job-network", help="with --as-job: its network (default: build_network, else host)"
+    )
+
+
+@command(
+    "prebuild",
+    "build images into the registry without launching anything",
+    _prebuild_arguments,
+    "Resolve every spec (reporting those that do not resolve), skip images already in the "
+    "registry and build the rest, sharing builds that are already running, with one progress "
+    "line per build and a summary table. Drives the swarm with the config, or a running "
+    "swarmbinder with --url and its admin token. Exits 0 only when every image is in the "
+    "registry.",
+)
+def prebuild(args: argparse.Namespace) -> int:
+    from . import prebuild as prebuilds
+
+    if args.url and args.config:
+        raise UsageError("give --url or --config, not both")
+    if args.detach and not args.as_job:
+        raise UsageError("--detach goes with --as-job")
+    if args.parallel < 0:
+        raise UsageError("--parallel must be 0 or more")
+    from_file: list[str] = []
+    if args.file:
+        source = "stdin" if args.file == "-" else args.file
+        try:
+            text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read {source}: {getattr(e, 'strerror', None) or e}") from None
+        from_file = prebuilds.parse_spec_lines(text, source)
+    token = ""
+    if args.url:
+        token = os.environ.get("SWARMBINDER_ADMIN_TOKEN", "")
+        if args.token_file:
+            try:
+                token = Path(args.token_file).read_text().strip()
+            except OSError as e:
+                raise UsageError(f"cannot read {args.token_file}: {e.strerror or e}") from None
+        if not token:
+            raise UsageError("--url needs the admin token: --token-file or SWARMBINDER_ADMIN_TOKEN")
+    options = prebuilds.Options(
+        specs=prebuilds.collect_specs(args.specs, from_file),
+        config=None if args.url else load_config(args.config, os.environ),
+        url=args.url or "",
+        token=token,
+        parallel=args.parallel,
+        as_json=args.json,
+        as_job=args.as_job,
+        detach=args.detach,
+        job_image=args.job_image,
+        job_network=args.job_network or "",
+    )
+    return asyncio.run(prebuilds.main(options))
+
+
 @command("version", "print swarmbinder's version and Python's and aiohttp's")
 def version(args: argparse.Namespace) -> int:
     print(f"swarmbinder {__version__}")
