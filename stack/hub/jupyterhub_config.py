@@ -198,6 +198,11 @@ class BinderSwarmSpawner(SwarmSpawner):
         for key in BINDER_ENV_OPTIONS:
             if isinstance(options.get(key), str):
                 environment[key.upper()] = options[key]
+        if not AUTH_ENABLED:
+            # The Binder client sends the browser to <server>/?token=<token>: nobody has a hub
+            # login, so that token is the only way in. JupyterHub 5 ignores tokens in page URLs
+            # unless told otherwise (the server then stores it in a cookie for what follows).
+            environment["JUPYTERHUB_ALLOW_TOKEN_IN_URL"] = "1"
         return environment
 
     def get_args(self) -> list[str]:
