@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import importlib
 import json
 import logging
 import os
@@ -559,8 +560,8 @@ def admin(args: argparse.Namespace) -> int:
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"--url must start with http:// or https://, not {url!r}")
     token = _admin_token(args.token_file)
-    # Imported here: the service itself never loads textual.
-    from swarmbinder_tui.app import run
-
-    run(url, token)
+    # Imported here, and by name: the service itself never loads textual, and type checks of
+    # the service do not reach into the console's package.
+    console = importlib.import_module("swarmbinder_tui.app")
+    console.run(url, token)
     return 0
