@@ -49,7 +49,15 @@ from .errors import ConfigError, SpecError, SwarmbinderError
 from .events import MSG_DONE_FOUND, BuildEvent, Phase, SSEDecoder
 from .registry import RegistryClient
 from .resolve import Resolved, policy_from_config, providers_from_config, resolve
-from .swarm import BindMount, JobSpec, SecretMount, ServiceInfo, SwarmClient, TaskState
+from .swarm import (
+    BindMount,
+    JobSpec,
+    SecretInfo,
+    SecretMount,
+    ServiceInfo,
+    SwarmClient,
+    TaskState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +345,9 @@ async def _build(
                     result = State.FOUND if found else State.BUILT
                     update(result, "", str(event.fields.get("imageName") or ""))
                     break
-                progressed = progressed or event.phase is not Phase.WAITING
+                # A service sends its first event once the spec resolved; our own notice of
+                # a rate limit comes before that.
+                progressed = progressed or "rate_limited" not in event.fields
                 # Lines without a phase (Docker's build output) belong to the current one.
                 update(_BUILD_PHASES.get(event.phase, lead.state), line or None)
         finally:
@@ -480,7 +490,11 @@ class ServiceBackend:
                 async with self._session.get(url, headers=headers) as response:
                     if response.status == 429:
                         wait = _retry_after(response.headers.get("Retry-After"))
-                        yield BuildEvent.waiting(None, f"Rate limited; trying again in {wait:g} s")
+                        yield BuildEvent(
+                            Phase.WAITING,
+                            f"Rate limited; trying again in {wait:g} s\n",
+                            {"rate_limited": wait},
+                        )
                         await asyncio.sleep(wait)
                         continue
                     if not response.content_type.startswith("text/event-stream"):
@@ -557,24 +571,27 @@ def job_spec(
     image: str,
     specs: Sequence[str],
     target: JobTarget,
-    secret: SecretMount,
+    secret: SecretInfo,
     parallel: int = 0,
     network: str = "host",
     now: float | None = None,
 ) -> JobSpec:
+    """The job's service: ``secret`` holds its config file (or the admin token)."""
+    # Readable by the job's user only: it holds passwords and tokens.
+    mount = SecretMount(secret.id, secret.name, JOB_SECRET_TARGET, mode=0o400)
     args = ["prebuild", "--json"]
     if target.config is not None:
-        args += ["--config", secret.target]
+        args += ["--config", mount.target]
         socket = _socket_path(target.config.builds.docker_host)
     else:
-        args += ["--url", target.url, "--token-file", secret.target]
+        args += ["--url", target.url, "--token-file", mount.target]
         socket = None
     if parallel:
         args += ["--parallel", str(parallel)]
     labels = {
         KIND_LABEL: KIND_PREBUILD,
         "swarmbinder.prebuild.specs": str(len(specs)),
-        "swarmbinder.prebuild.secret": secret.secret_name,
+        "swarmbinder.prebuild.secret": secret.name,
         "swarmbinder.created": f"{time.time() if now is None else now:.3f}",
     }
     return JobSpec(
@@ -587,7 +604,7 @@ def job_spec(
         # Builds are services: only a manager's engine may create them.
         constraints=["node.role==manager"] if socket else [],
         networks=[network] if network else [],
-        secrets=[secret],
+        secrets=[mount],
     )
 
 
@@ -608,13 +625,12 @@ async def start_job(
         payload = target.token.encode()
     labels = {KIND_LABEL: KIND_PREBUILD, "swarmbinder.prebuild.job": name}
     info = await swarm.ensure_secret(name, payload, labels)
-    mount = SecretMount(info.id, info.name, JOB_SECRET_TARGET, mode=0o400)
     spec = job_spec(
         name,
         image=image,
         specs=specs,
         target=target,
-        secret=mount,
+        secret=info,
         parallel=parallel,
         network=network,
     )
@@ -707,7 +723,7 @@ async def follow_job(
 
     Swarm's log stream never ends after a job finishes, so it is read alongside the task
     state and closed once the task is over; the summary comes from a complete read of the
-    log afterwards, so a line the stream had not delivered yet is not missed.
+    log afterwards, so a summary the stream had not delivered yet is not missed.
     """
 
     async def relay() -> None:
@@ -732,11 +748,8 @@ async def follow_job(
     with contextlib.suppress(SwarmbinderError, TimeoutError):
         for line in await swarm.read_logs(name, max_seconds=10):
             data = _json_line(line)
-            if data is not None:
-                if data.get("type") == "summary":
-                    summary = data
-                else:
-                    on_line(data)
+            if data is not None and data.get("type") == "summary":
+                summary = data
     return task, summary
 
 
