@@ -437,3 +437,25 @@ def test_the_service_never_imports_textual_and_the_console_never_the_service() -
     for code in (service, console):
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
+
+
+def test_admin_command_needs_a_token_and_a_url(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from swarmbinder.cli import main
+
+    monkeypatch.delenv("SWARMBINDER_ADMIN_TOKEN", raising=False)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    cases = [
+        (["admin", "--url", "http://127.0.0.1:1/"], "no admin token"),
+        (["admin", "--url", "http://127.0.0.1:1/", "--token-file", str(tmp_path / "x")],
+         "cannot read the token file"),
+        (["admin", "--url", "http://127.0.0.1:1/", "--token-file", str(empty)], "is empty"),
+        (["admin", "--url", "ftp://h/", "--token-file", str(empty)], "must start with http"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
