@@ -986,10 +986,10 @@ async def _main_job(options: Options, out: TextIO) -> int:
             parallel=options.parallel,
             network=network,
         )
+        if options.as_json:
+            print(json.dumps({"type": "job", "name": service.name}), file=out, flush=True)
         if options.detach:
-            if options.as_json:
-                print(json.dumps({"type": "job", "name": service.name}), file=out, flush=True)
-            else:
+            if not options.as_json:
                 print(
                     f"prebuild job {service.name} started (docker service ps {service.name})",
                     file=out,
