@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from browser_support import browser, chromium_path, page, screenshot, serve_app  # noqa: F401
 from playwright.async_api import Page, expect
@@ -51,7 +52,6 @@ async def test_launch_from_the_home_page_lands_on_jupyter(
     repo_url = testground["repos"]["binder-dockerfile"]["url"]
     hub_url = testground["hub_url"]
     app = create_app(load_config(env={}, overrides=app_config))
-    landed: str | None = None
     async with serve_app(app) as base:
         try:
             await page.goto(base)
@@ -78,6 +78,20 @@ async def test_launch_from_the_home_page_lands_on_jupyter(
             assert landed.startswith(f"{hub_url}user/")
             assert re.match(re.escape(f"{hub_url}user/") + r"binder-dockerfile-[a-z0-9]+/", landed)
         finally:
-            if landed is not None:
-                user = landed.removeprefix(f"{hub_url}user/").split("/", 1)[0]
+            # Whatever page the browser reached: every server of an image this test built.
+            for user in await users_running(testground, app_config["image_prefix"]):
                 await stop_server(testground, {"url": f"{hub_url}user/{user}/"})
+
+
+async def users_running(testground: dict[str, Any], image_prefix: str) -> list[str]:
+    """Hub users with a server of an image under ``image_prefix``."""
+    headers = {"Authorization": f"token {testground['hub_api_token']}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{testground['hub_api_url']}/users", headers=headers) as resp:
+            users = await resp.json()
+    return [
+        user["name"]
+        for user in users
+        for server in (user.get("servers") or {}).values()
+        if str((server.get("user_options") or {}).get("image", "")).startswith(image_prefix)
+    ]
