@@ -202,7 +202,7 @@ def job_names(output: str) -> list[str]:
 
 
 async def test_prebuild_jobs_run_on_the_swarm_and_exit_with_the_result(
-    testground: dict[str, Any], config: Config, swarm: SwarmClient
+    testground: dict[str, Any], overrides: dict[str, Any], config: Config, swarm: SwarmClient
 ) -> None:
     good = spec_for(testground, "binder-two-commits")
     bad = spec_for(testground, "binder-dockerfile", "no-such-ref")
@@ -228,6 +228,23 @@ async def test_prebuild_jobs_run_on_the_swarm_and_exit_with_the_result(
         [name] = job_names(text)
         jobs = {job.name: job for job in await prebuild.list_jobs(swarm)}
         assert (jobs[name].state, jobs[name].exit_code) == ("failed", 1)
+
+        # A job can also build through a running Binder, as its administrator.
+        outputs.append(io.StringIO())
+        app = create_app(load_config(env={}, overrides=overrides))
+        async with TestServer(app, host="127.0.0.1") as server:
+            options = prebuild.Options(
+                specs=[spec_for(testground, "binder-dockerfile")],
+                url=str(server.make_url("/")),
+                token=ADMIN_TOKEN,
+                as_json=True,
+                as_job=True,
+                job_image=image,
+            )
+            assert await prebuild.main(options, outputs[2]) == 0
+        summary = json.loads(outputs[2].getvalue().splitlines()[-1])
+        assert summary["items"][0]["state"] == "built"
+        assert summary["items"][0]["image"].startswith(overrides["image_prefix"])
     finally:
         started = [name for out in outputs for name in job_names(out.getvalue())]
         for name in started:
