@@ -336,8 +336,11 @@ async def _build(
                 line = _last_line(event.message)
                 if event.phase is Phase.FAILED:
                     status = event.fields.get("status_code")
+                    # Refusals of the request itself (login, rate limit) are no verdict on
+                    # the spec; other 4xx before anything else are (parse, provider, ban, ref).
                     early = not progressed and isinstance(status, int) and 400 <= status < 500
-                    result = State.UNRESOLVED if early and status != 429 else State.FAILED
+                    spec_refused = early and status not in (401, 403, 429)
+                    result = State.UNRESOLVED if spec_refused else State.FAILED
                     detail = line
                     break
                 if event.phase in (Phase.BUILT, Phase.READY):

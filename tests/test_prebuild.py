@@ -224,6 +224,7 @@ async def test_a_service_stream_is_read_as_binderhub_sends_it() -> None:
             ],
             "gh/a/nope/main": [BuildEvent.failed("Could not resolve ref", 404)],
             "gh/a/limited/main": [BuildEvent.failed("Too many requests", 429)],
+            "gh/a/login/main": [BuildEvent.failed("Log in first", 403)],
             "gh/a/broken/main": [BuildEvent.waiting(), BuildEvent.failed("Build failed", 400)],
         }
     )
@@ -235,6 +236,7 @@ async def test_a_service_stream_is_read_as_binderhub_sends_it() -> None:
         "gh/a/new/main": (State.BUILT, "reg/new:1"),
         "gh/a/nope/main": (State.UNRESOLVED, ""),
         "gh/a/limited/main": (State.FAILED, ""),
+        "gh/a/login/main": (State.FAILED, ""),
         "gh/a/broken/main": (State.FAILED, ""),
     }
 
