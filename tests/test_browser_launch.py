@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from app_support import ground_endpoints
 from browser_support import browser, chromium_path, page, screenshot, serve_app  # noqa: F401
 from playwright.async_api import Page, expect
 from test_build_api import stop_server
@@ -33,13 +34,7 @@ def app_config(testground: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     return {
         # A fresh prefix: the launch really builds, so there is a log to watch.
         "image_prefix": f"{testground['image_prefix']}browser{run}-",
-        "registry_url": testground["registry_url"],
-        "hub_url": testground["hub_url"],
-        "hub_api_token": testground["hub_api_token"],
-        "hub_id": testground["hub_service"],
-        "docker_host": testground["docker_host"],
-        "build_image": testground["images"]["builder"],
-        "store_path": str(tmp_path / "store.sqlite"),
+        **ground_endpoints(testground, tmp_path),
         "launch_timeout": 60,
     }
 

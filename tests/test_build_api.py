@@ -18,6 +18,7 @@ from urllib.parse import quote, unquote
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from app_support import ground_endpoints
 
 from swarmbinder.app import create_app
 from swarmbinder.config import load_config
@@ -40,13 +41,7 @@ def app_config(testground: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
     return {
         "image_prefix": f"{testground['image_prefix']}e2e{run}-",
-        "registry_url": testground["registry_url"],
-        "hub_url": testground["hub_url"],
-        "hub_api_token": testground["hub_api_token"],
-        "hub_id": testground["hub_service"],
-        "docker_host": testground["docker_host"],
-        "build_image": testground["images"]["builder"],
-        "store_path": str(tmp_path / "store.sqlite"),
+        **ground_endpoints(testground, tmp_path),
         "launch_timeout": 60,
     }
 

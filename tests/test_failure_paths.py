@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from app_support import ground_endpoints
 from test_build_api import read_events, stop_server
 
 from swarmbinder.app import create_app
@@ -48,13 +49,7 @@ def app_config(testground: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
     return {
         "image_prefix": f"{testground['image_prefix']}fail{run}-",
-        "registry_url": testground["registry_url"],
-        "hub_url": testground["hub_url"],
-        "hub_api_token": testground["hub_api_token"],
-        "hub_id": testground["hub_service"],
-        "docker_host": testground["docker_host"],
-        "build_image": testground["images"]["builder"],
-        "store_path": str(tmp_path / "store.sqlite"),
+        **ground_endpoints(testground, tmp_path),
         "launch_timeout": 60,
     }
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from app_support import ground_endpoints
 from test_build_api import read_events, spec_for
 
 from swarmbinder.app import create_app
@@ -103,13 +104,7 @@ async def service(
         env={},
         overrides={
             "image_prefix": f"{testground['image_prefix']}ssh{run}-",
-            "registry_url": testground["registry_url"],
-            "hub_url": testground["hub_url"],
-            "hub_api_token": testground["hub_api_token"],
-            "hub_id": testground["hub_service"],
-            "docker_host": testground["docker_host"],
-            "build_image": testground["images"]["builder"],
-            "store_path": str(tmp_path / "store.sqlite"),
+            **ground_endpoints(testground, tmp_path),
             "enable_api_only_mode": True,
             "admin_token": TOKEN,
         },

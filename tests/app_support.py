@@ -1,0 +1,21 @@
+"""Helpers for tests that run the whole app against the test ground."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def ground_endpoints(ground: dict[str, Any], store_dir: Path) -> dict[str, Any]:
+    """Config overrides that point an app at the test ground's engine, registry and hub,
+    with its store in ``store_dir``. Callers add their own ``image_prefix`` (under the
+    ground's), so each test run really builds."""
+    return {
+        "registry_url": ground["registry_url"],
+        "hub_url": ground["hub_url"],
+        "hub_api_token": ground["hub_api_token"],
+        "hub_id": ground["hub_service"],
+        "docker_host": ground["docker_host"],
+        "build_image": ground["images"]["builder"],
+        "store_path": str(store_dir / "store.sqlite"),
+    }
