@@ -42,6 +42,9 @@ SWARMBINDER_HUB_PROXY_API_URL     API URL of a configurable-http-proxy run as it
                                   (``http://proxy:8001``); empty (default): the hub starts its
                                   own proxy on port 8000
 SWARMBINDER_HUB_PROXY_AUTH_TOKEN_FILE  that proxy's API token, as a file (a Swarm secret)
+SWARMBINDER_HUB_REGISTRY_USER     with ..._REGISTRY_PASSWORD_FILE: credentials for the registry in
+SWARMBINDER_HUB_REGISTRY_PASSWORD_FILE  the image prefix, sent with every user server's service
+                                  so that any node can pull its image (empty: anonymous)
 
 Settings that a launch on Swarm needs and that are not negotiable: user servers join the
 overlay network by their service name (``use_internal_ip``, ``dnsrr``: without IPVS a service's
@@ -133,6 +136,29 @@ HUB_ID = env("ID", CONNECT_HOST)
 DATA_DIR = Path(env("DATA_DIR", "/srv/jupyterhub/data"))
 AUTH_ENABLED = env_flag("AUTH_ENABLED", False)
 CORS_ALLOW_ORIGIN = env("CORS_ALLOW_ORIGIN")
+
+
+def use_registry_credentials() -> None:
+    """Give the spawner's Docker client the registry's credentials: docker-py sends them with
+    each service it creates, and every node's engine pulls the image with them (an engine
+    never reads credentials of its own for Swarm tasks)."""
+    password_file = env("REGISTRY_PASSWORD_FILE")
+    if not password_file:
+        return
+    import base64
+    import json
+    import tempfile
+
+    user = env("REGISTRY_USER", "binder")
+    password = Path(password_file).read_text().strip()
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    config_dir = Path(tempfile.mkdtemp(prefix="docker-config-"))
+    registry = IMAGE_PREFIX.split("/", 1)[0]
+    (config_dir / "config.json").write_text(json.dumps({"auths": {registry: {"auth": auth}}}))
+    os.environ["DOCKER_CONFIG"] = str(config_dir)
+
+
+use_registry_credentials()
 
 
 def image_allowed(image: object) -> bool:
