@@ -6,7 +6,8 @@ their inputs changed), the stack's secrets (created once, never overwritten), it
 (named by content hash, since Swarm configs cannot change), ``docker stack deploy``, then a
 wait until Binder's ``/health`` and the proxy answer. Everything the stack depends on is hashed
 into the label ``swarmbinder.stack-inputs`` on the binder service: when a second run finds the
-same hash on a stack that is up, it deploys nothing and says so.
+same hashes on a stack that is up, it deploys nothing and says so; otherwise it says which
+input changed.
 
 ``down`` removes the stack, the user servers its hub started (SwarmSpawner makes them as
 services outside the stack, and they hold the stack's network), the build services its Binder
@@ -217,10 +218,15 @@ def _up(options: StackOptions, report: Progress, started: float) -> UpResult:
         report.step(f"created secret {name}")
 
     variables = stack_variables(options, image_ids)
-    inputs = variables["SWARMBINDER_STACK_INPUTS"]
-    changed = not (current_inputs(options.name) == inputs and stack_converged(options.name))
+    deployed_inputs = current_inputs(options.name)
+    reasons = changed_inputs(deployed_inputs, variables["SWARMBINDER_STACK_INPUTS"])
+    if deployed_inputs is None:
+        reasons = ["not deployed"]
+    elif not reasons and not stack_converged(options.name):
+        reasons = ["a service is not running"]
+    changed = bool(reasons)
     if changed:
-        report.step(f"deploying stack {options.name}")
+        report.step(f"deploying stack {options.name} ({', '.join(reasons)})")
         hs.run(
             [
                 "docker",
@@ -309,7 +315,7 @@ def check_binder_config(path: Path, environment: Mapping[str, str]) -> None:
 
 
 def stack_variables(options: StackOptions, image_ids: Mapping[str, str]) -> dict[str, str]:
-    """Every docker-stack.yml variable, with config versions and the inputs hash."""
+    """Every docker-stack.yml variable, with config versions and the inputs label."""
     binder_config = options.config_file.read_bytes()
     variables = options.variables()
     variables["SWARMBINDER_BINDER_CONFIG"] = str(options.config_file.resolve())
@@ -319,9 +325,22 @@ def stack_variables(options: StackOptions, image_ids: Mapping[str, str]) -> dict
         if variable:
             # A rebuilt image under the same tag changes the service, so Swarm rolls it.
             variables[variable] = image_ids[name].removeprefix("sha256:")[:12]
-    inputs = {**variables, "stack_file": _digest(STACK_FILE.read_bytes()), "images": image_ids}
-    variables["SWARMBINDER_STACK_INPUTS"] = _digest(json.dumps(inputs, sort_keys=True).encode())
+    parts = {
+        "settings": _digest(json.dumps(options.variables(), sort_keys=True).encode()),
+        "stack-file": _digest(STACK_FILE.read_bytes()),
+        "binder-config": variables["SWARMBINDER_BINDER_CONFIG_VERSION"],
+        "hub-config": variables["SWARMBINDER_HUB_CONFIG_VERSION"],
+        **{f"{name}-image": image_ids[name].removeprefix("sha256:")[:12] for name in STACK_IMAGES},
+    }
+    variables["SWARMBINDER_STACK_INPUTS"] = ",".join(f"{k}={v}" for k, v in parts.items())
     return variables
+
+
+def changed_inputs(deployed: str | None, wanted: str) -> list[str]:
+    """The parts of the stack's inputs label that differ (all of them when none is deployed)."""
+    before = dict(item.partition("=")[::2] for item in (deployed or "").split(",") if item)
+    after = dict(item.partition("=")[::2] for item in wanted.split(","))
+    return [part for part, digest in after.items() if before.get(part) != digest]
 
 
 def _digest(content: bytes) -> str:
@@ -570,7 +589,8 @@ def _wait_gone(name: str, extra_services: list[str], report: Progress, timeout: 
     network = StackOptions(name=name).network
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        left = _containers({NAMESPACE_LABEL: name})
+        # Stopped ones too: they hold the volumes until Swarm removes them.
+        left = _containers({NAMESPACE_LABEL: name}, every=True)
         for service in extra_services:
             left += _containers({"com.docker.swarm.service.name": service})
         if not left:
@@ -607,8 +627,13 @@ def _purge(name: str, report: Progress) -> list[str]:
         ["docker", "volume", "ls", "-q", "--filter", f"label={NAMESPACE_LABEL}={name}"], timeout=30
     ).stdout.split()
     for volume in volumes:
-        if hs.run(["docker", "volume", "rm", volume], check=False).returncode == 0:
-            purged.append(volume)
+        for _ in range(20):  # busy until the last container using it is gone
+            if hs.run(["docker", "volume", "rm", volume], check=False).returncode == 0:
+                purged.append(volume)
+                break
+            time.sleep(0.5)
+        else:
+            raise StackError(f"volume {volume} is still in use; remove it with docker volume rm")
     for secret in SECRETS:
         full = f"{name}-{secret}"
         if hs.run(["docker", "secret", "rm", full], check=False).returncode == 0:
