@@ -32,7 +32,9 @@ class Admission:
     """Each check raises a :class:`~swarmbinder.errors.SwarmbinderError` with its status.
 
     ``authenticate`` (with ``auth_enabled``) returns the logged-in user's name, or raises
-    when there is none.
+    when there is none. It is not asked about an ``operator`` request: one the caller found
+    carrying the admin token, to build without launching (``swarmbinder prebuild --url``),
+    which has no hub login to show and needs none.
     """
 
     def __init__(
@@ -57,12 +59,14 @@ class Admission:
         headers: Mapping[str, str],
         path: str,
         build_token: str | None,
+        operator: bool = False,
     ) -> Admitted:
         ip = self._client_ip(peer, headers)
         self._check_network(ip)
         # BinderHub's order: the login is required (``@authenticated``) before the token and
         # rate limit are looked at, and a logged-in user is not rate limited.
-        username = await self._authenticate(headers) if self._authenticate else None
+        authenticate = self._authenticate if not operator else None
+        username = await authenticate(headers) if authenticate else None
         have_token = False
         limit: RateLimitStatus | None = None
         if build_token and self._verify_token is not None:

@@ -14,12 +14,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from swarmbinder.admission import Admitted
+from swarmbinder.admission import Admission, Admitted
 from swarmbinder.app import add_build_routes
 from swarmbinder.config import load_config
 from swarmbinder.errors import SpecBanned, SwarmbinderError
 from swarmbinder.events import BuildEvent, Phase, parse_sse
 from swarmbinder.handlers import build as build_handler
+from swarmbinder.hubauth import NOT_LOGGED_IN_MESSAGE, NotLoggedIn
 from swarmbinder.keys import ADMISSION, CONFIG, FLOW
 from swarmbinder.launch_flow import LaunchRequest
 
@@ -56,8 +57,11 @@ class FakeAdmission:
         headers: Mapping[str, str],
         path: str,
         build_token: str | None,
+        operator: bool = False,
     ) -> Admitted:
-        self.calls.append({"peer": peer, "path": path, "build_token": build_token})
+        self.calls.append(
+            {"peer": peer, "path": path, "build_token": build_token, "operator": operator}
+        )
         if self.error is not None:
             raise self.error
         return Admitted(client_ip=peer, have_build_token=build_token is not None)
@@ -174,6 +178,65 @@ async def test_build_only_in_api_mode_reaches_the_flow(aiohttp_client: Any) -> N
     events = parse_sse(await response.read())
     assert [e["phase"] for e in events] == ["ready"]
     assert flow.requests[0].build_only
+
+
+async def test_an_operators_build_only_request_is_not_asked_for_a_hub_login(
+    aiohttp_client: Any,
+) -> None:
+    """With auth_enabled, a prebuild through the service (admin token, build_only) gets its
+    build; the same token on a launch, or a wrong token, still meets the login check."""
+    asked: list[Mapping[str, str]] = []
+
+    async def authenticate(headers: Mapping[str, str]) -> str:
+        asked.append(headers)
+        raise NotLoggedIn()
+
+    flow = FakeFlow([BuildEvent.image_ready("i:1")])
+    hub = {"auth_enabled": True, "hub_url": "http://hub.test/", "hub_api_token": "h"}
+    app = make_app(flow, **hub, admin_token="op-token")
+    app[ADMISSION] = Admission(
+        client_ip=lambda peer, headers: peer,
+        check_network=lambda ip: None,
+        authenticate=authenticate,
+    )
+    client: TestClient[Any, Any] = await aiohttp_client(app)
+    operator = {**SSE, "Authorization": "Bearer op-token"}
+
+    response = await client.get("/build/gh/org/repo/main?build_only=true", headers=operator)
+    events = parse_sse(await response.read())
+    assert response.status == 200 and [e["phase"] for e in events] == ["ready"]
+    assert flow.requests[0].build_only and flow.requests[0].username is None
+    assert asked == []
+
+    response = await client.get("/build/gh/org/repo/main", headers=operator)
+    [event] = parse_sse(await response.read())
+    assert response.status == 403 and event["message"].strip() == NOT_LOGGED_IN_MESSAGE
+    assert len(asked) == 1
+
+    wrong = {**SSE, "Authorization": "Bearer not-it"}
+    response = await client.get("/build/gh/org/repo/main?build_only=true", headers=wrong)
+    [event] = parse_sse(await response.read())
+    assert response.status == 400 and "enable_api_only_mode" in event["message"]
+    assert len(flow.requests) == 1
+
+
+async def test_the_admin_token_marks_only_build_only_requests_as_an_operators(
+    aiohttp_client: Any,
+) -> None:
+    admission = FakeAdmission()
+    flow = FakeFlow([BuildEvent.failed("no such repository", 404)])
+    app = make_app(flow, admission, **{"enable_api_only_mode": True, "admin_token": "op"})
+    client: TestClient[Any, Any] = await aiohttp_client(app)
+    token = {**SSE, "Authorization": "Bearer op"}
+
+    for path, headers in (
+        ("/build/gh/a/b/main?build_only=true", token),
+        ("/build/gh/a/b/main", token),
+        ("/build/gh/a/b/main?build_only=true", SSE),
+    ):
+        await (await client.get(path, headers=headers)).read()
+
+    assert [call["operator"] for call in admission.calls] == [True, False, False]
 
 
 async def test_failed_event_ends_the_stream_at_once(aiohttp_client: Any) -> None:

@@ -65,12 +65,12 @@ def _spec_path(request: web.Request) -> str:
     return raw[len(prefix) :] if raw.startswith(prefix) else raw.lstrip("/")
 
 
-def _build_only(request: web.Request) -> bool:
+def _build_only(request: web.Request, admin: bool) -> bool:
     if request.query.get("build_only", "").lower() != "true":
         return False
     # Outside API-only mode, building without launching is for administrators only
     # (``swarmbinder prebuild --url``), as BinderHub keeps it off its public pages.
-    if not request.app[CONFIG].server.enable_api_only_mode and not _admin(request):
+    if not request.app[CONFIG].server.enable_api_only_mode and not admin:
         raise SwarmbinderError("build_only outside API-only mode", user_message=BUILD_ONLY_REFUSED)
     return True
 
@@ -101,13 +101,18 @@ async def build(request: web.Request) -> web.StreamResponse:
         return _error_stream(400, "Missing Accept header: text/event-stream", cors)
 
     path = _spec_path(request)
+    # The admin token is looked at first: an operator's build_only request (a prebuild) is
+    # not a browser and has no hub login to be sent to. It opens nothing else: a launch
+    # with the token is admitted like anyone's.
+    admin = _admin(request)
     try:
-        build_only = _build_only(request)
+        build_only = _build_only(request, admin)
         admitted: Admitted = await request.app[ADMISSION].admit(
             peer=request.remote or "",
             headers=request.headers,
             path=path,
             build_token=request.query.get("build_token"),
+            operator=admin and build_only,
         )
     except SwarmbinderError as error:
         status = error.status_code if 400 <= error.status_code < 600 else 400
