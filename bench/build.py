@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Build overhead: a build through swarmbinder (``/build?build_only=true``: resolve, a
+one-shot Swarm service running repo2docker, its log followed, the image pushed) against a raw
+``jupyter-repo2docker`` run with the same arguments, from the same builder image, on the same
+engine (``docker run --network host`` with the engine's socket), of the same repository.
+
+Warm: every layer is in the engine's cache (a new commit with the same tree, so a new image
+name and nothing to rebuild). Cold: the Dockerfile's expensive step changes (a new nonce), so
+it runs again: 16 MiB of random data in a layer, built and pushed. Swarmbinder and the raw run
+alternate, each on a commit of its own.
+
+    bench/build.py [--count 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import benchlib as b
+
+from swarmbinder.builds import BuildRequest, BuildSettings, repo2docker_args
+
+
+def dockerfile(singleuser: str, nonce: str) -> str:
+    return (
+        f"FROM {singleuser}\n"
+        f"RUN echo {nonce} && head -c 16M /dev/urandom > /tmp/bench-data.bin\n"
+        "COPY --chown=1000:1000 . /home/jovyan/\n"
+    )
+
+
+async def ours(session: aiohttp.ClientSession, server: b.Server, url: str, sha: str) -> float:
+    stream = await b.build_stream(session, server, b.git_spec(url, sha), build_only=True)
+    if not stream.ok:
+        raise SystemExit(f"bench: a swarmbinder build failed: {stream.last}")
+    return stream.total_seconds
+
+
+async def raw(g: dict[str, Any], url: str, sha: str, image: str) -> float:
+    request = BuildRequest(
+        provider="git", spec="", repo_url=url, ref=sha, build_slug="", image=image
+    )
+    args = repo2docker_args(request, BuildSettings(builder_image=g["images"]["builder"]))
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        "docker", "run", "--rm", "--network", "host",
+        "-v", "/var/run/docker.sock:/var/run/docker.sock",
+        g["images"]["builder"], *args,  # its entrypoint is jupyter-repo2docker
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    elapsed = time.monotonic() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: raw repo2docker failed:\n{out.decode()[-2000:]}")
+    return elapsed
+
+
+async def measure(count: int) -> dict[str, Any]:
+    g = b.ground()
+    run = b.run_id()
+    repo = b.Repo(g, f"bench-build-{run}")
+    singleuser = g["images"]["singleuser"]
+    times: dict[str, dict[str, list[float]]] = {
+        "warm": {"swarmbinder": [], "raw": []},
+        "cold": {"swarmbinder": [], "raw": []},
+    }
+    with b.tempfile.TemporaryDirectory() as tmp:
+        config = b.service_config(g, run, b.Path(tmp))
+        prefix = config["image_prefix"]
+        try:
+            base = {
+                "Dockerfile": dockerfile(singleuser, uuid.uuid4().hex),
+                # the context is a clone: without this every commit changes the COPY layer
+                ".dockerignore": ".git\n",
+                "hello.txt": "hello\n",
+            }
+            repo.commit(base)
+            async with b.serve(config) as server, aiohttp.ClientSession() as session:
+                # Untimed: the first build fills the layer cache the warm rounds rely on.
+                await ours(session, server, repo.url, repo.commit({}, "first"))
+                for i in range(count):
+                    for cache in ("warm", "cold"):
+                        order = ("swarmbinder", "raw") if i % 2 == 0 else ("raw", "swarmbinder")
+                        for kind in order:
+                            change = {} if cache == "warm" else {
+                                "Dockerfile": dockerfile(singleuser, uuid.uuid4().hex)
+                            }  # fmt: skip
+                            sha = repo.commit(change, f"{cache} {kind} {i}")
+                            if kind == "swarmbinder":
+                                seconds = await ours(session, server, repo.url, sha)
+                            else:
+                                seconds = await raw(g, repo.url, sha, f"{prefix}raw:{sha}")
+                            times[cache][kind].append(seconds)
+                        b.say(
+                            f"{cache} {i + 1}: swarmbinder {times[cache]['swarmbinder'][-1]:.2f}"
+                            f" s, raw {times[cache]['raw'][-1]:.2f} s"
+                        )
+        finally:
+            b.clean_up(prefix)
+            repo.remove()
+    result: dict[str, Any] = {"count": count, "target": "p50 <= 1.05x raw repo2docker"}
+    for cache, kinds in times.items():
+        s_ours, s_raw = b.summary(kinds["swarmbinder"]), b.summary(kinds["raw"])
+        result[cache] = {
+            "swarmbinder_seconds": s_ours,
+            "raw_repo2docker_seconds": s_raw,
+            "ratio_p50": b.ratio(s_ours["p50"], s_raw["p50"]),
+            "overhead_p50_seconds": round(s_ours["p50"] - s_raw["p50"], 3),
+        }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=3, help="builds of each kind per cache (3)")
+    args = parser.parse_args()
+    started, load = time.monotonic(), b.loadavg()
+    result = asyncio.run(measure(args.count))
+    b.emit("build", result, started=started, load_before=load)
+
+
+if __name__ == "__main__":
+    main()
