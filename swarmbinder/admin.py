@@ -13,6 +13,8 @@ events, each a dict with a ``type``:
 ``build.removed``  the build manager forgot a build (finished and cleaned up, or cancelled)
 ``servers``        the running user servers against their quotas changed
 ``nodes``          a node's state, availability or running builds changed
+``prebuilds``      a prebuild job (a Swarm job, see :mod:`swarmbinder.prebuild`) appeared,
+                   changed state, ended or was removed
 ``bans``           the ban list changed (the whole list: it is short)
 ``quotas``         the quota settings changed
 ``audit``          one new audit entry (who did what, when)
@@ -21,8 +23,8 @@ events, each a dict with a ``type``:
 A subscriber gets the snapshot first (:meth:`AdminService.snapshot`) and then live events, so
 a client that reconnects just starts over. One background task, :meth:`AdminService.run`,
 owns the polling: builds are diffed every ``poll_interval`` (the build manager has no change
-callback to spare, and a diff of a few dozen builds costs nothing), servers and nodes every
-``refresh_interval``, and quota expiry and other processes' ban changes every
+callback to spare, and a diff of a few dozen builds costs nothing), servers, nodes and
+prebuild jobs every ``refresh_interval``, and quota expiry and other processes' ban changes every
 ``reload_interval``. Each build's log is followed by one task of its own, started when the
 build appears and cancelled when it goes.
 """
@@ -43,6 +45,7 @@ from .bans import BanList
 from .builds import Build, BuildStatus, to_sticky_node
 from .errors import SwarmbinderError
 from .fanout import Fanout, Subscription
+from .prebuild import JobStatus
 from .quotas import Quotas
 from .sticky import rank_nodes
 from .store import AuditEntry, Store
@@ -163,6 +166,8 @@ class AdminService:
         store: Store | None,
         list_servers: Callable[[], Awaitable[Sequence[UserServer]]] | None = None,
         list_nodes: Callable[[], Awaitable[Sequence[NodeInfo]]] | None = None,
+        list_prebuilds: Callable[[], Awaitable[Sequence[JobStatus]]] | None = None,
+        remove_prebuild: Callable[[str], Awaitable[bool]] | None = None,
         hub: HubServers | None = None,
         temporary_users: bool = True,
         config_quotas: ConfigQuotas = ConfigQuotas(),
@@ -179,6 +184,8 @@ class AdminService:
         self._store = store
         self._list_servers = list_servers
         self._list_nodes = list_nodes
+        self._list_prebuilds = list_prebuilds
+        self._remove_prebuild = remove_prebuild
         self._hub = hub
         self._temporary_users = temporary_users
         self._config_quotas = config_quotas
@@ -347,6 +354,13 @@ class AdminService:
             "repos_sampled": len(repos),
         }
 
+    async def prebuilds(self) -> Json:
+        """Prebuild jobs on the swarm, oldest first, as ``docker service ps`` sees them."""
+        if self._list_prebuilds is None:
+            raise AdminUnavailable("no swarm", user_message="The Docker engine is not connected.")
+        jobs = await self._list_prebuilds()
+        return {"jobs": [{**job.to_json(), "finished": job.finished} for job in jobs]}
+
     def bans(self) -> list[Json]:
         return [
             {
@@ -402,6 +416,7 @@ class AdminService:
             "builds": self.list_builds,
             "servers": self.servers,
             "nodes": self.nodes,
+            "prebuilds": self.prebuilds,
             "audit": self.audit,
         }
         for name, get in sources.items():
@@ -445,6 +460,20 @@ class AdminService:
         await self._audit(actor, "server.stop", {**detail, "user_deleted": deleted})
         await self._refresh("servers", self.servers)
         return {**server_json(found[0]), "stopped": True, "user_deleted": deleted}
+
+    async def remove_prebuild(self, name: str, actor: str) -> Json:
+        """Remove a prebuild job, running or finished, with its secret. Builds a running job
+        started are services of their own and run on: another /build may be waiting on them."""
+        if self._remove_prebuild is None:
+            raise AdminUnavailable("no swarm", user_message="The Docker engine is not connected.")
+        jobs = (await self.prebuilds())["jobs"]
+        job = next((j for j in jobs if j["name"] == name), None)
+        if job is None or not await self._remove_prebuild(name):
+            raise NotFound(f"no prebuild job {name!r}")
+        detail = {"job": name, "state": job["state"], "exit_code": job["exit_code"]}
+        await self._audit(actor, "prebuild.remove", detail)
+        await self._refresh("prebuilds", self.prebuilds)
+        return {**job, "removed": True}
 
     async def add_ban(self, kind: Any, pattern: Any, reason: Any, actor: str) -> Json:
         """Raises :class:`~swarmbinder.bans.InvalidBan` (400) for a pattern that cannot work."""
@@ -528,6 +557,7 @@ class AdminService:
                     next_refresh = now + self._refresh_interval
                     await self._refresh("servers", self.servers)
                     await self._refresh("nodes", self.nodes)
+                    await self._refresh("prebuilds", self.prebuilds)
                 if now >= next_reload:
                     next_reload = now + self._reload_interval
                     await self._reload()

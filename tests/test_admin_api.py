@@ -16,9 +16,11 @@ from swarmbinder.admin import AdminService, ConfigQuotas
 from swarmbinder.bans import BanList
 from swarmbinder.builds import Build, BuildRequest, BuildStatus
 from swarmbinder.config import load_config
+from swarmbinder.errors import SwarmUnavailable
 from swarmbinder.events import BuildEvent, Phase
 from swarmbinder.handlers.admin import ADMIN, add_admin_routes
 from swarmbinder.keys import CONFIG
+from swarmbinder.prebuild import JobStatus
 from swarmbinder.quotas import Quotas
 from swarmbinder.store import Store
 from swarmbinder.swarm import NodeInfo
@@ -83,6 +85,29 @@ class FakeHub:
         return True
 
 
+class FakePrebuilds:
+    """Prebuild jobs as the swarm lists them; ``error`` makes the engine unreachable."""
+
+    def __init__(self) -> None:
+        self.jobs = [
+            JobStatus("swarmbinder-prebuild-aaa", 2, 1000.0, "complete", 0, "finished"),
+            JobStatus("swarmbinder-prebuild-bbb", 5, 2000.0, "running", None, "started"),
+        ]
+        self.error: Exception | None = None
+        self.removed: list[str] = []
+
+    async def list(self) -> list[JobStatus]:
+        if self.error is not None:
+            raise self.error
+        return list(self.jobs)
+
+    async def remove(self, name: str) -> bool:
+        found = [job for job in self.jobs if job.name == name]
+        self.jobs = [job for job in self.jobs if job.name != name]
+        self.removed += [job.name for job in found]
+        return bool(found)
+
+
 def server(user: str, repo: str) -> UserServer:
     return UserServer(
         "id-" + user,
@@ -109,6 +134,7 @@ async def parts() -> AsyncIterator[dict[str, Any]]:
     builds = FakeBuilds()
     servers = [server("alice", "org/one"), server("bob", "org/one"), server("carol", "org/two")]
     hub = FakeHub(servers)
+    prebuilds = FakePrebuilds()
     bans = BanList(ban_networks={"10.9.0.0/16": "the lab"}, store=store)
     quotas = Quotas(pod_quota=50, per_repo_quota=5, store=store)
 
@@ -125,6 +151,8 @@ async def parts() -> AsyncIterator[dict[str, Any]]:
         store=store,
         list_servers=list_servers,
         list_nodes=list_nodes,
+        list_prebuilds=prebuilds.list,
+        remove_prebuild=prebuilds.remove,
         hub=hub,
         config_quotas=ConfigQuotas(50, 5, 0),
         poll_interval=0.01,
@@ -134,6 +162,7 @@ async def parts() -> AsyncIterator[dict[str, Any]]:
         "store": store,
         "builds": builds,
         "hub": hub,
+        "prebuilds": prebuilds,
         "admin": admin,
         "bans": bans,
         "quotas": quotas,
@@ -359,3 +388,101 @@ async def test_event_stream_starts_with_a_snapshot_then_goes_live(
     build = next(e for e in events if e["type"] == "build")["build"]
     assert build["repo_url"] == "https://github.com/org/live"
     assert next(e for e in events if e["type"] == "audit")["entry"]["action"] == "ban.add"
+
+
+async def test_prebuild_jobs_are_listed_and_removed(
+    client: TestClient[Any, Any], parts: dict[str, Any]
+) -> None:
+    body = await (await client.get("/api/admin/prebuilds", headers=AUTH)).json()
+    assert body["jobs"][0] == {
+        "name": "swarmbinder-prebuild-aaa",
+        "specs": 2,
+        "created": 1000.0,
+        "state": "complete",
+        "exit_code": 0,
+        "message": "finished",
+        "finished": True,
+    }
+    assert [(j["name"], j["finished"]) for j in body["jobs"]][1] == (
+        "swarmbinder-prebuild-bbb",
+        False,
+    )
+
+    # A running job can be removed too (a scheduled run that hangs).
+    resp = await client.delete(
+        "/api/admin/prebuilds/swarmbinder-prebuild-bbb",
+        headers={**AUTH, "X-Swarmbinder-Actor": "kim"},
+    )
+    assert resp.status == 200
+    assert (await resp.json())["prebuild"]["removed"] is True
+    assert parts["prebuilds"].removed == ["swarmbinder-prebuild-bbb"]
+    body = await (await client.get("/api/admin/prebuilds", headers=AUTH)).json()
+    assert [j["name"] for j in body["jobs"]] == ["swarmbinder-prebuild-aaa"]
+    audit = (await (await client.get("/api/admin/audit", headers=AUTH)).json())["audit"]
+    assert (audit[0]["action"], audit[0]["actor"]) == ("prebuild.remove", "admin:kim")
+    assert audit[0]["detail"] == {
+        "job": "swarmbinder-prebuild-bbb",
+        "state": "running",
+        "exit_code": None,
+    }
+
+    for name in ("swarmbinder-prebuild-bbb", "jupyter-alice"):
+        resp = await client.delete(f"/api/admin/prebuilds/{name}", headers=AUTH)
+        assert resp.status == 404, name
+        assert name in (await resp.json())["message"]
+    assert parts["prebuilds"].removed == ["swarmbinder-prebuild-bbb"]
+
+
+async def test_prebuilds_in_the_snapshot_and_a_failing_engine_in_errors(
+    client: TestClient[Any, Any], parts: dict[str, Any]
+) -> None:
+    snap = await (await client.get("/api/admin/snapshot", headers=AUTH)).json()
+    assert [j["state"] for j in snap["prebuilds"]["jobs"]] == ["complete", "running"]
+    assert snap["errors"] == {}
+
+    parts["prebuilds"].error = SwarmUnavailable(
+        "engine down", user_message="The Docker engine is not reachable."
+    )
+    snap = await (await client.get("/api/admin/snapshot", headers=AUTH)).json()
+    assert snap["prebuilds"] is None
+    assert snap["errors"] == {"prebuilds": "The Docker engine is not reachable."}
+    assert snap["servers"]["total"] == 3
+    resp = await client.get("/api/admin/prebuilds", headers=AUTH)
+    assert resp.status == 503
+    assert (await resp.json())["message"] == "The Docker engine is not reachable."
+    resp = await client.delete("/api/admin/prebuilds/swarmbinder-prebuild-aaa", headers=AUTH)
+    assert resp.status == 503 and parts["prebuilds"].removed == []
+
+
+async def test_without_an_engine_prebuilds_are_unavailable(parts: dict[str, Any]) -> None:
+    admin = AdminService(builds=None, bans=parts["bans"], quotas=parts["quotas"], store=None)
+    async with TestClient(TestServer(make_app(admin))) as c:
+        for method in ("GET", "DELETE"):
+            path = "/api/admin/prebuilds" + ("/x" if method == "DELETE" else "")
+            resp = await c.request(method, path, headers=AUTH)
+            assert resp.status == 503, method
+            assert "Docker engine" in (await resp.json())["message"]
+
+
+async def test_the_feed_follows_prebuild_jobs(
+    client: TestClient[Any, Any], parts: dict[str, Any]
+) -> None:
+    async def act() -> None:
+        await asyncio.sleep(0.2)
+        parts["prebuilds"].jobs.append(
+            JobStatus("swarmbinder-prebuild-ccc", 1, 3000.0, "complete", 1, "exit 1")
+        )
+
+    def new_job_seen(seen: list[dict[str, Any]]) -> bool:
+        return any(e["type"] == "prebuilds" and len(e["prebuilds"]["jobs"]) == 3 for e in seen)
+
+    task = asyncio.create_task(act())
+    events = await asyncio.wait_for(read_stream(client, new_job_seen), 10)
+    await task
+    assert len(events[0]["prebuilds"]["jobs"]) == 2
+    last = [e for e in events if e["type"] == "prebuilds"][-1]["prebuilds"]["jobs"][-1]
+    assert (last["name"], last["state"], last["exit_code"]) == (
+        "swarmbinder-prebuild-ccc",
+        "complete",
+        1,
+    )

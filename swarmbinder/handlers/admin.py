@@ -7,11 +7,13 @@ configured the whole API answers 404 with a message saying how to turn it on: th
 to retry, so it is not a 503. CORS never applies here (see :mod:`swarmbinder.cors`).
 
 Resources (JSON): ``GET builds``, ``builds/{id}`` (with its log; ``?tail=N``), ``servers``,
-``nodes``, ``bans``, ``quotas``, ``audit`` (``?limit=N``), ``snapshot`` (all of them at once),
+``nodes``, ``prebuilds`` (prebuild jobs on the swarm), ``bans``, ``quotas``, ``audit``
+(``?limit=N``), ``snapshot`` (all of them at once),
 and ``events``, the live stream (``text/event-stream``: a ``snapshot`` event, then live
 events, see :mod:`swarmbinder.admin`; ``:keepalive`` comments in between).
 
 Actions: ``DELETE builds/{id}`` (cancel), ``DELETE servers/{user}`` (``?server_name=``),
+``DELETE prebuilds/{name}`` (remove a prebuild job, running or finished, and its secret),
 ``POST bans`` ``{"kind": "spec"|"network", "pattern", "reason"}``, ``DELETE bans/{id}``,
 ``POST quotas`` ``{"pattern", "quota", "expires_in"|"expires_at"}`` (a per-repo override),
 ``DELETE quotas?pattern=...``, ``PUT quotas/pod`` ``{"quota", "expires_in"|"expires_at"}``,
@@ -34,6 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import prebuild
 from ..admin import AdminService, ConfigQuotas
 from ..errors import SwarmbinderError
 from ..keys import BANS, BUILDS, CONFIG, HUB, QUOTAS, STORE, SWARM
@@ -70,6 +73,8 @@ def add_admin_routes(app: web.Application) -> None:
         ("GET", "servers", list_servers),
         ("DELETE", "servers/{user}", stop_server),
         ("GET", "nodes", list_nodes),
+        ("GET", "prebuilds", list_prebuilds),
+        ("DELETE", "prebuilds/{name}", remove_prebuild),
         ("GET", "bans", list_bans),
         ("POST", "bans", add_ban),
         ("DELETE", "bans/{id}", remove_ban),
@@ -94,11 +99,19 @@ async def admin_context(app: web.Application) -> AsyncIterator[None]:
         hub_id = config.hub.hub_id or None
         swarm = app[SWARM] if SWARM in app else None
         list_servers: Callable[[], Awaitable[list[UserServer]]] | None = None
+        list_prebuilds: Callable[[], Awaitable[list[prebuild.JobStatus]]] | None = None
+        remove_prebuild: Callable[[str], Awaitable[bool]] | None = None
         if swarm is not None:
             engine = swarm
 
             async def list_servers() -> list[UserServer]:
                 return await list_user_servers(engine, hub_id=hub_id)
+
+            async def list_prebuilds() -> list[prebuild.JobStatus]:
+                return await prebuild.list_jobs(engine)
+
+            async def remove_prebuild(name: str) -> bool:
+                return await prebuild.remove_job(engine, name)
 
         app[ADMIN] = AdminService(
             builds=app[BUILDS] if BUILDS in app else None,
@@ -107,6 +120,8 @@ async def admin_context(app: web.Application) -> AsyncIterator[None]:
             store=app[STORE] if STORE in app else None,
             list_servers=list_servers,
             list_nodes=swarm.nodes if swarm is not None else None,
+            list_prebuilds=list_prebuilds,
+            remove_prebuild=remove_prebuild,
             hub=app[HUB] if HUB in app else None,
             temporary_users=not config.hub.auth_enabled,
             config_quotas=ConfigQuotas(
@@ -222,6 +237,10 @@ async def list_nodes(request: web.Request) -> web.StreamResponse:
     return web.json_response(await request.app[ADMIN].nodes())
 
 
+async def list_prebuilds(request: web.Request) -> web.StreamResponse:
+    return web.json_response(await request.app[ADMIN].prebuilds())
+
+
 async def list_bans(request: web.Request) -> web.StreamResponse:
     return web.json_response({"bans": request.app[ADMIN].bans()})
 
@@ -307,6 +326,11 @@ async def stop_server(request: web.Request) -> web.StreamResponse:
         request.match_info["user"], request.query.get("server_name", ""), _actor(request)
     )
     return web.json_response({"server": stopped})
+
+
+async def remove_prebuild(request: web.Request) -> web.StreamResponse:
+    job = await request.app[ADMIN].remove_prebuild(request.match_info["name"], _actor(request))
+    return web.json_response({"prebuild": job})
 
 
 async def add_ban(request: web.Request) -> web.StreamResponse:
