@@ -15,7 +15,8 @@ import pytest
 from swarmbinder_tui.app import AdminConsole, make_app
 from swarmbinder_tui.client import AdminClientError, RequestFailed, Unauthorized, Unreachable
 from swarmbinder_tui.dialogs import BuildLogScreen, Confirm
-from textual.widgets import DataTable, Input, Log, Static
+from swarmbinder_tui.views import when
+from textual.widgets import DataTable, Input, Log, Static, TabbedContent
 
 Json = dict[str, Any]
 SIZE = (140, 40)
@@ -33,6 +34,19 @@ def build(build_id: str, repo: str, phase: str = "running", **extra: Any) -> Jso
         "reason": "",
         "last_log": ["Step 1/3"],
         "live": True,
+        **extra,
+    }
+
+
+def prebuild_job(name: str, state: str, exit_code: int | None = None, **extra: Any) -> Json:
+    return {
+        "name": name,
+        "specs": 3,
+        "created": 1.0e9,
+        "state": state,
+        "exit_code": exit_code,
+        "message": "started",
+        "finished": state in ("complete", "failed"),
         **extra,
     }
 
@@ -123,6 +137,7 @@ def snapshot(**parts: Any) -> Json:
                 "detail": {"pattern": "^gh/evil/.*"},
             }
         ],
+        "prebuilds": {"jobs": [prebuild_job("swarmbinder-prebuild-aaa", "running")]},
         "errors": {},
     }
     base.update(parts)
@@ -171,6 +186,9 @@ class FakeAdminClient:
     async def stop_server(self, user: str, server_name: str = "") -> Json:
         return await self._act("stop_server", user, server_name)
 
+    async def remove_prebuild(self, name: str) -> Json:
+        return await self._act("remove_prebuild", name)
+
     async def add_ban(self, kind: str, pattern: str, reason: str) -> Json:
         return await self._act("add_ban", kind, pattern, reason)
 
@@ -199,6 +217,10 @@ async def until(pilot: Any, check: Callable[[], Any], what: str = "") -> None:
             return
         await pilot.pause()
     raise AssertionError(f"never happened: {what}")
+
+
+def summary_text(app: AdminConsole) -> str:
+    return str(app.query_one("#prebuilds-summary", Static).content)
 
 
 def status_text(app: AdminConsole) -> str:
@@ -385,6 +407,62 @@ async def test_nodes_and_audit_tabs(fake: FakeAdminClient) -> None:
             ["admin:kim", "quota.set"],
             ["admin:jo", "ban.add"],
         ]
+
+
+async def test_prebuilds_tab_follows_jobs_in_place_and_removes_one(
+    fake: FakeAdminClient, notes: list[str]
+) -> None:
+    stream = fake.connection()
+    stream.put_nowait(snapshot())
+    app = make_app(fake)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: table(app, "#prebuilds-table").row_count == 1, "job row")
+        await pilot.press("6")
+        assert app.query_one("#tabs", TabbedContent).active == "prebuilds"
+        assert cells(app, "#prebuilds-table")[0][:5] == [
+            "swarmbinder-prebuild-aaa",
+            "3",
+            when(1.0e9),
+            "running",
+            "-",
+        ]
+        assert "1 prebuild jobs: 1 running" in summary_text(app)
+
+        # The job ends and another starts: the first row changes in place, one row is added.
+        added: list[Any] = []
+        t = table(app, "#prebuilds-table")
+        add_row = t.add_row
+
+        def recording_add_row(*cells: Any, **kw: Any) -> Any:
+            added.append(cells)
+            return add_row(*cells, **kw)
+
+        t.add_row = recording_add_row  # type: ignore[method-assign]
+        jobs = [
+            prebuild_job("swarmbinder-prebuild-aaa", "complete", 0, message="finished"),
+            prebuild_job("swarmbinder-prebuild-bbb", "failed", 1, message="task: exit code 1"),
+        ]
+        stream.put_nowait({"type": "prebuilds", "prebuilds": {"jobs": jobs}})
+        await until(pilot, lambda: table(app, "#prebuilds-table").row_count == 2, "update")
+        assert [r[3:] for r in cells(app, "#prebuilds-table")] == [
+            ["complete", "0", "finished"],
+            ["failed", "1", "task: exit code 1"],
+        ]
+        assert [a[0] for a in added] == ["swarmbinder-prebuild-bbb"]
+        del t.add_row
+        assert "2 prebuild jobs: 1 complete, 1 failed" in summary_text(app)
+
+        await pilot.press("down", "r")
+        await until(pilot, lambda: isinstance(app.screen, Confirm), "confirmation")
+        await pilot.press("y")
+        await until(pilot, lambda: fake.calls == [("remove_prebuild", "swarmbinder-prebuild-bbb")])
+        await until(pilot, lambda: "Prebuild job swarmbinder-prebuild-bbb removed." in notes)
+        stream.put_nowait({"type": "prebuilds", "prebuilds": {"jobs": jobs[:1]}})
+        await until(pilot, lambda: table(app, "#prebuilds-table").row_count == 1, "removed")
+
+        stream.put_nowait({"type": "status", "source": "prebuilds", "ok": False, "message": "x"})
+        stream.put_nowait(snapshot(prebuilds=None, errors={"prebuilds": "engine down"}))
+        await until(pilot, lambda: "unavailable: engine down" in summary_text(app), "error")
 
 
 async def test_reconnects_and_shows_it(fake: FakeAdminClient) -> None:

@@ -1,4 +1,4 @@
-"""The admin console: five tabs over the admin API's live stream.
+"""The admin console: six tabs over the admin API's live stream.
 
 ``make_app(client)`` takes any :class:`~swarmbinder_tui.client.AdminAPI`, so tests drive the
 console with a fake. One long-lived worker follows the stream (:func:`~.client.follow`) and
@@ -20,7 +20,15 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 from .client import RETRY_DELAYS, AdminAPI, AdminClientError, Connection, follow
 from .dialogs import BanForm, BuildLogScreen, Confirm, QuotaForm
 from .messages import ConnectionChanged, FeedEvent
-from .views import ACTIVE_PHASES, AuditView, BansView, BuildsView, LaunchesView, NodesView
+from .views import (
+    ACTIVE_PHASES,
+    AuditView,
+    BansView,
+    BuildsView,
+    LaunchesView,
+    NodesView,
+    PrebuildsView,
+)
 
 Json = dict[str, Any]
 
@@ -30,7 +38,7 @@ CSS = """
 #status.reconnecting, #status.connecting { color: $warning; }
 #status.unauthorized { color: $error; text-style: bold; }
 .heading { color: $text-muted; padding: 1 0 0 0; }
-#launches-summary, #nodes-note { padding: 0 1; }
+#launches-summary, #nodes-note, #prebuilds-summary { padding: 0 1; }
 #repos-table, #overrides-table, #servers-table { height: auto; max-height: 12; }
 .dialog { width: 70; height: auto; padding: 1 2; border: thick $warning; background: $surface; }
 Confirm, BanForm, QuotaForm { align: center middle; }
@@ -51,6 +59,7 @@ class AdminConsole(App[None]):
         Binding("3", "show_tab('bans')", "Bans"),
         Binding("4", "show_tab('nodes')", "Nodes"),
         Binding("5", "show_tab('audit')", "Audit"),
+        Binding("6", "show_tab('prebuilds')", "Prebuilds"),
         Binding("c", "cancel_build", "Cancel build"),
         Binding("s", "stop_server", "Stop server"),
         Binding("a", "add_ban", "Add ban"),
@@ -58,6 +67,7 @@ class AdminConsole(App[None]):
         Binding("u", "set_quota", "Repo quota"),
         Binding("p", "set_pod_quota", "Pod quota"),
         Binding("x", "clear_quota", "Clear quota"),
+        Binding("r", "remove_prebuild", "Remove job"),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -82,6 +92,8 @@ class AdminConsole(App[None]):
                 yield NodesView()
             with TabPane("Audit", id="audit"):
                 yield AuditView()
+            with TabPane("Prebuilds", id="prebuilds"):
+                yield PrebuildsView()
         yield Footer()
 
     def on_mount(self) -> None:
@@ -137,6 +149,7 @@ class AdminConsole(App[None]):
             self.query_one(BansView).show(data.get("bans") or [])
             self.query_one(NodesView).show(data.get("nodes"), errors.get("nodes", ""))
             self.query_one(AuditView).show(data.get("audit") or [])
+            self.query_one(PrebuildsView).show(data.get("prebuilds"), errors.get("prebuilds", ""))
         elif kind == "build":
             builds.upsert(data["build"])
             screen = self._log_screen(str(data["build"]["id"]))
@@ -157,6 +170,8 @@ class AdminConsole(App[None]):
             self.query_one(BansView).show(data["bans"])
         elif kind == "nodes":
             self.query_one(NodesView).show(data["nodes"])
+        elif kind == "prebuilds":
+            self.query_one(PrebuildsView).show(data["prebuilds"])
         elif kind == "audit":
             self.query_one(AuditView).add(data["entry"])
         elif kind == "status" and not data.get("ok"):
@@ -188,6 +203,7 @@ class AdminConsole(App[None]):
             ("Bans", "Show the ban list", lambda: self.action_show_tab("bans")),
             ("Nodes", "Show the swarm's nodes", lambda: self.action_show_tab("nodes")),
             ("Audit", "Who changed what, when", lambda: self.action_show_tab("audit")),
+            ("Prebuilds", "Prebuild jobs on the swarm", lambda: self.action_show_tab("prebuilds")),
             ("Cancel build", "Cancel the selected build", self.action_cancel_build),
             ("Stop server", "Stop the selected user server", self.action_stop_server),
             ("Add ban", "Ban a spec regex or a network", self.action_add_ban),
@@ -195,6 +211,11 @@ class AdminConsole(App[None]):
             ("Set repository quota", "Override a repository's quota", self.action_set_quota),
             ("Set pod quota", "Override the pod quota", self.action_set_pod_quota),
             ("Clear quota override", "Remove the selected override", self.action_clear_quota),
+            (
+                "Remove prebuild job",
+                "Remove the selected prebuild job",
+                self.action_remove_prebuild,
+            ),
         ]
         for title, help_text, callback in commands:
             yield SystemCommand(title, help_text, callback)
@@ -252,6 +273,19 @@ class AdminConsole(App[None]):
             f"Stop the server of {user} ({server.get('repo_url', '')})?",
             lambda: self.client.stop_server(user, name),
             f"Server of {user} stopped.",
+        )
+
+    def action_remove_prebuild(self) -> None:
+        job = self.query_one(PrebuildsView).selected() if self._tab() == "prebuilds" else None
+        if job is None:
+            self.notify("Select a job on the Prebuilds tab first.", severity="warning")
+            return
+        name = str(job["name"])
+        what = "finished" if job.get("finished") else "still running: removing stops it"
+        self._confirm_then(
+            f"Remove the prebuild job {name} ({what})?",
+            lambda: self.client.remove_prebuild(name),
+            f"Prebuild job {name} removed.",
         )
 
     def action_add_ban(self) -> None:

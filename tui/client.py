@@ -69,6 +69,8 @@ class AdminAPI(Protocol):
 
     async def stop_server(self, user: str, server_name: str = "") -> Json: ...
 
+    async def remove_prebuild(self, name: str) -> Json: ...
+
     async def add_ban(self, kind: str, pattern: str, reason: str) -> Json: ...
 
     async def remove_ban(self, ban_id: int) -> Json: ...
@@ -144,6 +146,9 @@ class AdminClient:
     async def stop_server(self, user: str, server_name: str = "") -> Json:
         query = f"?server_name={quote(server_name, safe='')}" if server_name else ""
         return await self._request("DELETE", f"servers/{quote(user, safe='')}{query}")
+
+    async def remove_prebuild(self, name: str) -> Json:
+        return await self._request("DELETE", f"prebuilds/{quote(name, safe='')}")
 
     async def add_ban(self, kind: str, pattern: str, reason: str) -> Json:
         return await self._request(

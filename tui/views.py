@@ -1,12 +1,14 @@
 """The console's panes: one widget per screen tab, each fed the admin API's JSON.
 
-The builds table is keyed by build id and updated cell by cell, so a busy build list does not
-flicker or lose the cursor; the other tables are short and are refilled on each change.
+The builds and prebuild jobs tables are keyed (build id, job name) and updated cell by cell,
+so a busy list does not flicker or lose the cursor; the other tables are short and are
+refilled on each change.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 from textual.app import ComposeResult
@@ -372,3 +374,66 @@ class AuditView(Vertical):
                 for e in self.entries
             ],
         )
+
+
+class PrebuildsView(Vertical):
+    """Prebuild jobs on the swarm, oldest first, as their tasks stand; r removes one."""
+
+    COLUMNS = (
+        ("name", "Job"),
+        ("specs", "Specs"),
+        ("created", "Started"),
+        ("state", "State"),
+        ("exit", "Exit code"),
+        ("message", "Message"),
+    )
+
+    def __init__(self) -> None:
+        super().__init__(id="prebuilds-view")
+        self.jobs: dict[str, Json] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static("No data yet.", id="prebuilds-summary")
+        table: DataTable[str] = DataTable(
+            id="prebuilds-table", cursor_type="row", zebra_stripes=True
+        )
+        for key, label in self.COLUMNS:
+            table.add_column(label, key=key)
+        yield table
+
+    def show(self, data: Json | None, error: str = "") -> None:
+        summary = self.query_one("#prebuilds-summary", Static)
+        if data is None:
+            summary.update(f"Prebuild jobs unavailable: {error}")
+            return
+        jobs = {str(job["name"]): job for job in data.get("jobs", [])}
+        table = self.query_one("#prebuilds-table", DataTable)
+        for name in [n for n in self.jobs if n not in jobs]:
+            table.remove_row(name)
+        for name, job in jobs.items():
+            exit_code = job.get("exit_code")
+            cells = {
+                "name": name,
+                "specs": str(job.get("specs", "")),
+                "created": when(job.get("created")),
+                "state": str(job.get("state", "")),
+                "exit": "-" if exit_code is None else str(exit_code),
+                "message": str(job.get("message") or "")[:80],
+            }
+            if name in table.rows:
+                for key, value in cells.items():
+                    table.update_cell(name, key, value)
+            else:
+                table.add_row(*cells.values(), key=name)
+        self.jobs = jobs
+        states = Counter(str(job.get("state")) for job in jobs.values())
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+        summary.update(
+            f"{len(jobs)} prebuild jobs"
+            + (f": {counts}" if counts else "")
+            + " (swarmbinder prebuild --as-job starts one; r removes the selected one)"
+        )
+
+    def selected(self) -> Json | None:
+        key = selected_key(self.query_one("#prebuilds-table", DataTable))
+        return None if key is None else self.jobs.get(key)
