@@ -1,6 +1,6 @@
 """Prebuild jobs in the admin API, on the real test ground: a job started on the swarm is
-listed while it runs, the live feed shows it end with exit code 0, and removing it through
-the API takes its secret with it."""
+listed at once, the live feed shows it end with exit code 0, and removing it through the API
+takes its secret with it."""
 
 from __future__ import annotations
 
