@@ -156,36 +156,37 @@ async def _relay(
     hold_open: bool,
 ) -> None:
     """Write the flow's events with keepalives; after a launch's ``ready`` hold the stream
-    open (a ``build_only`` request has nothing to reconnect to, so it ends, as BinderHub's)."""
-    queue: asyncio.Queue[BuildEvent | None] = asyncio.Queue()
+    open (a ``build_only`` request has nothing to reconnect to, so it ends, as BinderHub's).
+
+    The pump writes each event as it comes; this loop only wakes every
+    :data:`DISCONNECT_POLL` to see whether the client left and whether a keepalive is due.
+    Waiting on each event with a timeout instead costs a task and a timer per event per
+    client, which with a thousand watchers of one build was most of the time a log line
+    took to reach them.
+    """
+    loop = asyncio.get_running_loop()
+    last_write = loop.time()
+    final: BuildEvent | None = None
 
     async def pump() -> None:
-        try:
-            async for event in stream:
-                await queue.put(event)
-        finally:
-            await queue.put(None)
+        nonlocal last_write, final
+        async for event in stream:
+            # Whole frames only, each one synchronous transport write: the keepalives written
+            # by the loop below never land inside an event.
+            await response.write(sse_frame(event))
+            last_write = loop.time()
+            final = event
 
     pump_task = asyncio.create_task(pump(), name=f"relay {request.path}")
     try:
-        last_write = asyncio.get_running_loop().time()
-        final: BuildEvent | None = None
-        while True:
+        while not pump_task.done():
             if _client_gone(request):
                 return
-            try:
-                item = await asyncio.wait_for(queue.get(), DISCONNECT_POLL)
-            except TimeoutError:
-                now = asyncio.get_running_loop().time()
-                if now - last_write >= KEEPALIVE_INTERVAL:
-                    await response.write(KEEPALIVE_FRAME)
-                    last_write = now
-                continue
-            if item is None:
-                break
-            await response.write(sse_frame(item))
-            last_write = asyncio.get_running_loop().time()
-            final = item
+            await asyncio.wait((pump_task,), timeout=DISCONNECT_POLL)
+            if not pump_task.done() and loop.time() - last_write >= KEEPALIVE_INTERVAL:
+                await response.write(KEEPALIVE_FRAME)
+                last_write = loop.time()
+        pump_task.result()  # a write to a client that left raises here
         if hold_open and final is not None and final.phase is Phase.READY:
             await _hold_open(request, response)
     finally:
