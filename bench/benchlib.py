@@ -147,6 +147,7 @@ async def serve(config: Mapping[str, Any]) -> AsyncIterator[Server]:
         server = Server(url=f"http://127.0.0.1:{port}", proc=proc, config=dict(config))
         try:
             await _wait_up(server, Path(tmp) / "serve.log")
+            say(f"swarmbinder serve pid {proc.pid} at {server.url}")
             yield server
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -361,38 +362,37 @@ def remove_images(prefix: str) -> int:
     return len(tags)
 
 
-def remove_build_services(prefix: str) -> None:
-    """Build services of this run, found by their image label: the build manager keeps a
-    finished build's service for a while, and the benchmark's service is gone by then."""
+def build_services(prefix: str) -> list[str]:
+    """Names of the build services whose image is under ``prefix`` (this run's)."""
     out = subprocess.run(
         ["docker", "service", "ls", "-q", "--filter", "label=swarmbinder.kind=build"],
         capture_output=True,
         text=True,
         check=False,
     )
+    names = []
     for service in out.stdout.split():
-        label = subprocess.run(
-            [
-                "docker",
-                "service",
-                "inspect",
-                service,
-                "--format",
-                '{{index .Spec.Labels "swarmbinder.image"}}',
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-        if not label.startswith(prefix):
-            continue
-        name = subprocess.run(
-            ["docker", "service", "inspect", service, "--format", "{{.Spec.Name}}"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-        subprocess.run(["docker", "service", "rm", service], capture_output=True, check=False)
+        name, _, image = (
+            subprocess.run(
+                ["docker", "service", "inspect", service, "--format",
+                 '{{.Spec.Name}} {{index .Spec.Labels "swarmbinder.image"}}'],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            .stdout.strip()
+            .partition(" ")
+        )  # fmt: skip
+        if image.startswith(prefix):
+            names.append(name)
+    return names
+
+
+def remove_build_services(prefix: str) -> None:
+    """Build services of this run: the build manager keeps a finished build's service for a
+    while, and the benchmark's service is gone by then."""
+    for name in build_services(prefix):
+        subprocess.run(["docker", "service", "rm", name], capture_output=True, check=False)
         # A job's exited container stays behind after the service is gone.
         containers = subprocess.run(
             ["docker", "ps", "-aq", "--filter", f"label=com.docker.swarm.service.name={name}"],
