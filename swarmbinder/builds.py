@@ -805,9 +805,9 @@ class BuildManager:
         the engine answers. A build whose service could not be removed is kept for the next
         round, so an engine that is away never makes us forget a service."""
         now = self._clock()
-        removed = []
         async with self._lock:
-            for name, build in list(self._builds.items()):
+            due = []
+            for name, build in self._builds.items():
                 if build.finished is None:
                     continue
                 keep = (
@@ -815,18 +815,25 @@ class BuildManager:
                     if build.status is BuildStatus.FAILED and not build.lost
                     else 0
                 )
-                if now - build.finished < keep:
-                    continue
-                try:
-                    await self._swarm.remove_service(name)
-                except SwarmbinderError as exc:
-                    log.warning("could not remove finished build %s yet: %s", name, exc)
-                    continue
+                if now - build.finished >= keep:
+                    due.append(name)
+            # Concurrently: each removal waits for its job's containers to settle (about a
+            # second), and the lock that new requests wait for is held meanwhile.
+            results = await asyncio.gather(*(self._remove_finished(name) for name in due))
+            removed = [name for name, ok in zip(due, results, strict=True) if ok]
+            for name in removed:
                 await self._forget_locked(name, remove_service=False)
-                removed.append(name)
             if removed:
                 await self._promote_queued_locked()
         return removed
+
+    async def _remove_finished(self, name: str) -> bool:
+        try:
+            await self._swarm.remove_service(name)
+        except SwarmbinderError as exc:
+            log.warning("could not remove finished build %s yet: %s", name, exc)
+            return False
+        return True
 
     def snapshot(self) -> list[dict[str, object]]:
         return [

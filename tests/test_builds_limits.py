@@ -94,7 +94,9 @@ async def test_an_overdue_build_is_stopped_and_says_it_timed_out(
     slow_repo: GitRepo,
     cleanup_builds: None,
 ) -> None:
-    manager = BuildManager(swarm, build_settings(testground, max_age=6))
+    # Long enough for the clone and the first build step even on a busy machine, far
+    # shorter than the repository's 60 s sleep.
+    manager = BuildManager(swarm, build_settings(testground, max_age=15))
     req = make_request(
         run_id, slow_repo.url, slow_repo.sha, registry=testground["registry"], label="slow"
     )
@@ -107,7 +109,7 @@ async def test_an_overdue_build_is_stopped_and_says_it_timed_out(
         await manager.close()
     final = events[-1]
     assert final.phase is Phase.FAILED
-    assert "timed out" in final.message and "build_max_age (6 s)" in final.message
+    assert "timed out" in final.message and "build_max_age (15 s)" in final.message
     assert build.status is BuildStatus.FAILED
     assert any(e.phase is Phase.BUILDING for e in events)  # it was stopped mid-build
 
