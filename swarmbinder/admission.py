@@ -73,7 +73,8 @@ class Admission:
             # An invalid token is refused outright rather than ignored: a page that embeds a
             # stale token should say so, not silently fall back to the rate limit.
             have_token = self._verify_token(build_token, path, headers)
-        if not have_token and username is None and self._rate_limit is not None:
+        # An operator (admin token, e.g. a prebuild of many specs) is not rate limited either.
+        if not (have_token or operator) and username is None and self._rate_limit is not None:
             limit = self._rate_limit(ip)
         return Admitted(
             client_ip=ip, have_build_token=have_token, username=username, rate_limit=limit
