@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import subprocess
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -34,30 +37,74 @@ def dockerfile(singleuser: str, nonce: str) -> str:
     )
 
 
-async def ours(session: aiohttp.ClientSession, server: b.Server, url: str, sha: str) -> float:
+def container_times(since: float, until: float, match: str) -> tuple[float, float]:
+    """When the container whose name contains ``match`` started and died, as epoch seconds,
+    from the engine's event log (the build manager may have removed the container by now)."""
+    out = subprocess.run(
+        ["docker", "events", "--since", f"{since - 1:.3f}", "--until", f"{until + 1:.3f}",
+         "--filter", "type=container", "--filter", "event=start", "--filter", "event=die",
+         "--format", "{{json .}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout  # fmt: skip
+    times: dict[str, float] = {}
+    for line in out.splitlines():
+        event = json.loads(line)
+        if match in event.get("Actor", {}).get("Attributes", {}).get("name", ""):
+            times.setdefault(event["Action"], event["timeNano"] / 1e9)
+    if "start" not in times or "die" not in times:
+        raise SystemExit(f"bench: no start and die events for a container named *{match}*")
+    return times["start"], times["die"]
+
+
+@dataclass
+class Timing:
+    """A build's wall time, split around the builder container's own run."""
+
+    total: float
+    before: float  # request (or docker run) to the container's start
+    container: float  # the container's run: clone, build, push
+    after: float  # the container's exit to the result
+
+
+def split(started: float, ended: float, match: str) -> Timing:
+    c_start, c_end = container_times(started, ended, match)
+    return Timing(ended - started, c_start - started, c_end - c_start, ended - c_end)
+
+
+async def ours(session: aiohttp.ClientSession, server: b.Server, url: str, sha: str) -> Timing:
+    wall = time.time()
     stream = await b.build_stream(session, server, b.git_spec(url, sha), build_only=True)
     if not stream.ok:
         raise SystemExit(f"bench: a swarmbinder build failed: {stream.last}")
-    return stream.total_seconds
+    ended = wall + stream.total_seconds
+    # the build service's name (and so its container's) carries the commit's short sha
+    return await asyncio.to_thread(split, wall, ended, f"-{sha[:7]}-")
 
 
-async def raw(g: dict[str, Any], url: str, sha: str, image: str) -> float:
+async def raw(g: dict[str, Any], url: str, sha: str, image: str) -> Timing:
     request = BuildRequest(
         provider="git", spec="", repo_url=url, ref=sha, build_slug="", image=image
     )
     args = repo2docker_args(request, BuildSettings(builder_image=g["images"]["builder"]))
-    started = time.monotonic()
+    name = f"bench-raw-repo2docker-{uuid.uuid4().hex[:12]}"
+    started = time.time()
     proc = await asyncio.create_subprocess_exec(
-        "docker", "run", "--rm", "--network", "host",
+        "docker", "run", "--name", name, "--network", "host",
         "-v", "/var/run/docker.sock:/var/run/docker.sock",
         g["images"]["builder"], *args,  # its entrypoint is jupyter-repo2docker
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await proc.communicate()
-    elapsed = time.monotonic() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"bench: raw repo2docker failed:\n{out.decode()[-2000:]}")
-    return elapsed
+    ended = time.time()
+    try:
+        if proc.returncode != 0:
+            raise SystemExit(f"bench: raw repo2docker failed:\n{out.decode()[-2000:]}")
+        return await asyncio.to_thread(split, started, ended, name)
+    finally:
+        rm = ["docker", "rm", "-f", name]
+        await asyncio.to_thread(subprocess.run, rm, capture_output=True, check=False)
 
 
 async def measure(count: int) -> dict[str, Any]:
@@ -65,7 +112,7 @@ async def measure(count: int) -> dict[str, Any]:
     run = b.run_id()
     repo = b.Repo(g, f"bench-build-{run}")
     singleuser = g["images"]["singleuser"]
-    times: dict[str, dict[str, list[float]]] = {
+    times: dict[str, dict[str, list[Timing]]] = {
         "warm": {"swarmbinder": [], "raw": []},
         "cold": {"swarmbinder": [], "raw": []},
     }
@@ -92,25 +139,34 @@ async def measure(count: int) -> dict[str, Any]:
                             }  # fmt: skip
                             sha = repo.commit(change, f"{cache} {kind} {i}")
                             if kind == "swarmbinder":
-                                seconds = await ours(session, server, repo.url, sha)
+                                timing = await ours(session, server, repo.url, sha)
                             else:
-                                seconds = await raw(g, repo.url, sha, f"{prefix}raw:{sha}")
-                            times[cache][kind].append(seconds)
+                                timing = await raw(g, repo.url, sha, f"{prefix}raw:{sha}")
+                            times[cache][kind].append(timing)
                         b.say(
-                            f"{cache} {i + 1}: swarmbinder {times[cache]['swarmbinder'][-1]:.2f}"
-                            f" s, raw {times[cache]['raw'][-1]:.2f} s"
+                            f"{cache} {i + 1}: swarmbinder {times[cache]['swarmbinder'][-1]}"
+                            f", raw {times[cache]['raw'][-1]}"
                         )
         finally:
             b.clean_up(prefix)
             repo.remove()
     result: dict[str, Any] = {"count": count, "target": "p50 <= 1.05x raw repo2docker"}
     for cache, kinds in times.items():
-        s_ours, s_raw = b.summary(kinds["swarmbinder"]), b.summary(kinds["raw"])
+        s_ours = b.summary([t.total for t in kinds["swarmbinder"]])
+        s_raw = b.summary([t.total for t in kinds["raw"]])
         result[cache] = {
             "swarmbinder_seconds": s_ours,
             "raw_repo2docker_seconds": s_raw,
             "ratio_p50": b.ratio(s_ours["p50"], s_raw["p50"]),
             "overhead_p50_seconds": round(s_ours["p50"] - s_raw["p50"], 3),
+            # p50 of each part: where the difference is
+            "parts_p50_seconds": {
+                kind: {
+                    part: round(b.percentile([getattr(t, part) for t in timings], 50), 3)
+                    for part in ("before", "container", "after")
+                }
+                for kind, timings in kinds.items()
+            },
         }
     return result
 
