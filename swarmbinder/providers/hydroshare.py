@@ -1,0 +1,91 @@
+"""HydroShare (``hydroshare``) provider: a resource by its id, URL or DOI."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import aiohttp
+
+from ..errors import SpecError
+from .base import DEFAULT_TIMEOUT
+from .datarepo import DataCache, DataRepoProvider, epoch_seconds
+
+HYDROSHARE_BASE_URL = "https://www.hydroshare.org"
+# BinderHub's rule: the resource id is the (last) 32 hex digits anywhere in the spec, so a bare
+# id, a (url-escaped) resource URL and a DOI (10.4211/hs.{id}) all work.
+_RESOURCE_ID = re.compile(r".*([0-9a-f]{32})")
+
+
+class HydroshareProvider(DataRepoProvider):
+    """``hydroshare/{resource id, url-escaped resource URL or DOI}``.
+
+    HydroShare keeps no history: the resolved ref is ``{id}.v{last modified, epoch seconds}``,
+    and the resolved spec and ref URL are the resource's URL.
+    """
+
+    prefix: ClassVar[str] = "hydroshare"
+    name: ClassVar[str] = "Hydroshare"
+    labels: ClassVar[Mapping[str, object]] = {
+        "text": "Hydroshare resource id or URL",
+        "tag_text": "Git ref (branch, tag, or commit)",
+        "ref_prop_disabled": True,
+        "label_prop_disabled": True,
+    }
+    display_config: ClassVar[Mapping[str, object]] = {
+        "displayName": "Hydroshare resource",
+        "id": "hydroshare",
+        "spec": {"validateRegex": r"[^/]+"},
+        "repo": {
+            "label": "Hydroshare resource id",
+            "placeholder": "example: 8f7c2f0341ef4180b0dbe97f59130756",
+            "urlEncode": True,
+        },
+        "ref": {"enabled": False},
+    }
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        base_url: str = HYDROSHARE_BASE_URL,
+        cache: DataCache | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(spec, cache=cache, session=session, timeout=timeout)
+        match = _RESOURCE_ID.match(spec)
+        if match is None:
+            raise SpecError(
+                "The specified Hydroshare resource id was not recognized: expected 32 hex "
+                f'digits, a resource URL or a DOI, provided: "{spec}".'
+            )
+        self.resource_id = match.group(1)
+        self.base_url = base_url.rstrip("/")
+
+    async def _resolve(self) -> str:
+        url = f"{self.base_url}/hsapi/resource/{self.resource_id}/scimeta/elements"
+        modified = await self._api(url, _last_modified)
+        return f"{self.resource_id}.v{epoch_seconds(modified, self.name)}"
+
+    def get_repo_url(self) -> str:
+        return f"{self.base_url}/resource/{self.resource_id}"
+
+    def _build_slug(self) -> str:
+        # BinderHub's slug carries the version, so each version is its own image repository
+        return f"hydroshare-{self._resolved_ref}"
+
+    def _resolved_spec(self, resolved_ref: str) -> str:
+        return self.get_repo_url()
+
+    def _ref_url(self, resolved_ref: str) -> str:
+        return self.get_repo_url()
+
+
+def _last_modified(data: Any) -> str:
+    """The ``modified`` date of a resource's science metadata (``dates[].start_date``)."""
+    for item in data["dates"]:
+        if item["type"] == "modified":
+            return str(item["start_date"])
+    raise KeyError("no date of type 'modified'")

@@ -1,0 +1,77 @@
+"""Zenodo (``zenodo``) provider: a record by its DOI."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+import aiohttp
+
+from ..errors import RefNotFound
+from .base import DEFAULT_TIMEOUT
+from .datarepo import DOI_RESOLVER_URL, DataCache, DataRepoProvider, check_doi, check_tag
+
+
+class ZenodoProvider(DataRepoProvider):
+    """``zenodo/{doi}``, e.g. ``zenodo/10.5281/zenodo.3242074``.
+
+    The DOI is resolved to the record it leads to; a concept DOI (all versions of a record)
+    leads to the latest version, so the resolved spec names that version's DOI. The repo URL is
+    the DOI itself: repo2docker resolves it again and downloads the record's files.
+    """
+
+    prefix: ClassVar[str] = "zenodo"
+    name: ClassVar[str] = "Zenodo"
+    labels: ClassVar[Mapping[str, object]] = {
+        "text": "Zenodo DOI (10.5281/zenodo.3242074)",
+        "tag_text": "Git ref (branch, tag, or commit)",
+        "ref_prop_disabled": True,
+        "label_prop_disabled": True,
+    }
+    display_config: ClassVar[Mapping[str, object]] = {
+        "displayName": "Zenodo DOI",
+        "id": "zenodo",
+        "spec": {"validateRegex": r"10\.\d+\/(.)+"},
+        "repo": {
+            "label": "Zenodo DOI",
+            "placeholder": "example: 10.5281/zenodo.3242074",
+            "urlEncode": False,
+        },
+        "ref": {"enabled": False},
+    }
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        doi_resolver_url: str = DOI_RESOLVER_URL,
+        cache: DataCache | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(spec, cache=cache, session=session, timeout=timeout)
+        check_doi(spec, self.name)
+        self.doi_resolver_url = doi_resolver_url
+
+    async def _resolve(self) -> str:
+        target = await self._resolve_doi(self.doi_resolver_url, self.spec)
+        # the record id is the last part of where the DOI leads: .../records/3242074
+        record_id = target.path.rstrip("/").rsplit("/", 1)[-1]
+        if not record_id:
+            raise RefNotFound(f"DOI {self.spec} does not lead to a Zenodo record ({target}).")
+        return check_tag(record_id, self.name)
+
+    def get_repo_url(self) -> str:
+        return self.spec
+
+    def _build_slug(self) -> str:
+        return f"zenodo-{self._resolved_ref}"
+
+    def _resolved_spec(self, resolved_ref: str) -> str:
+        # BinderHub's rule: the version part of a Zenodo DOI is the record id. A DOI of another
+        # Zenodo-run repository (CaltechDATA's 10.22002/...) has no such part and stays as is.
+        head, sep, _ = self.spec.partition("zenodo")
+        return f"{head}zenodo.{resolved_ref}" if sep else self.spec
+
+    def _ref_url(self, resolved_ref: str) -> str:
+        return f"https://doi.org/{self._resolved_spec(resolved_ref)}"
