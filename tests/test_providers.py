@@ -82,12 +82,15 @@ def test_parse_spec_refuses_odd_prefixes_as_unknown() -> None:
 
 async def test_registry_unknown_prefix(session: aiohttp.ClientSession) -> None:
     registry = default_registry(session)
-    assert registry.prefixes == ["gh", "gist", "gl", "git"]
+    assert registry.prefixes == [
+        *("gh", "gist", "gl", "git"),
+        *("zenodo", "figshare", "hydroshare", "dataverse", "ckan"),
+    ]
     with pytest.raises(UnknownProvider) as info:
-        registry.from_path("zenodo/10.5281/zenodo.3242074")
-    assert info.value.provider == "zenodo"
+        registry.from_path("svn/example.org/repo/trunk")
+    assert info.value.provider == "svn"
     assert info.value.status_code == 404
-    assert "gh" in registry and "zenodo" not in registry
+    assert "gh" in registry and "svn" not in registry
 
 
 @pytest.mark.parametrize(
@@ -166,8 +169,9 @@ async def test_wellformed_specs_are_accepted(
 
 async def test_registry_ui_metadata(session: aiohttp.ClientSession) -> None:
     registry = default_registry(session)
-    assert [c["id"] for c in registry.display_configs()] == ["gh", "gist", "gl", "git"]
-    assert set(registry.labels()) == {"gh", "gist", "gl", "git"}
+    prefixes = ["gh", "gist", "gl", "git", "zenodo", "figshare", "hydroshare", "dataverse", "ckan"]
+    assert [c["id"] for c in registry.display_configs()] == prefixes
+    assert set(registry.labels()) == set(prefixes)
     assert registry.provider_class("gl") is GitLabRepoProvider
     with pytest.raises(UnknownProvider):
         registry.provider_class("nope")

@@ -9,6 +9,10 @@ import aiohttp
 
 from ..errors import SpecError, UnknownProvider
 from .base import DEFAULT_TIMEOUT, RepoProvider, check_text
+from .ckan import CKANProvider
+from .datarepo import DOI_RESOLVER_URL, DataCache
+from .dataverse import DataverseProvider
+from .figshare import FIGSHARE_API_BASE_URL, FigshareProvider
 from .git import ALLOWED_PROTOCOLS, LS_REMOTE_TIMEOUT, GitRepoProvider, check_protocols
 from .github import (
     GIST_HOSTNAME,
@@ -19,6 +23,8 @@ from .github import (
     default_api_base_url,
 )
 from .gitlab import GITLAB_HOSTNAME, GitLabRepoProvider
+from .hydroshare import HYDROSHARE_BASE_URL, HydroshareProvider
+from .zenodo import ZenodoProvider
 
 ProviderFactory = Callable[[str], RepoProvider]
 _PREFIX = re.compile(r"[a-z][a-z0-9_-]*")
@@ -105,8 +111,17 @@ def default_registry(
     gitlab_private_token: str | None = None,
     git_allowed_protocols: Collection[str] = ALLOWED_PROTOCOLS,
     git_ls_remote_timeout: float = LS_REMOTE_TIMEOUT,
+    zenodo_doi_resolver_url: str = DOI_RESOLVER_URL,
+    figshare_doi_resolver_url: str = DOI_RESOLVER_URL,
+    figshare_api_base_url: str = FIGSHARE_API_BASE_URL,
+    dataverse_doi_resolver_url: str = DOI_RESOLVER_URL,
+    hydroshare_base_url: str = HYDROSHARE_BASE_URL,
+    data_cache: DataCache | None = None,
 ) -> ProviderRegistry:
-    """``gh``, ``gist``, ``gl`` and ``git`` sharing one HTTP session and one GitHub cache.
+    """BinderHub's providers sharing one HTTP session, one GitHub cache and one data cache.
+
+    ``gh``, ``gist``, ``git`` and ``gl`` for git repositories; ``zenodo``, ``figshare``,
+    ``hydroshare``, ``dataverse`` and ``ckan`` for data repositories.
 
     The session belongs to the caller. Credentials left as ``None`` come from the environment
     variables BinderHub reads (``GITHUB_ACCESS_TOKEN``, ``GITHUB_CLIENT_ID``,
@@ -116,6 +131,7 @@ def default_registry(
     cache = github_cache if github_cache is not None else GitHubCache()
     protocols = check_protocols(git_allowed_protocols)
     github_api = github_api_base_url or default_api_base_url(github_hostname)
+    data = data_cache if data_cache is not None else DataCache()
     registry = ProviderRegistry()
 
     def github(spec: str) -> RepoProvider:
@@ -161,8 +177,49 @@ def default_registry(
             spec, allowed_protocols=protocols, ls_remote_timeout=git_ls_remote_timeout
         )
 
+    def zenodo(spec: str) -> RepoProvider:
+        return ZenodoProvider(
+            spec,
+            doi_resolver_url=zenodo_doi_resolver_url,
+            cache=data,
+            session=session,
+            timeout=timeout,
+        )
+
+    def figshare(spec: str) -> RepoProvider:
+        return FigshareProvider(
+            spec,
+            doi_resolver_url=figshare_doi_resolver_url,
+            api_base_url=figshare_api_base_url,
+            cache=data,
+            session=session,
+            timeout=timeout,
+        )
+
+    def hydroshare(spec: str) -> RepoProvider:
+        return HydroshareProvider(
+            spec, base_url=hydroshare_base_url, cache=data, session=session, timeout=timeout
+        )
+
+    def dataverse(spec: str) -> RepoProvider:
+        return DataverseProvider(
+            spec,
+            doi_resolver_url=dataverse_doi_resolver_url,
+            cache=data,
+            session=session,
+            timeout=timeout,
+        )
+
+    def ckan(spec: str) -> RepoProvider:
+        return CKANProvider(spec, cache=data, session=session, timeout=timeout)
+
     registry.register(GitHubRepoProvider, github)
     registry.register(GistRepoProvider, gist)
     registry.register(GitLabRepoProvider, gitlab)
     registry.register(GitRepoProvider, git)
+    registry.register(ZenodoProvider, zenodo)
+    registry.register(FigshareProvider, figshare)
+    registry.register(HydroshareProvider, hydroshare)
+    registry.register(DataverseProvider, dataverse)
+    registry.register(CKANProvider, ckan)
     return registry
