@@ -8,12 +8,12 @@ Sources, lowest precedence first; a later source replaces an option set by an ea
 4. command-line flags: the ``overrides`` mapping (``swarmbinder serve --port``).
 
 The YAML file is flat like BinderHub's traits: its keys are option names (``hub_url: ...``,
-``pod_quota: 100``); only provider settings nest, under ``github:`` and ``gitlab:``. Unknown keys
-are errors, with the closest valid name suggested. Environment values are parsed by the option's
-type: integers, booleans (``true/false/yes/no/on/off/1/0``), lists and mappings as YAML or JSON
-text; an empty value sets an optional option to null. ``SWARMBINDER_*`` variables that name no
-option are ignored (other tools share the prefix) unless they are one typo away from an option,
-which is an error.
+``pod_quota: 100``); only provider settings nest, under ``github:``, ``gitlab:``, ``zenodo:``,
+``figshare:``, ``hydroshare:`` and ``dataverse:``. Unknown keys are errors, with the closest valid
+name suggested. Environment values are parsed by the option's type: integers, booleans
+(``true/false/yes/no/on/off/1/0``), lists and mappings as YAML or JSON text; an empty value sets an
+optional option to null. ``SWARMBINDER_*`` variables that name no option are ignored (other tools
+share the prefix) unless they are one typo away from an option, which is an error.
 
 Secrets (the options marked *secret* in docs/config.md) can also be read from a file, as Swarm
 mounts secrets under ``/run/secrets/``: ``hub_api_token_file: /run/secrets/hub_token`` in YAML, or
@@ -790,12 +790,77 @@ class GitLabConfig(_Section):
     private_token: str = _opt("", "GitLab private token for the GitLab API.", secret=True)
 
 
+_DOI_RESOLVER_HELP = (
+    "Where {name} DOIs are resolved (the DOI is appended as a path). BinderHub always asks "
+    "https://doi.org; repo2docker, which fetches the files, always does too."
+)
+
+
+@dataclass(frozen=True)
+class ZenodoConfig(_Section):
+    """The Zenodo repo provider (YAML section ``zenodo:``)."""
+
+    _prefix: ClassVar[str] = "zenodo."
+
+    doi_resolver_url: str = _opt(
+        "https://doi.org", _DOI_RESOLVER_HELP.format(name="Zenodo"), check=_http_url
+    )
+
+
+@dataclass(frozen=True)
+class FigshareConfig(_Section):
+    """The Figshare repo provider (YAML section ``figshare:``)."""
+
+    _prefix: ClassVar[str] = "figshare."
+
+    doi_resolver_url: str = _opt(
+        "https://doi.org", _DOI_RESOLVER_HELP.format(name="Figshare"), check=_http_url
+    )
+    api_base_url: str = _opt(
+        "https://api.figshare.com/v2",
+        "The Figshare API, asked for the latest version of an article given without one.",
+        check=_http_url,
+    )
+
+
+@dataclass(frozen=True)
+class HydroshareConfig(_Section):
+    """The HydroShare repo provider (YAML section ``hydroshare:``)."""
+
+    _prefix: ClassVar[str] = "hydroshare."
+
+    base_url: str = _opt(
+        "https://www.hydroshare.org",
+        "The HydroShare site: its API dates resources, and its {base_url}/resource/{id} is "
+        "the repo URL handed to repo2docker (which knows www.hydroshare.org only).",
+        check=_http_url,
+    )
+
+
+@dataclass(frozen=True)
+class DataverseConfig(_Section):
+    """The Dataverse repo provider (YAML section ``dataverse:``)."""
+
+    _prefix: ClassVar[str] = "dataverse."
+
+    doi_resolver_url: str = _opt(
+        "https://doi.org",
+        _DOI_RESOLVER_HELP.format(name="Dataverse")
+        + " The DOI's landing page names the Dataverse installation whose API is asked.",
+        check=_http_url,
+    )
+
+
 @dataclass(frozen=True)
 class ProvidersConfig:
     """Repository providers' settings, one nested YAML section each."""
 
     github: GitHubConfig = field(default_factory=GitHubConfig)
     gitlab: GitLabConfig = field(default_factory=GitLabConfig)
+    zenodo: ZenodoConfig = field(default_factory=ZenodoConfig)
+    figshare: FigshareConfig = field(default_factory=FigshareConfig)
+    hydroshare: HydroshareConfig = field(default_factory=HydroshareConfig)
+    dataverse: DataverseConfig = field(default_factory=DataverseConfig)
 
 
 # Flat sections in the order docs/config.md lists them: (attribute of Config, class).
@@ -814,6 +879,10 @@ _FLAT_SECTIONS: tuple[tuple[str, type[_Section]], ...] = (
 _NESTED_SECTIONS: tuple[tuple[str, type[_Section]], ...] = (
     ("github", GitHubConfig),
     ("gitlab", GitLabConfig),
+    ("zenodo", ZenodoConfig),
+    ("figshare", FigshareConfig),
+    ("hydroshare", HydroshareConfig),
+    ("dataverse", DataverseConfig),
 )
 
 
