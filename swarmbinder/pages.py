@@ -34,11 +34,16 @@ from .buildtokens import BuildTokens, build_audience
 from .config import Config
 from .errors import SpecError, SwarmbinderError
 from .providers import (
+    CKANProvider,
+    DataverseProvider,
+    FigshareProvider,
     GistRepoProvider,
     GitHubRepoProvider,
     GitLabRepoProvider,
     GitRepoProvider,
+    HydroshareProvider,
     ProviderRegistry,
+    ZenodoProvider,
     check_text,
     parse_spec,
 )
@@ -178,7 +183,17 @@ def class_registry() -> ProviderRegistry:
     registry from :func:`~swarmbinder.providers.default_registry`.
     """
     registry = ProviderRegistry()
-    for cls in (GitHubRepoProvider, GistRepoProvider, GitLabRepoProvider, GitRepoProvider):
+    for cls in (
+        GitHubRepoProvider,
+        GistRepoProvider,
+        GitLabRepoProvider,
+        GitRepoProvider,
+        ZenodoProvider,
+        FigshareProvider,
+        HydroshareProvider,
+        DataverseProvider,
+        CKANProvider,
+    ):
         registry.register(cls)
     return registry
 

@@ -65,7 +65,17 @@ async def test_home_page_has_the_form_and_providers(aiohttp_client: AiohttpClien
     for snippet in ("badge-markdown", "badge-rst", "badge-html", "launch-url"):
         assert f'id="{snippet}"' in body
     page_config = script_json(body, "page-config")
-    assert [p["id"] for p in page_config["repoProviders"]] == ["gh", "gist", "gl", "git"]
+    assert [p["id"] for p in page_config["repoProviders"]] == [
+        "gh",
+        "gist",
+        "gl",
+        "git",
+        "zenodo",
+        "figshare",
+        "hydroshare",
+        "dataverse",
+        "ckan",
+    ]
     assert page_config["baseUrl"] == "/"
     assert page_config["badgeBaseUrl"] == ""
     assert re.search(r'src="/static/home\.js\?v=[0-9a-f]{12}"', body)
@@ -284,7 +294,17 @@ async def test_repoproviders_lists_binderhubs_display_configs(
     assert response.headers["Access-Control-Allow-Origin"] == "https://jupyter.example"
     providers = await response.json()
     by_id = {p["id"]: p for p in providers}
-    assert list(by_id) == ["gh", "gist", "gl", "git"]
+    assert list(by_id) == [
+        "gh",
+        "gist",
+        "gl",
+        "git",
+        "zenodo",
+        "figshare",
+        "hydroshare",
+        "dataverse",
+        "ckan",
+    ]
     for provider in providers:
         assert {"id", "displayName", "spec", "repo", "ref"} <= set(provider)
         assert isinstance(provider["spec"]["validateRegex"], str)
