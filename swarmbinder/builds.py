@@ -68,6 +68,8 @@ REGISTRY_AUTH_PREFIX = "swarmbinder-registry-auth-"
 #: The builder's DOCKER_CONFIG: the registry credentials secret is mounted as config.json here.
 BUILDER_DOCKER_CONFIG = "/etc/swarmbinder/docker"
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
+#: How often (seconds) a running build checks that the node it runs on is still up.
+NODE_CHECK_INTERVAL = 1.0
 #: How long a finished build's log must stay quiet before its result is published. It was
 #: 0.2 s, then the largest part of the time from the builder's exit to ``built``
 #: (bench/build.py).
@@ -429,7 +431,7 @@ class BuildManager:
                 # A new request retries a failed build, as BinderHub does. The old service
                 # goes first; if the engine cannot remove it, the request fails and the build
                 # stays known, so housekeeping still removes it later.
-                await self._swarm.remove_service(name)
+                await self._remove_service(name)
                 await self._forget_locked(name, remove_service=False)
                 build = None
             if build is not None:
@@ -458,7 +460,7 @@ class BuildManager:
         async with self._lock:
             build = self._builds.get(name)
             if build is None:
-                return await self._swarm.remove_service(name)
+                return await self._remove_service(name)
             build.finish(
                 BuildStatus.CANCELLED, BuildEvent.failed(f"Build cancelled: {reason}\n"), reason
             )
@@ -513,6 +515,11 @@ class BuildManager:
             self._secret_names[content] = name
         info = await self._swarm.ensure_secret(name, content, {KIND_LABEL: KIND_REGISTRY_AUTH})
         return SecretMount(info.id, info.name, f"{BUILDER_DOCKER_CONFIG}/config.json")
+
+    async def _remove_service(self, name: str) -> bool:
+        # The builder image carries docker-py, which the reaper of job containers left on
+        # other nodes needs.
+        return await self._swarm.remove_service(name, reaper_image=self._settings.builder_image)
 
     def _notify_started(self, build: Build) -> None:
         if self._on_started is None:
@@ -612,7 +619,7 @@ class BuildManager:
             self._queue.remove(name)
         if remove_service:
             with contextlib.suppress(SwarmbinderError):
-                await self._swarm.remove_service(name)
+                await self._remove_service(name)
 
     def _start_watcher(self, build: Build, *, log_tail: int | str) -> None:
         self._watchers[build.name] = asyncio.create_task(
@@ -640,7 +647,7 @@ class BuildManager:
                 # Stop it: the builder container goes with the service, and the daemon drops
                 # the image build whose client went away.
                 try:
-                    await self._swarm.remove_service(build.name)
+                    await self._remove_service(build.name)
                 except SwarmbinderError as remove_error:
                     log.warning("could not remove build %s: %s", build.name, remove_error)
                     build.lost = True  # housekeeping tries again
@@ -738,6 +745,7 @@ class BuildManager:
     async def _wait_terminal(self, build: Build) -> TaskState | None:
         pending_since: float | None = None
         unanswered_since: float | None = None
+        nodes_checked = 0.0
         while True:
             if build.status is BuildStatus.QUEUED:
                 await asyncio.sleep(self._settings.poll_interval * 4)
@@ -772,12 +780,36 @@ class BuildManager:
                 pending_since = pending_since or now
                 if now - pending_since > self._settings.pending_timeout:
                     raise _StopBuild(
-                        f"no node accepted the build within {self._settings.pending_timeout:g} s"
-                        + (f" ({current.message or current.error})" if current else "")
+                        f"no node accepted the build within {self._settings.pending_timeout:g} s "
+                        "(build_pending_timeout): the nodes it may run on are down, drained or "
+                        "paused"
+                        + (f" (Swarm: {current.message or current.error})" if current else "")
                     )
             else:
                 pending_since = None
+                if current is not None and now - nodes_checked >= NODE_CHECK_INTERVAL:
+                    # Swarm keeps the task of a dead node "running" for good: only the node's
+                    # own state tells that the build is gone.
+                    nodes_checked = now
+                    lost = await self._lost_node(current.node_id)
+                    if lost:
+                        raise _StopBuild(
+                            f"node lost: {lost}, which ran the build, is no longer part of "
+                            "the swarm; the next request builds on another node"
+                        )
             await asyncio.sleep(self._settings.poll_interval)
+
+    async def _lost_node(self, node_id: str) -> str:
+        """A description of the node if it is down or gone, else ``""``."""
+        if not node_id:
+            return ""
+        nodes = {n.id: n for n in await self._swarm.nodes()}
+        node = nodes.get(node_id)
+        if node is None:
+            return f"node {node_id[:12]}"
+        if node.state in (NodeState.DOWN, NodeState.DISCONNECTED, NodeState.UNKNOWN):
+            return f"{node.hostname or node_id[:12]} ({node.state})"
+        return ""
 
     async def _conclude(self, build: Build, task: TaskState | None, lines: list[str]) -> None:
         if task is not None and task.succeeded:
@@ -839,7 +871,7 @@ class BuildManager:
 
     async def _remove_finished(self, name: str) -> bool:
         try:
-            await self._swarm.remove_service(name)
+            await self._remove_service(name)
         except SwarmbinderError as exc:
             log.warning("could not remove finished build %s yet: %s", name, exc)
             return False

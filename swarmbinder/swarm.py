@@ -10,13 +10,17 @@ Facts of Swarm this module works around (see the README's "Swarm notes"):
 - ``GET /services/{id}/logs?follow=1`` never ends after a job's task finishes, so log
   followers are closed by their caller once the task state is terminal.
 - containers of job tasks stay behind after the service is removed; ``remove_service``
-  removes them by the ``com.docker.swarm.service.name`` label.
+  removes them by the ``com.docker.swarm.service.name`` label. The manager's API only sees its
+  own node's containers, so on other nodes a short-lived reaper service does it (given an image
+  with docker-py, such as the builder's): Swarm does remove the containers of an ordinary
+  replicated service, the reaper included, when that service is removed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import enum
 import json
@@ -34,6 +38,15 @@ from .errors import ServiceNameConflict, SwarmRequestFailed, SwarmUnavailable
 
 log = logging.getLogger(__name__)
 
+#: Removes the exited containers of the service named by argv[1] on its own node.
+REAPER_SCRIPT = (
+    "import sys, docker\n"
+    "label = 'com.docker.swarm.service.name=' + sys.argv[1]\n"
+    "for c in docker.from_env().containers.list(all=True, filters={'label': label}):\n"
+    "    c.remove(force=True)\n"
+)
+#: How long a reaper may take; one that cannot start (its node went away) is removed.
+REAPER_TIMEOUT = 30.0
 #: Timeout for ordinary API calls; streaming calls (logs) have none and are closed by callers.
 API_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
 
@@ -375,16 +388,32 @@ class SwarmClient:
         raw = await self._json("services", params={"filters": json.dumps({"label": wanted})})
         return [ServiceInfo.from_api(s) for s in raw]
 
-    async def remove_service(self, name_or_id: str, *, settle_seconds: float = 10) -> bool:
+    async def remove_service(
+        self,
+        name_or_id: str,
+        *,
+        settle_seconds: float = 10,
+        reaper_image: str | None = None,
+    ) -> bool:
         """Remove the service and the containers its job tasks leave behind; False if absent.
 
         A task that was starting when the service went away can still produce (or finish) a
         container afterwards, so containers are reaped until a listing comes back empty twice
-        in a row, for at most ``settle_seconds``.
+        in a row, for at most ``settle_seconds``. With ``reaper_image``, containers its tasks
+        left on other ready nodes are removed there by a reaper service (see the module doc).
         """
         service = await self.inspect_service(name_or_id)
         if service is None:
             return False
+        remote: set[str] = set()
+        if reaper_image:
+            local = str((await self.info()).get("Swarm", {}).get("NodeID", ""))
+            ready = {n.id for n in await self.nodes() if n.state == "ready"}
+            remote = {
+                t.node_id
+                for t in await self.tasks(service.name)
+                if t.node_id and t.node_id != local and t.node_id in ready
+            }
         try:
             await self._json(f"services/{service.id}", "DELETE")
         except SwarmRequestFailed as exc:
@@ -399,7 +428,49 @@ class SwarmClient:
             for container_id in found:
                 await self._remove_container(container_id)
             await asyncio.sleep(0.5)
+        if remote and reaper_image:
+            await asyncio.gather(
+                *(self._reap_on(node, service.name, reaper_image) for node in sorted(remote))
+            )
         return True
+
+    async def _reap_on(self, node_id: str, service_name: str, image: str) -> None:
+        """Remove ``service_name``'s containers on ``node_id`` with a one-replica service."""
+        reaper = f"swarmbinder-reap-{node_id[:12]}-{service_name}"[:63].rstrip("-")
+        body = {
+            "Name": reaper,
+            "Labels": {"swarmbinder.kind": "reaper"},
+            "TaskTemplate": {
+                "ContainerSpec": {
+                    "Image": image,
+                    "Command": ["python3", "-c", REAPER_SCRIPT, service_name],
+                    "Mounts": [
+                        {
+                            "Type": "bind",
+                            "Source": "/var/run/docker.sock",
+                            "Target": "/var/run/docker.sock",
+                        }
+                    ],
+                },
+                "RestartPolicy": {"Condition": "none", "MaxAttempts": 0},
+                "Placement": {"Constraints": [f"node.id=={node_id}"]},
+            },
+            "Mode": {"Replicated": {"Replicas": 1}},
+        }
+        try:
+            await self._json("services/create", "POST", data=body)
+        except SwarmRequestFailed as exc:
+            if await self.inspect_service(reaper) is None:
+                log.warning("could not reap %s on node %s: %s", service_name, node_id, exc)
+                return
+        try:
+            async with asyncio.timeout(REAPER_TIMEOUT):
+                await self.wait_job(reaper)
+        except TimeoutError:
+            log.warning("reaping %s on node %s did not finish in time", service_name, node_id)
+        finally:
+            with contextlib.suppress(SwarmRequestFailed):
+                await self._json(f"services/{reaper}", "DELETE")
 
     async def remove_leftover_containers(self, service_name: str) -> int:
         """Remove every container of ``service_name`` (a job's exited containers stay)."""
