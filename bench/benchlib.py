@@ -486,6 +486,7 @@ def emit(name: str, result: Mapping[str, Any], *, started: float, load_before: l
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": f"bench/{name}.py",
         "seconds": round(time.monotonic() - started, 1),
+        "machine": machine(),
         "load_before": load_before,
         "load_after": loadavg(),
         **result,

@@ -37,13 +37,14 @@ def dockerfile(singleuser: str, nonce: str) -> str:
     )
 
 
-def container_times(since: float, until: float, match: str) -> tuple[float, float]:
-    """When the container whose name contains ``match`` started and died, as epoch seconds,
-    from the engine's event log (the build manager may have removed the container by now)."""
+def engine_events(since: float, until: float, match: str) -> dict[str, float]:
+    """When the engine created the service and started and stopped the container whose names
+    contain ``match`` (epoch seconds), from its event log: the build manager may have removed
+    both by now."""
     out = subprocess.run(
         ["docker", "events", "--since", f"{since - 1:.3f}", "--until", f"{until + 1:.3f}",
-         "--filter", "type=container", "--filter", "event=start", "--filter", "event=die",
-         "--format", "{{json .}}"],
+         "--filter", "type=container", "--filter", "type=service", "--filter", "event=start",
+         "--filter", "event=die", "--filter", "event=create", "--format", "{{json .}}"],
         capture_output=True,
         text=True,
         check=True,
@@ -52,10 +53,11 @@ def container_times(since: float, until: float, match: str) -> tuple[float, floa
     for line in out.splitlines():
         event = json.loads(line)
         if match in event.get("Actor", {}).get("Attributes", {}).get("name", ""):
-            times.setdefault(event["Action"], event["timeNano"] / 1e9)
-    if "start" not in times or "die" not in times:
+            key = f"{event['Type']} {event['Action']}"
+            times.setdefault(key, event["timeNano"] / 1e9)
+    if "container start" not in times or "container die" not in times:
         raise SystemExit(f"bench: no start and die events for a container named *{match}*")
-    return times["start"], times["die"]
+    return times
 
 
 @dataclass
@@ -66,11 +68,14 @@ class Timing:
     before: float  # request (or docker run) to the container's start
     container: float  # the container's run: clone, build, push
     after: float  # the container's exit to the result
+    to_service: float = 0.0  # (swarmbinder) request to the build service's creation
 
 
 def split(started: float, ended: float, match: str) -> Timing:
-    c_start, c_end = container_times(started, ended, match)
-    return Timing(ended - started, c_start - started, c_end - c_start, ended - c_end)
+    times = engine_events(started, ended, match)
+    c_start, c_end = times["container start"], times["container die"]
+    to_service = times["service create"] - started if "service create" in times else 0.0
+    return Timing(ended - started, c_start - started, c_end - c_start, ended - c_end, to_service)
 
 
 async def ours(session: aiohttp.ClientSession, server: b.Server, url: str, sha: str) -> Timing:
@@ -163,7 +168,7 @@ async def measure(count: int) -> dict[str, Any]:
             "parts_p50_seconds": {
                 kind: {
                     part: round(b.percentile([getattr(t, part) for t in timings], 50), 3)
-                    for part in ("before", "container", "after")
+                    for part in ("to_service", "before", "container", "after")
                 }
                 for kind, timings in kinds.items()
             },

@@ -34,7 +34,9 @@ from swarmbinder.events import SSEDecoder
 
 MARK = re.compile(r"fanmark-(\d+)")
 MARK_BYTES = re.compile(rb"fanmark-(\d+)")
-REQUEST_LINE = re.compile(rb"^(GET|POST|PUT|DELETE|HEAD) (\S+) HTTP/1\.[01]$")
+# Not anchored at the start: a request body has no line end, so the next request's line
+# follows it on the same "line".
+REQUEST_LINE = re.compile(rb"(GET|POST|PUT|DELETE|HEAD) (/\S*) HTTP/1\.[01]$")
 MARKS = 40
 
 
@@ -104,7 +106,7 @@ class CountingProxy:
     def _requests_in(self, data: bytes) -> bytes:
         *lines, rest = data.split(b"\r\n")
         for line in lines:
-            match = REQUEST_LINE.match(line)
+            match = REQUEST_LINE.search(line)
             if match:
                 self.requests.append(f"{match.group(1).decode()} {match.group(2).decode()}")
         return rest[-4096:]
@@ -239,7 +241,6 @@ async def measure(clients: int, workers: int, wait: int) -> dict[str, Any]:
                 stop.set()
                 await sampler
                 memory = server.memory()
-            ours = b.build_services(config["image_prefix"])
         finally:
             await proxy.close()
             b.clean_up(config["image_prefix"])
@@ -257,14 +258,16 @@ async def measure(clients: int, workers: int, wait: int) -> dict[str, Any]:
         key = str(record.get("last") or record.get("error") or "none")
         phases[key] = phases.get(key, 0) + 1
     # The service adopts every build service it finds on the swarm at start (those of other
-    # deployments sharing it too), and follows each: only streams of our build count.
-    streams = [r for r in proxy.log_streams() if any(f"/services/{n}/" in r for n in ours)]
+    # deployments sharing it too), and follows each: only streams of our build count. Its
+    # service name carries the commit's short sha.
+    streams = [r for r in proxy.log_streams() if f"-{sha[:7]}-" in r]
     return {
         "clients": clients,
         "client_processes": workers,
         "final_phases": phases,
         "engine_log_streams_opened": len(streams),
         "engine_log_stream_requests": streams,
+        "engine_requests_seen": len(proxy.requests),
         "other_log_streams_opened": len(proxy.log_streams()) - len(streams),
         "marks_at_service": len(proxy.mark_seen),
         "all_connected_before_first_mark": bool(connected)
