@@ -236,8 +236,30 @@ def _health_checks(
     checks: dict[str, Callable[[], Awaitable[Any]]] = {}
 
     async def swarm_manager() -> dict[str, Any]:
+        """The manager answers; each node's state, availability and running builds. A lost
+        worker is shown (``down_nodes``) but not fatal: builds and launches go elsewhere."""
         info = await swarm.info()
-        return {"ok": True, "nodes": len(await swarm.nodes()), "node": info.get("Name", "")}
+        nodes = sorted(await swarm.nodes(), key=lambda n: n.hostname)
+        running: dict[str, int] = {}
+        for one in builds.builds:
+            if one.status.value == "running" and one.node:
+                running[one.node] = running.get(one.node, 0) + 1
+        return {
+            "ok": True,
+            "nodes": len(nodes),
+            "node": info.get("Name", ""),
+            "down_nodes": [n.hostname for n in nodes if n.state != "ready"],
+            "swarm_nodes": [
+                {
+                    "hostname": n.hostname,
+                    "role": n.role,
+                    "state": n.state,
+                    "availability": n.availability,
+                    "running_builds": running.get(n.hostname, 0),
+                }
+                for n in nodes
+            ],
+        }
 
     checks["Swarm manager"] = swarm_manager
 
