@@ -480,11 +480,13 @@ def today() -> str:
 
 
 def emit(name: str, result: Mapping[str, Any], *, started: float, load_before: list[float]) -> None:
-    """Print the result as JSON on stdout and write ``bench/results/<date>-<name>.json``."""
+    """Print the result as JSON on stdout and write it to
+    ``bench/results/<date>T<time>-<name>.json`` (a later run the same day keeps this one)."""
+    now = dt.datetime.now(dt.UTC)
     out = {
         "benchmark": name,
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": f"bench/{name}.py",
+        "date": now.isoformat(timespec="seconds"),
+        "command": " ".join(["bench/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
         "seconds": round(time.monotonic() - started, 1),
         "machine": machine(),
         "load_before": load_before,
@@ -492,7 +494,8 @@ def emit(name: str, result: Mapping[str, Any], *, started: float, load_before: l
         **result,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{today()}-{name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    stamp = now.strftime("%Y-%m-%dT%H%M%S")
+    (RESULTS / f"{stamp}-{name}.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out), flush=True)
 
 

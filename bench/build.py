@@ -9,7 +9,7 @@ name and nothing to rebuild). Cold: the Dockerfile's expensive step changes (a n
 it runs again: 16 MiB of random data in a layer, built and pushed. Swarmbinder and the raw run
 alternate, each on a commit of its own.
 
-    bench/build.py [--count 3]
+    bench/build.py [--count 5]
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ async def measure(count: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=3, help="builds of each kind per cache (3)")
+    parser.add_argument("--count", type=int, default=5, help="builds of each kind per cache (5)")
     args = parser.parse_args()
     started, load = time.monotonic(), b.loadavg()
     result = asyncio.run(measure(args.count))

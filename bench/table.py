@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Render a ``bench/run`` results file as the README's Markdown table.
+
+.venv/bin/python bench/table.py bench/results/<date>.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds:.2f} s"
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
+    out: list[tuple[str, ...]] = []
+    if "launch" in r:
+        x = r["launch"]
+        ours, raw = x["swarmbinder_seconds"], x["raw_spawn_seconds"]
+        out.append((
+            f"Cached launch, /build to ready ({x['count']} each, interleaved)",
+            f"p50 {_s(ours['p50'])}, p95 {_s(ours['p95'])}",
+            f"raw hub spawn p50 {_s(raw['p50'])}, p95 {_s(raw['p95'])}",
+            f"{x['ratio_p50']}x (p95 {x['ratio_p95']}x)",
+            "p50 ≤ 1.15x",
+            _met(x["ratio_p50"] <= 1.15),
+        ))  # fmt: skip
+    if "burst" in r:
+        x = r["burst"]
+        burst = x["burst_seconds"]
+        got = f"{x['succeeded']}/{x['size']} ready"
+        if burst.get("n"):
+            got += f", p50 {_s(burst['p50'])}, p95 {_s(burst['p95'])}"
+        raw = f"{x['raw_burst_succeeded']}/{x['size']} raw spawns ready"
+        if x["raw_burst_seconds"].get("n"):
+            raw += f" (p50 {_s(x['raw_burst_seconds']['p50'])})"
+        out.append((
+            f"Burst of {x['size']} cached launches",
+            got,
+            f"single launch p50 {_s(x['single_launch_seconds']['p50'])}; {raw}",
+            f"{x['ratio_p50_to_single']}x" if burst.get("n") else "n/a",
+            "all succeed, p50 ≤ 2x single",
+            _met(x["succeeded"] == x["size"] and x["ratio_p50_to_single"] <= 2),
+        ))  # fmt: skip
+    if "build" in r:
+        x = r["build"]
+        for cache in ("warm", "cold"):
+            c = x[cache]
+            out.append((
+                f"Build, {cache} layer cache ({x['count']} each)",
+                f"p50 {_s(c['swarmbinder_seconds']['p50'])}",
+                f"raw repo2docker p50 {_s(c['raw_repo2docker_seconds']['p50'])}",
+                f"{c['ratio_p50']}x ({c['overhead_p50_seconds']:+.2f} s)",
+                "≤ 1.05x",
+                _met(c["ratio_p50"] <= 1.05),
+            ))  # fmt: skip
+    if "sticky" in r:
+        x = r["sticky"]
+        out.append((
+            f"Sticky rebuild after a one-file change ({x['count']} each)",
+            f"p50 {_s(x['sticky_rebuild_seconds']['p50'])}",
+            f"node cache cleared p50 {_s(x['cleared_cache_rebuild_seconds']['p50'])}",
+            f"{x['speedup_p50']}x faster",
+            "≥ 5x faster",
+            _met(x["speedup_p50"] >= 5),
+        ))  # fmt: skip
+    if "fanout" in r:
+        x = r["fanout"]
+        d = x["delay_ms"]
+        out.append((
+            f"Log fan-out, {x['clients']} EventSource clients on one build",
+            f"{x['engine_log_streams_opened']} engine log stream; delay p50 {d['p50']} ms, "
+            f"p99 {d['p99']} ms; peak RSS {x['service_peak_rss_mib']} MiB",
+            f"{sum(x['final_phases'].values())} clients, final phases {x['final_phases']}",
+            "",
+            "1 stream, p99 ≤ 100 ms, RSS ≤ 200 MB",
+            _met(
+                x["engine_log_streams_opened"] == 1
+                and d["p99"] <= 100
+                and x["service_peak_rss_mib"] * 2**20 <= 200e6
+            ),
+        ))  # fmt: skip
+    if "latency" in r:
+        x = r["latency"]
+        f, br, ls = x["first_event_ms"], x["first_event_branch_ref_ms"], x["git_ls_remote_alone_ms"]
+        out.append((
+            "Time to first /build event, cached image",
+            f"full sha: p50 {f['p50']} ms, p99 {f['p99']} ms; "
+            f"branch: p50 {br['p50']} ms, p99 {br['p99']} ms",
+            f"git ls-remote alone p50 {ls['p50']} ms",
+            "",
+            "p50 ≤ 20 ms",
+            f"{_met(f['p50'] <= 20)} (sha); {_met(br['p50'] <= 20)} (branch)",
+        ))  # fmt: skip
+        for path, t in x["throughput"].items():
+            out.append((
+                f"{path} throughput",
+                f"{t['requests_per_second']:.0f} req/s ({t['requests']} requests, "
+                f"{t['errors']} errors, p99 {t['latency_ms']['p99']} ms)",
+                f"{x['load_generator']['concurrency']} connections from 127.0.0.1",
+                "",
+                "",
+                "",
+            ))  # fmt: skip
+    return out
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print("usage: bench/table.py RESULTS.json", file=sys.stderr)
+        return 2
+    with open(sys.argv[1]) as f:
+        data = json.load(f)
+    results = data.get("results", data)
+    print("| Benchmark | swarmbinder | floor | ratio | target | |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for row in rows(results):
+        print("| " + " | ".join(row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
