@@ -18,9 +18,11 @@ import argparse
 import asyncio
 import json
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -121,8 +123,8 @@ async def measure(count: int) -> dict[str, Any]:
         "warm": {"swarmbinder": [], "raw": []},
         "cold": {"swarmbinder": [], "raw": []},
     }
-    with b.tempfile.TemporaryDirectory() as tmp:
-        config = b.service_config(g, run, b.Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp:
+        config = b.service_config(g, run, Path(tmp))
         prefix = config["image_prefix"]
         try:
             base = {

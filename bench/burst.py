@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,8 +31,8 @@ async def timed_raw(hub: b.Hub, image: str, user: str) -> float | str:
 async def measure(size: int, singles: int) -> dict[str, Any]:
     g = b.ground()
     run = b.run_id()
-    with b.tempfile.TemporaryDirectory() as tmp:
-        config = b.service_config(g, run, b.Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp:
+        config = b.service_config(g, run, Path(tmp))
         try:
             async with (
                 b.serve(config) as server,

@@ -23,8 +23,10 @@ import asyncio
 import json
 import re
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -223,8 +225,8 @@ async def measure(clients: int, workers: int, wait: int) -> dict[str, Any]:
     await proxy.start()
     rss: list[int] = []
     connected: list[float] = []
-    with b.tempfile.TemporaryDirectory() as tmp:
-        config = b.service_config(g, run, b.Path(tmp), docker_host=f"tcp://127.0.0.1:{proxy.port}")
+    with tempfile.TemporaryDirectory() as tmp:
+        config = b.service_config(g, run, Path(tmp), docker_host=f"tcp://127.0.0.1:{proxy.port}")
         try:
             sha = repo.commit(
                 {"Dockerfile": dockerfile(g["images"]["singleuser"], uuid.uuid4().hex, wait)}

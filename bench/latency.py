@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -86,8 +88,8 @@ async def measure(samples: int, concurrency: int, requests: int, seconds: float)
     g = b.ground()
     run = b.run_id()
     repo = g["repos"]["binder-dockerfile"]
-    with b.tempfile.TemporaryDirectory() as tmp:
-        config = b.service_config(g, run, b.Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp:
+        config = b.service_config(g, run, Path(tmp))
         try:
             async with b.serve(config) as server, aiohttp.ClientSession() as session:
                 sha_spec, _ = await b.cached_image(session, server, g)

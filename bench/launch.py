@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -41,8 +43,8 @@ async def one_raw(hub: b.Hub, image: str, user: str) -> float:
 async def measure(count: int) -> dict[str, Any]:
     g = b.ground()
     run = b.run_id()
-    with b.tempfile.TemporaryDirectory() as tmp:
-        config = b.service_config(g, run, b.Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp:
+        config = b.service_config(g, run, Path(tmp))
         try:
             async with b.serve(config) as server, aiohttp.ClientSession() as session:
                 hub = b.Hub(g, session)

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -47,8 +49,8 @@ async def measure(count: int, seconds: int) -> dict[str, Any]:
     repo = b.Repo(g, f"bench-sticky-{run}")
     sticky: list[float] = []
     cleared: list[float] = []
-    with b.tempfile.TemporaryDirectory() as tmp:
-        config = b.service_config(g, run, b.Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp:
+        config = b.service_config(g, run, Path(tmp))
         prefix = config["image_prefix"]
         try:
             first = repo.commit(
