@@ -256,6 +256,14 @@ async def test_launch_on_a_worker_after_the_building_node_is_gone(
     assert not has_image(ground, other_worker, build.image)
     container = next(n["container"] for n in ground["nodes"] if n["name"] == builder_node)
     await cli("docker", "kill", container)
+    # Gone as far as Swarm knows: a task placed within the heartbeat window would be assigned
+    # to the dead node and wait there.
+    async with asyncio.timeout(15):
+        while True:
+            states = {n.hostname: n.state for n in await swarm.nodes() if n.state != "down"}
+            if builder_node not in states:
+                break
+            await asyncio.sleep(0.25)
 
     api = ground["hub_api_url"]
     headers = {"Authorization": f"token {ground['hub_api_token']}"}
