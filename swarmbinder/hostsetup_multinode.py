@@ -153,8 +153,9 @@ def _running(name: str) -> bool:
 
 
 def _label_of(kind: str, name: str, label: str) -> str | None:
+    labels = ".Config.Labels" if kind == "container" else ".Labels"
     proc = hs.run(
-        ["docker", kind, "inspect", "--format", f'{{{{index .Labels "{label}"}}}}', name],
+        ["docker", kind, "inspect", "--format", f'{{{{index {labels} "{label}"}}}}', name],
         check=False,
     )
     value = proc.stdout.strip()
