@@ -357,8 +357,24 @@ def remove_images(prefix: str) -> int:
         check=True,
     )
     tags = [t for t in out.stdout.split() if t.startswith(prefix)]
-    if tags:
-        subprocess.run(["docker", "image", "rm", *tags], capture_output=True, check=False)
+    # A user server stopped a moment ago may still hold its image: Swarm removes the
+    # container shortly after the service, so try again for a while.
+    left = tags
+    for _ in range(30):
+        if not left:
+            break
+        subprocess.run(["docker", "image", "rm", *left], capture_output=True, check=False)
+        listed = subprocess.run(
+            ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        left = [t for t in listed if t.startswith(prefix)]
+        if left:
+            time.sleep(1)
+    if left:
+        say(f"could not remove {len(left)} image(s) under {prefix}")
     return len(tags)
 
 
