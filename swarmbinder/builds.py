@@ -43,7 +43,7 @@ from .errors import BuildFailed, ServiceNameConflict, SwarmbinderError, SwarmUna
 from .events import BuildEvent, Phase, parse_repo2docker_line
 from .fanout import Fanout
 from .naming import build_service_name
-from .sticky import Node, NodeAvailability, NodeState, rank_nodes
+from .sticky import BUILD_NODE_LABEL, Node, NodeAvailability, NodeState, parse_label, rank_nodes
 from .swarm import (
     BindMount,
     JobSpec,
@@ -358,6 +358,7 @@ class BuildManager:
         self._clock = clock
         self._secret_names: dict[bytes, str] = {}
         self._closed = False
+        self._build_label_in_use = False
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -539,6 +540,9 @@ class BuildManager:
         secret: SecretMount | None = None,
     ) -> JobSpec:
         constraints = [f"{k}=={v}" for k, v in self._settings.node_selector.items()]
+        if self._build_label_in_use:
+            key, value = parse_label(BUILD_NODE_LABEL)
+            constraints.append(f"node.labels.{key}=={value}")
         if status is BuildStatus.QUEUED:
             constraints.append(QUEUED_CONSTRAINT)
         elif node:
@@ -561,6 +565,10 @@ class BuildManager:
         if not self._settings.sticky:
             return ""
         nodes = [to_sticky_node(n) for n in await self._swarm.nodes()]
+        # While any node carries the build label, builds are pinned to labelled nodes even
+        # when none of them can take one now: the build then waits (and fails after
+        # build_pending_timeout) rather than landing on a node the operator kept free.
+        self._build_label_in_use = any(n.has_label(BUILD_NODE_LABEL) for n in nodes)
         required = {
             k.removeprefix("node.labels."): v
             for k, v in self._settings.node_selector.items()

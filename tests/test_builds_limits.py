@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -60,6 +61,30 @@ async def test_memory_limit_lands_on_the_service(
         await manager.close()
     assert spec["TaskTemplate"]["Resources"]["Limits"]["MemoryBytes"] == limit
     assert f"--build-memory-limit={limit}" in spec["TaskTemplate"]["ContainerSpec"]["Args"]
+    assert events[-1].phase is Phase.BUILT
+
+
+async def test_a_labelled_build_node_pins_builds_to_labelled_nodes(
+    testground: dict[str, Any], swarm: SwarmClient, run_id: str, cleanup_builds: None
+) -> None:
+    """Once any node carries swarmbinder.build=true, builds carry that constraint too, so
+    losing every labelled node makes builds wait rather than land on a node kept free."""
+    node = testground["node_hostname"]
+    label = ["docker", "node", "update", "--label-add", "swarmbinder.build=true", node]
+    await asyncio.to_thread(subprocess.run, label, check=True)
+    manager = BuildManager(swarm, build_settings(testground))
+    try:
+        req = ground_request(testground, "binder-dockerfile", run_id)
+        build = await manager.request(req)
+        spec = service_json(req.service_name)["Spec"]
+        events = await collect(build)
+    finally:
+        await manager.close()
+        unlabel = ["docker", "node", "update", "--label-rm", "swarmbinder.build", node]
+        await asyncio.to_thread(subprocess.run, unlabel, check=True)
+    constraints = spec["TaskTemplate"]["Placement"]["Constraints"]
+    assert "node.labels.swarmbinder.build==true" in constraints
+    assert f"node.hostname=={node}" in constraints
     assert events[-1].phase is Phase.BUILT
 
 
