@@ -124,6 +124,10 @@ class BuildSettings:
     poll_interval: float = 0.25
     #: How long a watcher tolerates an engine that does not answer before failing the build.
     engine_grace: float = 30
+    #: This deployment's image_prefix: only build services of images under it are adopted
+    #: after a restart, so deployments sharing a swarm never take over each other's builds.
+    #: Empty: adopt every build service.
+    image_prefix: str = ""
     #: The registry's API URL; its host is given the credentials too (the image's host is).
     registry_url: str = ""
     registry_username: str | None = None
@@ -147,6 +151,7 @@ class BuildSettings:
             concurrent_limit=builds.concurrent_build_limit,
             log_tail_lines=builds.log_tail_lines,
             keep_failed_for=builds.build_keep_failed_for,
+            image_prefix=registry.image_prefix,
             engine_grace=builds.build_engine_grace,
             registry_url=registry.registry_url,
             registry_username=registry.registry_username,
@@ -383,10 +388,14 @@ class BuildManager:
         recovered = []
         async with self._lock:
             for service in sorted(services, key=lambda s: s.labels.get("swarmbinder.created", "")):
-                if service.name not in self._builds:
+                if service.name not in self._builds and self._is_ours(service):
                     recovered.append(self._adopt_locked(service))
             await self._promote_queued_locked()
         return recovered
+
+    def _is_ours(self, service: ServiceInfo) -> bool:
+        image = service.labels.get("swarmbinder.image", "")
+        return image.startswith(self._settings.image_prefix)
 
     def _adopt_locked(self, service: ServiceInfo) -> Build:
         """Watch a build service this process did not create (a restart, another replica)."""

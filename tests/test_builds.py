@@ -265,7 +265,15 @@ async def test_build_survives_a_restart_of_the_manager(
                 break
     await first.close()  # the service keeps running in Swarm
 
-    second = BuildManager(swarm, settings(testground))
+    # Another deployment on the same swarm (another image_prefix) leaves the build alone.
+    other = BuildManager(swarm, settings(testground, image_prefix="127.0.0.1:1/other-"))
+    try:
+        await other.recover()
+        assert other.get(req.service_name) is None
+    finally:
+        await other.close()
+
+    second = BuildManager(swarm, settings(testground, image_prefix=req.image.split("/")[0]))
     try:
         await second.start()
         assert second.get(req.service_name) is not None
