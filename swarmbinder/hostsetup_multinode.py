@@ -717,9 +717,10 @@ def up(
     }
 
 
-def down(ground: Ground, *, purge: bool = False) -> None:
-    """Remove every container, network and volume of the ground (the image store only with
-    ``purge``: it is a cache of the built images, like the images themselves)."""
+def down(ground: Ground, *, purge: bool = False, keep_image_store: bool = False) -> None:
+    """Remove every container, network and volume of the ground; ``keep_image_store`` keeps
+    the prepared image store (a cache that makes the next bring-up ~25 s instead of minutes),
+    ``purge`` also removes the state directory."""
     listed = hs.run(
         ["docker", "ps", "-aq", "--filter", f"label={ground.label}"], check=False
     ).stdout.split()
@@ -730,7 +731,7 @@ def down(ground: Ground, *, purge: bool = False) -> None:
         ["docker", "volume", "ls", "-q", "--filter", f"label={ground.label}"], check=False
     ).stdout.split()
     for volume in volumes:
-        if volume != ground.store_volume or purge:
+        if volume != ground.store_volume or not keep_image_store:
             _remove_volume(volume)
     hs.run(["docker", "network", "rm", ground.network], check=False)
     if purge:

@@ -56,7 +56,8 @@ def multinode() -> Iterator[dict[str, Any]]:
     yield ground
     if os.environ.get("SWARMBINDER_KEEP_MULTINODE") != "1":
         subprocess.run(
-            [sys.executable, str(TESTGROUND), "down", "--nodes", str(NODES)],
+            # The image store is a cache between runs, like the single-node ground's images.
+            [sys.executable, str(TESTGROUND), "down", "--nodes", str(NODES), "--keep-image-store"],
             capture_output=True,
             check=False,
         )
