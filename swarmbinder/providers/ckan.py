@@ -11,7 +11,14 @@ import aiohttp
 
 from ..errors import SpecError
 from .base import DEFAULT_TIMEOUT, check_text
-from .datarepo import DataCache, DataRepoProvider, check_tag, epoch_seconds
+from .datarepo import (
+    DataCache,
+    DataRepoProvider,
+    check_tag,
+    data_display_config,
+    data_labels,
+    epoch_seconds,
+)
 
 # CKAN dataset names are [a-z0-9_-] (2-100 characters), ids are UUIDs; both end up in the tag
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
@@ -27,23 +34,17 @@ class CKANProvider(DataRepoProvider):
 
     prefix: ClassVar[str] = "ckan"
     name: ClassVar[str] = "CKAN"
-    labels: ClassVar[Mapping[str, object]] = {
-        "text": "CKAN dataset URL (https://demo.ckan.org/dataset/my-sample-dataset-001)",
-        "tag_text": "Git ref (branch, tag, or commit)",
-        "ref_prop_disabled": True,
-        "label_prop_disabled": True,
-    }
-    display_config: ClassVar[Mapping[str, object]] = {
-        "displayName": "CKAN dataset",
-        "id": "ckan",
-        "spec": {"validateRegex": r"[^/]+"},
-        "repo": {
-            "label": "CKAN dataset URL",
-            "placeholder": "https://demo.ckan.org/dataset/my-sample-dataset-001",
-            "urlEncode": True,
-        },
-        "ref": {"enabled": False},
-    }
+    labels: ClassVar[Mapping[str, object]] = data_labels(
+        "CKAN dataset URL (https://demo.ckan.org/dataset/my-sample-dataset-001)"
+    )
+    display_config: ClassVar[Mapping[str, object]] = data_display_config(
+        "ckan",
+        "CKAN dataset",
+        label="CKAN dataset URL",
+        placeholder="https://demo.ckan.org/dataset/my-sample-dataset-001",
+        validate_regex=r"[^/]+",
+        url_encode=True,
+    )
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ import aiohttp
 from yarl import URL
 
 from ..errors import ProviderUnavailable, RefNotFound, SpecError
-from .base import USER_AGENT, RepoProvider, minutes_text
+from .base import DEFAULT_TIMEOUT, USER_AGENT, RepoProvider, minutes_text
 from .cache import EtagCache, NegativeCache
 
 T = TypeVar("T")
@@ -42,6 +42,35 @@ class DataCache:
 
     answers: EtagCache[Any] = field(default_factory=EtagCache)
     not_found: NegativeCache = field(default_factory=NegativeCache)
+
+
+def data_labels(text: str) -> Mapping[str, object]:
+    """The home form's labels for a data repository: one text field, no ref."""
+    return {
+        "text": text,
+        "tag_text": "Git ref (branch, tag, or commit)",
+        "ref_prop_disabled": True,
+        "label_prop_disabled": True,
+    }
+
+
+def data_display_config(
+    provider_id: str,
+    display_name: str,
+    *,
+    label: str,
+    placeholder: str,
+    validate_regex: str = r"10\.\d+\/(.)+",
+    url_encode: bool = False,
+) -> Mapping[str, object]:
+    """``/api/repoproviders``' entry for a data repository (no ref field), as BinderHub's."""
+    return {
+        "displayName": display_name,
+        "id": provider_id,
+        "spec": {"validateRegex": validate_regex},
+        "repo": {"label": label, "placeholder": placeholder, "urlEncode": url_encode},
+        "ref": {"enabled": False},
+    }
 
 
 def check_doi(spec: str, service: str) -> None:
@@ -195,6 +224,23 @@ class DataRepoProvider(RepoProvider):
         if etag:
             self.cache.answers.set(url, etag, value)
         return value
+
+
+class DoiRepoProvider(DataRepoProvider):
+    """A data repository whose spec is a DOI, resolved at ``doi_resolver_url``."""
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        doi_resolver_url: str = DOI_RESOLVER_URL,
+        cache: DataCache | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(spec, cache=cache, session=session, timeout=timeout)
+        check_doi(spec, self.name)
+        self.doi_resolver_url = doi_resolver_url
 
 
 def _rate_limited(service: str, headers: Mapping[str, str]) -> ProviderUnavailable:

@@ -6,12 +6,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import aiohttp
 import escapism
 
 from ..errors import RefNotFound
-from .base import DEFAULT_TIMEOUT
-from .datarepo import DOI_RESOLVER_URL, DataCache, DataRepoProvider, check_doi, check_tag
+from .datarepo import (
+    DoiRepoProvider,
+    check_tag,
+    data_display_config,
+    data_labels,
+)
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ class DatasetInfo:
     version: str
 
 
-class DataverseProvider(DataRepoProvider):
+class DataverseProvider(DoiRepoProvider):
     """``dataverse/{doi}``, e.g. ``dataverse/10.7910/DVN/TJCLKP``.
 
     The installation is found the way BinderHub finds it: the DOI leads to a landing page of
@@ -36,37 +39,15 @@ class DataverseProvider(DataRepoProvider):
 
     prefix: ClassVar[str] = "dataverse"
     name: ClassVar[str] = "Dataverse"
-    labels: ClassVar[Mapping[str, object]] = {
-        "text": "Dataverse DOI (10.7910/DVN/TJCLKP)",
-        "tag_text": "Git ref (branch, tag, or commit)",
-        "ref_prop_disabled": True,
-        "label_prop_disabled": True,
-    }
-    display_config: ClassVar[Mapping[str, object]] = {
-        "displayName": "Dataverse DOI",
-        "id": "dataverse",
-        "spec": {"validateRegex": r"10\.\d+\/(.)+"},
-        "repo": {
-            "label": "Dataverse DOI",
-            "placeholder": "example: 10.7910/DVN/TJCLKP",
-            "urlEncode": False,
-        },
-        "ref": {"enabled": False},
-    }
-
-    def __init__(
-        self,
-        spec: str,
-        *,
-        doi_resolver_url: str = DOI_RESOLVER_URL,
-        cache: DataCache | None = None,
-        session: aiohttp.ClientSession | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> None:
-        super().__init__(spec, cache=cache, session=session, timeout=timeout)
-        check_doi(spec, self.name)
-        self.doi_resolver_url = doi_resolver_url
-        self._info: DatasetInfo | None = None
+    labels: ClassVar[Mapping[str, object]] = data_labels("Dataverse DOI (10.7910/DVN/TJCLKP)")
+    display_config: ClassVar[Mapping[str, object]] = data_display_config(
+        "dataverse",
+        "Dataverse DOI",
+        label="Dataverse DOI",
+        placeholder="example: 10.7910/DVN/TJCLKP",
+    )
+    #: The dataset found while resolving (set per instance by _resolve).
+    _info: DatasetInfo | None = None
 
     async def _resolve(self) -> str:
         landing = await self._resolve_doi(self.doi_resolver_url, self.spec)

@@ -9,12 +9,18 @@ import aiohttp
 
 from ..errors import RefNotFound, SpecError
 from .base import DEFAULT_TIMEOUT
-from .datarepo import DOI_RESOLVER_URL, DataCache, DataRepoProvider, check_doi
+from .datarepo import (
+    DOI_RESOLVER_URL,
+    DataCache,
+    DoiRepoProvider,
+    data_display_config,
+    data_labels,
+)
 
 FIGSHARE_API_BASE_URL = "https://api.figshare.com/v2"
 
 
-class FigshareProvider(DataRepoProvider):
+class FigshareProvider(DoiRepoProvider):
     """``figshare/{doi}``: ``10.6084/m9.figshare.9782777.v1`` or, for the latest version,
     ``10.6084/m9.figshare.9782777``.
 
@@ -24,23 +30,15 @@ class FigshareProvider(DataRepoProvider):
 
     prefix: ClassVar[str] = "figshare"
     name: ClassVar[str] = "Figshare"
-    labels: ClassVar[Mapping[str, object]] = {
-        "text": "Figshare DOI (10.6084/m9.figshare.9782777.v1)",
-        "tag_text": "Git ref (branch, tag, or commit)",
-        "ref_prop_disabled": True,
-        "label_prop_disabled": True,
-    }
-    display_config: ClassVar[Mapping[str, object]] = {
-        "displayName": "FigShare DOI",
-        "id": "figshare",
-        "spec": {"validateRegex": r"10\.\d+\/(.)+"},
-        "repo": {
-            "label": "FigShare DOI",
-            "placeholder": "example: 10.6084/m9.figshare.9782777.v1",
-            "urlEncode": False,
-        },
-        "ref": {"enabled": False},
-    }
+    labels: ClassVar[Mapping[str, object]] = data_labels(
+        "Figshare DOI (10.6084/m9.figshare.9782777.v1)"
+    )
+    display_config: ClassVar[Mapping[str, object]] = data_display_config(
+        "figshare",
+        "FigShare DOI",
+        label="FigShare DOI",
+        placeholder="example: 10.6084/m9.figshare.9782777.v1",
+    )
 
     def __init__(
         self,
@@ -52,9 +50,13 @@ class FigshareProvider(DataRepoProvider):
         session: aiohttp.ClientSession | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        super().__init__(spec, cache=cache, session=session, timeout=timeout)
-        check_doi(spec, self.name)
-        self.doi_resolver_url = doi_resolver_url
+        super().__init__(
+            spec,
+            doi_resolver_url=doi_resolver_url,
+            cache=cache,
+            session=session,
+            timeout=timeout,
+        )
         self.api_base_url = api_base_url.rstrip("/")
         self.authority, _, identifier = spec.partition("/")
         fields = identifier.split(".")

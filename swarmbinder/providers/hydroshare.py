@@ -10,7 +10,13 @@ import aiohttp
 
 from ..errors import SpecError
 from .base import DEFAULT_TIMEOUT
-from .datarepo import DataCache, DataRepoProvider, epoch_seconds
+from .datarepo import (
+    DataCache,
+    DataRepoProvider,
+    data_display_config,
+    data_labels,
+    epoch_seconds,
+)
 
 HYDROSHARE_BASE_URL = "https://www.hydroshare.org"
 # BinderHub's rule: the resource id is the (last) 32 hex digits anywhere in the spec, so a bare
@@ -27,23 +33,15 @@ class HydroshareProvider(DataRepoProvider):
 
     prefix: ClassVar[str] = "hydroshare"
     name: ClassVar[str] = "Hydroshare"
-    labels: ClassVar[Mapping[str, object]] = {
-        "text": "Hydroshare resource id or URL",
-        "tag_text": "Git ref (branch, tag, or commit)",
-        "ref_prop_disabled": True,
-        "label_prop_disabled": True,
-    }
-    display_config: ClassVar[Mapping[str, object]] = {
-        "displayName": "Hydroshare resource",
-        "id": "hydroshare",
-        "spec": {"validateRegex": r"[^/]+"},
-        "repo": {
-            "label": "Hydroshare resource id",
-            "placeholder": "example: 8f7c2f0341ef4180b0dbe97f59130756",
-            "urlEncode": True,
-        },
-        "ref": {"enabled": False},
-    }
+    labels: ClassVar[Mapping[str, object]] = data_labels("Hydroshare resource id or URL")
+    display_config: ClassVar[Mapping[str, object]] = data_display_config(
+        "hydroshare",
+        "Hydroshare resource",
+        label="Hydroshare resource id",
+        placeholder="example: 8f7c2f0341ef4180b0dbe97f59130756",
+        validate_regex=r"[^/]+",
+        url_encode=True,
+    )
 
     def __init__(
         self,

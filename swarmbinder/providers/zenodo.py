@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
-import aiohttp
-
 from ..errors import RefNotFound
-from .base import DEFAULT_TIMEOUT
-from .datarepo import DOI_RESOLVER_URL, DataCache, DataRepoProvider, check_doi, check_tag
+from .datarepo import (
+    DoiRepoProvider,
+    check_tag,
+    data_display_config,
+    data_labels,
+)
 
 
-class ZenodoProvider(DataRepoProvider):
+class ZenodoProvider(DoiRepoProvider):
     """``zenodo/{doi}``, e.g. ``zenodo/10.5281/zenodo.3242074``.
 
     The DOI is resolved to the record it leads to; a concept DOI (all versions of a record)
@@ -22,36 +24,13 @@ class ZenodoProvider(DataRepoProvider):
 
     prefix: ClassVar[str] = "zenodo"
     name: ClassVar[str] = "Zenodo"
-    labels: ClassVar[Mapping[str, object]] = {
-        "text": "Zenodo DOI (10.5281/zenodo.3242074)",
-        "tag_text": "Git ref (branch, tag, or commit)",
-        "ref_prop_disabled": True,
-        "label_prop_disabled": True,
-    }
-    display_config: ClassVar[Mapping[str, object]] = {
-        "displayName": "Zenodo DOI",
-        "id": "zenodo",
-        "spec": {"validateRegex": r"10\.\d+\/(.)+"},
-        "repo": {
-            "label": "Zenodo DOI",
-            "placeholder": "example: 10.5281/zenodo.3242074",
-            "urlEncode": False,
-        },
-        "ref": {"enabled": False},
-    }
-
-    def __init__(
-        self,
-        spec: str,
-        *,
-        doi_resolver_url: str = DOI_RESOLVER_URL,
-        cache: DataCache | None = None,
-        session: aiohttp.ClientSession | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> None:
-        super().__init__(spec, cache=cache, session=session, timeout=timeout)
-        check_doi(spec, self.name)
-        self.doi_resolver_url = doi_resolver_url
+    labels: ClassVar[Mapping[str, object]] = data_labels("Zenodo DOI (10.5281/zenodo.3242074)")
+    display_config: ClassVar[Mapping[str, object]] = data_display_config(
+        "zenodo",
+        "Zenodo DOI",
+        label="Zenodo DOI",
+        placeholder="example: 10.5281/zenodo.3242074",
+    )
 
     async def _resolve(self) -> str:
         target = await self._resolve_doi(self.doi_resolver_url, self.spec)
