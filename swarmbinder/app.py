@@ -31,9 +31,23 @@ from .config import Config
 from .errors import SwarmUnavailable
 from .handlers import admin, build, guard, ops
 from .handlers.hubauth import authenticator, setup_hub_auth
-from .handlers.pages import BUILD_TOKENS, add_page_routes
+from .handlers.pages import add_page_routes
 from .health import HealthChecker, capacity_result
-from .keys import ADMISSION, BANS, BUILDS, CONFIG, FLOW, HUB, HUB_AUTH, QUOTAS, STORE, SWARM
+from .keys import (
+    ADMISSION,
+    BANS,
+    BUILD_TOKENS,
+    BUILDS,
+    CONFIG,
+    FLOW,
+    HEALTH,
+    HUB,
+    HUB_AUTH,
+    METRICS,
+    QUOTAS,
+    STORE,
+    SWARM,
+)
 from .launch_flow import LaunchFlow
 from .launcher import HubClient, Launcher
 from .metrics import LaunchEventLog, Metrics, MetricsObserver
@@ -65,7 +79,7 @@ def create_app(config: Config) -> web.Application:
         ]
     )
     app[CONFIG] = config
-    app[ops.METRICS] = Metrics()
+    app[METRICS] = Metrics()
     app[BUILD_TOKENS] = BuildTokens(
         config.tokens.build_token_secret,
         expires_seconds=config.tokens.build_token_expires_seconds,
@@ -175,7 +189,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         async def running_servers() -> list[UserServer]:
             return await list_user_servers(swarm, hub_id=hub_id)
 
-        metrics = app[ops.METRICS]
+        metrics = app[METRICS]
         events = LaunchEventLog()
         stack.callback(events.close)
         observer = MetricsObserver(metrics, events)
@@ -220,7 +234,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
             _health_checks(config, swarm, registry, hub, builds, running_servers)
         )
         stack.push_async_callback(checker.aclose)
-        app[ops.HEALTH] = checker
+        app[HEALTH] = checker
         yield
 
 

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .admin import AdminService
 from .admission import Admission
 from .bans import BanList
 from .builds import BuildManager
+from .buildtokens import BuildTokens
 from .config import Config
+from .health import HealthChecker
 from .hubauth import HubAuth
 from .launch_flow import LaunchFlow
 from .launcher import HubClient
+from .metrics import Metrics
+from .pages import PageSite
 from .quotas import Quotas
 from .store import Store
 from .swarm import SwarmClient
@@ -37,3 +42,14 @@ SWARM = web.AppKey("swarm", SwarmClient)
 HUB = web.AppKey("hub", HubClient)
 #: The JupyterHub OAuth client that logs users in; only with ``auth_enabled``.
 HUB_AUTH = web.AppKey("hub_auth", HubAuth)
+#: The pages' templates, static files and launch-page logic.
+PAGE_SITE = web.AppKey("page_site", PageSite)
+#: The one build token issuer and verifier of the process: /build must verify with this
+#: instance, since without a configured secret each instance has its own random one.
+BUILD_TOKENS = web.AppKey("build_tokens", BuildTokens)
+#: The admin console's service; set by the admin routes' startup (or by a test beforehand).
+ADMIN = web.AppKey("admin", AdminService)
+#: The checks behind /health (registry, hub, swarm manager, build capacity).
+HEALTH = web.AppKey("health", HealthChecker)
+#: The metrics /metrics serves, and that the launch flow and build manager update.
+METRICS = web.AppKey("metrics", Metrics)

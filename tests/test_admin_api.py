@@ -18,8 +18,8 @@ from swarmbinder.builds import Build, BuildRequest, BuildStatus
 from swarmbinder.config import load_config
 from swarmbinder.errors import SwarmUnavailable
 from swarmbinder.events import BuildEvent, Phase
-from swarmbinder.handlers.admin import ADMIN, add_admin_routes
-from swarmbinder.keys import CONFIG
+from swarmbinder.handlers.admin import add_admin_routes
+from swarmbinder.keys import ADMIN, CONFIG
 from swarmbinder.prebuild import JobStatus
 from swarmbinder.quotas import Quotas
 from swarmbinder.store import Store

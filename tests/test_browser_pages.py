@@ -19,7 +19,8 @@ from playwright.async_api import Page, expect
 from swarmbinder.buildtokens import build_audience, token_origin
 from swarmbinder.config import Config, PagesConfig, ServerConfig
 from swarmbinder.events import BuildEvent, Phase, sse_frame
-from swarmbinder.handlers.pages import BUILD_TOKENS, add_page_routes
+from swarmbinder.handlers.pages import add_page_routes
+from swarmbinder.keys import BUILD_TOKENS
 from swarmbinder.pages import jupyter_redirect_url
 
 pytestmark = pytest.mark.swarm

@@ -13,7 +13,7 @@ from swarmbinder.config import Config
 from swarmbinder.cors import cors_applies
 from swarmbinder.handlers import ops
 from swarmbinder.health import CheckResult, HealthChecker
-from swarmbinder.keys import CONFIG
+from swarmbinder.keys import CONFIG, HEALTH, METRICS
 from swarmbinder.metrics import Metrics
 
 
@@ -25,8 +25,8 @@ def make_app(
     app = web.Application(middlewares=[ops.cors_preflight(cors_allow_origin)])
     app[CONFIG] = Config()
     if health is not None:
-        app[ops.HEALTH] = health
-    app[ops.METRICS] = metrics or Metrics()
+        app[HEALTH] = health
+    app[METRICS] = metrics or Metrics()
     app.on_response_prepare.append(ops.cors_signal(cors_allow_origin))
     app.router.add_get("/versions", ops.versions)
     app.router.add_get("/health", ops.health)

@@ -18,7 +18,8 @@ from yarl import URL
 from swarmbinder import __version__
 from swarmbinder.buildtokens import BuildTokenInvalid, build_audience
 from swarmbinder.config import Config, PagesConfig, ServerConfig, TokenConfig
-from swarmbinder.handlers.pages import BUILD_TOKENS, add_page_routes
+from swarmbinder.handlers.pages import add_page_routes
+from swarmbinder.keys import BUILD_TOKENS
 from swarmbinder.pages import (
     BadLaunchParameter,
     check_url_path,

@@ -39,13 +39,11 @@ from aiohttp import web
 from .. import prebuild
 from ..admin import AdminService, ConfigQuotas
 from ..errors import SwarmbinderError
-from ..keys import BANS, BUILDS, CONFIG, HUB, QUOTAS, STORE, SWARM
+from ..keys import ADMIN, BANS, BUILDS, CONFIG, HUB, QUOTAS, STORE, SWARM
 from ..userservers import UserServer, list_user_servers
 
 log = logging.getLogger(__name__)
 
-#: The admin console's service; set by :func:`admin_context` (or by a test beforehand).
-ADMIN = web.AppKey("admin", AdminService)
 
 #: Seconds between keepalive comments on the event stream: below common proxy idle timeouts,
 #: and often enough for the console to notice a dead connection.

@@ -22,8 +22,7 @@ from aiohttp.typedefs import Handler, Middleware
 from ..bans import NetworkBanned
 from ..clientip import ClientIP
 from ..events import BuildEvent, sse_frame
-from ..keys import BANS
-from .pages import PAGE_SITE
+from ..keys import BANS, PAGE_SITE
 
 
 def exempt(path: str, base_url: str) -> bool:

@@ -15,14 +15,7 @@ from prometheus_client.exposition import choose_encoder
 
 from .. import __version__
 from ..cors import check_allow_origin, cors_applies, cors_headers
-from ..health import HealthChecker
-from ..keys import CONFIG
-from ..metrics import Metrics
-
-#: The checks behind /health (registry, hub, swarm manager, build capacity).
-HEALTH = web.AppKey("health", HealthChecker)
-#: The metrics /metrics serves, and that the launch flow and build manager update.
-METRICS = web.AppKey("metrics", Metrics)
+from ..keys import CONFIG, HEALTH, METRICS
 
 
 async def versions(request: web.Request) -> web.Response:

@@ -25,17 +25,13 @@ from aiohttp import web
 from ..buildtokens import BuildTokens, token_origin
 from ..config import Config
 from ..errors import SwarmbinderError
+from ..keys import BUILD_TOKENS, PAGE_SITE
 from ..pages import PageSite, legacy_redirect_target, raw_path_after
 from ..providers import ProviderRegistry
 from .hubauth import login_required
 
 log = logging.getLogger(__name__)
 
-#: What the page handlers share (to move to keys.py).
-PAGE_SITE = web.AppKey("page_site", PageSite)
-#: The one token issuer and verifier of the process: /build must verify with this instance,
-#: since without a configured secret each instance has its own random one.
-BUILD_TOKENS = web.AppKey("build_tokens", BuildTokens)
 
 _HTML = "text/html"
 _SVG = "image/svg+xml"
