@@ -784,8 +784,17 @@ class BuildManager:
                 continue
             unanswered_since = None
             if gone:
+                log.warning("build service %s disappeared before its task ended", build.name)
                 return None
             current = tasks[-1] if tasks else None
+            if (
+                current is not None
+                and current.state is TaskStateName.SHUTDOWN
+                and current.desired_state == "shutdown"
+            ):
+                # The task of an iteration that an update superseded (a queued build just
+                # promoted) until Swarm creates the new one: not this build's end.
+                current = None
             if current is not None and current.terminal:
                 return current
             waiting = current is None or current.state in (
