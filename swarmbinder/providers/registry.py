@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Mapping
+from functools import partial
+from typing import Any
 
 import aiohttp
 
@@ -134,92 +136,75 @@ def default_registry(
     data = data_cache if data_cache is not None else DataCache()
     registry = ProviderRegistry()
 
-    def github(spec: str) -> RepoProvider:
-        return GitHubRepoProvider(
-            spec,
-            hostname=github_hostname,
-            api_base_url=github_api,
-            access_token=github_access_token,
-            client_id=github_client_id,
-            client_secret=github_client_secret,
-            cache=cache,
-            session=session,
-            timeout=timeout,
-        )
-
-    def gist(spec: str) -> RepoProvider:
-        return GistRepoProvider(
-            spec,
-            hostname=gist_hostname,
-            api_base_url=github_api,
-            access_token=github_access_token,
-            client_id=github_client_id,
-            client_secret=github_client_secret,
-            allow_secret_gist=allow_secret_gist,
-            cache=cache,
-            session=session,
-            timeout=timeout,
-        )
-
-    def gitlab(spec: str) -> RepoProvider:
-        return GitLabRepoProvider(
-            spec,
-            hostname=gitlab_hostname,
-            api_base_url=gitlab_api_base_url,
-            access_token=gitlab_access_token,
-            private_token=gitlab_private_token,
-            session=session,
-            timeout=timeout,
-        )
-
-    def git(spec: str) -> RepoProvider:
-        return GitRepoProvider(
-            spec, allowed_protocols=protocols, ls_remote_timeout=git_ls_remote_timeout
-        )
-
-    def zenodo(spec: str) -> RepoProvider:
-        return ZenodoProvider(
-            spec,
-            doi_resolver_url=zenodo_doi_resolver_url,
-            cache=data,
-            session=session,
-            timeout=timeout,
-        )
-
-    def figshare(spec: str) -> RepoProvider:
-        return FigshareProvider(
-            spec,
-            doi_resolver_url=figshare_doi_resolver_url,
-            api_base_url=figshare_api_base_url,
-            cache=data,
-            session=session,
-            timeout=timeout,
-        )
-
-    def hydroshare(spec: str) -> RepoProvider:
-        return HydroshareProvider(
-            spec, base_url=hydroshare_base_url, cache=data, session=session, timeout=timeout
-        )
-
-    def dataverse(spec: str) -> RepoProvider:
-        return DataverseProvider(
-            spec,
-            doi_resolver_url=dataverse_doi_resolver_url,
-            cache=data,
-            session=session,
-            timeout=timeout,
-        )
-
-    def ckan(spec: str) -> RepoProvider:
-        return CKANProvider(spec, cache=data, session=session, timeout=timeout)
-
-    registry.register(GitHubRepoProvider, github)
-    registry.register(GistRepoProvider, gist)
-    registry.register(GitLabRepoProvider, gitlab)
-    registry.register(GitRepoProvider, git)
-    registry.register(ZenodoProvider, zenodo)
-    registry.register(FigshareProvider, figshare)
-    registry.register(HydroshareProvider, hydroshare)
-    registry.register(DataverseProvider, dataverse)
-    registry.register(CKANProvider, ckan)
+    # Every provider that talks HTTP shares the caller's session and timeout.
+    http: dict[str, Any] = {"session": session, "timeout": timeout}
+    github_auth: dict[str, Any] = {
+        "api_base_url": github_api,
+        "access_token": github_access_token,
+        "client_id": github_client_id,
+        "client_secret": github_client_secret,
+        "cache": cache,
+    }
+    factories: list[tuple[type[RepoProvider], ProviderFactory]] = [
+        (
+            GitHubRepoProvider,
+            partial(GitHubRepoProvider, hostname=github_hostname, **github_auth, **http),
+        ),
+        (
+            GistRepoProvider,
+            partial(
+                GistRepoProvider,
+                hostname=gist_hostname,
+                allow_secret_gist=allow_secret_gist,
+                **github_auth,
+                **http,
+            ),
+        ),
+        (
+            GitLabRepoProvider,
+            partial(
+                GitLabRepoProvider,
+                hostname=gitlab_hostname,
+                api_base_url=gitlab_api_base_url,
+                access_token=gitlab_access_token,
+                private_token=gitlab_private_token,
+                **http,
+            ),
+        ),
+        (
+            GitRepoProvider,
+            partial(
+                GitRepoProvider,
+                allowed_protocols=protocols,
+                ls_remote_timeout=git_ls_remote_timeout,
+            ),
+        ),
+        (
+            ZenodoProvider,
+            partial(ZenodoProvider, doi_resolver_url=zenodo_doi_resolver_url, cache=data, **http),
+        ),
+        (
+            FigshareProvider,
+            partial(
+                FigshareProvider,
+                doi_resolver_url=figshare_doi_resolver_url,
+                api_base_url=figshare_api_base_url,
+                cache=data,
+                **http,
+            ),
+        ),
+        (
+            HydroshareProvider,
+            partial(HydroshareProvider, base_url=hydroshare_base_url, cache=data, **http),
+        ),
+        (
+            DataverseProvider,
+            partial(
+                DataverseProvider, doi_resolver_url=dataverse_doi_resolver_url, cache=data, **http
+            ),
+        ),
+        (CKANProvider, partial(CKANProvider, cache=data, **http)),
+    ]
+    for provider_class, factory in factories:
+        registry.register(provider_class, factory)
     return registry
