@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 
 def ground_endpoints(ground: dict[str, Any], store_dir: Path) -> dict[str, Any]:
@@ -19,3 +20,9 @@ def ground_endpoints(ground: dict[str, Any], store_dir: Path) -> dict[str, Any]:
         "build_image": ground["images"]["builder"],
         "store_path": str(store_dir / "store.sqlite"),
     }
+
+
+def spec_for(ground: dict[str, Any], repo: str, ref: str | None = None) -> str:
+    """The ``git/...`` launch spec of a test-ground repository (its head by default)."""
+    info = ground["repos"][repo]
+    return f"git/{quote(info['url'], safe='')}/{ref or info['head']}"

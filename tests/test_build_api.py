@@ -13,12 +13,12 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from app_support import ground_endpoints
+from app_support import ground_endpoints, spec_for
 
 from swarmbinder.app import create_app
 from swarmbinder.config import load_config
@@ -29,11 +29,6 @@ from swarmbinder.userservers import list_user_servers
 pytestmark = pytest.mark.swarm
 
 SSE = {"Accept": "text/event-stream"}
-
-
-def spec_for(ground: dict[str, Any], repo: str, ref: str | None = None) -> str:
-    info = ground["repos"][repo]
-    return f"git/{quote(info['url'], safe='')}/{ref or info['head']}"
 
 
 @pytest.fixture

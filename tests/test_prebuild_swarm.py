@@ -12,11 +12,11 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from app_support import spec_for
 
 from swarmbinder import prebuild
 from swarmbinder.app import create_app
@@ -28,11 +28,6 @@ pytestmark = pytest.mark.swarm
 
 SSE = {"Accept": "text/event-stream"}
 ADMIN_TOKEN = "prebuild-test-" + uuid.uuid4().hex
-
-
-def spec_for(ground: dict[str, Any], repo: str, ref: str | None = None) -> str:
-    info = ground["repos"][repo]
-    return f"git/{quote(info['url'], safe='')}/{ref or info['head']}"
 
 
 @pytest.fixture
