@@ -124,6 +124,9 @@ class BuildSettings:
     poll_interval: float = 0.25
     #: How long a watcher tolerates an engine that does not answer before failing the build.
     engine_grace: float = 30
+    #: How long the node running a build may be reported down before the build is failed as
+    #: lost: a busy node that misses a few heartbeats comes back and its build goes on.
+    node_lost_grace: float = 10
     #: This deployment's image_prefix: only build services of images under it are adopted
     #: after a restart, so deployments sharing a swarm never take over each other's builds.
     #: Empty: adopt every build service.
@@ -153,6 +156,7 @@ class BuildSettings:
             keep_failed_for=builds.build_keep_failed_for,
             image_prefix=registry.image_prefix,
             engine_grace=builds.build_engine_grace,
+            node_lost_grace=builds.build_node_lost_grace,
             registry_url=registry.registry_url,
             registry_username=registry.registry_username,
             registry_password=registry.registry_password,
@@ -763,6 +767,7 @@ class BuildManager:
         pending_since: float | None = None
         unanswered_since: float | None = None
         nodes_checked = 0.0
+        node_down_since: float | None = None
         while True:
             if build.status is BuildStatus.QUEUED:
                 await asyncio.sleep(self._settings.poll_interval * 4)
@@ -818,7 +823,12 @@ class BuildManager:
                     # own state tells that the build is gone.
                     nodes_checked = now
                     lost = await self._lost_node(current.node_id)
-                    if lost:
+                    if not lost:
+                        node_down_since = None
+                    elif node_down_since is None:
+                        node_down_since = now
+                        log.warning("build %s: its node is %s; waiting", build.name, lost)
+                    elif now - node_down_since >= self._settings.node_lost_grace:
                         raise _StopBuild(
                             f"node lost: {lost}, which ran the build, is no longer part of "
                             "the swarm; the next request builds on another node"

@@ -613,6 +613,12 @@ class BuildConfig(_Section):
         "before the build is reported failed.",
         minimum=1,
     )
+    build_node_lost_grace: int = _opt(
+        10,
+        "Seconds the node running a build may be reported down by Swarm before the build is "
+        "reported failed as lost (a loaded node can miss a few heartbeats and come back).",
+        minimum=0,
+    )
 
 
 @dataclass(frozen=True)

@@ -204,7 +204,7 @@ async def test_node_lost_mid_build_fails_and_next_request_builds_elsewhere(
     )
     victim = ranking(ground, repo.url)[0]
     survivors = [n["name"] for n in ground["nodes"] if n["name"] != victim]
-    manager = manager_factory(ground)
+    manager = manager_factory(ground, node_lost_grace=4)
     request = request_for(ground, run_id, repo, repo.head)
     build = await manager.request(request)
     assert build.node == victim
@@ -220,7 +220,7 @@ async def test_node_lost_mid_build_fails_and_next_request_builds_elsewhere(
     lost_after = time.monotonic() - killed
     assert build.status is BuildStatus.FAILED
     assert build.reason.startswith(f"node lost: {victim}"), build.reason
-    assert lost_after < 10
+    assert lost_after < 4 + 10  # the grace, Swarm's ~3 s to see the node down, and polls
     # Nothing left behind on the surviving nodes.
     await mns.gone(swarm, build.name, 30)
     for name in survivors:
@@ -231,6 +231,45 @@ async def test_node_lost_mid_build_fails_and_next_request_builds_elsewhere(
     assert retry.node == [h for h in ranking(ground, repo.url) if h != victim][0]
     assert has_image(ground, retry.node, retry.image)
     print(f"\nnode loss seen {lost_after:.1f} s after the kill")
+
+
+async def test_a_node_that_misses_heartbeats_briefly_keeps_its_build(
+    healthy: dict[str, Any],
+    manager_factory: Callable[..., BuildManager],
+    swarm: SwarmClient,
+    tmp_path: Path,
+    run_id: str,
+) -> None:
+    """A loaded node can miss a few heartbeats: Swarm shows it down, then ready again, and its
+    task runs on. The build must not be failed as lost inside ``build_node_lost_grace``."""
+    ground = healthy
+    repo = repo_ranked(
+        ground, tmp_path, f"flap{run_id}", slow_dockerfile(ground), lambda r: r[0] != "node1"
+    )
+    victim = ranking(ground, repo.url)[0]
+    manager = manager_factory(ground, node_lost_grace=20)
+    build = await manager.request(request_for(ground, run_id, repo, repo.head))
+    assert build.node == victim
+    deadline = time.monotonic() + 60
+    while not any(t.state == "running" for t in await swarm.tasks(build.name)):
+        assert time.monotonic() < deadline, "the build never started"
+        await asyncio.sleep(0.2)
+    container = next(n["container"] for n in ground["nodes"] if n["name"] == victim)
+    await cli("docker", "pause", container)
+    try:
+        async with asyncio.timeout(20):  # the 1 s heartbeat shows it down in ~3 s
+            while True:
+                states = {n.hostname: n.state for n in await swarm.nodes()}
+                if states.get(victim) == "down":
+                    break
+                await asyncio.sleep(0.5)
+        await asyncio.sleep(2)  # down for a couple of node checks
+    finally:
+        await cli("docker", "unpause", container)
+    await finished(build, BUILD_TIMEOUT)
+    assert build.status is BuildStatus.BUILT, build.reason
+    assert build.node == victim
+    assert has_image(ground, victim, build.image)
 
 
 async def test_launch_on_a_worker_after_the_building_node_is_gone(
