@@ -373,7 +373,9 @@ def build_image(
             return BuiltImage(spec.tag, existing, rebuilt=False, seconds=0.0)
         log(f"building {spec.tag}")
         started = time.monotonic()
-        cmd = ["docker", "build", "--label", f"{INPUTS_LABEL}={inputs}", "-t", spec.tag]
+        # --force-rm: the legacy builder keeps a failed step's container otherwise.
+        cmd = ["docker", "build", "--force-rm", "--label", f"{INPUTS_LABEL}={inputs}"]
+        cmd += ["-t", spec.tag]
         for key, value in args.items():
             cmd += ["--build-arg", f"{key}={value}"]
         cmd.append(str(context))
