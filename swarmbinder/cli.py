@@ -565,3 +565,73 @@ def admin(args: argparse.Namespace) -> int:
     console = importlib.import_module("swarmbinder_tui.app")
     console.run(url, token)
     return 0
+
+
+# --- admin-ssh -----------------------------------------------------------------------------
+
+
+def _admin_ssh_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", required=True, help="the swarmbinder service's base URL")
+    parser.add_argument(
+        "--token-file", metavar="FILE", required=True, help="file holding the admin token"
+    )
+    parser.add_argument(
+        "--authorized-keys",
+        metavar="FILE",
+        required=True,
+        help="public keys allowed in, in authorized_keys format (re-read at every login)",
+    )
+    parser.add_argument(
+        "--host-key",
+        metavar="FILE",
+        required=True,
+        help="the server's private host key (a new ed25519 key is written there if missing)",
+    )
+    parser.add_argument("--listen", default="0.0.0.0", help="address to listen on (0.0.0.0)")
+    parser.add_argument("--port", type=int, default=2222, help="port to listen on (2222)")
+    parser.add_argument(
+        "--max-sessions", type=int, default=8, help="consoles open at once, at most (8)"
+    )
+
+
+@command(
+    "admin-ssh",
+    "serve the admin console to SSH clients (no shell)",
+    _admin_ssh_arguments,
+    "Run an SSH server whose every session is the admin console of the service at --url. "
+    "Clients log in with a public key listed in --authorized-keys, under any user name; "
+    "whatever command they ask for, they get the console, and nothing else: no shell, no "
+    "sftp or scp, no forwarding. Sessions need a terminal (ssh -t). Runs until SIGTERM.",
+)
+def admin_ssh(args: argparse.Namespace) -> int:
+    url = str(args.url)
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--url must start with http:// or https://, not {url!r}")
+    if args.max_sessions < 1:
+        raise UsageError("--max-sessions must be at least 1")
+    token_file = os.path.abspath(args.token_file)
+    _admin_token(token_file)  # unreadable or empty: refuse now, not in every session
+    # Imported by name, like the console: only this command needs asyncssh.
+    sshconsole = importlib.import_module("swarmbinder_tui.sshconsole")
+    options = sshconsole.ConsoleOptions(
+        command=(sys.executable, "-m", "swarmbinder", "admin", "--url", url,
+                 "--token-file", token_file),  # fmt: skip
+        authorized_keys=Path(args.authorized_keys),
+        host_key=Path(args.host_key),
+        listen=args.listen,
+        port=args.port,
+        max_sessions=args.max_sessions,
+    )
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        server = sshconsole.ConsoleServer(options)
+        sock = sshconsole.bind(args.listen, args.port)
+    except sshconsole.ConsoleSetupError as e:
+        raise UsageError(str(e)) from None
+    log.info("serving the admin console of %s", url)
+    asyncio.run(sshconsole.serve(server, sock))
+    return 0
