@@ -614,8 +614,7 @@ def admin_ssh(args: argparse.Namespace) -> int:
     # Imported by name, like the console: only this command needs asyncssh.
     sshconsole = importlib.import_module("swarmbinder_tui.sshconsole")
     options = sshconsole.ConsoleOptions(
-        command=(sys.executable, "-m", "swarmbinder", "admin", "--url", url,
-                 "--token-file", token_file),  # fmt: skip
+        command=(sys.executable, "-m", PROG, "admin", "--url", url, "--token-file", token_file),
         authorized_keys=Path(args.authorized_keys),
         host_key=Path(args.host_key),
         listen=args.listen,
