@@ -347,35 +347,41 @@ class _Session(asyncssh.SSHServerSession[bytes]):
                 await self._task
 
     async def _run(self) -> None:
-        chan = self._chan
-        assert chan is not None
         try:
             if self._term is None:
                 log.info("refused %s: no terminal requested", self.who)
-                chan.write_stderr(NO_TERMINAL)
-                chan.exit(2)
+                self._finish(2, stderr=NO_TERMINAL)
                 return
             limit = self.server.options.max_sessions
             if self.server.running() >= limit:
                 log.warning("refused %s: %d consoles already running", self.who, limit)
-                chan.write(f"too many admin consoles open ({limit}); try again later\r\n".encode())
-                chan.exit(1)
+                self._finish(1, f"too many admin consoles open ({limit}); try again later\r\n")
                 return
             self.console_running = True
             try:
                 code = await self._console(self._term)
             except asyncio.CancelledError:
-                if self._closing:  # the client is still there: tell it why its console went
-                    chan.write(TERMINAL_RESET + b"\r\nthe admin console service is stopping\r\n")
-                    chan.exit(1)
+                if self._closing:  # the client may still be there: tell it why
+                    self._finish(
+                        1, TERMINAL_RESET + b"\r\nthe admin console service is stopping\r\n"
+                    )
                 raise
             log.info("console of %s exited with status %d", self.who, code)
-            if code != 0:
-                chan.write(TERMINAL_RESET)
-            chan.exit(code)
+            self._finish(code, TERMINAL_RESET if code != 0 else b"")
         finally:
             self.console_running = False
             self.server.sessions.discard(self)
+
+    def _finish(self, code: int, output: bytes | str = b"", *, stderr: bytes = b"") -> None:
+        """Last words and the exit status, unless the client has gone in the meantime."""
+        chan = self._chan
+        assert chan is not None
+        with contextlib.suppress(OSError):  # BrokenPipeError: the channel closed first
+            if output:
+                chan.write(output.encode() if isinstance(output, str) else output)
+            if stderr:
+                chan.write_stderr(stderr)
+            chan.exit(code)
 
     async def _console(self, term: str) -> int:
         master, slave = pty.openpty()
