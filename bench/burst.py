@@ -3,7 +3,7 @@
 p50 and p95, and the ratio of the burst p50 to a single launch measured just before it (the
 same image, the same hub, one at a time).
 
-    bench/burst.py [--size 20] [--singles 3]
+    bench/burst.py [--size 20] [--singles 3] [--launch-limit N]
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ async def timed_raw(hub: b.Hub, image: str, user: str) -> float | str:
         await hub.delete_user(user)
 
 
-async def measure(size: int, singles: int) -> dict[str, Any]:
+async def measure(size: int, singles: int, launch_limit: int | None) -> dict[str, Any]:
     g = b.ground()
     run = b.run_id()
     with tempfile.TemporaryDirectory() as tmp:
-        config = b.service_config(g, run, Path(tmp))
+        extra = {} if launch_limit is None else {"concurrent_launch_limit": launch_limit}
+        config = b.service_config(g, run, Path(tmp), **extra)
         try:
             async with (
                 b.serve(config) as server,
@@ -79,6 +80,7 @@ async def measure(size: int, singles: int) -> dict[str, Any]:
     one = b.summary(single)
     return {
         "size": size,
+        "concurrent_launch_limit": config.get("concurrent_launch_limit", "default"),
         "succeeded": len(ok),
         "failures": failures,
         "single_launch_seconds": one,
@@ -96,9 +98,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=20, help="simultaneous launches (20)")
     parser.add_argument("--singles", type=int, default=3, help="single launches before (3)")
+    parser.add_argument(
+        "--launch-limit",
+        type=int,
+        default=None,
+        help="the service's concurrent_launch_limit (default: the service's default)",
+    )
     args = parser.parse_args()
     started, load = time.monotonic(), b.loadavg()
-    result = asyncio.run(measure(args.size, args.singles))
+    result = asyncio.run(measure(args.size, args.singles, args.launch_limit))
     b.emit("burst", result, started=started, load_before=load)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -24,11 +25,11 @@ from aiohttp import web
 from .admission import Admission
 from .bans import BanList
 from .buildlogs import BuildLogRecorder, prune_build_logs, recording_manager
-from .builds import BuildManager, BuildSettings
+from .builds import BuildManager, BuildSettings, BuildStatus
 from .buildtokens import BuildTokens, build_audience, token_origin
 from .clientip import ClientIP
 from .config import Config
-from .errors import SwarmUnavailable
+from .errors import SwarmbinderError, SwarmUnavailable
 from .handlers import admin, build, guard, ops
 from .handlers.hubauth import authenticator, setup_hub_auth
 from .handlers.pages import add_page_routes
@@ -50,6 +51,7 @@ from .keys import (
 )
 from .launch_flow import LaunchFlow
 from .launcher import HubClient, Launcher
+from .launchslots import LaunchSlots, auto_limit
 from .metrics import LaunchEventLog, Metrics, MetricsObserver
 from .quotas import Quotas
 from .ratelimit import RateLimiter
@@ -65,6 +67,10 @@ log = logging.getLogger(__name__)
 ENGINE_RETRY_SECONDS = 5.0
 #: How often persisted build logs past build_log_retention are deleted.
 BUILD_LOG_PRUNE_INTERVAL = 3600.0
+#: How often the Swarm gauges of /metrics (nodes, running user servers) are refreshed.
+SWARM_GAUGES_INTERVAL = 5.0
+#: How often the launch limit follows the swarm's CPUs (concurrent_launch_limit: null).
+LAUNCH_SLOT_SIZING_INTERVAL = 60.0
 
 
 def create_app(config: Config) -> web.Application:
@@ -170,6 +176,8 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         if config.hub.local_url:
             hub = HubClient(config.hub.local_url + "hub/api", config.hub.hub_api_token, session)
             app[HUB] = hub
+            limit = config.hub.concurrent_launch_limit
+            slots = LaunchSlots(auto_limit(0) if limit is None else limit)
             launcher = Launcher(
                 hub,
                 swarm,
@@ -178,8 +186,11 @@ async def services(app: web.Application) -> AsyncIterator[None]:
                 launch_timeout=config.hub.launch_timeout,
                 allow_named_servers=config.hub.allow_named_servers,
                 named_server_limit_per_user=config.hub.named_server_limit_per_user,
+                slots=slots,
             )
             stack.push_async_callback(launcher.aclose)
+            if config.hub.concurrent_launch_limit is None:
+                tasks.start(_size_launch_slots(swarm, slots), "launch-slot-sizing")
             if hub_id is not None:
                 tasks.start(
                     reap_forever(swarm, hub, hub_id=hub_id, interval=config.hub.reaper_interval),
@@ -190,6 +201,18 @@ async def services(app: web.Application) -> AsyncIterator[None]:
             return await list_user_servers(swarm, hub_id=hub_id)
 
         metrics = app[METRICS]
+        # In-process numbers are read when /metrics is scraped; the swarm's are polled.
+        metrics.build_queue_length.set_function(
+            lambda: sum(1 for b in builds.builds if b.status is BuildStatus.QUEUED)
+        )
+        metrics.builds_running.set_function(
+            lambda: sum(1 for b in builds.builds if b.status is BuildStatus.RUNNING)
+        )
+        if launcher is not None:
+            slots_in_use = launcher.slots
+            metrics.launch_queue_length.set_function(lambda: slots_in_use.queued)
+            metrics.launch_limit.set_function(lambda: slots_in_use.limit)
+        tasks.start(_refresh_swarm_gauges(metrics, swarm, running_servers), "swarm-gauges")
         events = LaunchEventLog()
         stack.callback(events.close)
         observer = MetricsObserver(metrics, events)
@@ -318,6 +341,42 @@ async def _prune_build_logs(store: Store, keep_for: int) -> None:
         except Exception:
             log.exception("pruning build logs failed; trying again later")
         await asyncio.sleep(BUILD_LOG_PRUNE_INTERVAL)
+
+
+async def _refresh_swarm_gauges(
+    metrics: Metrics,
+    swarm: SwarmClient,
+    running_servers: Callable[[], Awaitable[list[UserServer]]],
+) -> None:
+    """The Swarm gauges of /metrics: nodes by state and availability, running user servers."""
+    while True:
+        try:
+            nodes = await swarm.nodes()
+            servers = await running_servers()
+        except SwarmbinderError as error:
+            log.debug("cannot refresh the swarm gauges: %s", error)
+        else:
+            metrics.set_swarm_nodes(Counter((n.state, n.availability) for n in nodes))
+            metrics.user_servers_running.set(len(servers))
+        await asyncio.sleep(SWARM_GAUGES_INTERVAL)
+
+
+async def _size_launch_slots(swarm: SwarmClient, slots: LaunchSlots) -> None:
+    """``concurrent_launch_limit: null``: follow the CPUs of the nodes user servers can run on,
+    so the limit grows as workers join and shrinks as they leave."""
+    while True:
+        try:
+            nodes = await swarm.nodes()
+        except SwarmbinderError as error:
+            log.warning("cannot size the launch limit from the swarm's nodes: %s", error)
+            await asyncio.sleep(ENGINE_RETRY_SECONDS)
+            continue
+        cpus = sum(n.cpus for n in nodes if n.state == "ready" and n.availability == "active")
+        limit = auto_limit(cpus)
+        if limit != slots.limit:
+            log.info("launch limit: %d servers starting at once (%g CPUs)", limit, cpus)
+            slots.resize(limit)
+        await asyncio.sleep(LAUNCH_SLOT_SIZING_INTERVAL)
 
 
 async def _start_builds(builds: BuildManager) -> None:

@@ -465,6 +465,14 @@ class HubConfig(_Section):
         "(BinderHub's Launcher.launch_timeout).",
         minimum=1,
     )
+    concurrent_launch_limit: int | None = _opt(
+        None,
+        "User servers started at once by this replica; later launches wait in order and are "
+        "told their place. A starting Jupyter server is CPU-bound, so a burst started all at "
+        "once finishes later for everyone and runs into the hub's http_timeout. Null: two per "
+        "CPU of the swarm's ready, active nodes (re-read every minute). 0: no limit.",
+        minimum=0,
+    )
     hub_id: str = _opt(
         "",
         "The hub's id as its user-server services are labelled (the hub's SWARMBINDER_HUB_ID, "

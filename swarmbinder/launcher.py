@@ -23,6 +23,7 @@ service: nothing is left for the culler.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -36,6 +37,7 @@ import aiohttp
 from . import naming
 from .errors import LaunchFailed, SwarmbinderError, SwarmRequestFailed
 from .events import BuildEvent, SSEDecoder
+from .launchslots import LaunchSlots
 from .registry import RegistryClient
 from .swarm import SwarmClient, TaskState, TaskStateName
 
@@ -394,6 +396,12 @@ def task_failure(tasks: Sequence[TaskState]) -> str | None:
     return None
 
 
+def _queued_message(ahead: int, running: int) -> str:
+    starting = "1 server is" if running == 1 else f"{running} servers are"
+    place = "you are next" if ahead == 0 else f"{ahead} ahead of you"
+    return f"Waiting to start: {starting} starting, {place}...\n"
+
+
 class Launcher:
     """Starts Jupyter servers for built images; one instance serves every launch.
 
@@ -419,6 +427,7 @@ class Launcher:
         task_poll_interval: float = 0.5,
         allow_named_servers: bool = False,
         named_server_limit_per_user: int = 0,
+        slots: LaunchSlots | None = None,
     ) -> None:
         self._hub = hub
         self._swarm = swarm
@@ -430,6 +439,7 @@ class Launcher:
         self._cleanups: set[asyncio.Task[None]] = set()
         self._named_servers = allow_named_servers
         self._named_limit = named_server_limit_per_user
+        self.slots = slots or LaunchSlots(0)
 
     async def aclose(self) -> None:
         """Wait for cleanups still running (of launches whose caller was cancelled)."""
@@ -479,7 +489,12 @@ class Launcher:
         ready = False
         queue: asyncio.Queue[_Item] = asyncio.Queue()
         workers: list[asyncio.Task[None]] = []
+        holding_slot = False
         try:
+            async with contextlib.aclosing(self.slots.take()) as turns:
+                async for ahead in turns:
+                    yield BuildEvent.launching(_queued_message(ahead, self.slots.running))
+            holding_slot = bool(self.slots.limit)
             if temporary:
                 await self._hub.create_user(user)
             started = True
@@ -510,6 +525,9 @@ class Launcher:
                 yield item
             url = self._server_url(user, server_name)
             ready = True
+            if holding_slot:  # the server is up: the next launch may start
+                holding_slot = False
+                self.slots.give_back()
             yield BuildEvent.ready(
                 url=url,
                 token=token,
@@ -521,6 +539,8 @@ class Launcher:
                 binder_persistent_request=binder_persistent_request,
             )
         finally:
+            if holding_slot:
+                self.slots.give_back()
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)

@@ -178,6 +178,16 @@ class Metrics:
             "User servers currently running on the swarm",
             registry=r,
         )
+        self.launch_queue_length = Gauge(
+            "swarmbinder_launch_queue_length",
+            "Launches waiting for a free launch slot (concurrent_launch_limit)",
+            registry=r,
+        )
+        self.launch_limit = Gauge(
+            "swarmbinder_concurrent_launch_limit",
+            "User servers this replica starts at once; 0: no limit",
+            registry=r,
+        )
         self.swarm_nodes = Gauge(
             "swarmbinder_swarm_nodes",
             "Swarm nodes by state (ready, down, ...) and availability (active, pause, drain)",

@@ -162,6 +162,8 @@ class NodeInfo:
     availability: str
     labels: Mapping[str, str]
     addr: str
+    #: The node's CPUs as the engine reports them.
+    cpus: float = 0.0
 
     @classmethod
     def from_api(cls, raw: Mapping[str, Any]) -> NodeInfo:
@@ -175,6 +177,8 @@ class NodeInfo:
             availability=str(spec.get("Availability", "")),
             labels=dict(spec.get("Labels") or {}),
             addr=str(status.get("Addr", "")),
+            cpus=int(((raw.get("Description") or {}).get("Resources") or {}).get("NanoCPUs") or 0)
+            / 1e9,
         )
 
 
