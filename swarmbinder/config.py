@@ -804,6 +804,22 @@ class GitLabConfig(_Section):
     private_token: str = _opt("", "GitLab private token for the GitLab API.", secret=True)
 
 
+@dataclass(frozen=True)
+class GitConfig(_Section):
+    """The plain git repo provider, ``git/<url>/<ref>`` (YAML section ``git:``)."""
+
+    _prefix: ClassVar[str] = "git."
+
+    ref_cache_ttl: int = _opt(
+        5,
+        "Seconds a branch or tag resolved with `git ls-remote` is reused for the same "
+        "repository and ref; a burst of clicks on one link then runs one `git ls-remote`, and "
+        "a push is seen at most this late. Concurrent lookups of one ref always share one "
+        "`git ls-remote`. 0: reuse nothing but concurrent lookups.",
+        minimum=0,
+    )
+
+
 _DOI_RESOLVER_HELP = (
     "Where {name} DOIs are resolved (the DOI is appended as a path). BinderHub always asks "
     "https://doi.org; repo2docker, which fetches the files, always does too."
@@ -871,6 +887,7 @@ class ProvidersConfig:
 
     github: GitHubConfig = field(default_factory=GitHubConfig)
     gitlab: GitLabConfig = field(default_factory=GitLabConfig)
+    git: GitConfig = field(default_factory=GitConfig)
     zenodo: ZenodoConfig = field(default_factory=ZenodoConfig)
     figshare: FigshareConfig = field(default_factory=FigshareConfig)
     hydroshare: HydroshareConfig = field(default_factory=HydroshareConfig)
@@ -893,6 +910,7 @@ _FLAT_SECTIONS: tuple[tuple[str, type[_Section]], ...] = (
 _NESTED_SECTIONS: tuple[tuple[str, type[_Section]], ...] = (
     ("github", GitHubConfig),
     ("gitlab", GitLabConfig),
+    ("git", GitConfig),
     ("zenodo", ZenodoConfig),
     ("figshare", FigshareConfig),
     ("hydroshare", HydroshareConfig),

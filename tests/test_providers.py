@@ -4,6 +4,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -31,7 +32,7 @@ from swarmbinder.providers import (
     default_registry,
     parse_spec,
 )
-from swarmbinder.providers.cache import EtagCache
+from swarmbinder.providers.cache import EtagCache, SharedLookups
 from swarmbinder.providers.github import default_api_base_url
 
 SHA_A = "1479e0252b2e648bb755ee913292b79495931717"
@@ -579,6 +580,59 @@ async def test_git_full_sha_needs_no_network(monkeypatch: pytest.MonkeyPatch) ->
     assert provider.repo_url == "https://example.org/repo.git"
     assert await provider.get_resolved_ref_url() == "https://example.org/repo.git"
     assert provider.get_build_slug() == "https://example.org/repo.git"
+
+
+async def test_git_burst_of_one_link_runs_one_ls_remote(
+    git_server: GitServer, tmp_path: Path
+) -> None:
+    """Ten requests for one branch at once share one ``git ls-remote``; within the TTL the
+    next request runs none; after it, one again. Counted by a wrapper around the real git."""
+    calls = tmp_path / "calls"
+    wrapper = tmp_path / "git"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec git "$@"\n')
+    wrapper.chmod(0o755)
+    lookups = SharedLookups[dict[str, str]](ttl=0.5)
+    escaped = f"{git_server.url}/repo.git".replace(":", "%3A").replace("/", "%2F")
+
+    def provider() -> GitRepoProvider:
+        return GitRepoProvider(f"{escaped}/main", git=str(wrapper), lookups=lookups)
+
+    resolved = await asyncio.gather(*(provider().get_resolved_ref() for _ in range(10)))
+    assert resolved == [git_server.second] * 10
+    assert len(calls.read_text().splitlines()) == 1
+    assert await provider().get_resolved_ref() == git_server.second
+    assert len(calls.read_text().splitlines()) == 1
+    await asyncio.sleep(0.6)
+    assert await provider().get_resolved_ref() == git_server.second
+    assert len(calls.read_text().splitlines()) == 2
+    # Another ref of the same repository is its own lookup.
+    other = GitRepoProvider(f"{escaped}/feature%2Fmain", git=str(wrapper), lookups=lookups)
+    assert await other.get_resolved_ref() == git_server.first
+    assert len(calls.read_text().splitlines()) == 3
+
+
+async def test_shared_lookups_share_failures_only_while_they_run() -> None:
+    lookups = SharedLookups[int](ttl=60)
+    attempts = 0
+    release = asyncio.Event()
+
+    async def flaky() -> int:
+        nonlocal attempts
+        attempts += 1
+        await release.wait()
+        if attempts == 1:
+            raise ProviderUnavailable("the git server did not answer")
+        return 7
+
+    waiting = [asyncio.create_task(lookups.get("k", flaky)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    waiting[0].cancel()  # one client leaves: the lookup goes on for the others
+    release.set()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert [type(r) for r in results[1:]] == [ProviderUnavailable, ProviderUnavailable]
+    assert await lookups.get("k", flaky) == 7  # the failure was not kept
+    assert await lookups.get("k", flaky) == 7 and attempts == 2  # the answer is
 
 
 def test_git_scp_form_becomes_ssh() -> None:

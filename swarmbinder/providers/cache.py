@@ -3,14 +3,16 @@
 An :class:`EtagCache` keeps what was learned from a response with its ETag so the next request
 can be conditional: an unchanged answer (304) costs GitHub no rate-limit quota. A
 :class:`NegativeCache` remembers misses for a short while; a 404 has no ETag, and a branch that
-does not exist now may be pushed a minute later, so misses expire.
+does not exist now may be pushed a minute later, so misses expire. :class:`SharedLookups`
+makes concurrent lookups of one key one call, and reuses its answer for a few seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -87,3 +89,49 @@ class NegativeCache:
 
     def discard(self, key: str) -> None:
         self._expiry.pop(key, None)
+
+
+class SharedLookups(Generic[T]):
+    """One lookup per key at a time, its answer reused for ``ttl`` seconds.
+
+    Concurrent callers of one key await the same call; a caller that is cancelled leaves the
+    call running for the others. Failures are shared by the callers already waiting but never
+    kept: the next caller tries again.
+    """
+
+    def __init__(
+        self,
+        ttl: float,
+        max_size: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self.ttl = ttl
+        self.max_size = max_size
+        self._clock = clock
+        self._answers: OrderedDict[str, tuple[float, T]] = OrderedDict()
+        self._running: dict[str, asyncio.Task[T]] = {}
+
+    async def get(self, key: str, lookup: Callable[[], Awaitable[T]]) -> T:
+        answer = self._answers.get(key)
+        if answer is not None:
+            expiry, value = answer
+            if expiry > self._clock():
+                return value
+            del self._answers[key]
+        task = self._running.get(key)
+        if task is None:
+            task = asyncio.ensure_future(lookup())
+            self._running[key] = task
+            task.add_done_callback(lambda done: self._finished(key, done))
+        return await asyncio.shield(task)
+
+    def _finished(self, key: str, task: asyncio.Task[T]) -> None:
+        self._running.pop(key, None)
+        if self.ttl <= 0 or task.cancelled() or task.exception() is not None:
+            return
+        self._answers[key] = (self._clock() + self.ttl, task.result())
+        self._answers.move_to_end(key)
+        while len(self._answers) > self.max_size:
+            self._answers.popitem(last=False)

@@ -11,6 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError, ProviderUnavailable, RefNotFound, SpecError
 from .base import RepoProvider, check_ref, check_text, is_full_sha
+from .cache import SharedLookups
 
 ALLOWED_PROTOCOLS = frozenset({"http", "https", "git", "ssh"})
 LS_REMOTE_TIMEOUT = 30.0
@@ -76,8 +77,10 @@ class GitRepoProvider(RepoProvider):
         allowed_protocols: Collection[str] = ALLOWED_PROTOCOLS,
         ls_remote_timeout: float = LS_REMOTE_TIMEOUT,
         git: str = "git",
+        lookups: SharedLookups[dict[str, str]] | None = None,
     ) -> None:
         super().__init__(spec)
+        self._lookups = lookups
         self.allowed_protocols = check_protocols(allowed_protocols)
         self.ls_remote_timeout = ls_remote_timeout
         self._git = git
@@ -128,7 +131,12 @@ class GitRepoProvider(RepoProvider):
     async def _resolve(self) -> str:
         if is_full_sha(self.unresolved_ref):
             return self.unresolved_ref.lower()
-        refs = await self._ls_remote()
+        if self._lookups is None:
+            refs = await self._ls_remote()
+        else:
+            # One git ls-remote for a burst of requests for one link.
+            key = f"{self.repo}\n{self.unresolved_ref}"
+            refs = await self._lookups.get(key, self._ls_remote)
         return self._pick(refs)
 
     def _pick(self, refs: Mapping[str, str]) -> str:

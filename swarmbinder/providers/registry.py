@@ -11,6 +11,7 @@ import aiohttp
 
 from ..errors import SpecError, UnknownProvider
 from .base import DEFAULT_TIMEOUT, RepoProvider, check_text
+from .cache import SharedLookups
 from .ckan import CKANProvider
 from .datarepo import DOI_RESOLVER_URL, DataCache
 from .dataverse import DataverseProvider
@@ -113,6 +114,7 @@ def default_registry(
     gitlab_private_token: str | None = None,
     git_allowed_protocols: Collection[str] = ALLOWED_PROTOCOLS,
     git_ls_remote_timeout: float = LS_REMOTE_TIMEOUT,
+    git_ref_cache_ttl: float = 0,
     zenodo_doi_resolver_url: str = DOI_RESOLVER_URL,
     figshare_doi_resolver_url: str = DOI_RESOLVER_URL,
     figshare_api_base_url: str = FIGSHARE_API_BASE_URL,
@@ -177,6 +179,7 @@ def default_registry(
                 GitRepoProvider,
                 allowed_protocols=protocols,
                 ls_remote_timeout=git_ls_remote_timeout,
+                lookups=SharedLookups[dict[str, str]](git_ref_cache_ttl),
             ),
         ),
         (
