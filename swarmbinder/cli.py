@@ -434,6 +434,24 @@ def _up_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=300, help="seconds to wait for a healthy stack (300)"
     )
+    console = parser.add_mutually_exclusive_group()
+    console.add_argument(
+        "--ssh-console",
+        metavar="AUTHORIZED_KEYS",
+        help="also run the admin console over SSH for the public keys in this OpenSSH "
+        "authorized_keys file (default: $SWARMBINDER_SSH_CONSOLE_KEYS; without either, a "
+        "console the stack runs is kept as it is)",
+    )
+    console.add_argument(
+        "--no-ssh-console", action="store_true", help="remove the SSH console from the stack"
+    )
+    parser.add_argument(
+        "--ssh-port",
+        type=int,
+        default=None,
+        help="the SSH console's published port (default: $SWARMBINDER_SSH_PORT, else the "
+        "running console's, else 2222)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the URL")
 
 
@@ -444,12 +462,20 @@ def _up_arguments(parser: argparse.ArgumentParser) -> None:
     "Bring a local Binder up: the Docker engine (installed and started on Debian as root if "
     "none answers), a single-node swarm if the engine is in none, the images, the stack's "
     "secrets (made once, never overwritten), docker-stack.yml deployed, then a wait until "
-    "Binder's /health is ok. Idempotent: a second run changes nothing and says so.",
+    "Binder's /health is ok. Idempotent: a second run changes nothing and says so. With "
+    "--ssh-console, the admin console over SSH (stack/ssh-console.yml) is deployed too; later "
+    "runs keep it until --no-ssh-console.",
 )
 def up(args: argparse.Namespace) -> int:
     from . import stackctl
 
     defaults = stackctl.StackOptions()
+    keys = args.ssh_console
+    if keys is None and not args.no_ssh_console:
+        keys = os.environ.get("SWARMBINDER_SSH_CONSOLE_KEYS") or None
+    ssh_port = args.ssh_port
+    if ssh_port is None and not args.no_ssh_console and os.environ.get("SWARMBINDER_SSH_PORT"):
+        ssh_port = _env_int("SWARMBINDER_SSH_PORT", stackctl.DEFAULT_SSH_PORT)
     options = stackctl.StackOptions(
         name=args.stack,
         port=args.port or _env_int("SWARMBINDER_PORT", defaults.port),
@@ -461,6 +487,9 @@ def up(args: argparse.Namespace) -> int:
         config_file=Path(args.config) if args.config else defaults.config_file,
         base=args.base,
         timeout=args.timeout,
+        ssh_console_keys=Path(keys) if keys else None,
+        no_ssh_console=args.no_ssh_console,
+        ssh_port=ssh_port,
     )
     progress = _TerminalProgress(args.quiet)
     try:
@@ -487,9 +516,9 @@ def _down_arguments(parser: argparse.ArgumentParser) -> None:
     "down",
     "remove the stack (volumes and secrets stay unless --purge)",
     _down_arguments,
-    "Remove the stack, the user servers its hub started and the builds its Binder left. The "
-    "registry's images, the hub's database and the secrets stay for the next 'up' unless "
-    "--purge.",
+    "Remove the stack (with its SSH console, if any), the user servers its hub started and the "
+    "builds its Binder left. The registry's images, the hub's database and the secrets (the "
+    "console's too) stay for the next 'up' unless --purge.",
 )
 def down(args: argparse.Namespace) -> int:
     from . import stackctl

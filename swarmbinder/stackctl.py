@@ -9,6 +9,10 @@ into the label ``swarmbinder.stack-inputs`` on the binder service: when a second
 same hashes on a stack that is up, it deploys nothing and says so; otherwise it says which
 input changed.
 
+The optional SSH console (stack/ssh-console.yml) is deployed on top when asked for with an
+authorized_keys file, kept as it is (same keys secret, same port) by an ``up`` that does not
+mention it, and removed only when asked to: ``--prune`` would otherwise drop it silently.
+
 ``down`` removes the stack, the user servers its hub started (SwarmSpawner makes them as
 services outside the stack, and they hold the stack's network), the build services its Binder
 left, and the network; volumes and secrets stay unless ``purge``.
@@ -39,6 +43,7 @@ from . import hostsetup as hs
 from .errors import SwarmbinderError
 
 STACK_FILE = hs.REPO_ROOT / "docker-stack.yml"
+CONSOLE_FILE = hs.REPO_ROOT / "stack" / "ssh-console.yml"
 DEFAULT_BINDER_CONFIG = hs.REPO_ROOT / "stack" / "config" / "binder.yaml"
 HUB_CONFIG = hs.REPO_ROOT / "stack" / "hub" / "jupyterhub_config.py"
 STATE_DIR = Path("/var/tmp/swarmbinder")
@@ -55,6 +60,12 @@ SECRETS = (
 #: Images the stack runs (singleuser is a base for repositories, not a service).
 STACK_IMAGES = {"swarmbinder": "SWARMBINDER_IMAGE_ID", "hub": "SWARMBINDER_HUB_IMAGE_ID"}
 STACK_IMAGES |= {"registry": "SWARMBINDER_REGISTRY_IMAGE_ID", "builder": ""}
+#: The SSH console's service and secrets (``{stack}-{name}``); the keys secret's name ends in a
+#: digest of the keys, since a Swarm secret cannot change.
+CONSOLE_SERVICE = "console"
+CONSOLE_HOST_KEY = "console-host-key"
+CONSOLE_KEYS = "console-authorized-keys-"
+DEFAULT_SSH_PORT = 2222
 STACK_LABEL = "swarmbinder.stack"
 INPUTS_LABEL = "swarmbinder.stack-inputs"
 NAMESPACE_LABEL = "com.docker.stack.namespace"
@@ -104,6 +115,12 @@ class StackOptions:
     base: str = "auto"
     #: seconds to wait for the stack to become healthy
     timeout: float = 300
+    #: an OpenSSH authorized_keys file: deploy the SSH console with these keys
+    ssh_console_keys: Path | None = None
+    #: remove the SSH console; with neither, ``up`` keeps a console that runs
+    no_ssh_console: bool = False
+    #: the console's published port (None: the running console's, else DEFAULT_SSH_PORT)
+    ssh_port: int | None = None
 
     @property
     def url(self) -> str:
@@ -128,14 +145,26 @@ class StackOptions:
                 f"stack name {self.name!r}: use 1-30 lower-case letters, digits and '-', "
                 "starting with a letter"
             )
+        if self.no_ssh_console and (self.ssh_console_keys or self.ssh_port is not None):
+            what = "--ssh-console" if self.ssh_console_keys else "--ssh-port"
+            raise StackInputError(f"--no-ssh-console removes the SSH console: drop {what}")
+        ssh_port = self.ssh_port
+        if ssh_port is None and self.ssh_console_keys:
+            ssh_port = DEFAULT_SSH_PORT
+        self.check_ports(ssh_port)
+        if self.base not in ("auto", "dockerhub", "debootstrap"):
+            raise StackInputError(f"unknown base {self.base!r} (auto, dockerhub or debootstrap)")
+
+    def check_ports(self, ssh_port: int | None) -> None:
+        """Each port is a TCP port and none is used twice (the console's too, if any)."""
         ports = {"port": self.port, "hub port": self.hub_port, "registry port": self.registry_port}
+        if ssh_port is not None:
+            ports["ssh port"] = ssh_port
         for what, port in ports.items():
             if not 0 < port < 65536:
                 raise StackInputError(f"{what} {port} is not a TCP port")
         if len(set(ports.values())) != len(ports):
             raise StackInputError(f"the stack's ports must differ: {ports}")
-        if self.base not in ("auto", "dockerhub", "debootstrap"):
-            raise StackInputError(f"unknown base {self.base!r} (auto, dockerhub or debootstrap)")
 
     def variables(self) -> dict[str, str]:
         """docker-stack.yml's variables for these options."""
@@ -151,6 +180,19 @@ class StackOptions:
         }
 
 
+@dataclass(frozen=True)
+class Console:
+    """The SSH console a deploy includes: the version of its keys secret and its port."""
+
+    keys_version: str
+    port: int
+    #: the authorized_keys text, when this ``up`` was given the file (None: a kept console)
+    keys: str | None = None
+
+    def keys_secret(self, stack: str) -> str:
+        return f"{stack}-{CONSOLE_KEYS}{self.keys_version}"
+
+
 @dataclass
 class UpResult:
     url: str
@@ -158,6 +200,8 @@ class UpResult:
     rebuilt: list[str] = field(default_factory=list)
     created_secrets: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: the SSH console the stack runs now, if any
+    console: Console | None = None
 
 
 @dataclass
@@ -177,22 +221,31 @@ def up(options: StackOptions, progress: Progress | None = None) -> UpResult:
     started = time.monotonic()
     options.check()
     check_binder_config(options.config_file, binder_environment(options))
+    keys = read_console_keys(options.ssh_console_keys) if options.ssh_console_keys else None
     try:
-        return _up(options, report, started)
+        return _up(options, keys, report, started)
     except hs.SetupError as exc:
         raise StackError(str(exc)) from None
 
 
-def _up(options: StackOptions, report: Progress, started: float) -> UpResult:
+def _up(options: StackOptions, keys: str | None, report: Progress, started: float) -> UpResult:
     report.step("checking the Docker engine")
     hs.ensure_engine(report.step, STATE_DIR)
     hs.ensure_swarm("127.0.0.1", report.step)
     deployed = deployed_ports(options.name)
-    for service, port, variable in (
+    running_console = deployed_console(options.name)
+    console = plan_console(options, keys, running_console)
+    if running_console:
+        deployed[CONSOLE_SERVICE] = running_console.port
+    checked = [
         ("binder", options.port, "--port / SWARMBINDER_PORT"),
         ("proxy", options.hub_port, "--hub-port / SWARMBINDER_HUB_PORT"),
         ("registry", options.registry_port, "--registry-port / SWARMBINDER_REGISTRY_PORT"),
-    ):
+    ]
+    if console:
+        options.check_ports(console.port)  # a kept console's port against the new ones
+        checked.append((CONSOLE_SERVICE, console.port, "--ssh-port / SWARMBINDER_SSH_PORT"))
+    for service, port, variable in checked:
         # Our own running stack holds its ports; anything else holding one is a conflict.
         if deployed.get(service) != port and not hs.port_is_free(port):
             raise StackInputError(
@@ -214,26 +267,33 @@ def _up(options: StackOptions, report: Progress, started: float) -> UpResult:
         image_ids[spec.name] = built.image_id
 
     created = ensure_secrets(options.name)
+    if console:
+        created += ensure_console_secrets(options.name, console)
     for name in created:
         report.step(f"created secret {name}")
 
-    variables = stack_variables(options, image_ids)
+    report.step(_console_plan_line(options, console, running_console))
+    variables = stack_variables(options, image_ids, console)
+    services = SERVICES + ((CONSOLE_SERVICE,) if console else ())
     deployed_inputs = current_inputs(options.name)
     reasons = changed_inputs(deployed_inputs, variables["SWARMBINDER_STACK_INPUTS"])
+    if running_console and not console:
+        # Also when the label never named it (a console deployed by hand).
+        reasons = [r for r in reasons if not r.startswith("ssh-")] + ["ssh-console removed"]
     if deployed_inputs is None:
         reasons = ["not deployed"]
-    elif not reasons and not stack_converged(options.name):
+    elif not reasons and not stack_converged(options.name, services):
         reasons = ["a service is not running"]
     changed = bool(reasons)
     if changed:
+        files = [STACK_FILE, *([CONSOLE_FILE] if console else [])]
         report.step(f"deploying stack {options.name} ({', '.join(reasons)})")
         hs.run(
             [
                 "docker",
                 "stack",
                 "deploy",
-                "--compose-file",
-                str(STACK_FILE),
+                *(arg for path in files for arg in ("--compose-file", str(path))),
                 # No registry has the project's images: use the engine's own.
                 "--resolve-image",
                 "never",
@@ -244,18 +304,28 @@ def _up(options: StackOptions, report: Progress, started: float) -> UpResult:
             cwd=STACK_FILE.parent,
             timeout=300,
         )
-    wait_healthy(options, report)
+    wait_healthy(options, report, services=services)
     if changed:
         for kind in ("binder", "hub"):
             prefix = f"{options.name}-{kind}-config-"
             current = variables[f"SWARMBINDER_{kind.upper()}_CONFIG_VERSION"]
             hs.remove_unused_configs(prefix, keep=prefix + current)
+        # Replaced keys (or a removed console): the old secret is used by nothing now.
+        remove_unused_console_keys(
+            options.name, keep=console.keys_secret(options.name) if console else None
+        )
+    if console:
+        report.step(
+            f"the SSH console listens on port {console.port}: "
+            f"ssh -t -p {console.port} admin@{options.public_host}"
+        )
     return UpResult(
         url=options.url,
         changed=changed or bool(rebuilt) or bool(created),
         rebuilt=rebuilt,
         created_secrets=created,
         seconds=time.monotonic() - started,
+        console=console,
     )
 
 
@@ -314,8 +384,11 @@ def check_binder_config(path: Path, environment: Mapping[str, str]) -> None:
             raise StackInputError(f"{path}: {exc}") from None
 
 
-def stack_variables(options: StackOptions, image_ids: Mapping[str, str]) -> dict[str, str]:
-    """Every docker-stack.yml variable, with config versions and the inputs label."""
+def stack_variables(
+    options: StackOptions, image_ids: Mapping[str, str], console: Console | None = None
+) -> dict[str, str]:
+    """Every variable of docker-stack.yml (and of stack/ssh-console.yml with a ``console``),
+    with config versions and the inputs label."""
     binder_config = options.config_file.read_bytes()
     variables = options.variables()
     variables["SWARMBINDER_BINDER_CONFIG"] = str(options.config_file.resolve())
@@ -332,15 +405,24 @@ def stack_variables(options: StackOptions, image_ids: Mapping[str, str]) -> dict
         "hub-config": variables["SWARMBINDER_HUB_CONFIG_VERSION"],
         **{f"{name}-image": image_ids[name].removeprefix("sha256:")[:12] for name in STACK_IMAGES},
     }
+    if console:
+        # Absent without a console, so a stack that never had one keeps its label as it was.
+        variables["SWARMBINDER_SSH_PORT"] = str(console.port)
+        variables["SWARMBINDER_CONSOLE_KEYS_VERSION"] = console.keys_version
+        parts["ssh-console-file"] = _digest(CONSOLE_FILE.read_bytes())
+        parts["ssh-console-keys"] = console.keys_version
+        parts["ssh-port"] = str(console.port)
     variables["SWARMBINDER_STACK_INPUTS"] = ",".join(f"{k}={v}" for k, v in parts.items())
     return variables
 
 
 def changed_inputs(deployed: str | None, wanted: str) -> list[str]:
-    """The parts of the stack's inputs label that differ (all of them when none is deployed)."""
+    """The parts of the stack's inputs label that differ (all of them when none is deployed),
+    including parts that are gone (the SSH console's, when it is removed)."""
     before = dict(item.partition("=")[::2] for item in (deployed or "").split(",") if item)
     after = dict(item.partition("=")[::2] for item in wanted.split(","))
-    return [part for part, digest in after.items() if before.get(part) != digest]
+    changed = [part for part, digest in after.items() if before.get(part) != digest]
+    return changed + [part for part in before if part not in after]
 
 
 def _digest(content: bytes) -> str:
@@ -356,6 +438,128 @@ def ensure_secrets(stack: str) -> list[str]:
         if hs.ensure_secret(full, lambda: secrets.token_hex(32), {STACK_LABEL: stack}):
             created.append(full)
     return created
+
+
+# --------------------------------------------------------------------------- the SSH console
+
+
+def read_console_keys(path: Path) -> str:
+    """The authorized_keys text for the console; refused here, in one line, when the console
+    would refuse it at start (unreadable, or not one public key it can use)."""
+    import asyncssh
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StackInputError(
+            f"cannot read the SSH console's keys file {path}: {exc.strerror or exc}"
+        ) from None
+    except UnicodeDecodeError:
+        raise StackInputError(f"the SSH console's keys file {path} is not text") from None
+    try:
+        # The console loads the file with the same call: what passes here, it accepts.
+        asyncssh.SSHAuthorizedKeys().load(text)
+    except ValueError:
+        raise StackInputError(
+            f"no valid public key lines in {path} (expected OpenSSH's authorized_keys format)"
+        ) from None
+    return text
+
+
+def plan_console(
+    options: StackOptions, keys: str | None, running: Console | None
+) -> Console | None:
+    """The console this ``up`` deploys: from the keys file if given, else the running one kept
+    (on ``--ssh-port`` if given), else none."""
+    if options.no_ssh_console:
+        return None
+    if keys is not None:
+        port = options.ssh_port or (running.port if running else DEFAULT_SSH_PORT)
+        # 8 hex digits: the name stays within Swarm's 64 characters for any stack name.
+        return Console(_digest(keys.encode())[:8], port, keys)
+    if running:
+        return Console(running.keys_version, options.ssh_port or running.port)
+    if options.ssh_port is not None:
+        raise StackInputError(
+            f"--ssh-port: stack {options.name} runs no SSH console; add one with --ssh-console FILE"
+        )
+    return None
+
+
+def _console_plan_line(
+    options: StackOptions, console: Console | None, running: Console | None
+) -> str:
+    if console is None:
+        if running:
+            return "removing the SSH console (--no-ssh-console)"
+        return "no SSH console (add one with --ssh-console FILE)"
+    secret = console.keys_secret(options.name)
+    if console.keys is None:
+        return f"keeping the SSH console: port {console.port}, keys from secret {secret}"
+    return (
+        f"SSH console: port {console.port}, keys from {options.ssh_console_keys} (secret {secret})"
+    )
+
+
+def console_from_spec(stack: str, spec: Mapping[str, object]) -> Console | None:
+    """The keys version and port of a deployed console service's spec (None if it has no
+    keys secret of the stack's, e.g. a hand-made service of another shape)."""
+    template = spec.get("TaskTemplate", {})
+    container = template.get("ContainerSpec", {}) if isinstance(template, dict) else {}
+    mounted = container.get("Secrets", []) if isinstance(container, dict) else []
+    prefix = f"{stack}-{CONSOLE_KEYS}"
+    versions = [
+        s["SecretName"].removeprefix(prefix)
+        for s in mounted
+        if str(s.get("SecretName", "")).startswith(prefix)
+    ]
+    endpoint = spec.get("EndpointSpec", {})
+    ports = endpoint.get("Ports", []) if isinstance(endpoint, dict) else []
+    published = [int(p["PublishedPort"]) for p in ports if "PublishedPort" in p]
+    if not versions:
+        return None
+    return Console(versions[0], published[0] if published else DEFAULT_SSH_PORT)
+
+
+def deployed_console(stack: str) -> Console | None:
+    spec = _service_spec(f"{stack}_{CONSOLE_SERVICE}")
+    return console_from_spec(stack, spec) if spec else None
+
+
+def ensure_console_secrets(stack: str, console: Console) -> list[str]:
+    """The console's host key (made once: clients keep trusting it across deploys) and its
+    keys secret; returns the names created."""
+    created = []
+    host_key = f"{stack}-{CONSOLE_HOST_KEY}"
+    if hs.ensure_secret(host_key, _new_host_key, {STACK_LABEL: stack}):
+        created.append(host_key)
+    keys = console.keys
+    if keys is not None and hs.ensure_secret(
+        console.keys_secret(stack), lambda: keys, {STACK_LABEL: stack}
+    ):
+        created.append(console.keys_secret(stack))
+    return created
+
+
+def _new_host_key() -> str:
+    import asyncssh
+
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="swarmbinder-console")
+    return key.export_private_key().decode()
+
+
+def _console_secrets(stack: str) -> list[str]:
+    """The stack's console secrets that exist: keys secrets of every version and the host key."""
+    names = hs.run(["docker", "secret", "ls", "--format", "{{.Name}}"], timeout=30).stdout.split()
+    keys = [n for n in names if n.startswith(f"{stack}-{CONSOLE_KEYS}")]
+    return sorted(keys) + [n for n in names if n == f"{stack}-{CONSOLE_HOST_KEY}"]
+
+
+def remove_unused_console_keys(stack: str, keep: str | None) -> None:
+    """Remove the console's keys secrets but ``keep``; Swarm refuses one still in use."""
+    for name in _console_secrets(stack):
+        if name.startswith(f"{stack}-{CONSOLE_KEYS}") and name != keep:
+            hs.run(["docker", "secret", "rm", name], check=False)
 
 
 def _service_spec(name: str) -> dict[str, object] | None:
@@ -384,7 +588,7 @@ def deployed_ports(stack: str) -> dict[str, int]:
     return ports
 
 
-def task_states(stack: str) -> dict[str, str]:
+def task_states(stack: str, services: tuple[str, ...] = SERVICES) -> dict[str, str]:
     """service -> the state of its newest task that should be running ('' if none)."""
     proc = hs.run(
         [
@@ -400,7 +604,7 @@ def task_states(stack: str) -> dict[str, str]:
         check=False,
         timeout=30,
     )
-    states = dict.fromkeys(SERVICES, "")
+    states = dict.fromkeys(services, "")
     for line in proc.stdout.splitlines():
         task, _, state = line.partition("\t")
         service = task.removeprefix(f"{stack}_").split(".")[0]
@@ -409,8 +613,8 @@ def task_states(stack: str) -> dict[str, str]:
     return states
 
 
-def stack_converged(stack: str) -> bool:
-    return all(state == "running" for state in task_states(stack).values())
+def stack_converged(stack: str, services: tuple[str, ...] = SERVICES) -> bool:
+    return all(state == "running" for state in task_states(stack, services).values())
 
 
 def _http_status(url: str) -> tuple[int, str]:
@@ -423,7 +627,9 @@ def _http_status(url: str) -> tuple[int, str]:
         return 0, str(exc)
 
 
-def wait_healthy(options: StackOptions, report: Progress) -> None:
+def wait_healthy(
+    options: StackOptions, report: Progress, services: tuple[str, ...] = SERVICES
+) -> None:
     """Until every service runs (Swarm counts a task with a healthcheck as running once it is
     healthy), Binder's /health says ok and the hub answers through the proxy."""
     started = time.monotonic()
@@ -432,7 +638,7 @@ def wait_healthy(options: StackOptions, report: Progress) -> None:
     states: dict[str, str] = {}
     status, body = 0, ""
     while time.monotonic() - started < options.timeout:
-        states = task_states(options.name)
+        states = task_states(options.name, services)
         if all(s == "running" for s in states.values()):
             status, body = _http_status(health)
             if status == 200 and _http_status(hub)[0] == 200:
@@ -441,14 +647,18 @@ def wait_healthy(options: StackOptions, report: Progress) -> None:
         shown = ", ".join(f"{k} {v or 'pending'}" for k, v in states.items())
         report.status(f"waiting for the stack: {shown} ({time.monotonic() - started:.0f} s)")
         time.sleep(1)
-    raise StackError(_unhealthy_message(options, states, status, body))
+    raise StackError(_unhealthy_message(options, services, states, status, body))
 
 
 def _unhealthy_message(
-    options: StackOptions, states: Mapping[str, str], status: int, body: str
+    options: StackOptions,
+    services: tuple[str, ...],
+    states: Mapping[str, str],
+    status: int,
+    body: str,
 ) -> str:
     waited = f"within {options.timeout:.0f} s"
-    stuck = [s for s in SERVICES if states.get(s) != "running"]
+    stuck = [s for s in services if states.get(s) != "running"]
     if not stuck:
         # Every task runs but Binder says something is down: /health names it.
         try:
@@ -634,8 +844,7 @@ def _purge(name: str, report: Progress) -> list[str]:
             time.sleep(0.5)
         else:
             raise StackError(f"volume {volume} is still in use; remove it with docker volume rm")
-    for secret in SECRETS:
-        full = f"{name}-{secret}"
+    for full in [f"{name}-{secret}" for secret in SECRETS] + _console_secrets(name):
         if hs.run(["docker", "secret", "rm", full], check=False).returncode == 0:
             purged.append(full)
     for kind in ("binder", "hub"):

@@ -14,8 +14,11 @@ import pytest
 import yaml
 
 from swarmbinder import stackctl
-from swarmbinder.stackctl import StackInputError, StackOptions
+from swarmbinder.stackctl import Console, StackInputError, StackOptions
 
+#: Two real ed25519 public keys (generated once for these tests; their private halves are gone).
+KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMNYQXn/XxAKeL39ZECstcMu7qa7RrGleUFwX+QAGEA alice"
+KEY_B = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB/1YO64N3k8w1SyKvAu3pgWMX4rcXGqOJ59r3+LcHem bob"
 IMAGES = {
     name: f"sha256:{n}" + "0" * 63
     for n, name in enumerate(["swarmbinder", "hub", "registry", "builder"], 1)
@@ -44,6 +47,17 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         (StackOptions(hub_port=70000), "hub port 70000 is not a TCP port"),
         (StackOptions(port=8000, hub_port=8000), "the stack's ports must differ"),
         (StackOptions(base="floppy"), "unknown base 'floppy'"),
+        (StackOptions(ssh_console_keys=Path("k"), ssh_port=0), "ssh port 0 is not a TCP port"),
+        (StackOptions(ssh_console_keys=Path("k"), port=2222), "the stack's ports must differ"),
+        (StackOptions(ssh_port=5000), "the stack's ports must differ"),
+        (
+            StackOptions(no_ssh_console=True, ssh_port=2300),
+            "--no-ssh-console removes the SSH console: drop --ssh-port",
+        ),
+        (
+            StackOptions(no_ssh_console=True, ssh_console_keys=Path("k")),
+            "drop --ssh-console",
+        ),
     ],
 )
 def test_bad_options_are_refused(options: StackOptions, problem: str) -> None:
@@ -204,3 +218,151 @@ def test_an_engine_that_does_not_answer_is_one_line(tmp_path: Path) -> None:
     down = run_cli("down", env={"DOCKER_HOST": host})
     assert down.returncode == 1
     assert down.stderr.strip() == f"swarmbinder: error: the Docker engine at {host} does not answer"
+
+
+# --- the SSH console --------------------------------------------------------------------------
+
+
+def test_console_keys_file_is_checked_before_anything(tmp_path: Path) -> None:
+    keys = tmp_path / "authorized_keys"
+    with pytest.raises(
+        StackInputError, match="cannot read the SSH console's keys file .*: No such"
+    ):
+        stackctl.read_console_keys(keys)
+    keys.write_text("# operators\n\nnot a key\nssh-ed25519 AAAAnotbase64!! x\n")
+    with pytest.raises(StackInputError, match="no valid public key lines in .*authorized_keys"):
+        stackctl.read_console_keys(keys)
+    keys.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(StackInputError, match="is not text"):
+        stackctl.read_console_keys(keys)
+    # Comments, options and one stray line among valid keys: accepted as the console does.
+    text = f'# operators\n{KEY_A}\nfrom="10.0.0.0/8",no-pty {KEY_B}\ngarbage\n'
+    keys.write_text(text)
+    assert stackctl.read_console_keys(keys) == text
+
+
+def test_console_plan_from_the_file_the_running_one_or_none() -> None:
+    with_file = StackOptions(name="lab", ssh_console_keys=Path("k"))
+    first = stackctl.plan_console(with_file, KEY_A, None)
+    assert first is not None and first.port == 2222 and first.keys == KEY_A
+    assert first.keys_secret("lab") == f"lab-console-authorized-keys-{first.keys_version}"
+    assert stackctl.plan_console(with_file, KEY_A, None) == first
+    changed = stackctl.plan_console(with_file, KEY_B, first)
+    assert changed is not None and changed.keys_version != first.keys_version
+    # Secret names stay within Swarm's 64 characters for the longest stack name.
+    assert len(first.keys_secret("s" * 30)) <= 64
+
+    running = Console(first.keys_version, 2300)
+    assert stackctl.plan_console(with_file, KEY_A, running) == Console(
+        first.keys_version, 2300, KEY_A
+    )
+    assert stackctl.plan_console(StackOptions(name="lab"), None, running) == running
+    moved = StackOptions(name="lab", ssh_port=2400)
+    assert stackctl.plan_console(moved, None, running) == Console(first.keys_version, 2400)
+    assert (
+        stackctl.plan_console(StackOptions(name="lab", no_ssh_console=True), None, running) is None
+    )
+    assert stackctl.plan_console(StackOptions(name="lab"), None, None) is None
+    with pytest.raises(StackInputError, match="--ssh-port: stack lab runs no SSH console"):
+        stackctl.plan_console(moved, None, None)
+
+
+def test_console_inputs_change_only_with_the_console(tmp_path: Path) -> None:
+    config = tmp_path / "binder.yaml"
+    shutil.copy(stackctl.DEFAULT_BINDER_CONFIG, config)
+    options = StackOptions(name="lab", config_file=config)
+    plain = stackctl.stack_variables(options, IMAGES)
+    assert "ssh" not in plain["SWARMBINDER_STACK_INPUTS"]
+    assert "SWARMBINDER_SSH_PORT" not in plain
+
+    console = Console("0123abcd", 2222, KEY_A)
+    added = stackctl.stack_variables(options, IMAGES, console)
+    assert added["SWARMBINDER_CONSOLE_KEYS_VERSION"] == "0123abcd"
+    assert added["SWARMBINDER_SSH_PORT"] == "2222"
+    before, after = plain["SWARMBINDER_STACK_INPUTS"], added["SWARMBINDER_STACK_INPUTS"]
+    assert stackctl.changed_inputs(before, after) == [
+        "ssh-console-file",
+        "ssh-console-keys",
+        "ssh-port",
+    ]
+    # A kept console (read back from the service, without the file) is the same input.
+    kept = stackctl.stack_variables(options, IMAGES, Console("0123abcd", 2222))
+    assert stackctl.changed_inputs(after, kept["SWARMBINDER_STACK_INPUTS"]) == []
+    new_keys = stackctl.stack_variables(options, IMAGES, Console("4567ef01", 2222, KEY_B))
+    assert stackctl.changed_inputs(after, new_keys["SWARMBINDER_STACK_INPUTS"]) == [
+        "ssh-console-keys"
+    ]
+    moved = stackctl.stack_variables(options, IMAGES, Console("0123abcd", 2300))
+    assert stackctl.changed_inputs(after, moved["SWARMBINDER_STACK_INPUTS"]) == ["ssh-port"]
+    # Removing the console is a change too, though the wanted label names no console part.
+    assert stackctl.changed_inputs(after, before) == [
+        "ssh-console-file",
+        "ssh-console-keys",
+        "ssh-port",
+    ]
+
+
+def test_a_running_console_is_read_from_its_service_spec() -> None:
+    spec: dict[str, Any] = {
+        "TaskTemplate": {
+            "ContainerSpec": {
+                "Secrets": [
+                    {"SecretName": "lab-admin-token", "File": {"Name": "admin_token"}},
+                    {"SecretName": "lab-console-authorized-keys-0123abcd"},
+                    {"SecretName": "lab-console-host-key"},
+                ]
+            }
+        },
+        "EndpointSpec": {"Ports": [{"TargetPort": 2222, "PublishedPort": 2300}]},
+    }
+    assert stackctl.console_from_spec("lab", spec) == Console("0123abcd", 2300)
+    # Another stack's keys are not this stack's console.
+    assert stackctl.console_from_spec("other", spec) is None
+
+
+def test_merged_stack_file_takes_the_console_variables(tmp_path: Path) -> None:
+    if not shutil.which("docker"):
+        pytest.skip("the docker CLI is not installed")
+    options = StackOptions(name="lab", registry_port=5001)
+    console = Console("0123abcd", 2300, KEY_A)
+    variables = stackctl.stack_variables(options, IMAGES, console)
+    proc = subprocess.run(
+        ["docker", "stack", "config", "-c", str(stackctl.STACK_FILE)]
+        + ["-c", str(stackctl.CONSOLE_FILE)],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], **variables},
+        cwd=stackctl.STACK_FILE.parent,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    merged = yaml.safe_load(proc.stdout)
+    assert set(merged["services"]) == {*stackctl.SERVICES, stackctl.CONSOLE_SERVICE}
+    assert merged["services"]["console"]["ports"][0]["published"] == 2300
+    assert merged["secrets"]["console_authorized_keys"]["name"] == console.keys_secret("lab")
+    assert merged["secrets"]["console_host_key"]["name"] == "lab-console-host-key"
+    label = merged["services"]["binder"]["deploy"]["labels"]["swarmbinder.stack-inputs"]
+    assert label == variables["SWARMBINDER_STACK_INPUTS"] and "ssh-console-keys=0123abcd" in label
+
+
+def test_console_options_bad_input_is_one_line(tmp_path: Path) -> None:
+    no_keys = tmp_path / "authorized_keys"
+    no_keys.write_text("# nobody yet\n")
+    good = tmp_path / "operators.pub"
+    good.write_text(KEY_A + "\n")
+    cases = [
+        (["up", "--ssh-console", str(tmp_path / "missing")], "cannot read the SSH console's"),
+        (["up", "--ssh-console", str(no_keys)], f"no valid public key lines in {no_keys}"),
+        (["up", "--ssh-console", str(good), "--ssh-port", "8585"], "ports must differ"),
+        (["up", "--no-ssh-console", "--ssh-port", "2300"], "drop --ssh-port"),
+        (["up", "--ssh-console", str(good), "--no-ssh-console"], "not allowed with argument"),
+    ]
+    for args, line in cases:
+        proc = run_cli(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert line in proc.stderr, proc.stderr
+    # The environment variable stands for the flag.
+    proc = run_cli("up", env={"SWARMBINDER_SSH_CONSOLE_KEYS": str(no_keys)})
+    assert proc.returncode == 2 and "no valid public key lines" in proc.stderr
