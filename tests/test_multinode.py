@@ -21,6 +21,7 @@ import aiohttp
 import multinode_support as mns
 import pytest
 from multinode_support import (
+    Repo,
     cli,
     finished,
     has_image,
@@ -32,7 +33,7 @@ from multinode_support import (
     slow_dockerfile,
 )
 
-from swarmbinder.builds import BuildManager, BuildStatus
+from swarmbinder.builds import Build, BuildManager, BuildRequest, BuildStatus
 from swarmbinder.swarm import SwarmClient
 
 pytestmark = pytest.mark.swarm
@@ -191,6 +192,28 @@ async def test_unsatisfiable_placement_fails_after_pending_timeout(
         await cli("docker", "-H", host, "node", "update", "--label-rm", label, "node3", check=False)
 
 
+async def running_on_a_worker(
+    ground: dict[str, Any],
+    manager: BuildManager,
+    swarm: SwarmClient,
+    tmp_path: Path,
+    run_id: str,
+) -> tuple[Repo, BuildRequest, Build]:
+    """A slow build of a new repository ranked onto a worker, once its task runs there."""
+    repo = repo_ranked(
+        ground, tmp_path, f"w{uuid.uuid4().hex[:6]}{run_id}", slow_dockerfile(ground),
+        lambda r: r[0] != "node1",
+    )  # fmt: skip
+    request = request_for(ground, run_id, repo, repo.head)
+    build = await manager.request(request)
+    assert build.node == ranking(ground, repo.url)[0]
+    deadline = time.monotonic() + 60
+    while not any(t.state == "running" for t in await swarm.tasks(build.name)):
+        assert time.monotonic() < deadline, "the build never started"
+        await asyncio.sleep(0.2)
+    return repo, request, build
+
+
 async def test_node_lost_mid_build_fails_and_next_request_builds_elsewhere(
     healthy: dict[str, Any],
     manager_factory: Callable[..., BuildManager],
@@ -199,20 +222,11 @@ async def test_node_lost_mid_build_fails_and_next_request_builds_elsewhere(
     run_id: str,
 ) -> None:
     ground = healthy
-    repo = repo_ranked(
-        ground, tmp_path, f"lost{run_id}", slow_dockerfile(ground), lambda r: r[0] != "node1"
-    )
-    victim = ranking(ground, repo.url)[0]
-    survivors = [n["name"] for n in ground["nodes"] if n["name"] != victim]
     manager = manager_factory(ground, node_lost_grace=4)
-    request = request_for(ground, run_id, repo, repo.head)
-    build = await manager.request(request)
-    assert build.node == victim
-    # Kill the node once the build runs there (its slow step takes 8 s).
-    deadline = time.monotonic() + 60
-    while not any(t.state == "running" for t in await swarm.tasks(build.name)):
-        assert time.monotonic() < deadline, "the build never started"
-        await asyncio.sleep(0.2)
+    repo, request, build = await running_on_a_worker(ground, manager, swarm, tmp_path, run_id)
+    victim = build.node
+    survivors = [n["name"] for n in ground["nodes"] if n["name"] != victim]
+    # Kill the node while the build runs there (its slow step takes 8 s).
     container = next(n["container"] for n in ground["nodes"] if n["name"] == victim)
     await cli("docker", "kill", container)
     killed = time.monotonic()
@@ -243,17 +257,9 @@ async def test_a_node_that_misses_heartbeats_briefly_keeps_its_build(
     """A loaded node can miss a few heartbeats: Swarm shows it down, then ready again, and its
     task runs on. The build must not be failed as lost inside ``build_node_lost_grace``."""
     ground = healthy
-    repo = repo_ranked(
-        ground, tmp_path, f"flap{run_id}", slow_dockerfile(ground), lambda r: r[0] != "node1"
-    )
-    victim = ranking(ground, repo.url)[0]
     manager = manager_factory(ground, node_lost_grace=20)
-    build = await manager.request(request_for(ground, run_id, repo, repo.head))
-    assert build.node == victim
-    deadline = time.monotonic() + 60
-    while not any(t.state == "running" for t in await swarm.tasks(build.name)):
-        assert time.monotonic() < deadline, "the build never started"
-        await asyncio.sleep(0.2)
+    _, _, build = await running_on_a_worker(ground, manager, swarm, tmp_path, run_id)
+    victim = build.node
     container = next(n["container"] for n in ground["nodes"] if n["name"] == victim)
     await cli("docker", "pause", container)
     try:
