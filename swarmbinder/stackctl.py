@@ -304,7 +304,7 @@ def _up(options: StackOptions, keys: str | None, report: Progress, started: floa
             cwd=STACK_FILE.parent,
             timeout=300,
         )
-    wait_healthy(options, report, services=services)
+    wait_healthy(options, report, console=console)
     if changed:
         for kind in ("binder", "hub"):
             prefix = f"{options.name}-{kind}-config-"
@@ -526,6 +526,32 @@ def deployed_console(stack: str) -> Console | None:
     return console_from_spec(stack, spec) if spec else None
 
 
+def console_current(stack: str, console: Console) -> bool:
+    """Whether a running task of the console service has ``console``'s keys and port. Right
+    after a deploy the old task runs on for a moment: it would refuse the new keys."""
+    tasks = hs.run(
+        ["docker", "service", "ps", "-q", "--no-trunc", "--filter", "desired-state=running"]
+        + [f"{stack}_{CONSOLE_SERVICE}"],
+        check=False,
+        timeout=30,
+    ).stdout.split()
+    if not tasks:
+        return False
+    inspect = hs.run(["docker", "inspect", "--format", "{{json .}}", *tasks], check=False)
+    for line in inspect.stdout.splitlines():
+        task = json.loads(line)
+        status = task.get("Status", {})
+        mounted = task.get("Spec", {}).get("ContainerSpec", {}).get("Secrets", [])
+        published = status.get("PortStatus", {}).get("Ports", [])
+        if (
+            status.get("State") == "running"
+            and console.keys_secret(stack) in {s.get("SecretName") for s in mounted}
+            and console.port in {p.get("PublishedPort") for p in published}
+        ):
+            return True
+    return False
+
+
 def ensure_console_secrets(stack: str, console: Console) -> list[str]:
     """The console's host key (made once: clients keep trusting it across deploys) and its
     keys secret; returns the names created."""
@@ -627,11 +653,11 @@ def _http_status(url: str) -> tuple[int, str]:
         return 0, str(exc)
 
 
-def wait_healthy(
-    options: StackOptions, report: Progress, services: tuple[str, ...] = SERVICES
-) -> None:
+def wait_healthy(options: StackOptions, report: Progress, console: Console | None = None) -> None:
     """Until every service runs (Swarm counts a task with a healthcheck as running once it is
-    healthy), Binder's /health says ok and the hub answers through the proxy."""
+    healthy), the ``console``'s with its keys and port, Binder's /health says ok and the hub
+    answers through the proxy."""
+    services = SERVICES + ((CONSOLE_SERVICE,) if console else ())
     started = time.monotonic()
     health = f"http://127.0.0.1:{options.port}/health"
     hub = f"http://127.0.0.1:{options.hub_port}/hub/api/"
@@ -639,6 +665,9 @@ def wait_healthy(
     status, body = 0, ""
     while time.monotonic() - started < options.timeout:
         states = task_states(options.name, services)
+        if console and states[CONSOLE_SERVICE] == "running":
+            if not console_current(options.name, console):
+                states[CONSOLE_SERVICE] = "updating"
         if all(s == "running" for s in states.values()):
             status, body = _http_status(health)
             if status == 200 and _http_status(hub)[0] == 200:

@@ -1,5 +1,8 @@
 """``swarmbinder up`` from nothing to a launch through the published ports, then ``down``.
 
+The first ``up`` also deploys the SSH console (``--ssh-console``); OpenSSH's client checks what
+it lets in through its published port, and the next ``up``, which does not mention it, keeps it.
+
 The stack runs next to the test ground on the same engine, under a name and ports of its own,
 and reuses the test ground's images (same tags and inputs, so nothing is rebuilt unless the
 code changed). Binder runs in a container on the stack's overlay network, where the test
@@ -12,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,6 +38,7 @@ pytestmark = pytest.mark.swarm
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICE_IMAGE = f"swarmbinder/swarmbinder:{__version__}"
+NO_TERMINAL = "the swarmbinder console needs a terminal: use ssh -t"
 
 
 def free_port() -> int:
@@ -95,6 +100,33 @@ def read_events(url: str, timeout: float = 240) -> list[dict[str, Any]]:
     return events
 
 
+@pytest.fixture
+def ssh_keys(tmp_path: Path) -> dict[str, Path]:
+    """An operator's key listed in an authorized_keys file, and a stranger's that is not."""
+    if not shutil.which("ssh-keygen") or not shutil.which("ssh"):
+        pytest.fail("OpenSSH's client is not installed (apt-get install openssh-client)")
+    keys = {name: tmp_path / name for name in ("operator", "stranger")}
+    for path in keys.values():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    keys["authorized"] = tmp_path / "authorized_keys"
+    keys["authorized"].write_text("# operators\n" + (tmp_path / "operator.pub").read_text())
+    return keys
+
+
+def ssh(port: int, key: Path) -> subprocess.CompletedProcess[str]:
+    """An SSH session without a terminal, as a script would open one."""
+    options = ["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "LogLevel=ERROR"]
+    options += ["IdentitiesOnly=yes", "BatchMode=yes", "ConnectTimeout=10"]
+    return subprocess.run(
+        ["ssh", "-p", str(port), "-i", str(key), *(f"-o{o}" for o in options), "admin@127.0.0.1"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+        check=False,
+    )
+
+
 def stack_leftovers(stack: str) -> list[str]:
     services = docker("service", "ls", "--format", "{{.Name}}").split()
     networks = docker("network", "ls", "--format", "{{.Name}}").split()
@@ -108,19 +140,44 @@ def stack_leftovers(stack: str) -> list[str]:
     )
 
 
-def test_up_launch_up_again_down(testground: dict[str, Any], git_for_containers: str) -> None:
+def test_up_launch_up_again_down(
+    testground: dict[str, Any], git_for_containers: str, ssh_keys: dict[str, Path]
+) -> None:
     stack = f"sbe2e{uuid.uuid4().hex[:6]}"
     port, hub_port, registry_port = free_port(), free_port(), free_port()
+    ssh_port = free_port()
     ports = ["--port", str(port), "--hub-port", str(hub_port)]
     ports += ["--registry-port", str(registry_port)]
+    console = ["--ssh-console", str(ssh_keys["authorized"]), "--ssh-port", str(ssh_port)]
     try:
         started = time.monotonic()
-        first = swarmbinder("up", "--stack", stack, *ports, "--timeout", "240")
+        first = swarmbinder("up", "--stack", stack, *ports, *console, "--timeout", "240")
         assert first.returncode == 0, first.stderr[-2000:]
         assert first.stdout.strip() == f"Binder is running at http://127.0.0.1:{port}/"
         assert f"deploying stack {stack}" in first.stderr
         assert f"created secret {stack}-hub-api-token" in first.stderr
+        assert f"created secret {stack}-console-host-key" in first.stderr
+        assert f"SSH console: port {ssh_port}, keys from {ssh_keys['authorized']}" in first.stderr
         print(f"up from nothing: {time.monotonic() - started:.1f} s", file=sys.stderr)
+
+        # The console service runs and lets in the listed key only (the console itself, on a
+        # terminal, is tested in test_ssh_console.py).
+        started = time.monotonic()
+        mounted = docker(
+            "service",
+            "inspect",
+            "--format",
+            "{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{.SecretName}} {{end}}",
+            f"{stack}_console",
+        ).split()
+        keys_secret = [s for s in mounted if s.startswith(f"{stack}-console-authorized-keys-")]
+        assert len(keys_secret) == 1 and f"(secret {keys_secret[0]})" in first.stderr
+        assert f"{stack}-console-host-key" in mounted
+        refused = ssh(ssh_port, ssh_keys["stranger"])
+        assert refused.returncode == 255 and "Permission denied (publickey)" in refused.stderr
+        operator = ssh(ssh_port, ssh_keys["operator"])
+        assert (operator.returncode, operator.stderr.strip()) == (2, NO_TERMINAL), operator
+        print(f"ssh checks: {time.monotonic() - started:.1f} s", file=sys.stderr)
 
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as resp:
             assert json.load(resp)["ok"] is True
@@ -153,15 +210,38 @@ def test_up_launch_up_again_down(testground: dict[str, Any], git_for_containers:
         again = swarmbinder("up", "--stack", stack, *ports)
         assert again.returncode == 0, again.stderr[-2000:]
         assert "created secret" not in again.stderr
+        print(f"up again: {time.monotonic() - started:.1f} s", file=sys.stderr)
         current_image = docker("image", "inspect", "--format", "{{.Id}}", SERVICE_IMAGE)
+        # Not named on this run, the console stays as it was.
+        assert f"keeping the SSH console: port {ssh_port}" in again.stderr, again.stderr
+        assert docker("service", "ls", "-q", "--filter", f"name={stack}_console").strip()
         if current_image.removeprefix("sha256:")[:12] == deployed_image:
-            assert f"nothing changed: stack {stack} is up to date" in again.stderr, again.stderr
-            assert "deploying" not in again.stderr
+            assert "deploying" not in again.stderr, again.stderr
+            # The image tag is shared: a concurrent build of other inputs makes this run build
+            # it back (to the deployed image); only then may it not say "nothing changed".
+            if "built " not in again.stderr:
+                assert f"nothing changed: stack {stack} is up to date" in again.stderr
             assert time.monotonic() - started < 30
         else:
             # Someone changed swarmbinder's code meanwhile (the service image is shared with
             # the test ground): the one right reason to deploy again.
             assert f"deploying stack {stack} (swarmbinder-image)" in again.stderr, again.stderr
+
+        # Changed keys: a new secret, the console redeployed with it, the old secret removed.
+        started = time.monotonic()
+        stranger_pub = Path(f"{ssh_keys['stranger']}.pub").read_text()
+        ssh_keys["authorized"].write_text(ssh_keys["authorized"].read_text() + stranger_pub)
+        rotated = swarmbinder("up", "--stack", stack, *ports, *console)
+        assert rotated.returncode == 0, rotated.stderr[-2000:]
+        deploying = [ln for ln in rotated.stderr.splitlines() if "deploying stack" in ln]
+        assert len(deploying) == 1 and "ssh-console-keys" in deploying[0], rotated.stderr
+        now = docker(
+            "secret", "ls", "--format", "{{.Name}}", "--filter", f"name={stack}-console-authorized"
+        ).split()
+        assert len(now) == 1 and now != keys_secret and f"(secret {now[0]})" in rotated.stderr
+        let_in = ssh(ssh_port, ssh_keys["stranger"])
+        assert (let_in.returncode, let_in.stderr.strip()) == (2, NO_TERMINAL), let_in
+        print(f"keys changed: {time.monotonic() - started:.1f} s", file=sys.stderr)
 
         # Another stack on a port this one holds: refused in one line, nothing made.
         taken = swarmbinder("up", "--stack", f"{stack}x", "--port", str(port))
@@ -171,10 +251,26 @@ def test_up_launch_up_again_down(testground: dict[str, Any], git_for_containers:
             "choose another with --port / SWARMBINDER_PORT"
         )
         assert not docker("secret", "ls", "-q", "--filter", f"name={stack}x-").split()
+        ssh_taken = swarmbinder(
+            "up",
+            "--stack",
+            f"{stack}x",
+            *("--port", str(free_port()), "--hub-port", str(free_port())),
+            *("--registry-port", str(free_port()), *console),
+        )
+        assert ssh_taken.returncode == 2
+        assert ssh_taken.stderr.strip().splitlines()[-1] == (
+            f"swarmbinder: error: port {ssh_port} on 127.0.0.1 is already in use; "
+            "choose another with --ssh-port / SWARMBINDER_SSH_PORT"
+        )
+        assert not docker("secret", "ls", "-q", "--filter", f"name={stack}x-").split()
     finally:
+        started = time.monotonic()
         gone = swarmbinder("down", "--stack", stack, "--purge", timeout=180)
+        print(f"down: {time.monotonic() - started:.1f} s", file=sys.stderr)
     assert gone.returncode == 0, gone.stderr[-2000:]
     assert "removing 1 user server(s)" in gone.stderr
+    assert f"{stack}-console-host-key" in gone.stderr  # listed among the removed secrets
     assert stack_leftovers(stack) == []
     assert not docker("secret", "ls", "-q", "--filter", f"name={stack}-").split()
     assert not docker("volume", "ls", "-q", "--filter", f"name={stack}_").split()
