@@ -264,6 +264,17 @@ def test_up_launch_up_again_down(
             "choose another with --ssh-port / SWARMBINDER_SSH_PORT"
         )
         assert not docker("secret", "ls", "-q", "--filter", f"name={stack}x-").split()
+
+        # Asked to, up removes the console and its keys; the host key stays for a next one.
+        started = time.monotonic()
+        removed = swarmbinder("up", "--stack", stack, *ports, "--no-ssh-console")
+        assert removed.returncode == 0, removed.stderr[-2000:]
+        assert "removing the SSH console (--no-ssh-console)" in removed.stderr
+        assert "ssh-console removed" in removed.stderr
+        assert not docker("service", "ls", "-q", "--filter", f"name={stack}_console").split()
+        left = docker("secret", "ls", "--format", "{{.Name}}", "--filter", f"name={stack}-console")
+        assert left.split() == [f"{stack}-console-host-key"]
+        print(f"console removed: {time.monotonic() - started:.1f} s", file=sys.stderr)
     finally:
         started = time.monotonic()
         gone = swarmbinder("down", "--stack", stack, "--purge", timeout=180)
