@@ -446,24 +446,12 @@ def ensure_secrets(stack: str) -> list[str]:
 def read_console_keys(path: Path) -> str:
     """The authorized_keys text for the console; refused here, in one line, when the console
     would refuse it at start (unreadable, or not one public key it can use)."""
-    import asyncssh
+    from swarmbinder_tui.sshconsole import ConsoleSetupError, authorized_keys_checked
 
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise StackInputError(
-            f"cannot read the SSH console's keys file {path}: {exc.strerror or exc}"
-        ) from None
-    except UnicodeDecodeError:
-        raise StackInputError(f"the SSH console's keys file {path} is not text") from None
-    try:
-        # The console loads the file with the same call: what passes here, it accepts.
-        asyncssh.SSHAuthorizedKeys().load(text)
-    except ValueError:
-        raise StackInputError(
-            f"no valid public key lines in {path} (expected OpenSSH's authorized_keys format)"
-        ) from None
-    return text
+        return authorized_keys_checked(path)[0]
+    except ConsoleSetupError as exc:
+        raise StackInputError(f"--ssh-console: {exc}") from None
 
 
 def plan_console(

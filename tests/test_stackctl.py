@@ -226,11 +226,11 @@ def test_an_engine_that_does_not_answer_is_one_line(tmp_path: Path) -> None:
 def test_console_keys_file_is_checked_before_anything(tmp_path: Path) -> None:
     keys = tmp_path / "authorized_keys"
     with pytest.raises(
-        StackInputError, match="cannot read the SSH console's keys file .*: No such"
+        StackInputError, match="--ssh-console: cannot read the authorized keys file .*: No such"
     ):
         stackctl.read_console_keys(keys)
     keys.write_text("# operators\n\nnot a key\nssh-ed25519 AAAAnotbase64!! x\n")
-    with pytest.raises(StackInputError, match="no valid public key lines in .*authorized_keys"):
+    with pytest.raises(StackInputError, match="--ssh-console: no public keys in .*authorized_keys"):
         stackctl.read_console_keys(keys)
     keys.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(StackInputError, match="is not text"):
@@ -352,8 +352,14 @@ def test_console_options_bad_input_is_one_line(tmp_path: Path) -> None:
     good = tmp_path / "operators.pub"
     good.write_text(KEY_A + "\n")
     cases = [
-        (["up", "--ssh-console", str(tmp_path / "missing")], "cannot read the SSH console's"),
-        (["up", "--ssh-console", str(no_keys)], f"no valid public key lines in {no_keys}"),
+        (
+            ["up", "--ssh-console", str(tmp_path / "missing")],
+            "cannot read the authorized keys file",
+        ),
+        (
+            ["up", "--ssh-console", str(no_keys)],
+            f"no public keys in the authorized keys file {no_keys}",
+        ),
         (["up", "--ssh-console", str(good), "--ssh-port", "8585"], "ports must differ"),
         (["up", "--no-ssh-console", "--ssh-port", "2300"], "drop --ssh-port"),
         (["up", "--ssh-console", str(good), "--no-ssh-console"], "not allowed with argument"),
@@ -365,4 +371,4 @@ def test_console_options_bad_input_is_one_line(tmp_path: Path) -> None:
         assert line in proc.stderr, proc.stderr
     # The environment variable stands for the flag.
     proc = run_cli("up", env={"SWARMBINDER_SSH_CONSOLE_KEYS": str(no_keys)})
-    assert proc.returncode == 2 and "no valid public key lines" in proc.stderr
+    assert proc.returncode == 2 and "no public keys in the authorized keys file" in proc.stderr

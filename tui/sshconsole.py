@@ -69,6 +69,12 @@ class ConsoleOptions:
 
 def read_authorized_keys(path: Path) -> asyncssh.SSHAuthorizedKeys:
     """The keys allowed in; raises ConsoleSetupError when the file is unreadable or holds none."""
+    return authorized_keys_checked(path)[1]
+
+
+def authorized_keys_checked(path: Path) -> tuple[str, asyncssh.SSHAuthorizedKeys]:
+    """The file's text and its keys, checked as the server checks them at every login, so
+    ``swarmbinder up`` refuses what the console would."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -82,7 +88,7 @@ def read_authorized_keys(path: Path) -> asyncssh.SSHAuthorizedKeys:
         keys.load(text)  # raises on a file without a single key, where the constructor does not
     except ValueError:
         raise ConsoleSetupError(f"no public keys in the authorized keys file {path}") from None
-    return keys
+    return text, keys
 
 
 def load_host_key(path: Path) -> asyncssh.SSHKey:
