@@ -8,9 +8,9 @@ Sources, lowest precedence first; a later source replaces an option set by an ea
 4. command-line flags: the ``overrides`` mapping (``swarmbinder serve --port``).
 
 The YAML file is flat like BinderHub's traits: its keys are option names (``hub_url: ...``,
-``pod_quota: 100``); only provider settings nest, under ``github:``, ``gitlab:``, ``zenodo:``,
-``figshare:``, ``hydroshare:`` and ``dataverse:``. Unknown keys are errors, with the closest valid
-name suggested. Environment values are parsed by the option's type: integers, booleans
+``pod_quota: 100``); only provider settings nest, under ``github:``, ``gitlab:``, ``git:``,
+``zenodo:``, ``figshare:``, ``hydroshare:`` and ``dataverse:``. Unknown keys are errors, with the
+closest valid name suggested. Environment values are parsed by the option's type: integers, booleans
 (``true/false/yes/no/on/off/1/0``), lists and mappings as YAML or JSON text; an empty value sets an
 optional option to null. ``SWARMBINDER_*`` variables that name no option are ignored (other tools
 share the prefix) unless they are one typo away from an option, which is an error.
@@ -24,26 +24,24 @@ trailing newline is dropped. Setting both the value and its ``_file`` in one sou
 Every value is checked when it is loaded; the first problem raises
 :class:`~swarmbinder.errors.ConfigError` naming the option. Other modules read options through
 their section: ``config.builds.concurrent_build_limit``, ``config.providers.github.hostname``.
-``python -m swarmbinder.config`` prints the option reference kept in docs/config.md.
+``python -m swarmbinder.config`` prints the option reference kept in docs/config.md. The checks
+of single values live in :mod:`swarmbinder.optionvalues`.
 """
 
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import json
-import logging
 import os
-import re
 import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
-from urllib.parse import urlsplit
+from typing import Any, ClassVar, Union, get_args, get_origin
 
 import yaml
 
+from . import optionvalues as values
 from .errors import ConfigError
 
 ENV_PREFIX = "SWARMBINDER_"
@@ -81,252 +79,6 @@ def _opt(
     return field(default=default, metadata=metadata)
 
 
-# --- value checks: each takes an already type-checked value, returns it normalised -----------
-
-
-def _http_url(value: str | None) -> str | None:
-    if not value:
-        return value
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{value!r} is not an http:// or https:// URL")
-    return value
-
-
-def _http_url_slash(value: str | None) -> str | None:
-    """BinderHub's hub_url and badge_base_url validators add a trailing slash when set."""
-    value = _http_url(value)
-    if value and not value.endswith("/"):
-        value += "/"
-    return value
-
-
-def _base_url(value: str) -> str:
-    if not value.startswith("/"):
-        value = "/" + value
-    if not value.endswith("/"):
-        value += "/"
-    return value
-
-
-def _docker_host(value: str | None) -> str | None:
-    if value is None:
-        return None
-    scheme = urlsplit(value).scheme
-    if scheme not in ("unix", "tcp", "http", "https", "ssh", "npipe"):
-        raise ValueError(f"{value!r} is not a Docker engine URL (unix://, tcp://, ssh://, ...)")
-    return value
-
-
-def _log_level(value: str) -> str:
-    name = value.upper()
-    if name not in logging.getLevelNamesMapping():
-        choices = ", ".join(sorted(logging.getLevelNamesMapping()))
-        raise ValueError(f"{value!r} is not a logging level name ({choices})")
-    return name
-
-
-def _image_prefix(value: str) -> str:
-    if value != value.lower() or any(ch.isspace() for ch in value):
-        raise ValueError(f"{value!r} must be lower case without spaces (Docker image names)")
-    return value
-
-
-def _cidr(text: str) -> str:
-    try:
-        ipaddress.ip_network(text)
-    except ValueError as e:
-        raise ValueError(f"{text!r} is not a network in CIDR notation: {e}") from None
-    return text
-
-
-def _cidr_list(value: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(_cidr(text) for text in value)
-
-
-def _cidr_keys(value: Mapping[str, str]) -> Mapping[str, str]:
-    for text in value:
-        _cidr(text)
-    return value
-
-
-def _regex(pattern: str) -> str:
-    try:
-        re.compile(pattern)
-    except re.error as e:
-        raise ValueError(f"{pattern!r} is not a valid regular expression: {e}") from None
-    return pattern
-
-
-def _regex_list(value: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(_regex(pattern) for pattern in value)
-
-
-def _hex_secret(value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        bytes.fromhex(value)
-    except ValueError:
-        raise ValueError("must be a hex string, e.g. from `openssl rand -hex 32`") from None
-    return value
-
-
-def _cookie_secret(value: str | None) -> str | None:
-    value = _hex_secret(value)
-    if value is not None and len(bytes.fromhex(value)) < 16:
-        raise ValueError("must be at least 16 bytes (32 hex digits)")
-    return value
-
-
-_BYTE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-_BYTE_SPEC = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
-
-
-def _byte_spec(value: Any) -> int:
-    """BinderHub's ByteSpecification: a number of bytes, or a string like ``512M`` or ``1.5G``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        number: float = value
-    elif isinstance(value, str) and (match := _BYTE_SPEC.match(value)):
-        number = float(match.group(1)) * _BYTE_UNITS[match.group(2).upper()]
-    else:
-        raise ValueError(f"expected a number of bytes or a size like '512M', got {value!r}")
-    if number < 0:
-        raise ValueError(f"must be 0 or more, got {value!r}")
-    return int(number)
-
-
-#: A ``spec_config`` item: read-only ``{"pattern": regex, "config": {name: value}}``.
-SpecConfigItem = Mapping[str, Any]
-#: A ``banned_specs`` item: a regex, or read-only ``{"pattern": regex, "reason": text}``.
-BannedSpec = str | Mapping[str, str]
-
-
-def _items(value: Any, shape: str) -> list[Any]:
-    if not isinstance(value, list | tuple):
-        raise ValueError(f"expected a list of {shape}, got {_describe(value)}")
-    return list(value)
-
-
-def _pattern_mapping(index: int, item: Any, keys: set[str], required: set[str]) -> dict[str, Any]:
-    """Check one ``{pattern, ...}`` list item, naming it by index in errors."""
-    expected = " and ".join(sorted(required)) + "".join(f" (optional {k})" for k in keys - required)
-    if not isinstance(item, Mapping) or not required <= set(item) <= keys:
-        raise ValueError(f"item {index}: expected a mapping with keys {expected}")
-    if not isinstance(item["pattern"], str):
-        raise ValueError(f"item {index}: pattern must be a string")
-    try:
-        _regex(item["pattern"])
-    except ValueError as e:
-        raise ValueError(f"item {index}: {e}") from None
-    return dict(item)
-
-
-def _banned_specs(value: Any) -> tuple[BannedSpec, ...]:
-    items: list[BannedSpec] = []
-    for index, item in enumerate(_items(value, "regexes or {pattern, reason} mappings")):
-        if isinstance(item, str):
-            try:
-                items.append(_regex(item))
-            except ValueError as e:
-                raise ValueError(f"item {index}: {e}") from None
-            continue
-        checked = _pattern_mapping(index, item, {"pattern", "reason"}, {"pattern"})
-        if not isinstance(checked.get("reason", ""), str):
-            raise ValueError(f"item {index}: reason must be a string")
-        items.append(types.MappingProxyType(checked))
-    return tuple(items)
-
-
-def _spec_config(value: Any) -> tuple[SpecConfigItem, ...]:
-    items: list[SpecConfigItem] = []
-    for index, item in enumerate(_items(value, "{pattern, config} mappings")):
-        checked = _pattern_mapping(index, item, {"pattern", "config"}, {"pattern", "config"})
-        config = checked["config"]
-        if not isinstance(config, Mapping):
-            raise ValueError(f"item {index}: config must be a mapping")
-        quota = config.get("quota")
-        if quota is not None and (type(quota) is not int or quota < 0):
-            raise ValueError(f"item {index}: quota must be an integer, 0 or more, got {quota!r}")
-        checked["config"] = types.MappingProxyType(dict(config))
-        items.append(types.MappingProxyType(checked))
-    return tuple(items)
-
-
-# --- type checks ---------------------------------------------------------------------------
-
-_TYPE_WORDS = {bool: "a boolean", int: "an integer", str: "a string", float: "a number"}
-
-
-def _describe(value: Any) -> str:
-    kind = {bool: "boolean", int: "integer", str: "string", float: "number"}.get(type(value))
-    if kind is None:
-        kind = "mapping" if isinstance(value, Mapping) else type(value).__name__
-        kind = "null" if value is None else kind
-    return f"{value!r} ({kind})"
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """Check ``value`` against a field's type; lists become tuples, mappings read-only."""
-    origin, args = get_origin(hint), get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = (arg for arg in args if arg is not type(None))
-        return _coerce(value, inner)
-    if hint in _TYPE_WORDS:
-        # bool is an int subclass: a boolean where an integer is expected is a mistake.
-        if type(value) is not hint:
-            raise ValueError(f"expected {_TYPE_WORDS[hint]}, got {_describe(value)}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"expected a list, got {_describe(value)}")
-        items = []
-        for index, item in enumerate(value):
-            try:
-                items.append(_coerce(item, args[0]))
-            except ValueError as e:
-                raise ValueError(f"item {index}: {e}") from None
-        return tuple(items)
-    if origin is Mapping:
-        if not isinstance(value, Mapping):
-            raise ValueError(f"expected a mapping, got {_describe(value)}")
-        out = {}
-        for key, item in value.items():
-            try:
-                out[_coerce(key, args[0])] = _coerce(item, args[1])
-            except ValueError as e:
-                raise ValueError(f"key {key!r}: {e}") from None
-        return types.MappingProxyType(out)
-    raise TypeError(f"unsupported option type {hint!r}")  # a bug in this module, not in config
-
-
-def _type_name(hint: Any) -> str:
-    origin, args = get_origin(hint), get_args(hint)
-    if hint is Any:
-        return "any"
-    if origin in (Union, types.UnionType):
-        (inner,) = (arg for arg in args if arg is not type(None))
-        return f"{_type_name(inner)} or null"
-    if origin is tuple:
-        return f"list of {_type_name(args[0])}"
-    if origin is Mapping:
-        return f"mapping of {_type_name(args[0])} to {_type_name(args[1])}"
-    return str(hint.__name__)
-
-
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = get_type_hints(cls)
-    return _HINTS[cls]
-
-
 @dataclass(frozen=True)
 class _Section:
     """Base of every section: type-checks and validates each field on construction."""
@@ -335,12 +87,14 @@ class _Section:
     _prefix: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
-        hints = _hints(type(self))
+        hints = values.field_types(type(self))
         for f in fields(self):
             value = getattr(self, f.name)
             meta = f.metadata
             try:
-                value = meta["parse"](value) if meta["parse"] else _coerce(value, hints[f.name])
+                value = (
+                    meta["parse"](value) if meta["parse"] else values.coerce(value, hints[f.name])
+                )
                 if isinstance(value, int) and meta["minimum"] is not None:
                     if value < meta["minimum"]:
                         raise ValueError(f"must be {meta['minimum']} or more, got {value}")
@@ -372,16 +126,18 @@ class ServerConfig(_Section):
     base_url: str = _opt(
         "/",
         "The base URL of the entire application. Normalised to start and end with '/'.",
-        check=_base_url,
+        check=values.base_url,
     )
     log_level: str = _opt(
-        "INFO", "Logging level by name: DEBUG, INFO, WARNING, ERROR, CRITICAL.", check=_log_level
+        "INFO",
+        "Logging level by name: DEBUG, INFO, WARNING, ERROR, CRITICAL.",
+        check=values.log_level,
     )
     trusted_proxies: tuple[str, ...] = _opt(
         (),
         "Networks (CIDR) of reverse proxies whose X-Forwarded-For header is honoured when "
         "finding a client's address for bans and rate limits. Empty trusts no proxy.",
-        check=_cidr_list,
+        check=values.cidr_list,
     )
     cors_allow_origin: str = _opt(
         "",
@@ -407,14 +163,14 @@ class HubConfig(_Section):
         "",
         "The base URL of the JupyterHub instance where users will run, as browsers reach it, "
         "e.g. https://hub.example.org/. A trailing slash is added.",
-        check=_http_url_slash,
+        check=values.http_url_slash,
     )
     hub_url_local: str = _opt(
         "",
         "The base URL swarmbinder uses to reach the JupyterHub API, if it differs from hub_url "
         "(e.g. http://jupyterhub:8000/ on the stack's network). Empty: use hub_url; read "
         "HubConfig.local_url to get the effective value.",
-        check=_http_url_slash,
+        check=values.http_url_slash,
     )
     hub_api_token: str = _opt("", "API token for talking to the JupyterHub API.", secret=True)
     auth_enabled: bool = _opt(
@@ -445,7 +201,7 @@ class HubConfig(_Section):
         "bytes. Null: a random secret per process (logins then do not survive a restart and "
         "are not shared between replicas).",
         secret=True,
-        check=_cookie_secret,
+        check=values.cookie_secret,
     )
     allow_named_servers: bool = _opt(
         False,
@@ -514,13 +270,13 @@ class RegistryConfig(_Section):
         "",
         "Prefix for all built image names, naming the registry as every swarm node's Docker "
         "engine reaches it, e.g. 127.0.0.1:5000/binder-. Lower case, no spaces.",
-        check=_image_prefix,
+        check=values.image_prefix,
     )
     registry_url: str = _opt(
         "http://registry:5000",
         "Registry API URL swarmbinder queries for existing images (on the stack's network, "
         "which may differ from the host in image_prefix).",
-        check=_http_url,
+        check=values.http_url,
     )
     registry_username: str | None = _opt(
         None, "User name for the registry API, with registry_password. Null: anonymous."
@@ -547,7 +303,7 @@ class BuildConfig(_Section):
         "Docker engine (a swarm manager) to create build services on, e.g. "
         "unix:///var/run/docker.sock or tcp://manager:2375. Null: DOCKER_HOST, else the local "
         "socket.",
-        check=_docker_host,
+        check=values.docker_host,
     )
     build_image: str = _opt(
         "quay.io/jupyterhub/repo2docker:2024.07.0",
@@ -557,7 +313,7 @@ class BuildConfig(_Section):
         0,
         "Max amount of memory for each image build, in bytes or as a size like '2G'; applied "
         "to the build service and passed to repo2docker. 0 sets no limit.",
-        parse=_byte_spec,
+        parse=values.byte_spec,
         type_name="bytes",
     )
     build_node_selector: Mapping[str, str] = _opt(
@@ -653,14 +409,14 @@ class QuotaConfig(_Section):
     high_quota_specs: tuple[str, ...] = _opt(
         (),
         "Regexes of specs that get per_repo_quota_higher. " + _SPEC_MATCHING,
-        check=_regex_list,
+        check=values.regex_list,
     )
-    spec_config: tuple[SpecConfigItem, ...] = _opt(
+    spec_config: tuple[values.SpecConfigItem, ...] = _opt(
         (),
         "Per-repository configuration: a list of {pattern: regex, config: {name: value}}; "
         "every item whose pattern matches a spec applies its config, later items winning. "
         "config.quota (an integer, 0 or more) replaces the per-repo quota.",
-        parse=_spec_config,
+        parse=values.spec_config,
         type_name="list of {pattern, config}",
     )
     rate_limit: int = _opt(
@@ -685,20 +441,20 @@ class BanConfig(_Section):
         {},
         "Networks whose requests are rejected with 403: keys in CIDR notation "
         "(e.g. '1.2.3.4/32'), values a label used in logs and error messages.",
-        check=_cidr_keys,
+        check=values.cidr_keys,
     )
-    banned_specs: tuple[BannedSpec, ...] = _opt(
+    banned_specs: tuple[values.BannedSpec, ...] = _opt(
         (),
         "Specs that may not launch: regexes, or {pattern: regex, reason: text} to tell users "
         "why. A spec may launch if it matches no banned_specs and, when allowed_specs is "
         "set, matches one of those. " + _SPEC_MATCHING,
-        parse=_banned_specs,
+        parse=values.banned_specs,
         type_name="list of regex or {pattern, reason}",
     )
     allowed_specs: tuple[str, ...] = _opt(
         (),
         "Regexes of specs allowed to launch; empty allows every spec not banned.",
-        check=_regex_list,
+        check=values.regex_list,
     )
 
 
@@ -709,7 +465,7 @@ class PagesConfig(_Section):
     badge_base_url: str = _opt(
         "",
         "Base URL to use when generating launch badges; empty: the URL the request came to.",
-        check=_http_url_slash,
+        check=values.http_url_slash,
     )
     banner_message: str = _opt("", "Message (raw HTML) to display in a banner on all pages.")
     about_message: str = _opt("", "Additional message (raw HTML) to display on the about page.")
@@ -727,7 +483,7 @@ class PagesConfig(_Section):
     )
     extra_static_path: str = _opt("", "Path to search for extra static files.")
     extra_static_url_prefix: str = _opt(
-        "/extra_static/", "URL prefix to serve extra static files under.", check=_base_url
+        "/extra_static/", "URL prefix to serve extra static files under.", check=values.base_url
     )
     google_analytics_code: str | None = _opt(
         None,
@@ -748,7 +504,7 @@ class TokenConfig(_Section):
         "Secret used to sign build tokens, as a hex string. Null: a random secret per process "
         "(tokens then do not survive a restart).",
         secret=True,
-        check=_hex_secret,
+        check=values.hex_secret,
     )
     build_token_expires_seconds: int = _opt(300, "Expiry (in seconds) of build tokens.", minimum=1)
     build_token_check_origin: bool = _opt(True, "Whether to validate build token origin.")
@@ -776,7 +532,7 @@ class GitHubConfig(_Section):
         "https://api.{hostname}",
         "The base URL of the GitHub API; {hostname} is replaced by hostname, e.g. "
         "'https://{hostname}/api/v3' for GitHub Enterprise.",
-        check=_http_url,
+        check=values.http_url,
     )
     access_token: str = _opt(
         "", "GitHub access token for the GitHub API (raises its rate limit).", secret=True
@@ -833,7 +589,7 @@ class ZenodoConfig(_Section):
     _prefix: ClassVar[str] = "zenodo."
 
     doi_resolver_url: str = _opt(
-        "https://doi.org", _DOI_RESOLVER_HELP.format(name="Zenodo"), check=_http_url
+        "https://doi.org", _DOI_RESOLVER_HELP.format(name="Zenodo"), check=values.http_url
     )
 
 
@@ -844,12 +600,12 @@ class FigshareConfig(_Section):
     _prefix: ClassVar[str] = "figshare."
 
     doi_resolver_url: str = _opt(
-        "https://doi.org", _DOI_RESOLVER_HELP.format(name="Figshare"), check=_http_url
+        "https://doi.org", _DOI_RESOLVER_HELP.format(name="Figshare"), check=values.http_url
     )
     api_base_url: str = _opt(
         "https://api.figshare.com/v2",
         "The Figshare API, asked for the latest version of an article given without one.",
-        check=_http_url,
+        check=values.http_url,
     )
 
 
@@ -863,7 +619,7 @@ class HydroshareConfig(_Section):
         "https://www.hydroshare.org",
         "The HydroShare site: its API dates resources, and its {base_url}/resource/{id} is "
         "the repo URL handed to repo2docker (which knows www.hydroshare.org only).",
-        check=_http_url,
+        check=values.http_url,
     )
 
 
@@ -877,7 +633,7 @@ class DataverseConfig(_Section):
         "https://doi.org",
         _DOI_RESOLVER_HELP.format(name="Dataverse")
         + " The DOI's landing page names the Dataverse installation whose API is asked.",
-        check=_http_url,
+        check=values.http_url,
     )
 
 
@@ -999,7 +755,7 @@ def _build_options() -> dict[str, OptionInfo]:
     options: dict[str, OptionInfo] = {}
     for nested, sections in ((False, _FLAT_SECTIONS), (True, _NESTED_SECTIONS)):
         for section_name, cls in sections:
-            hints = _hints(cls)
+            hints = values.field_types(cls)
             for f in fields(cls):
                 if f.default is not MISSING:
                     default = f.default
@@ -1014,7 +770,7 @@ def _build_options() -> dict[str, OptionInfo]:
                     name=name,
                     section=section_name,
                     attr=f.name,
-                    type_name=f.metadata["type_name"] or _type_name(hints[f.name]),
+                    type_name=f.metadata["type_name"] or values.type_name(hints[f.name]),
                     default=default,
                     help=f.metadata["help"],
                     secret=f.metadata["secret"],
@@ -1083,7 +839,7 @@ def _secret_names() -> list[str]:
 
 def _read_secret(option: str, path: Any) -> str:
     if not isinstance(path, str):
-        raise ConfigError(option, f"expected a file path, got {_describe(path)}")
+        raise ConfigError(option, f"expected a file path, got {values.describe(path)}")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -1111,7 +867,8 @@ def _file_layer(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(
             "config_file",
-            f"{str(path)!r} must hold a mapping of option names to values, not {_describe(data)}",
+            f"{str(path)!r} must hold a mapping of option names to values, "
+            f"not {values.describe(data)}",
         )
     return _mapping_layer(data, dotted=False)
 
@@ -1130,7 +887,7 @@ def _mapping_layer(data: Mapping[Any, Any], *, dotted: bool) -> dict[str, Any]:
         if isinstance(key, str) and key in _NESTED and not dotted:
             if not isinstance(value, Mapping):
                 raise ConfigError(
-                    key, f"expected a mapping of {key} settings, got {_describe(value)}"
+                    key, f"expected a mapping of {key} settings, got {values.describe(value)}"
                 )
             for subkey, subvalue in value.items():
                 _put(out, f"{key}.{subkey}", subvalue, data=value, prefix=f"{key}.")

@@ -446,11 +446,12 @@ def ensure_secrets(stack: str) -> list[str]:
 def read_console_keys(path: Path) -> str:
     """The authorized_keys text for the console; refused here, in one line, when the console
     would refuse it at start (unreadable, or not one public key it can use)."""
-    from swarmbinder_tui.sshconsole import ConsoleSetupError, authorized_keys_checked
+    # asyncssh is loaded only when a console is asked for.
+    from .sshkeys import AuthorizedKeysError, authorized_keys_checked
 
     try:
         return authorized_keys_checked(path)[0]
-    except ConsoleSetupError as exc:
+    except AuthorizedKeysError as exc:
         raise StackInputError(f"--ssh-console: {exc}") from None
 
 

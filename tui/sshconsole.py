@@ -31,6 +31,8 @@ from pathlib import Path
 
 import asyncssh
 
+from swarmbinder.sshkeys import AuthorizedKeysError, authorized_keys_checked
+
 log = logging.getLogger("swarmbinder.sshconsole")
 
 NO_TERMINAL = b"the swarmbinder console needs a terminal: use ssh -t\n"
@@ -69,26 +71,10 @@ class ConsoleOptions:
 
 def read_authorized_keys(path: Path) -> asyncssh.SSHAuthorizedKeys:
     """The keys allowed in; raises ConsoleSetupError when the file is unreadable or holds none."""
-    return authorized_keys_checked(path)[1]
-
-
-def authorized_keys_checked(path: Path) -> tuple[str, asyncssh.SSHAuthorizedKeys]:
-    """The file's text and its keys, checked as the server checks them at every login, so
-    ``swarmbinder up`` refuses what the console would."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConsoleSetupError(
-            f"cannot read the authorized keys file {path}: {e.strerror or e}"
-        ) from None
-    except UnicodeDecodeError:
-        raise ConsoleSetupError(f"the authorized keys file {path} is not text") from None
-    keys = asyncssh.SSHAuthorizedKeys()
-    try:
-        keys.load(text)  # raises on a file without a single key, where the constructor does not
-    except ValueError:
-        raise ConsoleSetupError(f"no public keys in the authorized keys file {path}") from None
-    return text, keys
+        return authorized_keys_checked(path)[1]
+    except AuthorizedKeysError as e:
+        raise ConsoleSetupError(str(e)) from None
 
 
 def load_host_key(path: Path) -> asyncssh.SSHKey:
