@@ -8,10 +8,12 @@ a warm run costs a few seconds) and yields the JSON it prints.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +39,28 @@ def testground() -> Iterator[dict[str, Any]]:
         pytest.fail(f"stack/testground up failed with exit code {proc.returncode}")
     ground: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     os.environ.setdefault("DOCKER_HOST", ground["docker_host"])
+    started = time.time()
     yield ground
+    asyncio.run(_remove_finished_test_builds(ground, since=started))
+
+
+async def _remove_finished_test_builds(ground: dict[str, Any], since: float) -> None:
+    """Build services this session's apps left when they stopped. A running service keeps its
+    finished builds for housekeeping and the next start adopts them, but each test serves under
+    an image prefix of its own that no later service adopts. Only finished builds created during
+    this session are removed, so another session's builds on a shared engine stay."""
+    from swarmbinder.swarm import SwarmClient
+
+    async with SwarmClient.connect(ground["docker_host"]) as swarm:
+        for service in await swarm.list_services({"swarmbinder.kind": "build"}):
+            labels = service.labels
+            if not labels.get("swarmbinder.image", "").startswith(ground["image_prefix"]):
+                continue
+            if float(labels.get("swarmbinder.created") or 0) < since:
+                continue
+            tasks = await swarm.tasks(service.name)
+            if tasks and all(task.terminal for task in tasks):
+                await swarm.remove_service(service.name)
 
 
 def _build_and_push(dockerfile: str, tag: str) -> None:
