@@ -865,6 +865,16 @@ def _purge(name: str, report: Progress) -> list[str]:
     for full in [f"{name}-{secret}" for secret in SECRETS] + _console_secrets(name):
         if hs.run(["docker", "secret", "rm", full], check=False).returncode == 0:
             purged.append(full)
+    # The builder's registry credentials, made by Binder as builds need them and named by
+    # content, so the stack cannot tell its own: remove every one no service uses (the engine
+    # refuses a secret in use); the next build that needs one makes it again.
+    auth = hs.run(
+        ["docker", "secret", "ls", "-q", "--filter", "label=swarmbinder.kind=registry-auth"],
+        timeout=30,
+    ).stdout.split()
+    unused = [s for s in auth if hs.run(["docker", "secret", "rm", s], check=False).returncode == 0]
+    if unused:
+        purged.append(f"{len(unused)} unused registry credentials secret(s)")
     for kind in ("binder", "hub"):
         hs.remove_unused_configs(f"{name}-{kind}-config-")
     if purged:

@@ -140,6 +140,12 @@ def stack_leftovers(stack: str) -> list[str]:
     )
 
 
+def registry_auth_secrets() -> list[str]:
+    return docker(
+        "secret", "ls", "--format", "{{.Name}}", "--filter", "label=swarmbinder.kind=registry-auth"
+    ).split()
+
+
 def test_up_launch_up_again_down(
     testground: dict[str, Any], git_for_containers: str, ssh_keys: dict[str, Path]
 ) -> None:
@@ -149,6 +155,7 @@ def test_up_launch_up_again_down(
     ports = ["--port", str(port), "--hub-port", str(hub_port)]
     ports += ["--registry-port", str(registry_port)]
     console = ["--ssh-console", str(ssh_keys["authorized"]), "--ssh-port", str(ssh_port)]
+    registry_auth_before = set(registry_auth_secrets())
     try:
         started = time.monotonic()
         first = swarmbinder("up", "--stack", stack, *ports, *console, "--timeout", "240")
@@ -285,3 +292,5 @@ def test_up_launch_up_again_down(
     assert stack_leftovers(stack) == []
     assert not docker("secret", "ls", "-q", "--filter", f"name={stack}-").split()
     assert not docker("volume", "ls", "-q", "--filter", f"name={stack}_").split()
+    # The builder's credentials secret that Binder made is gone too (no other build uses one).
+    assert not set(registry_auth_secrets()) - registry_auth_before
