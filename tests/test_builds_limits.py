@@ -47,16 +47,23 @@ def slow_repo(testground: dict[str, Any]) -> Iterator[GitRepo]:
         yield repo
 
 
+async def build_and_read_spec(
+    manager: BuildManager, testground: dict[str, Any], run_id: str
+) -> tuple[dict[str, Any], list[Any]]:
+    """Build the Dockerfile test repository; the build service's spec and the build's events."""
+    req = ground_request(testground, "binder-dockerfile", run_id)
+    build = await manager.request(req)
+    spec: dict[str, Any] = service_json(req.service_name)["Spec"]
+    return spec, await collect(build)
+
+
 async def test_memory_limit_lands_on_the_service(
     testground: dict[str, Any], swarm: SwarmClient, run_id: str, cleanup_builds: None
 ) -> None:
     limit = 3 * 1024**3
     manager = BuildManager(swarm, build_settings(testground, memory_limit=limit))
     try:
-        req = ground_request(testground, "binder-dockerfile", run_id)
-        build = await manager.request(req)
-        spec = service_json(req.service_name)["Spec"]
-        events = await collect(build)
+        spec, events = await build_and_read_spec(manager, testground, run_id)
     finally:
         await manager.close()
     assert spec["TaskTemplate"]["Resources"]["Limits"]["MemoryBytes"] == limit
@@ -74,10 +81,7 @@ async def test_a_labelled_build_node_pins_builds_to_labelled_nodes(
     await asyncio.to_thread(subprocess.run, label, check=True)
     manager = BuildManager(swarm, build_settings(testground))
     try:
-        req = ground_request(testground, "binder-dockerfile", run_id)
-        build = await manager.request(req)
-        spec = service_json(req.service_name)["Spec"]
-        events = await collect(build)
+        spec, events = await build_and_read_spec(manager, testground, run_id)
     finally:
         await manager.close()
         unlabel = ["docker", "node", "update", "--label-rm", "swarmbinder.build", node]

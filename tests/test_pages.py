@@ -30,6 +30,9 @@ from swarmbinder.pages import (
 HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 SECRET = "12" * 32
 
+#: Every provider BinderHub offers, in the order pages and /api/repoproviders list them.
+PROVIDER_IDS = ["gh", "gist", "gl", "git", "zenodo", "figshare", "hydroshare", "dataverse", "ckan"]
+
 
 def config(**sections: Any) -> Config:
     sections.setdefault("tokens", TokenConfig(build_token_secret=SECRET))
@@ -66,17 +69,7 @@ async def test_home_page_has_the_form_and_providers(aiohttp_client: AiohttpClien
     for snippet in ("badge-markdown", "badge-rst", "badge-html", "launch-url"):
         assert f'id="{snippet}"' in body
     page_config = script_json(body, "page-config")
-    assert [p["id"] for p in page_config["repoProviders"]] == [
-        "gh",
-        "gist",
-        "gl",
-        "git",
-        "zenodo",
-        "figshare",
-        "hydroshare",
-        "dataverse",
-        "ckan",
-    ]
+    assert [p["id"] for p in page_config["repoProviders"]] == PROVIDER_IDS
     assert page_config["baseUrl"] == "/"
     assert page_config["badgeBaseUrl"] == ""
     assert re.search(r'src="/static/home\.js\?v=[0-9a-f]{12}"', body)
@@ -295,17 +288,7 @@ async def test_repoproviders_lists_binderhubs_display_configs(
     assert response.headers["Access-Control-Allow-Origin"] == "https://jupyter.example"
     providers = await response.json()
     by_id = {p["id"]: p for p in providers}
-    assert list(by_id) == [
-        "gh",
-        "gist",
-        "gl",
-        "git",
-        "zenodo",
-        "figshare",
-        "hydroshare",
-        "dataverse",
-        "ckan",
-    ]
+    assert list(by_id) == PROVIDER_IDS
     for provider in providers:
         assert {"id", "displayName", "spec", "repo", "ref"} <= set(provider)
         assert isinstance(provider["spec"]["validateRegex"], str)
