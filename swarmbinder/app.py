@@ -67,10 +67,9 @@ log = logging.getLogger(__name__)
 ENGINE_RETRY_SECONDS = 5.0
 #: How often persisted build logs past build_log_retention are deleted.
 BUILD_LOG_PRUNE_INTERVAL = 3600.0
-#: How often the Swarm gauges of /metrics (nodes, running user servers) are refreshed.
-SWARM_GAUGES_INTERVAL = 5.0
-#: How often the launch limit follows the swarm's CPUs (concurrent_launch_limit: null).
-LAUNCH_SLOT_SIZING_INTERVAL = 60.0
+#: How often the swarm's nodes and user servers are read again: the Swarm gauges of /metrics
+#: and the launch limit that follows the nodes' CPUs (concurrent_launch_limit: null).
+SWARM_WATCH_INTERVAL = 5.0
 
 
 def create_app(config: Config) -> web.Application:
@@ -189,8 +188,6 @@ async def services(app: web.Application) -> AsyncIterator[None]:
                 slots=slots,
             )
             stack.push_async_callback(launcher.aclose)
-            if config.hub.concurrent_launch_limit is None:
-                tasks.start(_size_launch_slots(swarm, slots), "launch-slot-sizing")
             if hub_id is not None:
                 tasks.start(
                     reap_forever(swarm, hub, hub_id=hub_id, interval=config.hub.reaper_interval),
@@ -212,7 +209,8 @@ async def services(app: web.Application) -> AsyncIterator[None]:
             slots_in_use = launcher.slots
             metrics.launch_queue_length.set_function(lambda: slots_in_use.queued)
             metrics.launch_limit.set_function(lambda: slots_in_use.limit)
-        tasks.start(_refresh_swarm_gauges(metrics, swarm, running_servers), "swarm-gauges")
+        sized = launcher.slots if launcher and config.hub.concurrent_launch_limit is None else None
+        tasks.start(_watch_swarm(metrics, swarm, running_servers, sized), "swarm-watch")
         events = LaunchEventLog()
         stack.callback(events.close)
         observer = MetricsObserver(metrics, events)
@@ -343,40 +341,33 @@ async def _prune_build_logs(store: Store, keep_for: int) -> None:
         await asyncio.sleep(BUILD_LOG_PRUNE_INTERVAL)
 
 
-async def _refresh_swarm_gauges(
+async def _watch_swarm(
     metrics: Metrics,
     swarm: SwarmClient,
     running_servers: Callable[[], Awaitable[list[UserServer]]],
+    sized_slots: LaunchSlots | None,
 ) -> None:
-    """The Swarm gauges of /metrics: nodes by state and availability, running user servers."""
+    """One read of the swarm's nodes serves the Swarm gauges of /metrics (nodes by state and
+    availability, running user servers) and, with ``concurrent_launch_limit: null``, the launch
+    limit: it follows the CPUs of the nodes user servers can run on, growing as workers join
+    and shrinking as they leave."""
     while True:
         try:
             nodes = await swarm.nodes()
             servers = await running_servers()
         except SwarmbinderError as error:
-            log.debug("cannot refresh the swarm gauges: %s", error)
+            log.debug("cannot read the swarm's nodes and servers: %s", error)
         else:
             metrics.set_swarm_nodes(Counter((n.state, n.availability) for n in nodes))
             metrics.user_servers_running.set(len(servers))
-        await asyncio.sleep(SWARM_GAUGES_INTERVAL)
-
-
-async def _size_launch_slots(swarm: SwarmClient, slots: LaunchSlots) -> None:
-    """``concurrent_launch_limit: null``: follow the CPUs of the nodes user servers can run on,
-    so the limit grows as workers join and shrinks as they leave."""
-    while True:
-        try:
-            nodes = await swarm.nodes()
-        except SwarmbinderError as error:
-            log.warning("cannot size the launch limit from the swarm's nodes: %s", error)
-            await asyncio.sleep(ENGINE_RETRY_SECONDS)
-            continue
-        cpus = sum(n.cpus for n in nodes if n.state == "ready" and n.availability == "active")
-        limit = auto_limit(cpus)
-        if limit != slots.limit:
-            log.info("launch limit: %d servers starting at once (%g CPUs)", limit, cpus)
-            slots.resize(limit)
-        await asyncio.sleep(LAUNCH_SLOT_SIZING_INTERVAL)
+            if sized_slots is not None:
+                usable = [n for n in nodes if n.state == "ready" and n.availability == "active"]
+                cpus = sum(n.cpus for n in usable)
+                limit = auto_limit(cpus)
+                if limit != sized_slots.limit:
+                    log.info("launch limit: %d servers starting at once (%g CPUs)", limit, cpus)
+                    sized_slots.resize(limit)
+        await asyncio.sleep(SWARM_WATCH_INTERVAL)
 
 
 async def _start_builds(builds: BuildManager) -> None:

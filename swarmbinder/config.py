@@ -226,7 +226,7 @@ class HubConfig(_Section):
         "User servers started at once by this replica; later launches wait in order and are "
         "told their place. A starting Jupyter server is CPU-bound, so a burst started all at "
         "once finishes later for everyone and runs into the hub's http_timeout. Null: two per "
-        "CPU of the swarm's ready, active nodes (re-read every minute). 0: no limit.",
+        "CPU of the swarm's ready, active nodes (read again every few seconds). 0: no limit.",
         minimum=0,
     )
     hub_id: str = _opt(
