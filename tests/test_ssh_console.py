@@ -309,11 +309,12 @@ async def test_ssh_gets_the_console_with_a_live_build(
         await tmux(socket_name, "new-session", "-d", "-s", "console", "-x", "160", "-y", "45", line)
         screen = await screen_until(socket_name, ["Connected to", "Builds"], 30)
         assert "uid=" not in screen
-        # screen_until reads the session called console: the next one takes its name.
-        await tmux(socket_name, "kill-session", "-t", "console")
-
+        # screen_until reads the session called console: the next one takes its name. It is
+        # made before the first one goes, since tmux's server exits with its last session.
         line = console.command_line("-t", "admin@127.0.0.1")
-        await tmux(socket_name, "new-session", "-d", "-s", "console", "-x", "160", "-y", "45", line)
+        await tmux(socket_name, "new-session", "-d", "-s", "next", "-x", "160", "-y", "45", line)
+        await tmux(socket_name, "kill-session", "-t", "console")
+        await tmux(socket_name, "rename-session", "-t", "next", "console")
         before = await screen_until(socket_name, ["Connected to", "Builds"], 30)
         # The swarm is shared: other runs' builds may be listed. Ours is a new row.
         repo = "binder-dockerfile.git"

@@ -50,6 +50,8 @@ TERMINAL_RESET = (
 
 #: How long a console gets to exit after SIGTERM before it is killed.
 STOP_GRACE = 3.0
+#: How long a stopping server waits for a client to acknowledge the end of its session.
+CHANNEL_CLOSE_GRACE = 5.0
 
 _TERM_NAME = re.compile(r"[A-Za-z0-9._+-]{1,64}")
 
@@ -337,6 +339,11 @@ class _Session(asyncssh.SSHServerSession[bytes]):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        # The last words and the exit status may still wait for the client's window; closing
+        # the connection before the channel has closed would drop them (ssh then says 255).
+        if self._chan is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._chan.wait_closed(), CHANNEL_CLOSE_GRACE)
 
     async def _run(self) -> None:
         try:
