@@ -180,7 +180,7 @@ async def test_engine_gone_mid_build_fails_in_bounded_time_and_leaks_nothing(
             final = events[-1]
             assert final.phase is Phase.FAILED
             assert "Docker engine stopped answering" in final.message
-            assert took < 3 + 10  # engine_grace plus a poll or two, never a hang
+            assert took < 20  # engine_grace (3 s) plus a few polls: never a hang
             # still running in Swarm: nothing could remove it
             assert await swarm.inspect_service(req.service_name) is not None
 

@@ -160,7 +160,8 @@ async def test_a_foreign_image_is_refused_with_the_hubs_reason(
     started = time.monotonic()
     with pytest.raises(LaunchFailed) as caught:
         await collect(launch(no_registry_check, foreign))
-    assert time.monotonic() - started < 5
+    # The hub's refusal ends it: no retries, no waiting out the launch timeout.
+    assert time.monotonic() - started < 20
     assert "not one this Binder built" in caught.value.user_message
     assert foreign in caught.value.user_message
     [user] = counting.created
@@ -175,8 +176,9 @@ async def test_an_image_without_jupyter_fails_fast_and_leaves_nothing(
     with pytest.raises(LaunchFailed) as caught:
         await collect(launch(launcher, image_without_jupyter))
     elapsed = time.monotonic() - started
-    # The task fails about a second after the POST; the failure and the cleanup follow it.
-    assert elapsed < 6, elapsed
+    # The task fails about a second after the POST; the failure and the cleanup follow it,
+    # well before the 90 s launch timeout.
+    assert elapsed < 30, elapsed
     assert "jupyterhub-singleuser" in caught.value.user_message
     assert "could not start" in caught.value.user_message
     [user] = launcher.hub.created  # type: ignore[attr-defined]
