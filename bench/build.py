@@ -42,7 +42,21 @@ def dockerfile(singleuser: str, nonce: str) -> str:
 def engine_events(since: float, until: float, match: str) -> dict[str, float]:
     """When the engine created the service and started and stopped the container whose names
     contain ``match`` (epoch seconds), from its event log: the build manager may have removed
-    both by now."""
+    both by now. swarmbinder publishes ``built`` when repo2docker says the image is pushed, so
+    its builder may exit a moment after the result: the log is read again until it has."""
+    deadline = time.time() + 15
+    while True:
+        times = _engine_events(since, until, match)
+        if "container die" in times or time.time() > deadline:
+            break
+        time.sleep(0.5)
+        until = time.time()
+    if "container start" not in times or "container die" not in times:
+        raise SystemExit(f"bench: no start and die events for a container named *{match}*")
+    return times
+
+
+def _engine_events(since: float, until: float, match: str) -> dict[str, float]:
     out = subprocess.run(
         ["docker", "events", "--since", f"{since - 1:.3f}", "--until", f"{until + 1:.3f}",
          "--filter", "type=container", "--filter", "type=service", "--filter", "event=start",
@@ -57,8 +71,6 @@ def engine_events(since: float, until: float, match: str) -> dict[str, float]:
         if match in event.get("Actor", {}).get("Attributes", {}).get("name", ""):
             key = f"{event['Type']} {event['Action']}"
             times.setdefault(key, event["timeNano"] / 1e9)
-    if "container start" not in times or "container die" not in times:
-        raise SystemExit(f"bench: no start and die events for a container named *{match}*")
     return times
 
 
@@ -69,7 +81,7 @@ class Timing:
     total: float
     before: float  # request (or docker run) to the container's start
     container: float  # the container's run: clone, build, push
-    after: float  # the container's exit to the result
+    after: float  # the container's exit to the result (negative: the result came first)
     to_service: float = 0.0  # (swarmbinder) request to the build service's creation
 
 

@@ -278,6 +278,23 @@ def as_log_event(line: str) -> BuildEvent:
     return event
 
 
+def announces_push_of(event: BuildEvent, image: str) -> bool:
+    """Is this repo2docker's last line of a build it pushed: ``Successfully pushed <image>``?
+
+    repo2docker logs it once the registry has the image, and with ``--no-run`` does nothing
+    after it. Output of the repository's own build steps cannot forge it: repo2docker logs those
+    as the message of a ``building`` line, never as a line of its own.
+    """
+    return event.phase is Phase.PUSHING and event.message.strip() == f"Successfully pushed {image}"
+
+
+class _Pushed(enum.Enum):
+    """What :meth:`BuildManager._wait_terminal_or_pushed` returns when the log announced the
+    push before Swarm reported the builder's end."""
+
+    PUSHED = "pushed"
+
+
 def failure_reason(lines: Sequence[str], task: TaskState | None) -> str:
     """Why a build failed, in words: repo2docker's own error, else the task's, else its code."""
     for line in lines:
@@ -650,13 +667,15 @@ class BuildManager:
     async def _watch(self, build: Build, log_tail: int | str) -> None:
         """Follow one build's log and task until it is terminal, then publish the result."""
         lines: list[str] = []
+        pushed = asyncio.Event()
         reader = asyncio.create_task(
-            self._read_logs(build, log_tail, lines), name=f"logs-{build.name}"
+            self._read_logs(build, log_tail, lines, pushed), name=f"logs-{build.name}"
         )
         try:
-            task = await self._wait_terminal(build)
-            # The log stream never ends by itself; give it a moment to deliver the last lines.
-            await self._drain(reader, lines)
+            task = await self._wait_terminal_or_pushed(build, pushed)
+            if not isinstance(task, _Pushed):
+                # The log stream never ends by itself; give it a moment for the last lines.
+                await self._drain(reader, lines)
             await self._conclude(build, task, lines)
         except asyncio.CancelledError:
             raise
@@ -706,7 +725,29 @@ class BuildManager:
                 except Exception:
                     log.exception("the on_finished callback failed for build %s", build.name)
 
-    async def _read_logs(self, build: Build, tail: int | str, lines: list[str]) -> None:
+    async def _wait_terminal_or_pushed(
+        self, build: Build, pushed: asyncio.Event
+    ) -> TaskState | None | _Pushed:
+        """The task's terminal state, or :data:`PUSHED` as soon as the log says the image is
+        in the registry: Swarm reports the builder's exit 0.3-0.5 s later (its own report,
+        then our poll), which was most of a cached build's overhead over a raw repo2docker."""
+        terminal = asyncio.create_task(self._wait_terminal(build), name=f"task-{build.name}")
+        announced = asyncio.create_task(pushed.wait(), name=f"pushed-{build.name}")
+        try:
+            await asyncio.wait((terminal, announced), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (terminal, announced):
+                if not waiter.done():
+                    waiter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await waiter
+        if terminal.done() and not terminal.cancelled():
+            return terminal.result()  # its end, or its error, wins over a line seen meanwhile
+        return _Pushed.PUSHED
+
+    async def _read_logs(
+        self, build: Build, tail: int | str, lines: list[str], pushed: asyncio.Event
+    ) -> None:
         """Publish the service's log lines; follow it again if the engine drops the stream.
 
         After a reconnect, a log followed from its start is read from the start again and the
@@ -725,7 +766,10 @@ class BuildManager:
                             continue
                         lines.append(line)
                         batch.append(line)
-                        build.fanout.publish(as_log_event(line))
+                        event = as_log_event(line)
+                        build.fanout.publish(event)
+                        if announces_push_of(event, build.image):
+                            pushed.set()
                         if len(batch) >= 50:
                             self._log_lines(build.name, batch)
                             batch = []
@@ -847,8 +891,12 @@ class BuildManager:
             return f"{node.hostname or node_id[:12]} ({node.state})"
         return ""
 
-    async def _conclude(self, build: Build, task: TaskState | None, lines: list[str]) -> None:
-        if task is not None and task.succeeded:
+    async def _conclude(
+        self, build: Build, task: TaskState | None | _Pushed, lines: list[str]
+    ) -> None:
+        # Pushed: the builder exits on its own right after; the next cleanup removes its
+        # finished service like any other.
+        if isinstance(task, _Pushed) or (task is not None and task.succeeded):
             build.finish(
                 BuildStatus.BUILT, BuildEvent.built(build.image, "Built image, launching...\n")
             )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +20,8 @@ from swarmbinder.builds import (
     BuildRequest,
     BuildSettings,
     BuildStatus,
+    announces_push_of,
+    as_log_event,
     failure_reason,
     repo2docker_args,
 )
@@ -48,6 +52,21 @@ def test_argv_cannot_be_read_as_options() -> None:
     assert args[-2:] == ["--", "--upload-pack=touch /tmp/x"]
     assert "--push" in args and "--no-run" in args and "--json-logs" in args
     assert "--appendix=RUN echo hi" in args
+
+
+def test_only_repo2docker_announcing_this_image_ends_a_build_early() -> None:
+    image = "reg/org-repo:" + "a" * 40
+
+    def line(message: str, phase: str = "pushing") -> BuildEvent:
+        return as_log_event(json.dumps({"message": message, "phase": phase}))
+
+    assert announces_push_of(line(f"Successfully pushed {image}"), image)
+    assert not announces_push_of(line(f"Successfully pushed {image}x"), image)
+    assert not announces_push_of(line(f"Successfully pushed {image}", "building"), image)
+    # A build step printing repo2docker's line is the message of a building line, not a line.
+    forged = json.dumps({"message": f"Successfully pushed {image}", "phase": "pushing"})
+    assert not announces_push_of(line(forged + "\n", "building"), image)
+    assert not announces_push_of(as_log_event(f"Successfully pushed {image}"), image)
 
 
 def test_no_push_without_registry() -> None:
@@ -172,6 +191,54 @@ async def test_build_streams_phases_and_pushes_the_image(
     service = await swarm.inspect_service(req.service_name)
     assert service is not None and service.labels["swarmbinder.image"] == req.image
     assert f"node.hostname=={testground['node_hostname']}" in service.constraints
+
+
+@pytest.fixture
+def lingering_builder(testground: dict[str, Any], run_id: str) -> Iterator[str]:
+    """A builder that says repo2docker's last line for its image, then takes 60 s to exit."""
+    tag = f"swarmbinder-test/lingering-builder:{run_id}"
+    script = (
+        'for a; do case "$a" in --image-name=*) image="${a#--image-name=}";; esac; done; '
+        'printf \'{"message": "Successfully pushed %s", "phase": "pushing"}\\n\' "$image"; '
+        "exec sleep 60"
+    )
+    dockerfile = (
+        f"FROM {testground['images']['builder']}\n"
+        f"ENTRYPOINT {json.dumps(['sh', '-c', script, 'builder'])}\n"
+    )
+    subprocess.run(
+        ["docker", "build", "-q", "-t", tag, "-"], input=dockerfile, text=True, check=True,
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    yield tag
+    subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, check=False)
+
+
+@pytest.mark.swarm
+async def test_built_comes_with_the_push_not_with_the_builders_exit(
+    testground: dict[str, Any],
+    swarm: SwarmClient,
+    run_id: str,
+    lingering_builder: str,
+    cleanup_builds: None,
+) -> None:
+    manager = BuildManager(
+        swarm, BuildSettings(builder_image=lingering_builder, sticky=True, cleanup_interval=3600)
+    )
+    await manager.start()
+    try:
+        req = ground_request(testground, "binder-dockerfile", run_id)
+        events = await collect(await manager.request(req), within=45)
+        assert events[-1].phase is Phase.BUILT, events[-3:]
+        assert events[-1].fields["imageName"] == req.image
+        # Published while the builder still runs: Swarm has not seen it exit.
+        tasks = await swarm.tasks(req.service_name)
+        assert not tasks[-1].terminal, tasks[-1]
+        # The finished build's service goes at the next cleanup, its running builder with it.
+        assert req.service_name in await manager.cleanup()
+        assert await swarm.inspect_service(req.service_name) is None
+    finally:
+        await manager.close()
 
 
 @pytest.mark.swarm
