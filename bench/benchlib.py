@@ -491,8 +491,10 @@ def machine() -> dict[str, Any]:
     }
 
 
-def today() -> str:
-    return dt.date.today().isoformat()
+def stamp(now: dt.datetime) -> str:
+    """A results file's name stem: to the second, so a later run never overwrites one that a
+    README row points at."""
+    return now.strftime("%Y-%m-%dT%H%M%S")
 
 
 def emit(name: str, result: Mapping[str, Any], *, started: float, load_before: list[float]) -> None:
@@ -510,8 +512,7 @@ def emit(name: str, result: Mapping[str, Any], *, started: float, load_before: l
         **result,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = now.strftime("%Y-%m-%dT%H%M%S")
-    (RESULTS / f"{stamp}-{name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    (RESULTS / f"{stamp(now)}-{name}.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out), flush=True)
 
 
