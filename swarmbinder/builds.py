@@ -728,7 +728,7 @@ class BuildManager:
     async def _wait_terminal_or_pushed(
         self, build: Build, pushed: asyncio.Event
     ) -> TaskState | None | _Pushed:
-        """The task's terminal state, or :data:`PUSHED` as soon as the log says the image is
+        """The task's terminal state, or ``_Pushed.PUSHED`` as soon as the log says the image is
         in the registry: Swarm reports the builder's exit 0.3-0.5 s later (its own report,
         then our poll), which was most of a cached build's overhead over a raw repo2docker."""
         terminal = asyncio.create_task(self._wait_terminal(build), name=f"task-{build.name}")
