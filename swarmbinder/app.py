@@ -28,7 +28,7 @@ from .buildlogs import BuildLogRecorder, prune_build_logs, recording_manager
 from .builds import BuildManager, BuildSettings, BuildStatus
 from .buildtokens import BuildTokens, build_audience, token_origin
 from .clientip import ClientIP
-from .config import Config
+from .config import Config, iter_options
 from .errors import SwarmbinderError, SwarmUnavailable
 from .handlers import admin, build, guard, ops
 from .handlers.hubauth import authenticator, setup_hub_auth
@@ -46,6 +46,7 @@ from .keys import (
     HUB_AUTH,
     METRICS,
     QUOTAS,
+    SCRUBBER,
     STORE,
     SWARM,
 )
@@ -57,6 +58,7 @@ from .quotas import Quotas
 from .ratelimit import RateLimiter
 from .registry import RegistryClient
 from .resolve import Resolved, policy_from_config, providers_from_config, resolve
+from .scrub import DEFAULT_SCRUBBER
 from .store import Store
 from .swarm import SwarmClient
 from .userservers import UserServer, list_user_servers, reap_forever
@@ -84,7 +86,10 @@ def create_app(config: Config) -> web.Application:
         ]
     )
     app[CONFIG] = config
-    app[METRICS] = Metrics()
+    app[SCRUBBER] = DEFAULT_SCRUBBER
+    # First of the contexts: the secrets are known before anything can log them.
+    app.cleanup_ctx.append(scrub_config_secrets)
+    app[METRICS] = Metrics(scrub=app[SCRUBBER].scrub)
     app[BUILD_TOKENS] = BuildTokens(
         config.tokens.build_token_secret,
         expires_seconds=config.tokens.build_token_expires_seconds,
@@ -103,6 +108,24 @@ def create_app(config: Config) -> web.Application:
     # After services: the admin API is made from what services puts on the app.
     admin.add_admin_routes(app)
     return app
+
+
+def config_secrets(config: Config) -> list[str]:
+    """The values of every option marked secret: a new secret option is scrubbed unasked."""
+    found = (config.value(option.name) for option in iter_options() if option.secret)
+    return [value for value in found if isinstance(value, str) and value]
+
+
+async def scrub_config_secrets(app: web.Application) -> AsyncIterator[None]:
+    """The config's secrets are scrubbed while the app runs (another owner of the same
+    scrubber, such as ``swarmbinder serve``'s logging, keeps its own additions)."""
+    scrubber, secrets = app[SCRUBBER], config_secrets(app[CONFIG])
+    scrubber.update(secrets)
+    try:
+        yield
+    finally:
+        for secret in secrets:
+            scrubber.discard(secret)
 
 
 def add_build_routes(app: web.Application) -> None:
@@ -139,7 +162,9 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         tasks = _Tasks()
         settings = BuildSettings.from_config(config)
         if config.builds.persist_build_logs:
-            recorder = BuildLogRecorder(store, replay_tail=config.builds.log_tail_lines)
+            recorder = BuildLogRecorder(
+                store, replay_tail=config.builds.log_tail_lines, scrubber=app[SCRUBBER]
+            )
             await recorder.start()
             stack.push_async_callback(recorder.close)
             builds = recording_manager(swarm, settings, recorder)

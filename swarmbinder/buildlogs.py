@@ -5,7 +5,9 @@ BinderHub loses a build's log with its pod; we keep it. :class:`BuildLogRecorder
 ``on_finished`` callbacks, which run on the event loop and must not block, and queues what they
 report for one writer task that awaits the store in order (a record before its lines, lines
 before the final status). A store that fails or falls behind costs log lines, never a build:
-failures are logged, and when the queue is full new lines are dropped and counted.
+failures are logged, and when the queue is full new lines are dropped and counted. Lines and
+failure reasons are scrubbed of known secrets (:mod:`swarmbinder.scrub`) before they are stored:
+a build's log is written by the repository, which may have been made to print one.
 
 Each run of a build is one record. Its id is the service name plus the run's creation time
 (the ``swarmbinder.created`` label), so a retried build keeps the failed run's log apart, and a
@@ -25,9 +27,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .builds import Build, BuildManager, BuildSettings
+from .scrub import DEFAULT_SCRUBBER, Scrubber
 from .store import BuildRecord, Store
 from .swarm import SwarmClient
 
@@ -92,10 +95,12 @@ class BuildLogRecorder:
         *,
         replay_tail: int = 100,
         max_pending_lines: int = DEFAULT_MAX_PENDING_LINES,
+        scrubber: Scrubber = DEFAULT_SCRUBBER,
     ) -> None:
         """``replay_tail`` is the manager's ``log_tail_lines``: how many lines an adopted
         build's watcher replays."""
         self._store = store
+        self._scrubber = scrubber
         self._replay_tail = replay_tail
         # Records always queue (few and small); lines queue up to max_pending_lines.
         self._queue: deque[_Record | _Lines | _Flush | None] = deque()
@@ -207,6 +212,8 @@ class BuildLogRecorder:
         build_id = item.record.build_id
         existing = await self._store.get_build(build_id) if item.replay_tail else None
         record = item.record
+        if record.reason:
+            record = replace(record, reason=self._scrubber.scrub(record.reason))
         await self._store.record_build(record)
         if item.replay_tail and existing is not None:
             stored = await self._store.build_log(build_id, tail=item.replay_tail)
@@ -218,7 +225,8 @@ class BuildLogRecorder:
                 await self._store.append_build_log(build_id, _new_part(pending))
 
     async def _write_lines(self, item: _Lines) -> None:
-        lines: Sequence[str] = item.lines
+        # Scrubbed before the replay is compared with the stored tail, which was scrubbed too.
+        lines: Sequence[str] = [self._scrubber.scrub(line) for line in item.lines]
         replay = self._replays.get(item.build_id)
         if replay is not None:
             replay.buffer.extend(lines)

@@ -32,9 +32,10 @@ import yaml
 from aiohttp import web
 
 from . import __version__
-from .app import create_app
+from .app import config_secrets, create_app
 from .config import Config, load_config
 from .errors import ConfigError, SpecError, SwarmbinderError
+from .scrub import DEFAULT_SCRUBBER, install_log_scrubbing
 
 PROG = "swarmbinder"
 log = logging.getLogger("swarmbinder")
@@ -145,6 +146,9 @@ def serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Held for the whole process, not only while the app runs: its shutdown logs too.
+    DEFAULT_SCRUBBER.update(config_secrets(config))
+    install_log_scrubbing(DEFAULT_SCRUBBER)
     asyncio.run(_serve(config))
     return 0
 

@@ -15,6 +15,11 @@ A stream from a fresh build reads::
 
 and one from a cached image starts at ``built``. It ends at ``ready`` or ``failed``; between
 events a ``:keepalive`` comment keeps proxies from closing an idle connection.
+
+An event's message and fields are scrubbed of the process's known secrets
+(:data:`~swarmbinder.scrub.DEFAULT_SCRUBBER`) when the event is made. One event goes to every
+watcher of a build, so that is once per event however many watch; and whatever is taken from
+an event later (a failure reason, a stored line, the wire frame) is already clean.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+from .scrub import DEFAULT_SCRUBBER
 
 __all__ = [
     "KEEPALIVE_FRAME",
@@ -100,7 +107,8 @@ class BuildEvent:
     """One event of a build or launch stream.
 
     ``fields`` are the payload keys besides ``phase`` and ``message``, in wire order. They are
-    copied into a read-only mapping, so an event can be shared between watchers safely.
+    copied into a read-only mapping, so an event can be shared between watchers safely. The
+    message and the fields' strings are scrubbed of known secrets.
     """
 
     phase: Phase
@@ -111,7 +119,9 @@ class BuildEvent:
         clash = _RESERVED.intersection(self.fields)
         if clash:
             raise ValueError(f"fields may not set {sorted(clash)}")
-        object.__setattr__(self, "fields", MappingProxyType(dict(self.fields)))
+        object.__setattr__(self, "message", DEFAULT_SCRUBBER.scrub(self.message))
+        fields = DEFAULT_SCRUBBER.scrub_obj(dict(self.fields))
+        object.__setattr__(self, "fields", MappingProxyType(fields))
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object BinderHub sends for this event."""

@@ -20,6 +20,7 @@ from .launcher import HubClient
 from .metrics import Metrics
 from .pages import PageSite
 from .quotas import Quotas
+from .scrub import Scrubber
 from .store import Store
 from .swarm import SwarmClient
 
@@ -53,3 +54,6 @@ ADMIN = web.AppKey("admin", AdminService)
 HEALTH = web.AppKey("health", HealthChecker)
 #: The metrics /metrics serves, and that the launch flow and build manager update.
 METRICS = web.AppKey("metrics", Metrics)
+#: Replaces known secrets in what leaves the service (logs, events, stored build logs, admin
+#: answers). Add credentials minted at run time to it, and discard them when they expire.
+SCRUBBER = web.AppKey("scrubber", Scrubber)

@@ -126,9 +126,13 @@ class Metrics:
         *,
         repo_label: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        scrub: Callable[[str], str] = str,
     ) -> None:
+        """``scrub`` cleans the ``repo`` label, the one label whose text a user chooses: a
+        repository URL can carry credentials."""
         self.registry = registry if registry is not None else CollectorRegistry()
         self._repo_label = repo_label
+        self._scrub = scrub
         self._clock = clock
         r = self.registry
         self.build_time = Histogram(
@@ -202,7 +206,7 @@ class Metrics:
         self.launch_time.labels(status=LaunchStatus.FAILURE, retries="-1")
 
     def _repo(self, repo: str) -> str:
-        return repo if self._repo_label else ""
+        return self._scrub(repo) if self._repo_label else ""
 
     def start_build(self, provider: str, repo: str) -> Tracker:
         """A build watched by one request; :meth:`Tracker.finish` with a :class:`BuildStatus`."""

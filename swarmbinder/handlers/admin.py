@@ -20,6 +20,10 @@ Actions: ``DELETE builds/{id}`` (cancel), ``DELETE servers/{user}`` (``?server_n
 ``DELETE quotas/pod``. Bad input is 400 with ``{"message": ...}``. Changes are audited under
 the actor ``admin``, or ``admin:<name>`` when the request says who it is in
 ``X-Swarmbinder-Actor``.
+
+Every answer and stream event is scrubbed of the known secrets (the app's ``SCRUBBER``) as it
+is serialised: build logs and failure reasons are a repository's words, and a hostile one may
+have been made to print a credential.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ from aiohttp import web
 from .. import prebuild
 from ..admin import AdminService, ConfigQuotas
 from ..errors import SwarmbinderError
-from ..keys import ADMIN, BANS, BUILDS, CONFIG, HUB, QUOTAS, STORE, SWARM
+from ..keys import ADMIN, BANS, BUILDS, CONFIG, HUB, QUOTAS, SCRUBBER, STORE, SWARM
+from ..scrub import DEFAULT_SCRUBBER, Scrubber
 from ..userservers import UserServer, list_user_servers
 
 log = logging.getLogger(__name__)
@@ -154,6 +159,14 @@ def _message(status: int, message: str) -> web.Response:
     return web.json_response({"message": message}, status=status)
 
 
+def _scrubber(app: web.Application) -> Scrubber:
+    return app[SCRUBBER] if SCRUBBER in app else DEFAULT_SCRUBBER
+
+
+def _json(request: web.Request, data: Any, *, status: int = 200) -> web.Response:
+    return web.json_response(_scrubber(request.app).scrub_obj(data), status=status)
+
+
 def _guarded(handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
         refusal = _check_token(request)
@@ -167,7 +180,7 @@ def _guarded(handler: Handler) -> Handler:
             status = error.status_code if 400 <= error.status_code < 500 else 503
             if status == 503:
                 log.warning("admin %s %s failed: %s", request.method, request.path, error)
-            return _message(status, error.user_message)
+            return _message(status, _scrubber(request.app).scrub(error.user_message))
 
     return guarded
 
@@ -215,53 +228,55 @@ def _int_param(request: web.Request, name: str, default: int | None) -> int | No
 
 
 async def snapshot(request: web.Request) -> web.StreamResponse:
-    return web.json_response(await request.app[ADMIN].snapshot())
+    return _json(request, await request.app[ADMIN].snapshot())
 
 
 async def list_builds(request: web.Request) -> web.StreamResponse:
-    return web.json_response(await request.app[ADMIN].list_builds())
+    return _json(request, await request.app[ADMIN].list_builds())
 
 
 async def get_build(request: web.Request) -> web.StreamResponse:
     tail = _int_param(request, "tail", None)
-    return web.json_response(await request.app[ADMIN].get_build(request.match_info["id"], tail))
+    return _json(request, await request.app[ADMIN].get_build(request.match_info["id"], tail))
 
 
 async def list_servers(request: web.Request) -> web.StreamResponse:
-    return web.json_response(await request.app[ADMIN].servers())
+    return _json(request, await request.app[ADMIN].servers())
 
 
 async def list_nodes(request: web.Request) -> web.StreamResponse:
-    return web.json_response(await request.app[ADMIN].nodes())
+    return _json(request, await request.app[ADMIN].nodes())
 
 
 async def list_prebuilds(request: web.Request) -> web.StreamResponse:
-    return web.json_response(await request.app[ADMIN].prebuilds())
+    return _json(request, await request.app[ADMIN].prebuilds())
 
 
 async def list_bans(request: web.Request) -> web.StreamResponse:
-    return web.json_response({"bans": request.app[ADMIN].bans()})
+    return _json(request, {"bans": request.app[ADMIN].bans()})
 
 
 async def list_quotas(request: web.Request) -> web.StreamResponse:
-    return web.json_response(request.app[ADMIN].quotas())
+    return _json(request, request.app[ADMIN].quotas())
 
 
 async def list_audit(request: web.Request) -> web.StreamResponse:
     limit = _int_param(request, "limit", 100)
-    return web.json_response({"audit": await request.app[ADMIN].audit(limit or 0)})
+    return _json(request, {"audit": await request.app[ADMIN].audit(limit or 0)})
 
 
 async def events(request: web.Request) -> web.StreamResponse:
     """The snapshot, then live events, as an event stream, until the client or we go."""
     admin = request.app[ADMIN]
+    # Per watcher, unlike build events: admin consoles are few, and one stream reads the rest.
+    scrub = _scrubber(request.app).scrub_obj
     response = web.StreamResponse(headers=SSE_HEADERS)
     async with admin.subscribe() as subscription:
         # Subscribed before the snapshot is taken: a change in between is seen twice at worst.
         first = await admin.snapshot()
         await response.prepare(request)
         try:
-            await response.write(_frame(first))
+            await response.write(_frame(scrub(first)))
             items = aiter(subscription)
             while True:
                 try:
@@ -271,7 +286,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                     continue
                 except StopAsyncIteration:
                     break
-                await response.write(_frame(event))
+                await response.write(_frame(scrub(event)))
         except (ConnectionResetError, ConnectionError):
             log.debug("admin event stream client left")
     return response
@@ -316,19 +331,19 @@ def _expiry(body: dict[str, Any]) -> float | None:
 
 async def cancel_build(request: web.Request) -> web.StreamResponse:
     build = await request.app[ADMIN].cancel_build(request.match_info["id"], _actor(request))
-    return web.json_response({"build": build})
+    return _json(request, {"build": build})
 
 
 async def stop_server(request: web.Request) -> web.StreamResponse:
     stopped = await request.app[ADMIN].stop_server(
         request.match_info["user"], request.query.get("server_name", ""), _actor(request)
     )
-    return web.json_response({"server": stopped})
+    return _json(request, {"server": stopped})
 
 
 async def remove_prebuild(request: web.Request) -> web.StreamResponse:
     job = await request.app[ADMIN].remove_prebuild(request.match_info["name"], _actor(request))
-    return web.json_response({"prebuild": job})
+    return _json(request, {"prebuild": job})
 
 
 async def add_ban(request: web.Request) -> web.StreamResponse:
@@ -336,7 +351,7 @@ async def add_ban(request: web.Request) -> web.StreamResponse:
     ban = await request.app[ADMIN].add_ban(
         body.get("kind"), body.get("pattern"), body.get("reason", ""), _actor(request)
     )
-    return web.json_response({"ban": ban}, status=201)
+    return _json(request, {"ban": ban}, status=201)
 
 
 async def remove_ban(request: web.Request) -> web.StreamResponse:
@@ -344,7 +359,7 @@ async def remove_ban(request: web.Request) -> web.StreamResponse:
     if not raw.isdigit():
         return _message(400, f"Ban ids are numbers, not {raw!r}.")
     await request.app[ADMIN].remove_ban(int(raw), _actor(request))
-    return web.json_response({"removed": int(raw)})
+    return _json(request, {"removed": int(raw)})
 
 
 async def set_repo_quota(request: web.Request) -> web.StreamResponse:
@@ -352,14 +367,14 @@ async def set_repo_quota(request: web.Request) -> web.StreamResponse:
     quotas = await request.app[ADMIN].set_repo_quota(
         body.get("pattern"), body.get("quota"), _actor(request), _expiry(body)
     )
-    return web.json_response(quotas)
+    return _json(request, quotas)
 
 
 async def clear_repo_quota(request: web.Request) -> web.StreamResponse:
     pattern = request.query.get("pattern", "")
     if not pattern:
         return _message(400, "Say which override to clear: ?pattern=<the override's pattern>.")
-    return web.json_response(await request.app[ADMIN].clear_repo_quota(pattern, _actor(request)))
+    return _json(request, await request.app[ADMIN].clear_repo_quota(pattern, _actor(request)))
 
 
 async def set_pod_quota(request: web.Request) -> web.StreamResponse:
@@ -367,8 +382,8 @@ async def set_pod_quota(request: web.Request) -> web.StreamResponse:
     quotas = await request.app[ADMIN].set_pod_quota(
         body.get("quota"), _actor(request), _expiry(body)
     )
-    return web.json_response(quotas)
+    return _json(request, quotas)
 
 
 async def clear_pod_quota(request: web.Request) -> web.StreamResponse:
-    return web.json_response(await request.app[ADMIN].clear_pod_quota(_actor(request)))
+    return _json(request, await request.app[ADMIN].clear_pod_quota(_actor(request)))
