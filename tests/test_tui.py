@@ -448,7 +448,7 @@ async def test_prebuilds_tab_follows_jobs_in_place_and_removes_one(
             ["complete", "0", "finished"],
             ["failed", "1", "task: exit code 1"],
         ]
-        assert [a[0] for a in added] == ["swarmbinder-prebuild-bbb"]
+        assert [str(a[0]) for a in added] == ["swarmbinder-prebuild-bbb"]
         del t.add_row
         assert "2 prebuild jobs: 1 complete, 1 failed" in summary_text(app)
 

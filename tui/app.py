@@ -14,12 +14,14 @@ from typing import Any
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
 from .client import RETRY_DELAYS, AdminAPI, AdminClientError, Connection, follow
 from .dialogs import BanForm, BuildLogScreen, Confirm, QuotaForm
 from .messages import ConnectionChanged, FeedEvent
+from .plain import clean, plain
 from .views import (
     ACTIVE_PHASES,
     AuditView,
@@ -76,11 +78,13 @@ class AdminConsole(App[None]):
         self.client = client
         self.retry_delays = retry_delays
         self.connection = Connection("connecting")
-        self.sub_title = client.url
+        self.sub_title = clean(client.url)
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(f"Connecting to {self.client.url} ...", id="status", classes="connecting")
+        yield Static(
+            plain(f"Connecting to {self.client.url} ..."), id="status", classes="connecting"
+        )
         with TabbedContent(initial="builds", id="tabs"):
             with TabPane("Builds", id="builds"):
                 yield BuildsView()
@@ -101,6 +105,24 @@ class AdminConsole(App[None]):
         self.follow_stream()
         self.set_interval(1.0, self.query_one(BuildsView).tick)
 
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """Every notification as plain text, whatever ``markup`` says (screens pass ``True``).
+
+        Most carry the service's words (its error messages) or a repository's (URLs, ban
+        patterns): parsed as markup, a ``[/]`` in them would end the console.
+        """
+        super().notify(
+            clean(message), title=clean(title), severity=severity, timeout=timeout, markup=False
+        )
+
     async def on_unmount(self) -> None:
         await self.client.close()
 
@@ -119,19 +141,25 @@ class AdminConsole(App[None]):
         status = self.query_one("#status", Static)
         status.set_classes(connection.state)
         url = self.client.url
+        # The detail is an error message, possibly the body of whatever answered at the URL.
         if connection.state == "connected":
-            status.update(f"● Connected to {url} (live)")
+            status.update(plain(f"● Connected to {url} (live)"))
         elif connection.state == "connecting":
-            status.update(f"Connecting to {url} ...")
+            status.update(plain(f"Connecting to {url} ..."))
         elif connection.state == "reconnecting":
             status.update(
-                f"○ Disconnected: {connection.detail}. Reconnecting in "
-                f"{connection.retry_in:g} s (attempt {connection.attempt}); data shown is stale."
+                plain(
+                    f"○ Disconnected: {connection.detail}. Reconnecting in "
+                    f"{connection.retry_in:g} s (attempt {connection.attempt}); "
+                    "data shown is stale."
+                )
             )
         else:
             status.update(
-                f"✖ {connection.detail} Give the right token with --token-file or "
-                "SWARMBINDER_ADMIN_TOKEN, then start the console again."
+                plain(
+                    f"✖ {connection.detail} Give the right token with --token-file or "
+                    "SWARMBINDER_ADMIN_TOKEN, then start the console again."
+                )
             )
             self.notify(connection.detail, title="Admin token refused", severity="error")
 

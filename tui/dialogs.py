@@ -12,6 +12,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Header, Input, Label, Log, Select, Static
 
 from .client import AdminAPI, AdminClientError
+from .plain import clean, plain
 
 Json = dict[str, Any]
 
@@ -30,7 +31,8 @@ class Confirm(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.question, id="question")
+            # The question names what it acts on: a repository URL, a user, a ban pattern.
+            yield Label(plain(self.question), id="question")
             with Horizontal(classes="buttons"):
                 yield Button("Yes (y)", id="yes", variant="error")
                 yield Button("No (n)", id="no", variant="primary")
@@ -151,7 +153,7 @@ class BuildLogScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(self._describe(), id="build-info")
+        yield Static(plain(self._describe()), id="build-info")
         yield Log(id="build-log", highlight=False, auto_scroll=True)
         yield Footer()
 
@@ -171,9 +173,10 @@ class BuildLogScreen(Screen[None]):
         try:
             data = await self.client.build(self.build_id, tail=2000)
         except AdminClientError as error:
-            log.write_line(f"[could not load the log: {error}]")
+            log.write_line(clean(f"[could not load the log: {error}]"))
             data = {"build": self.build, "log": []}
-        log.write_lines(data.get("log", []))
+        # Log parses no markup, but lets ESC through to the terminal.
+        log.write_lines([clean(line) for line in data.get("log", [])])
         log.write_lines(self._early)
         self._early = []
         self.loaded = True
@@ -181,9 +184,10 @@ class BuildLogScreen(Screen[None]):
 
     def update_build(self, build: Json) -> None:
         self.build = {**self.build, **build}
-        self.query_one("#build-info", Static).update(self._describe())
+        self.query_one("#build-info", Static).update(plain(self._describe()))
 
     def append(self, lines: list[str]) -> None:
+        lines = [clean(line) for line in lines]
         if not self.loaded:
             self._early.extend(lines)
             return

@@ -2,7 +2,8 @@
 
 The builds and prebuild jobs tables are keyed (build id, job name) and updated cell by cell,
 so a busy list does not flicker or lose the cursor; the other tables are short and are
-refilled on each change.
+refilled on each change. Every cell and summary is :mod:`.plain` text: what they show comes
+from the service and from repositories, and a ``str`` cell would be parsed as markup.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ import time
 from collections import Counter
 from typing import Any
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Static
+
+from .plain import cell, plain
 
 Json = dict[str, Any]
 
@@ -68,19 +72,19 @@ class BuildsView(Vertical):
         self._clock: dict[str, tuple[float, float]] = {}
 
     def compose(self) -> ComposeResult:
-        table: DataTable[str] = DataTable(id="builds-table", cursor_type="row", zebra_stripes=True)
+        table: DataTable[Text] = DataTable(id="builds-table", cursor_type="row", zebra_stripes=True)
         for key, label in self.COLUMNS:
             table.add_column(label, key=key)
         yield table
 
     @property
-    def table(self) -> DataTable[str]:
+    def table(self) -> DataTable[Text]:
         return self.query_one("#builds-table", DataTable)
 
-    def _cells(self, build: Json) -> dict[str, str]:
+    def _cells(self, build: Json) -> dict[str, Text]:
         last = build.get("last_log") or []
         queue = build.get("queue_position")
-        return {
+        cells = {
             "repo": str(build.get("repo_url", "")),
             "ref": str(build.get("ref", ""))[:12],
             "node": str(build.get("node") or "-"),
@@ -89,6 +93,7 @@ class BuildsView(Vertical):
             "elapsed": duration(self._elapsed(str(build["id"]))),
             "log": (last[-1] if last else build.get("reason", ""))[:80],
         }
+        return {key: cell(value) for key, value in cells.items()}
 
     def _elapsed(self, build_id: str) -> float | None:
         build = self.builds.get(build_id)
@@ -133,7 +138,7 @@ class BuildsView(Vertical):
         if build is None or not lines:
             return
         build["last_log"] = [*(build.get("last_log") or []), *lines][-3:]
-        self.table.update_cell(build_id, "log", lines[-1][:80])
+        self.table.update_cell(build_id, "log", cell(lines[-1][:80]))
 
     def forget(self, build_id: str) -> None:
         """The service forgot the build: keep a finished one's row (it is history)."""
@@ -152,7 +157,7 @@ class BuildsView(Vertical):
         table = self.table
         for build_id, build in self.builds.items():
             if build.get("phase") in ACTIVE_PHASES and build_id in table.rows:
-                table.update_cell(build_id, "elapsed", duration(self._elapsed(build_id)))
+                table.update_cell(build_id, "elapsed", cell(duration(self._elapsed(build_id))))
 
     def _trim(self) -> None:
         finished = [k for k, b in self.builds.items() if b.get("phase") not in ACTIVE_PHASES]
@@ -166,18 +171,18 @@ class BuildsView(Vertical):
         return None if key is None else self.builds.get(key)
 
 
-def _refill(table: DataTable[str], rows: list[tuple[str, list[str]]]) -> None:
+def _refill(table: DataTable[Text], rows: list[tuple[str, list[str]]]) -> None:
     """Replace the rows, keeping the cursor on the same row number."""
     cursor = table.cursor_row
     table.clear()
     for key, cells in rows:
-        table.add_row(*cells, key=key)
+        table.add_row(*map(cell, cells), key=key)
     if rows:
         table.move_cursor(row=min(cursor, len(rows) - 1))
 
 
-def _table(table_id: str, *columns: str) -> DataTable[str]:
-    table: DataTable[str] = DataTable(id=table_id, cursor_type="row", zebra_stripes=True)
+def _table(table_id: str, *columns: str) -> DataTable[Text]:
+    table: DataTable[Text] = DataTable(id=table_id, cursor_type="row", zebra_stripes=True)
     table.add_columns(*columns)
     return table
 
@@ -210,12 +215,14 @@ class LaunchesView(Vertical):
     def show_servers(self, data: Json | None, error: str = "") -> None:
         summary = self.query_one("#launches-summary", Static)
         if data is None:
-            summary.update(f"User servers unavailable: {error}")
+            summary.update(plain(f"User servers unavailable: {error}"))
             return
         pod = data.get("pod_quota")
         summary.update(
-            f"{data.get('total', 0)} user servers running; pod quota "
-            f"{'none' if pod is None else pod} ({data.get('pod_quota_source', 'config')})"
+            plain(
+                f"{data.get('total', 0)} user servers running; pod quota "
+                f"{'none' if pod is None else pod} ({data.get('pod_quota_source', 'config')})"
+            )
         )
         repos = []
         for repo in data.get("repos", []):
@@ -318,9 +325,11 @@ class NodesView(Vertical):
     def show(self, data: Json | None, error: str = "") -> None:
         note = self.query_one("#nodes-note", Static)
         if data is None:
-            note.update(f"Nodes unavailable: {error}")
+            note.update(plain(f"Nodes unavailable: {error}"))
             return
-        note.update(f"Sticky share over {data.get('repos_sampled', 0)} recently built repositories")
+        note.update(
+            plain(f"Sticky share over {data.get('repos_sampled', 0)} recently built repositories")
+        )
         _refill(
             self.query_one("#nodes-table", DataTable),
             [
@@ -394,7 +403,7 @@ class PrebuildsView(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static("No data yet.", id="prebuilds-summary")
-        table: DataTable[str] = DataTable(
+        table: DataTable[Text] = DataTable(
             id="prebuilds-table", cursor_type="row", zebra_stripes=True
         )
         for key, label in self.COLUMNS:
@@ -404,7 +413,7 @@ class PrebuildsView(Vertical):
     def show(self, data: Json | None, error: str = "") -> None:
         summary = self.query_one("#prebuilds-summary", Static)
         if data is None:
-            summary.update(f"Prebuild jobs unavailable: {error}")
+            summary.update(plain(f"Prebuild jobs unavailable: {error}"))
             return
         jobs = {str(job["name"]): job for job in data.get("jobs", [])}
         table = self.query_one("#prebuilds-table", DataTable)
@@ -422,16 +431,18 @@ class PrebuildsView(Vertical):
             }
             if name in table.rows:
                 for key, value in cells.items():
-                    table.update_cell(name, key, value)
+                    table.update_cell(name, key, cell(value))
             else:
-                table.add_row(*cells.values(), key=name)
+                table.add_row(*map(cell, cells.values()), key=name)
         self.jobs = jobs
         states = Counter(str(job.get("state")) for job in jobs.values())
         counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
         summary.update(
-            f"{len(jobs)} prebuild jobs"
-            + (f": {counts}" if counts else "")
-            + " (swarmbinder prebuild --as-job starts one; r removes the selected one)"
+            plain(
+                f"{len(jobs)} prebuild jobs"
+                + (f": {counts}" if counts else "")
+                + " (swarmbinder prebuild --as-job starts one; r removes the selected one)"
+            )
         )
 
     def selected(self) -> Json | None:
