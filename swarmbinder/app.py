@@ -57,7 +57,7 @@ from .metrics import LaunchEventLog, Metrics, MetricsObserver
 from .quotas import Quotas
 from .ratelimit import RateLimiter
 from .registry import RegistryClient
-from .resolve import Resolved, policy_from_config, providers_from_config, resolve
+from .resolve import Resolved, policy_from_config, provider_session, providers_from_config, resolve
 from .scrub import DEFAULT_SCRUBBER
 from .store import Store
 from .swarm import SwarmClient
@@ -239,7 +239,10 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         events = LaunchEventLog()
         stack.callback(events.close)
         observer = MetricsObserver(metrics, events)
-        providers = providers_from_config(config, session)
+        # Specs choose where the providers connect, so they get a session of their own that
+        # holds them to allowed_outbound_networks; the hub and registry use the plain one.
+        provider_http = await stack.enter_async_context(provider_session(config))
+        providers = providers_from_config(config, provider_http)
         image_prefix = config.registry.image_prefix
 
         async def resolve_path(path: str) -> Resolved:

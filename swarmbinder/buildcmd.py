@@ -7,14 +7,12 @@ import json
 import sys
 from typing import Any, TextIO
 
-import aiohttp
-
 from .builds import BuildManager, BuildSettings, to_sticky_node
 from .config import Config
 from .errors import SwarmbinderError
 from .events import BuildEvent, Phase
 from .registry import RegistryClient
-from .resolve import policy_from_config, providers_from_config, resolve
+from .resolve import policy_from_config, provider_session, providers_from_config, resolve
 from .sticky import rank_nodes
 from .swarm import SwarmClient
 
@@ -23,7 +21,7 @@ async def run_build(
     config: Config, path: str, *, as_json: bool, dry_run: bool, out: TextIO = sys.stdout
 ) -> int:
     """Exit code 0 when the image is in the registry (or, with dry_run, when it resolved)."""
-    async with aiohttp.ClientSession() as session:
+    async with provider_session(config) as session:
         resolved = await resolve(
             path,
             providers=providers_from_config(config, session),

@@ -443,6 +443,16 @@ class BanConfig(_Section):
         "(e.g. '1.2.3.4/32'), values a label used in logs and error messages.",
         check=values.cidr_keys,
     )
+    allowed_outbound_networks: tuple[str, ...] = _opt(
+        (),
+        "Networks (CIDR) the repo providers may connect to although they are not globally "
+        "routable. Empty: provider API calls, DOI redirects and `git ls-remote` refuse "
+        "loopback, link-local (the cloud metadata 169.254.169.254), private (RFC 1918, "
+        "fc00::/7), unspecified, multicast and reserved addresses, so a spec cannot point "
+        "Binder into its own network. List a GitHub Enterprise, GitLab or git server on a "
+        "private network here; docs/security.md.",
+        check=values.cidr_list,
+    )
     banned_specs: tuple[values.BannedSpec, ...] = _opt(
         (),
         "Specs that may not launch: regexes, or {pattern: regex, reason: text} to tell users "

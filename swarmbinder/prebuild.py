@@ -48,7 +48,7 @@ from .config import OPTIONS, Config
 from .errors import ConfigError, SpecError, SwarmbinderError
 from .events import MSG_DONE_FOUND, BuildEvent, Phase, SSEDecoder
 from .registry import RegistryClient
-from .resolve import Resolved, policy_from_config, providers_from_config, resolve
+from .resolve import Resolved, policy_from_config, provider_session, providers_from_config, resolve
 from .swarm import (
     BindMount,
     JobSpec,
@@ -417,7 +417,9 @@ class SwarmBackend:
             swarm = await stack.enter_async_context(SwarmClient.connect(config.builds.docker_host))
             builds = BuildManager(swarm, BuildSettings.from_config(config))
             stack.push_async_callback(builds.close)
-            yield cls(config, session, registry, builds)
+            # The specs' own requests go through a session held to allowed_outbound_networks.
+            providers = await stack.enter_async_context(provider_session(config))
+            yield cls(config, providers, registry, builds)
             # Built images' services have served their purpose; failed ones stay for a while
             # so `docker service logs` can still show what went wrong.
             with contextlib.suppress(SwarmbinderError):

@@ -14,6 +14,7 @@ import aiohttp
 from .builds import BuildRequest
 from .config import Config
 from .naming import image_name
+from .outbound import OutboundPolicy, guarded_session
 from .providers import ProviderRegistry, default_registry, parse_spec
 from .providers.base import RepoProvider
 from .specpolicy import SpecPolicy
@@ -57,7 +58,17 @@ async def resolve(
     )
 
 
+def provider_session(config: Config) -> aiohttp.ClientSession:
+    """The providers' own session, held to ``allowed_outbound_networks``.
+
+    Not for the hub or the registry: the operator chose those, and they may well be private.
+    """
+    policy = OutboundPolicy.from_cidrs(config.bans.allowed_outbound_networks)
+    return guarded_session(policy)
+
+
 def providers_from_config(config: Config, session: aiohttp.ClientSession) -> ProviderRegistry:
+    """The configured providers; ``session`` comes from :func:`provider_session`."""
     github = config.providers.github
     gitlab = config.providers.gitlab
     return default_registry(

@@ -14,6 +14,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from app_support import ground_outbound
 
 from swarmbinder import prebuild
 from swarmbinder.app import create_app
@@ -64,6 +65,7 @@ async def test_a_prebuild_job_shows_in_the_admin_api_until_removed(
         "build_image": testground["images"]["builder"],
         "store_path": str(tmp_path / "store.sqlite"),
         "admin_token": TOKEN,
+        "allowed_outbound_networks": ground_outbound(testground),
     }
     config = load_config(env={}, overrides=overrides)
     repo = testground["repos"]["binder-dockerfile"]

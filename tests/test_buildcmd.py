@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
+from app_support import ground_outbound
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -34,6 +35,7 @@ def ground_env(ground: dict[str, Any], prefix: str) -> dict[str, str]:
         "SWARMBINDER_REGISTRY_URL": ground["registry_url"],
         "SWARMBINDER_BUILD_IMAGE": ground["images"]["builder"],
         "SWARMBINDER_STICKY_BUILDS": "true",
+        "SWARMBINDER_ALLOWED_OUTBOUND_NETWORKS": json.dumps(ground_outbound(ground)),
     }
 
 

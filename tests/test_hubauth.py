@@ -26,6 +26,7 @@ from urllib.parse import quote, unquote
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from app_support import ground_outbound
 
 from swarmbinder import hostsetup as hs
 from swarmbinder import naming
@@ -154,6 +155,7 @@ async def binder(
             "build_image": testground["images"]["builder"],
             "store_path": str(tmp_path / "store.sqlite"),
             "launch_timeout": 60,
+            "allowed_outbound_networks": ground_outbound(testground),
         },
     )
     server = TestServer(create_app(config), host="127.0.0.1", port=auth_hub["app_port"])

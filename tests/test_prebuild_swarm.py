@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from app_support import spec_for
+from app_support import ground_outbound, spec_for
 
 from swarmbinder import prebuild
 from swarmbinder.app import create_app
@@ -39,6 +39,7 @@ def overrides(testground: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
         "build_image": testground["images"]["builder"],
         "store_path": str(tmp_path / "store.sqlite"),
         "admin_token": ADMIN_TOKEN,
+        "allowed_outbound_networks": ground_outbound(testground),
     }
 
 

@@ -21,6 +21,7 @@ from swarmbinder.errors import (
     SpecError,
     UnknownProvider,
 )
+from swarmbinder.outbound import OutboundPolicy, guarded_session
 from swarmbinder.providers import (
     MAX_SPEC_LENGTH,
     GistRepoProvider,
@@ -38,6 +39,8 @@ from swarmbinder.providers.github import default_api_base_url
 SHA_A = "1479e0252b2e648bb755ee913292b79495931717"
 SHA_B = "0" * 39 + "b"
 SHA_C = "c" * 40
+#: The fakes listen on 127.0.0.1, which providers refuse unless allowed.
+LOOPBACK = OutboundPolicy.from_cidrs(["127.0.0.0/8"])
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +57,7 @@ def no_credentials_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+    async with guarded_session(LOOPBACK) as session:
         yield session
 
 
@@ -401,6 +404,7 @@ async def test_github_enterprise(aiohttp_server: AiohttpServer) -> None:
         hostname="github.example.com",
         api_base_url=str(server.make_url("/api/v3")),
         access_token="",
+        outbound=LOOPBACK,
     ) as provider:
         assert await provider.get_resolved_ref() == SHA_C
         assert provider.repo_url == "https://github.example.com/team/project"
@@ -413,7 +417,9 @@ async def test_github_enterprise(aiohttp_server: AiohttpServer) -> None:
 
 
 async def test_provider_closes_only_its_own_session(github: GitHubAPI) -> None:
-    own = GitHubRepoProvider("u/r/HEAD", api_base_url=github.url, access_token="")
+    own = GitHubRepoProvider(
+        "u/r/HEAD", api_base_url=github.url, access_token="", outbound=LOOPBACK
+    )
     await own.get_resolved_ref()
     session = own._session
     assert session is not None
@@ -566,7 +572,7 @@ def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
 
 def git_provider(server_url: str, repo: str, ref: str) -> GitRepoProvider:
     escaped = f"{server_url}/{repo}".replace(":", "%3A").replace("/", "%2F")
-    return GitRepoProvider(f"{escaped}/{ref}")
+    return GitRepoProvider(f"{escaped}/{ref}", outbound=LOOPBACK)
 
 
 async def test_git_full_sha_needs_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -595,7 +601,9 @@ async def test_git_burst_of_one_link_runs_one_ls_remote(
     escaped = f"{git_server.url}/repo.git".replace(":", "%3A").replace("/", "%2F")
 
     def provider() -> GitRepoProvider:
-        return GitRepoProvider(f"{escaped}/main", git=str(wrapper), lookups=lookups)
+        return GitRepoProvider(
+            f"{escaped}/main", git=str(wrapper), lookups=lookups, outbound=LOOPBACK
+        )
 
     resolved = await asyncio.gather(*(provider().get_resolved_ref() for _ in range(10)))
     assert resolved == [git_server.second] * 10
@@ -606,7 +614,9 @@ async def test_git_burst_of_one_link_runs_one_ls_remote(
     assert await provider().get_resolved_ref() == git_server.second
     assert len(calls.read_text().splitlines()) == 2
     # Another ref of the same repository is its own lookup.
-    other = GitRepoProvider(f"{escaped}/feature%2Fmain", git=str(wrapper), lookups=lookups)
+    other = GitRepoProvider(
+        f"{escaped}/feature%2Fmain", git=str(wrapper), lookups=lookups, outbound=LOOPBACK
+    )
     assert await other.get_resolved_ref() == git_server.first
     assert len(calls.read_text().splitlines()) == 3
 

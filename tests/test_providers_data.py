@@ -29,6 +29,7 @@ from swarmbinder.config import Config, load_config
 from swarmbinder.errors import ProviderUnavailable, RefNotFound, SpecError
 from swarmbinder.handlers.pages import add_page_routes
 from swarmbinder.naming import image_name
+from swarmbinder.outbound import OutboundPolicy, guarded_session
 from swarmbinder.providers import (
     CKANProvider,
     DataCache,
@@ -46,6 +47,8 @@ HS_ID = "142c59757ed54de1816777828c9716e7"
 HS_DOI_ID = "b8f6eae9d89241cf8b5904033460af61"
 TURTLES = "binder-example-sea-turtle-sightings-in-taiwan"
 ACTIVITY = "93df7fd0-0edc-4ebf-bac7-fbf5f78de90b"
+#: The fakes listen on 127.0.0.1, which providers refuse unless allowed.
+LOOPBACK = OutboundPolicy.from_cidrs(["127.0.0.0/8"])
 
 # the dataset of BinderHub's recorded answer (http-record.dataverse.harvard.edu.json), trimmed
 TJCLKP = {
@@ -106,7 +109,7 @@ async def data(aiohttp_server: AiohttpServer) -> AsyncIterator[Data]:
     fake = seeded_fake()
     server = await aiohttp_server(fake.app())
     url = str(server.make_url("")).rstrip("/")
-    async with aiohttp.ClientSession() as session:
+    async with guarded_session(LOOPBACK) as session:
         registry = default_registry(
             session,
             zenodo_doi_resolver_url=f"{url}/doi",
@@ -135,7 +138,7 @@ async def outcome(provider: RepoProvider) -> dict[str, str]:
 
 
 async def test_registry_offers_binderhubs_data_providers() -> None:
-    async with aiohttp.ClientSession() as session:
+    async with guarded_session(LOOPBACK) as session:
         registry = default_registry(session)
     assert registry.prefixes[-5:] == DATA_PREFIXES
     configs = {str(c["id"]): c for c in registry.display_configs()}
@@ -182,7 +185,7 @@ async def test_registry_offers_binderhubs_data_providers() -> None:
 async def test_malformed_specs_are_refused_before_any_request(
     prefix: str, spec: str, words: str
 ) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with guarded_session(LOOPBACK) as session:
         registry = default_registry(session, zenodo_doi_resolver_url="http://127.0.0.1:9")
         with pytest.raises(SpecError) as info:
             registry.get(prefix, spec)
@@ -229,7 +232,9 @@ async def test_zenodo_doi_leading_nowhere_useful(data: Data) -> None:
 
 async def test_doi_resolver_unreachable_is_unavailable() -> None:
     provider = ZenodoProvider(
-        "10.5281/zenodo.3242074", doi_resolver_url=f"http://127.0.0.1:{free_port()}"
+        "10.5281/zenodo.3242074",
+        doi_resolver_url=f"http://127.0.0.1:{free_port()}",
+        outbound=LOOPBACK,
     )
     async with provider:
         with pytest.raises(ProviderUnavailable) as info:
@@ -468,6 +473,7 @@ async def test_build_dry_run_of_a_zenodo_doi(aiohttp_server: AiohttpServer) -> N
         **os.environ,
         "SWARMBINDER_ZENODO_DOI_RESOLVER_URL": str(server.make_url("/doi")),
         "SWARMBINDER_IMAGE_PREFIX": PREFIX,
+        "SWARMBINDER_ALLOWED_OUTBOUND_NETWORKS": "[127.0.0.0/8]",
         "DOCKER_HOST": f"tcp://127.0.0.1:{free_port()}",
     }
     env.pop("SWARMBINDER_CONFIG", None)

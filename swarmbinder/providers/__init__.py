@@ -14,7 +14,9 @@ Prefixes and spec forms are BinderHub's, so ``/v2/gh/...`` badges keep working::
 
 Every spec is checked when its provider is constructed (:class:`~swarmbinder.errors.SpecError`,
 no network); resolving raises :class:`~swarmbinder.errors.RefNotFound` or
-:class:`~swarmbinder.errors.ProviderUnavailable`.
+:class:`~swarmbinder.errors.ProviderUnavailable`, and
+:class:`~swarmbinder.outbound.DestinationRefused` for a spec that leads to an address Binder may
+not connect to (:mod:`swarmbinder.outbound`).
 """
 
 from .base import MAX_SPEC_LENGTH, RepoProvider, check_ref, check_text, is_full_sha

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Self
 import aiohttp
 
 from ..errors import ProviderUnavailable, RefNotFound, SpecError
+from ..outbound import OutboundPolicy, guarded_session
 
 #: Far above any real spec (GitHub caps owners at 39 and repos at 100 characters, and a
 #: url-escaped git URL rarely passes 150), far below what proxies allow in a URL.
@@ -93,6 +94,10 @@ class RepoProvider(ABC):
     :class:`RefNotFound` for a missing repository or ref and :class:`ProviderUnavailable` when
     the provider cannot be asked. A provider given no ``session`` opens its own and closes it
     in :meth:`aclose` (or ``async with``); an injected session is left to its owner.
+
+    Every connection goes only where ``outbound`` allows (default: globally routable
+    addresses); an injected session must be guarded by the same policy
+    (:func:`~swarmbinder.outbound.guarded_session`), which ``default_registry`` checks.
     """
 
     #: the URL prefix: ``/v2/{prefix}/{spec}``
@@ -112,9 +117,11 @@ class RepoProvider(ABC):
         *,
         session: aiohttp.ClientSession | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
         check_text(spec)
         self.spec = spec
+        self.outbound = outbound if outbound is not None else OutboundPolicy()
         self._session = session
         self._owns_session = session is None
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -176,7 +183,7 @@ class RepoProvider(ABC):
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
+            self._session = guarded_session(self.outbound, headers={"User-Agent": USER_AGENT})
         return self._session
 
     async def _get(self, url: str, headers: Mapping[str, str] | None = None) -> HttpResponse:

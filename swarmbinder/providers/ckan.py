@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 import aiohttp
 
 from ..errors import SpecError
+from ..outbound import OutboundPolicy
 from .base import DEFAULT_TIMEOUT, check_text
 from .datarepo import (
     DataCache,
@@ -53,8 +54,9 @@ class CKANProvider(DataRepoProvider):
         cache: DataCache | None = None,
         session: aiohttp.ClientSession | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
-        super().__init__(spec, cache=cache, session=session, timeout=timeout)
+        super().__init__(spec, cache=cache, session=session, timeout=timeout, outbound=outbound)
         self.repo = unquote(spec)
         check_text(self.repo, "Dataset URL")
         try:

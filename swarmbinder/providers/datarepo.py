@@ -18,6 +18,7 @@ import aiohttp
 from yarl import URL
 
 from ..errors import ProviderUnavailable, RefNotFound, SpecError
+from ..outbound import OutboundPolicy
 from .base import DEFAULT_TIMEOUT, USER_AGENT, RepoProvider, minutes_text
 from .cache import EtagCache, NegativeCache
 
@@ -122,8 +123,9 @@ class DataRepoProvider(RepoProvider):
         cache: DataCache | None = None,
         session: aiohttp.ClientSession | None = None,
         timeout: float,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
-        super().__init__(spec, session=session, timeout=timeout)
+        super().__init__(spec, session=session, timeout=timeout, outbound=outbound)
         self.cache = cache if cache is not None else DataCache()
         self.unresolved_ref = ""
 
@@ -237,8 +239,9 @@ class DoiRepoProvider(DataRepoProvider):
         cache: DataCache | None = None,
         session: aiohttp.ClientSession | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
-        super().__init__(spec, cache=cache, session=session, timeout=timeout)
+        super().__init__(spec, cache=cache, session=session, timeout=timeout, outbound=outbound)
         check_doi(spec, self.name)
         self.doi_resolver_url = doi_resolver_url
 

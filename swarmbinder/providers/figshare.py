@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import aiohttp
 
 from ..errors import RefNotFound, SpecError
+from ..outbound import OutboundPolicy
 from .base import DEFAULT_TIMEOUT
 from .datarepo import (
     DOI_RESOLVER_URL,
@@ -49,6 +50,7 @@ class FigshareProvider(DoiRepoProvider):
         cache: DataCache | None = None,
         session: aiohttp.ClientSession | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
         super().__init__(
             spec,
@@ -56,6 +58,7 @@ class FigshareProvider(DoiRepoProvider):
             cache=cache,
             session=session,
             timeout=timeout,
+            outbound=outbound,
         )
         self.api_base_url = api_base_url.rstrip("/")
         self.authority, _, identifier = spec.partition("/")

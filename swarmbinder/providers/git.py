@@ -10,12 +10,16 @@ from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError, ProviderUnavailable, RefNotFound, SpecError
+from ..outbound import OutboundPolicy, parse_address, resolve_checked
 from .base import RepoProvider, check_ref, check_text, is_full_sha
 from .cache import SharedLookups
 
 ALLOWED_PROTOCOLS = frozenset({"http", "https", "git", "ssh"})
+_DEFAULT_PORTS = {"http": 80, "https": 443, "git": 9418, "ssh": 22}
 LS_REMOTE_TIMEOUT = 30.0
 _SCP_FORM = re.compile(r"([\w.-]+@[\w.-]+):(.+)")
+# what curl's error says when http.followRedirects=false stopped git at a redirect
+_REDIRECTED = re.compile(r"returned error: 30[12378]\b")
 # what git prints when the repository is missing or private (so: not for us)
 _NOT_FOUND_HINTS = (
     "not found",
@@ -48,6 +52,12 @@ class GitRepoProvider(RepoProvider):
     A full commit sha is taken as is, without asking the server. Anything else is looked up
     with ``git ls-remote`` and chosen the way ``git rev-parse`` would: an exact name, then
     ``refs/``, ``refs/tags/``, ``refs/heads/``, and an annotated tag resolves to its commit.
+
+    The host must pass ``outbound``: an IP literal is checked even for a full sha; a name is
+    resolved and every address checked before ``git ls-remote`` runs. Over http(s) git may not
+    follow redirects and curl is pinned to the checked addresses (``http.curloptResolve``), so
+    a second DNS answer cannot send it elsewhere; over git:// and ssh:// git and ssh resolve
+    the name again themselves, a window docs/security.md names.
     """
 
     prefix: ClassVar[str] = "git"
@@ -78,8 +88,9 @@ class GitRepoProvider(RepoProvider):
         ls_remote_timeout: float = LS_REMOTE_TIMEOUT,
         git: str = "git",
         lookups: SharedLookups[dict[str, str]] | None = None,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
-        super().__init__(spec)
+        super().__init__(spec, outbound=outbound)
         self._lookups = lookups
         self.allowed_protocols = check_protocols(allowed_protocols)
         self.ls_remote_timeout = ls_remote_timeout
@@ -113,6 +124,11 @@ class GitRepoProvider(RepoProvider):
             )
         if not host:
             raise SpecError(f"Repository URL {url!r} has no host.")
+        try:
+            self.port = parts.port or _DEFAULT_PORTS[parts.scheme]
+        except ValueError as e:
+            raise SpecError(f"Repository URL {url!r} has an invalid port: {e}.") from e
+        self.host = host
         return url
 
     def get_repo_url(self) -> str:
@@ -129,6 +145,8 @@ class GitRepoProvider(RepoProvider):
         return self.repo
 
     async def _resolve(self) -> str:
+        # A full sha needs no request from us, but the build's clone would connect to it.
+        self.outbound.check_literal(self.host)
         if is_full_sha(self.unresolved_ref):
             return self.unresolved_ref.lower()
         if self._lookups is None:
@@ -162,7 +180,8 @@ class GitRepoProvider(RepoProvider):
 
     async def _ls_remote(self) -> dict[str, str]:
         ref = self.unresolved_ref
-        command = [self._git, "ls-remote", "--", self.repo, ref, ref + "^{}"]
+        pins = await self._pinned_destination()
+        command = [self._git, *pins, "ls-remote", "--", self.repo, ref, ref + "^{}"]
         env = dict(os.environ)
         # never wait for a password, and never let a redirect switch to another transport
         env["GIT_TERMINAL_PROMPT"] = "0"
@@ -200,9 +219,31 @@ class GitRepoProvider(RepoProvider):
                 refs.setdefault(name, sha)
         return refs
 
+    async def _pinned_destination(self) -> list[str]:
+        """git options that keep ``ls-remote`` on the addresses the policy just checked."""
+        try:
+            async with asyncio.timeout(self.ls_remote_timeout):
+                addresses = await resolve_checked(self.outbound, self.host, self.port)
+        except (OSError, TimeoutError) as e:
+            raise ProviderUnavailable(
+                f"resolving {self.host} for git ls-remote {self.repo} failed: {e}",
+                user_message=f"Could not resolve the host {self.host} of {self.repo}.",
+            ) from e
+        # A redirect would lead curl to a host nobody checked.
+        options = ["-c", "http.followRedirects=false"]
+        if parse_address(self.host) is None:
+            pinned = ",".join(f"[{a}]" if ":" in a else a for a in addresses)
+            options += ["-c", f"http.curloptResolve={self.host}:{self.port}:{pinned}"]
+        return options
+
     def _ls_remote_failed(self, stderr: str) -> Exception:
         lines = [line.strip() for line in stderr.splitlines() if line.strip()]
         detail = lines[-1][:300] if lines else "no error message"
+        if _REDIRECTED.search(stderr):
+            return SpecError(
+                f"The git server of {self.repo} redirects elsewhere, and this Binder does not "
+                "follow redirects of git URLs: give the repository's final URL."
+            )
         if any(hint in stderr.lower() for hint in _NOT_FOUND_HINTS):
             return RefNotFound(
                 f"Could not resolve ref for {self.key}: the repository {self.repo} does not "

@@ -14,6 +14,7 @@ from urllib.parse import quote
 import aiohttp
 
 from ..errors import ProviderUnavailable, RefNotFound, SpecError
+from ..outbound import OutboundPolicy
 from .base import (
     DEFAULT_TIMEOUT,
     HttpResponse,
@@ -90,8 +91,9 @@ class _GitHubAPI(RepoProvider):
         cache: GitHubCache | None = None,
         session: aiohttp.ClientSession | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
-        super().__init__(spec, session=session, timeout=timeout)
+        super().__init__(spec, session=session, timeout=timeout, outbound=outbound)
         self.hostname = hostname
         self.api_base_url = (api_base_url or default_api_base_url(hostname)).rstrip("/")
         env = os.environ
@@ -223,6 +225,7 @@ class GitHubRepoProvider(_GitHubAPI):
         cache: GitHubCache | None = None,
         session: aiohttp.ClientSession | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
         super().__init__(
             spec,
@@ -234,6 +237,7 @@ class GitHubRepoProvider(_GitHubAPI):
             cache=cache,
             session=session,
             timeout=timeout,
+            outbound=outbound,
         )
         parts = spec.split("/", 2)
         if len(parts) != 3 or not all(parts):
@@ -333,6 +337,7 @@ class GistRepoProvider(_GitHubAPI):
         cache: GitHubCache | None = None,
         session: aiohttp.ClientSession | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
         super().__init__(
             spec,
@@ -344,6 +349,7 @@ class GistRepoProvider(_GitHubAPI):
             cache=cache,
             session=session,
             timeout=timeout,
+            outbound=outbound,
         )
         self.allow_secret_gist = allow_secret_gist
         parts = spec.split("/")

@@ -11,6 +11,7 @@ from urllib.parse import quote, unquote
 import aiohttp
 
 from ..errors import ProviderUnavailable, SpecError
+from ..outbound import OutboundPolicy
 from .base import (
     DEFAULT_TIMEOUT,
     RepoProvider,
@@ -61,8 +62,9 @@ class GitLabRepoProvider(RepoProvider):
         private_token: str | None = None,
         session: aiohttp.ClientSession | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
-        super().__init__(spec, session=session, timeout=timeout)
+        super().__init__(spec, session=session, timeout=timeout, outbound=outbound)
         self.hostname = hostname
         self.api_base_url = (api_base_url or f"https://{hostname}/api/v4").rstrip("/")
         if access_token is None:

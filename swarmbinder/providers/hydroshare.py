@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import aiohttp
 
 from ..errors import SpecError
+from ..outbound import OutboundPolicy
 from .base import DEFAULT_TIMEOUT
 from .datarepo import (
     DataCache,
@@ -51,8 +52,9 @@ class HydroshareProvider(DataRepoProvider):
         cache: DataCache | None = None,
         session: aiohttp.ClientSession | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
-        super().__init__(spec, cache=cache, session=session, timeout=timeout)
+        super().__init__(spec, cache=cache, session=session, timeout=timeout, outbound=outbound)
         match = _RESOURCE_ID.match(spec)
         if match is None:
             raise SpecError(

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 
 from ..errors import SpecError, UnknownProvider
+from ..outbound import session_policy
 from .base import DEFAULT_TIMEOUT, RepoProvider, check_text
 from .cache import SharedLookups
 from .ckan import CKANProvider
@@ -127,11 +128,14 @@ def default_registry(
     ``gh``, ``gist``, ``git`` and ``gl`` for git repositories; ``zenodo``, ``figshare``,
     ``hydroshare``, ``dataverse`` and ``ckan`` for data repositories.
 
-    The session belongs to the caller. Credentials left as ``None`` come from the environment
+    The session belongs to the caller and must come from
+    :func:`~swarmbinder.outbound.guarded_session` (TypeError otherwise): its policy also decides
+    where ``git ls-remote`` may connect. Credentials left as ``None`` come from the environment
     variables BinderHub reads (``GITHUB_ACCESS_TOKEN``, ``GITHUB_CLIENT_ID``,
     ``GITHUB_CLIENT_SECRET``, ``GITLAB_ACCESS_TOKEN``, ``GITLAB_PRIVATE_TOKEN``); pass ``""`` for
     none.
     """
+    outbound = session_policy(session)
     cache = github_cache if github_cache is not None else GitHubCache()
     protocols = check_protocols(git_allowed_protocols)
     github_api = github_api_base_url or default_api_base_url(github_hostname)
@@ -139,7 +143,7 @@ def default_registry(
     registry = ProviderRegistry()
 
     # Every provider that talks HTTP shares the caller's session and timeout.
-    http: dict[str, Any] = {"session": session, "timeout": timeout}
+    http: dict[str, Any] = {"session": session, "timeout": timeout, "outbound": outbound}
     github_auth: dict[str, Any] = {
         "api_base_url": github_api,
         "access_token": github_access_token,
@@ -180,6 +184,7 @@ def default_registry(
                 allowed_protocols=protocols,
                 ls_remote_timeout=git_ls_remote_timeout,
                 lookups=SharedLookups[dict[str, str]](git_ref_cache_ttl),
+                outbound=outbound,
             ),
         ),
         (
