@@ -33,6 +33,7 @@ from .errors import SwarmbinderError, SwarmUnavailable
 from .handlers import admin, build, guard, ops
 from .handlers.hubauth import authenticator, setup_hub_auth
 from .handlers.pages import add_page_routes
+from .handlers.registrytoken import add_registry_token_route
 from .health import HealthChecker, capacity_result
 from .keys import (
     ADMISSION,
@@ -46,6 +47,7 @@ from .keys import (
     HUB_AUTH,
     METRICS,
     QUOTAS,
+    REGISTRY_TOKENS,
     SCRUBBER,
     STORE,
     SWARM,
@@ -57,6 +59,7 @@ from .metrics import LaunchEventLog, Metrics, MetricsObserver
 from .quotas import Quotas
 from .ratelimit import RateLimiter
 from .registry import RegistryClient
+from .registrytokens import TokenIssuer, issuer_from_config
 from .resolve import Resolved, policy_from_config, provider_session, providers_from_config, resolve
 from .scrub import DEFAULT_SCRUBBER
 from .store import Store
@@ -96,6 +99,9 @@ def create_app(config: Config) -> web.Application:
         check_origin=config.tokens.build_token_check_origin,
     )
     app.on_response_prepare.append(ops.cors_signal(allow_origin, base))
+    issuer = issuer_from_config(config.registry)
+    if issuer is not None:
+        add_registry_token_route(app, base, issuer)
 
     app.router.add_get(f"{base}versions", ops.versions)
     app.router.add_get(f"{base}health", ops.health)
@@ -108,6 +114,16 @@ def create_app(config: Config) -> web.Application:
     # After services: the admin API is made from what services puts on the app.
     admin.add_admin_routes(app)
     return app
+
+
+def _own_tokens(issuer: TokenIssuer) -> Callable[[list[str]], tuple[str, float]]:
+    """Binder's registry requests sign their own (pull) tokens: no round trip to the realm."""
+
+    def token(scopes: list[str]) -> tuple[str, float]:
+        reply = issuer.own_token(scopes)
+        return reply.token, float(reply.expires_in)
+
+    return token
 
 
 def config_secrets(config: Config) -> list[str]:
@@ -149,6 +165,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         app[STORE] = store
 
         registry: RegistryClient | None = None
+        issuer = app.get(REGISTRY_TOKENS)
         if config.registry.use_registry:
             registry = RegistryClient(
                 config.registry.registry_url or config.registry.image_prefix.split("/", 1)[0],
@@ -157,10 +174,11 @@ async def services(app: web.Application) -> AsyncIterator[None]:
                 session=session,
                 # Images are named by image_prefix's host, which may not be registry_url's.
                 image_hosts=[config.registry.image_prefix.split("/", 1)[0]],
+                token_source=_own_tokens(issuer) if issuer is not None else None,
             )
 
         tasks = _Tasks()
-        settings = BuildSettings.from_config(config)
+        settings = BuildSettings.from_config(config, issuer=issuer)
         if config.builds.persist_build_logs:
             recorder = BuildLogRecorder(
                 store, replay_tail=config.builds.log_tail_lines, scrubber=app[SCRUBBER]

@@ -22,7 +22,12 @@ any other and removes it once it has finished.
 Registry credentials reach the builder as a Docker ``config.json`` in a Swarm secret, mounted
 as a file and found through ``DOCKER_CONFIG``: docker-py (which repo2docker pushes with) reads
 it and sends the credentials to the node's daemon. Service labels, env and args carry only the
-secret's name and the directory.
+secret's name and the directory. The builder reads the repository's files, and a repository can
+make repo2docker quote a file it links to, so with a token issuer (``registry_token_key``) that
+file holds a login of this build's own: it can push and pull only this build's image repository,
+expires with ``build_max_age`` and is revoked when the build ends. Its secret is made for the
+build and removed with its service. Without an issuer (a registry with static logins) the
+configured login is mounted instead, and a repository that reads it can push anywhere.
 """
 
 from __future__ import annotations
@@ -39,10 +44,18 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .config import Config
-from .errors import BuildFailed, ServiceNameConflict, SwarmbinderError, SwarmUnavailable
+from .errors import (
+    BuildFailed,
+    ServiceNameConflict,
+    SwarmbinderError,
+    SwarmRequestFailed,
+    SwarmUnavailable,
+)
 from .events import BuildEvent, Phase, parse_repo2docker_line
 from .fanout import Fanout
 from .naming import build_service_name
+from .registrytokens import BuildCredential, TokenIssuer, image_repository, issuer_from_config
+from .scrub import DEFAULT_SCRUBBER, Scrubber
 from .sticky import BUILD_NODE_LABEL, Node, NodeAvailability, NodeState, parse_label, rank_nodes
 from .swarm import (
     BindMount,
@@ -64,6 +77,14 @@ KIND_BUILD = "build"
 QUEUED_CONSTRAINT = "node.labels.swarmbinder.queued==never"
 DOCKER_SOCKET = "/var/run/docker.sock"
 KIND_REGISTRY_AUTH = "registry-auth"
+#: A build's own registry login (one image repository, short-lived), removed with its service.
+KIND_BUILD_AUTH = "build-auth"
+BUILD_AUTH_PREFIX = "swarmbinder-build-auth-"
+#: The label naming the build service a build-auth secret belongs to.
+BUILD_OF_LABEL = "swarmbinder.build"
+#: The user name of a build's own registry login (not a secret: the password is an HMAC of it
+#: under a key only the issuer has), so a restarted Binder can revoke it when the build ends.
+LOGIN_LABEL = "swarmbinder.registry-login"
 REGISTRY_AUTH_PREFIX = "swarmbinder-registry-auth-"
 #: The builder's DOCKER_CONFIG: the registry credentials secret is mounted as config.json here.
 BUILDER_DOCKER_CONFIG = "/etc/swarmbinder/docker"
@@ -135,12 +156,20 @@ class BuildSettings:
     registry_url: str = ""
     registry_username: str | None = None
     registry_password: str | None = field(default=None, repr=False)
+    #: The registry's token issuer: each build gets a login of its own from it.
+    issuer: TokenIssuer | None = field(default=None, repr=False, compare=False)
+    #: Every secret the process knows; log lines are scrubbed as they are read, and each
+    #: build's own login joins it while the build runs.
+    scrubber: Scrubber = field(default=DEFAULT_SCRUBBER, repr=False, compare=False)
 
     @classmethod
-    def from_config(cls, config: Config) -> BuildSettings:
+    def from_config(cls, config: Config, issuer: TokenIssuer | None = None) -> BuildSettings:
+        """``issuer``: the process's one issuer (it remembers revocations); made from the
+        config when not given."""
         builds = config.builds
         registry = config.registry
         return cls(
+            issuer=issuer if issuer is not None else issuer_from_config(registry),
             builder_image=builds.build_image,
             push=registry.use_registry,
             memory_limit=builds.build_memory_limit,
@@ -327,6 +356,12 @@ class Build:
         self.adopted = False
         #: The engine stopped answering while it ran: remove its service as soon as it answers.
         self.lost = False
+        #: Its own registry login (with a token issuer), revoked when it ends; after a
+        #: restart only its user name is known (a label), which is all revoking needs.
+        self.credential: BuildCredential | None = None
+        self.login_username = ""
+        #: Called as it ends, before any watcher hears of it.
+        self.on_end: Callable[[Build], None] | None = None
         self.fanout: Fanout[BuildEvent] = Fanout(tail_size=max(tail_size, 1) + 8)
         self.done = asyncio.Event()
 
@@ -344,6 +379,8 @@ class Build:
         self.status = status
         self.reason = reason
         self.finished = time.time()
+        if self.on_end is not None:
+            self.on_end(self)
         self.fanout.finish(final)
         self.done.set()
 
@@ -430,6 +467,8 @@ class BuildManager:
         )
         build.node = labels.get("swarmbinder.node", "")
         build.adopted = True
+        build.login_username = labels.get(LOGIN_LABEL, "")
+        build.on_end = self._revoke_login
         self._builds[service.name] = build
         self._notify_started(build)
         if status is BuildStatus.QUEUED and service.name not in self._queue:
@@ -512,16 +551,28 @@ class BuildManager:
         )
         node = "" if queued else await self._choose_node(request)
         status = BuildStatus.QUEUED if queued else BuildStatus.RUNNING
-        secret = await self._registry_secret(request)
-        spec = self._job_spec(request, status=status, node=node, now=now, secret=secret)
+        # A queued build gets its own login when it leaves the queue, so the login's lifetime
+        # (build_max_age) counts from when it runs.
+        secret, credential = await self._registry_login(request, own_login=not queued)
+        spec = self._job_spec(
+            request, status=status, node=node, now=now, secret=secret, login=credential
+        )
         build = Build(request, status, tail_size=self._settings.log_tail_lines, created=now)
         build.node = node
+        build.credential = credential
+        build.login_username = credential.username if credential is not None else ""
+        build.on_end = self._revoke_login
         try:
             await self._swarm.create_job(spec)
         except ServiceNameConflict:
+            await self._discard_login(secret, credential)
             # Another replica created it between our inspect and create: join it.
             await self.recover_locked_one(request.service_name)
             return self._builds[request.service_name]
+        except BaseException:
+            # No half-made build: the login made for a service that does not exist goes too.
+            await self._discard_login(secret, credential)
+            raise
         self._builds[spec.name] = build
         if queued:
             self._queue.append(spec.name)
@@ -530,15 +581,108 @@ class BuildManager:
         self._start_watcher(build, log_tail="all")
         return build
 
+    def _registry_hosts(self, request: BuildRequest) -> list[str]:
+        hosts = [image_registry_host(request.image)]
+        if self._settings.registry_url:
+            hosts.append(url_registry_host(self._settings.registry_url))
+        return hosts
+
+    async def _registry_login(
+        self, request: BuildRequest, *, own_login: bool
+    ) -> tuple[SecretMount | None, BuildCredential | None]:
+        """The secret the builder pushes with: with a token issuer a login of the build's own
+        (none yet unless ``own_login``), else the configured credentials; none to push
+        without credentials."""
+        settings = self._settings
+        if not settings.push:
+            return None, None
+        if settings.issuer is not None:
+            return await self._build_login(request) if own_login else (None, None)
+        return await self._registry_secret(request), None
+
+    async def _build_login(self, request: BuildRequest) -> tuple[SecretMount, BuildCredential]:
+        """A new login that may push and pull only this build's image repository, until
+        build_max_age from now, in a Swarm secret of its own."""
+        assert self._settings.issuer is not None
+        credential = self._settings.issuer.mint_build_credential(
+            image_repository(request.image), valid_for=self._settings.max_age
+        )
+        self._settings.scrubber.add(credential.password)
+        content = docker_config_json(
+            self._registry_hosts(request), credential.username, credential.password
+        )
+        # The content holds a random nonce: a plain digest names it without telling anything.
+        name = BUILD_AUTH_PREFIX + hashlib.sha256(content).hexdigest()[:32]
+        labels = {KIND_LABEL: KIND_BUILD_AUTH, BUILD_OF_LABEL: request.service_name}
+        try:
+            info = await self._swarm.ensure_secret(name, content, labels)
+        except SwarmbinderError as exc:
+            self._settings.issuer.revoke(credential.username)
+            self._settings.scrubber.discard(credential.password)
+            raise BuildFailed(
+                f"could not give the build its registry login: {exc}",
+                user_message="Could not start the build: its registry login could not be "
+                "stored in the swarm. Try again later.",
+            ) from exc
+        return SecretMount(info.id, info.name, f"{BUILDER_DOCKER_CONFIG}/config.json"), credential
+
+    async def _discard_login(
+        self, secret: SecretMount | None, credential: BuildCredential | None
+    ) -> None:
+        if credential is None or secret is None:
+            return
+        if self._settings.issuer is not None:
+            self._settings.issuer.revoke(credential.username)
+        self._settings.scrubber.discard(credential.password)
+        with contextlib.suppress(SwarmbinderError):
+            await self._swarm.remove_secret(secret.secret_id)
+
+    def _revoke_login(self, build: Build) -> None:
+        if build.login_username and self._settings.issuer is not None:
+            self._settings.issuer.revoke(build.login_username)
+        if build.credential is not None:
+            # Revoked, it opens nothing; the scrubber's set stays the size of what is live.
+            self._settings.scrubber.discard(build.credential.password)
+
+    async def _remove_build_logins(self, service_name: str) -> None:
+        """Remove the build logins of a removed build service; one a task still holds is left
+        for :meth:`_sweep_build_logins`."""
+        if self._settings.issuer is None:
+            return
+        labels = {KIND_LABEL: KIND_BUILD_AUTH, BUILD_OF_LABEL: service_name}
+        for secret in await self._swarm.list_secrets(labels):
+            try:
+                await self._swarm.remove_secret(secret.id)
+            except SwarmRequestFailed as exc:
+                log.info("build login %s not removed yet: %s", secret.name, exc)
+
+    async def _sweep_build_logins(self) -> list[str]:
+        """Remove build logins whose build service is gone (removed while a task held the
+        secret, or by another process). Young ones are spared: their service may be in the
+        making by another replica."""
+        if self._settings.issuer is None:
+            return []
+        logins = await self._swarm.list_secrets({KIND_LABEL: KIND_BUILD_AUTH})
+        if not logins:
+            return []
+        services = {s.name for s in await self._swarm.list_services({KIND_LABEL: KIND_BUILD})}
+        removed = []
+        for secret in logins:
+            owner = secret.labels.get(BUILD_OF_LABEL, "")
+            if owner in services or owner in self._builds or secret.age(self._clock()) < 60:
+                continue
+            with contextlib.suppress(SwarmbinderError):
+                if await self._swarm.remove_secret(secret.id):
+                    removed.append(secret.name)
+        return removed
+
     async def _registry_secret(self, request: BuildRequest) -> SecretMount | None:
         """The Swarm secret holding the builder's registry credentials, made on first use."""
         settings = self._settings
-        if not (settings.push and settings.has_registry_credentials):
+        if not settings.has_registry_credentials:
             return None
         assert settings.registry_username is not None and settings.registry_password is not None
-        hosts = [image_registry_host(request.image)]
-        if settings.registry_url:
-            hosts.append(url_registry_host(settings.registry_url))
+        hosts = self._registry_hosts(request)
         content = docker_config_json(hosts, settings.registry_username, settings.registry_password)
         name = self._secret_names.get(content)
         if name is None:
@@ -550,7 +694,9 @@ class BuildManager:
     async def _remove_service(self, name: str) -> bool:
         # The builder image carries docker-py, which the reaper of job containers left on
         # other nodes needs.
-        return await self._swarm.remove_service(name, reaper_image=self._settings.builder_image)
+        removed = await self._swarm.remove_service(name, reaper_image=self._settings.builder_image)
+        await self._remove_build_logins(name)
+        return removed
 
     def _notify_started(self, build: Build) -> None:
         if self._on_started is None:
@@ -568,6 +714,7 @@ class BuildManager:
         node: str,
         now: float,
         secret: SecretMount | None = None,
+        login: BuildCredential | None = None,
     ) -> JobSpec:
         constraints = [f"{k}=={v}" for k, v in self._settings.node_selector.items()]
         if self._build_label_in_use:
@@ -581,7 +728,8 @@ class BuildManager:
             name=request.service_name,
             image=self._settings.builder_image,
             args=repo2docker_args(request, self._settings),
-            labels=build_labels(request, status=status, node=node, now=now),
+            labels=build_labels(request, status=status, node=node, now=now)
+            | ({LOGIN_LABEL: login.username} if login is not None else {}),
             mounts=[BindMount(DOCKER_SOCKET, DOCKER_SOCKET)],
             constraints=constraints,
             networks=[self._settings.network] if self._settings.network else [],
@@ -616,12 +764,34 @@ class BuildManager:
             if build is None or build.status is not BuildStatus.QUEUED:
                 continue
             node = await self._choose_node(build.request)
+            try:
+                secret, credential = await self._registry_login(build.request, own_login=True)
+            except SwarmbinderError as exc:
+                build.finish(
+                    BuildStatus.FAILED, BuildEvent.failed(f"{exc.user_message}\n"), str(exc)
+                )
+                continue
             spec = self._job_spec(
-                build.request, status=BuildStatus.RUNNING, node=node, now=build.created
+                build.request,
+                status=BuildStatus.RUNNING,
+                node=node,
+                now=build.created,
+                secret=secret,
+                login=credential,
             )
             try:
-                await self._swarm.update_job(name, constraints=spec.constraints, labels=spec.labels)
+                await self._swarm.update_job(
+                    name,
+                    constraints=spec.constraints,
+                    labels=spec.labels,
+                    secrets=spec.secrets if credential is not None else None,
+                    env=spec.env if credential is not None else None,
+                )
+                if credential is not None:
+                    build.credential = credential
+                    build.login_username = credential.username
             except SwarmbinderError as exc:
+                await self._discard_login(secret, credential)
                 build.finish(
                     BuildStatus.FAILED,
                     BuildEvent.failed(f"Could not start the build: {exc}\n"),
@@ -760,10 +930,13 @@ class BuildManager:
             while True:
                 stream = self._swarm.follow_logs(build.name, tail=tail)
                 try:
-                    async for line in stream:
+                    async for raw in stream:
                         if skip:
                             skip -= 1
                             continue
+                        # The one place a repository's words enter: scrubbed here, they are
+                        # clean in every event, stored line and failure reason after.
+                        line = self._settings.scrubber.scrub(raw)
                         lines.append(line)
                         batch.append(line)
                         event = as_log_event(line)
@@ -908,7 +1081,7 @@ class BuildManager:
             ):
                 with contextlib.suppress(SwarmbinderError, TimeoutError):
                     lines = await self._swarm.read_logs(build.name, max_seconds=5)
-            reason = (
+            reason = self._settings.scrubber.scrub(
                 failure_reason(lines, task) if task is not None else "the build service was removed"
             )
             build.finish(BuildStatus.FAILED, BuildEvent.failed(f"Build failed: {reason}\n"), reason)
@@ -951,6 +1124,7 @@ class BuildManager:
                 await self._forget_locked(name, remove_service=False)
             if removed:
                 await self._promote_queued_locked()
+            await self._sweep_build_logins()
         return removed
 
     async def _remove_finished(self, name: str) -> bool:

@@ -282,7 +282,40 @@ class RegistryConfig(_Section):
         None, "User name for the registry API, with registry_password. Null: anonymous."
     )
     registry_password: str | None = _opt(
-        None, "Password for the registry API, with registry_username.", secret=True
+        None,
+        "Password for the registry API, with registry_username. With registry_token_key this "
+        "is the operator's login at the token endpoint, which may do everything.",
+        secret=True,
+    )
+    registry_token_key: str | None = _opt(
+        None,
+        "PEM EC P-256 private key that signs the registry's tokens. Set, Binder is the token "
+        "issuer of a registry with `auth: token` (its endpoint: <base_url>registry/token) and "
+        "every build gets its own login that can push only its own image.",
+        secret=True,
+    )
+    registry_token_certificate: str | None = _opt(
+        None,
+        "PEM certificate of registry_token_key: the registry's rootcertbundle, sent in each "
+        "token's x5c header.",
+        secret=True,
+    )
+    registry_token_issuer: str = _opt(
+        "swarmbinder", "The tokens' `iss`: the registry's auth.token.issuer."
+    )
+    registry_token_service: str = _opt(
+        "swarmbinder-registry", "The tokens' `aud`: the registry's auth.token.service."
+    )
+    registry_token_lifetime: int = _opt(
+        300, "Seconds a registry token is valid; clients ask for a new one.", minimum=10
+    )
+    registry_pull_username: str | None = _opt(
+        None,
+        "Login that may only pull images under image_prefix (the hub's, sent with every user "
+        "server), with registry_pull_password. Needs registry_token_key.",
+    )
+    registry_pull_password: str | None = _opt(
+        None, "Password of registry_pull_username.", secret=True
     )
 
     def __post_init__(self) -> None:
@@ -292,6 +325,39 @@ class RegistryConfig(_Section):
             raise ConfigError(missing, "registry_username and registry_password go together")
         if self.registry_username is not None and ":" in self.registry_username:
             raise ConfigError("registry_username", "cannot contain ':' (HTTP basic auth)")
+        if (self.registry_token_key is None) != (self.registry_token_certificate is None):
+            missing = (
+                "registry_token_certificate"
+                if self.registry_token_certificate is None
+                else "registry_token_key"
+            )
+            raise ConfigError(
+                missing, "registry_token_key and registry_token_certificate go together"
+            )
+        if (self.registry_pull_username is None) != (self.registry_pull_password is None):
+            missing = (
+                "registry_pull_password"
+                if self.registry_pull_password is None
+                else "registry_pull_username"
+            )
+            raise ConfigError(
+                missing, "registry_pull_username and registry_pull_password go together"
+            )
+        if self.registry_pull_username is not None:
+            if self.registry_token_key is None:
+                raise ConfigError(
+                    "registry_pull_username", "needs registry_token_key (the token issuer)"
+                )
+            if ":" in self.registry_pull_username or self.registry_pull_username.startswith(
+                "build."
+            ):
+                raise ConfigError(
+                    "registry_pull_username", "cannot contain ':' or start with 'build.'"
+                )
+        if self.registry_token_key is not None:
+            from .registrytokens import check_signing_pair
+
+            check_signing_pair(self.registry_token_key, self.registry_token_certificate or "")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from .launcher import HubClient
 from .metrics import Metrics
 from .pages import PageSite
 from .quotas import Quotas
+from .registrytokens import TokenIssuer
 from .scrub import Scrubber
 from .store import Store
 from .swarm import SwarmClient
@@ -57,3 +58,6 @@ METRICS = web.AppKey("metrics", Metrics)
 #: Replaces known secrets in what leaves the service (logs, events, stored build logs, admin
 #: answers). Add credentials minted at run time to it, and discard them when they expire.
 SCRUBBER = web.AppKey("scrubber", Scrubber)
+#: The registry's token issuer (Binder is the realm of a registry with ``auth: token``); only
+#: with ``registry_token_key``.
+REGISTRY_TOKENS = web.AppKey("registry_tokens", TokenIssuer)

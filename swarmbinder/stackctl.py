@@ -23,6 +23,7 @@ every step is a short CLI call, and the CLI works with whichever engine version 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -41,6 +42,7 @@ from typing import Protocol, TypeVar
 from . import __version__
 from . import hostsetup as hs
 from .errors import SwarmbinderError
+from .registrytokens import TOKEN_PATH, make_signing_pair
 
 STACK_FILE = hs.REPO_ROOT / "docker-stack.yml"
 CONSOLE_FILE = hs.REPO_ROOT / "stack" / "ssh-console.yml"
@@ -54,9 +56,15 @@ SECRETS = (
     "hub-api-token",
     "proxy-auth-token",
     "registry-password",
+    "registry-pull-password",
     "build-token-secret",
     "admin-token",
 )
+#: The registry token issuer's key and its certificate (``{stack}-{name}``): one pair, made
+#: together, since neither can be read back to make the other.
+TOKEN_PAIR = ("registry-token-key", "registry-token-certificate")
+#: The hub's registry login, which may only pull.
+PULL_USER = "hub-pull"
 #: Images the stack runs (singleuser is a base for repositories, not a service).
 STACK_IMAGES = {"swarmbinder": "SWARMBINDER_IMAGE_ID", "hub": "SWARMBINDER_HUB_IMAGE_ID"}
 STACK_IMAGES |= {"registry": "SWARMBINDER_REGISTRY_IMAGE_ID", "builder": ""}
@@ -121,10 +129,17 @@ class StackOptions:
     no_ssh_console: bool = False
     #: the console's published port (None: the running console's, else DEFAULT_SSH_PORT)
     ssh_port: int | None = None
+    #: Binder's base_url, as its config file says (``up`` reads it): the token realm is under it
+    base_url: str = "/"
 
     @property
     def url(self) -> str:
         return f"http://{self.public_host}:{self.port}/"
+
+    @property
+    def token_realm(self) -> str:
+        """Binder's registry token endpoint as every node's engine reaches it."""
+        return f"http://{self.public_host}:{self.port}{self.base_url}{TOKEN_PATH}"
 
     @property
     def hub_id(self) -> str:
@@ -175,6 +190,7 @@ class StackOptions:
             "SWARMBINDER_REGISTRY_PORT": str(self.registry_port),
             "SWARMBINDER_PUBLIC_HOST": self.public_host,
             "SWARMBINDER_REGISTRY_HOST": self.registry_host,
+            "SWARMBINDER_REGISTRY_TOKEN_REALM": self.token_realm,
             "SWARMBINDER_VERSION": __version__,
             "SWARMBINDER_IMAGES": "swarmbinder",
         }
@@ -220,7 +236,8 @@ def up(options: StackOptions, progress: Progress | None = None) -> UpResult:
     report = progress or _Silent()
     started = time.monotonic()
     options.check()
-    check_binder_config(options.config_file, binder_environment(options))
+    base_url = check_binder_config(options.config_file, binder_environment(options))
+    options = dataclasses.replace(options, base_url=base_url)
     keys = read_console_keys(options.ssh_console_keys) if options.ssh_console_keys else None
     try:
         return _up(options, keys, report, started)
@@ -345,17 +362,19 @@ def binder_environment(options: StackOptions) -> dict[str, str]:
         "SWARMBINDER_IMAGE_PREFIX": options.image_prefix,
         "SWARMBINDER_REGISTRY_URL": "http://registry:5000",
         "SWARMBINDER_REGISTRY_USERNAME": "binder",
+        "SWARMBINDER_REGISTRY_PULL_USERNAME": PULL_USER,
         "SWARMBINDER_BUILD_IMAGE": f"swarmbinder/builder:{__version__}",
         "SWARMBINDER_STORE_PATH": "/srv/swarmbinder/swarmbinder.sqlite",
     }
 
 
-def check_binder_config(path: Path, environment: Mapping[str, str]) -> None:
+def check_binder_config(path: Path, environment: Mapping[str, str]) -> str:
     """Refuse a config file Binder would refuse at start, before anything is deployed, with
-    the stack's ``environment`` applied over it as in the service.
+    the stack's ``environment`` applied over it as in the service; returns its base_url.
 
     Secret ``*_file`` options name files that exist only inside the service: they are checked
-    against a stand-in file, so the rest of the file is checked as the service will load it.
+    against stand-in files (a random token, or a key pair where the option wants one), so the
+    rest of the file is checked as the service will load it.
     """
     import yaml
 
@@ -375,13 +394,24 @@ def check_binder_config(path: Path, environment: Mapping[str, str]) -> None:
     with tempfile.TemporaryDirectory(prefix="swarmbinder-check-") as tmp:
         stand_in = Path(tmp) / "secret"
         stand_in.write_text(secrets.token_hex(32))
-        checked = {k: (str(stand_in) if k.endswith("_file") else v) for k, v in raw.items()}
+        pair = make_signing_pair()
+        stand_ins = {
+            "registry_token_key_file": Path(tmp) / "key.pem",
+            "registry_token_certificate_file": Path(tmp) / "certificate.pem",
+        }
+        stand_ins["registry_token_key_file"].write_bytes(pair.key_pem)
+        stand_ins["registry_token_certificate_file"].write_bytes(pair.certificate_pem)
+        checked = {
+            k: (str(stand_ins.get(k, stand_in)) if k.endswith("_file") else v)
+            for k, v in raw.items()
+        }
         copy = Path(tmp) / "binder.yaml"
         copy.write_text(json.dumps(checked))
         try:
-            load_config(copy, env=environment)
+            config = load_config(copy, env=environment)
         except ConfigError as exc:
             raise StackInputError(f"{path}: {exc}") from None
+    return config.server.base_url
 
 
 def stack_variables(
@@ -437,7 +467,30 @@ def ensure_secrets(stack: str) -> list[str]:
         # Hex: build_token_secret must be hex, and none may hold a newline.
         if hs.ensure_secret(full, lambda: secrets.token_hex(32), {STACK_LABEL: stack}):
             created.append(full)
-    return created
+    return created + ensure_token_pair(stack)
+
+
+def ensure_token_pair(stack: str) -> list[str]:
+    """The registry token issuer's key and certificate, made together when either is missing
+    (a half-made pair, left by an ``up`` that was stopped between the two, is replaced)."""
+    key, certificate = (f"{stack}-{name}" for name in TOKEN_PAIR)
+    exists = {
+        name: hs.run(["docker", "secret", "inspect", name], check=False).returncode == 0
+        for name in (key, certificate)
+    }
+    if all(exists.values()):
+        return []
+    for name in (n for n, there in exists.items() if there):
+        if hs.run(["docker", "secret", "rm", name], check=False).returncode != 0:
+            raise StackError(
+                f"secret {name} exists without its pair and is in use: remove the stack "
+                "(swarmbinder down) and run up again"
+            )
+    pair = make_signing_pair()
+    labels = {STACK_LABEL: stack}
+    hs.ensure_secret(key, pair.key_pem.decode, labels)
+    hs.ensure_secret(certificate, pair.certificate_pem.decode, labels)
+    return [key, certificate]
 
 
 # --------------------------------------------------------------------------- the SSH console
@@ -862,16 +915,20 @@ def _purge(name: str, report: Progress) -> list[str]:
             time.sleep(0.5)
         else:
             raise StackError(f"volume {volume} is still in use; remove it with docker volume rm")
-    for full in [f"{name}-{secret}" for secret in SECRETS] + _console_secrets(name):
+    for full in [f"{name}-{secret}" for secret in (*SECRETS, *TOKEN_PAIR)] + _console_secrets(name):
         if hs.run(["docker", "secret", "rm", full], check=False).returncode == 0:
             purged.append(full)
     # The builder's registry credentials, made by Binder as builds need them and named by
     # content, so the stack cannot tell its own: remove every one no service uses (the engine
     # refuses a secret in use); the next build that needs one makes it again.
-    auth = hs.run(
-        ["docker", "secret", "ls", "-q", "--filter", "label=swarmbinder.kind=registry-auth"],
-        timeout=30,
-    ).stdout.split()
+    auth = [
+        secret
+        for kind in ("registry-auth", "build-auth")
+        for secret in hs.run(
+            ["docker", "secret", "ls", "-q", "--filter", f"label=swarmbinder.kind={kind}"],
+            timeout=30,
+        ).stdout.split()
+    ]
     unused = [s for s in auth if hs.run(["docker", "secret", "rm", s], check=False).returncode == 0]
     if unused:
         purged.append(f"{len(unused)} unused registry credentials secret(s)")

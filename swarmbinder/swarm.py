@@ -22,6 +22,7 @@ import asyncio
 import base64
 import contextlib
 import copy
+import datetime
 import enum
 import json
 import logging
@@ -206,6 +207,8 @@ class SecretInfo:
     id: str
     name: str
     labels: Mapping[str, str]
+    #: When the engine made it (epoch seconds); 0 when unknown.
+    created: float = 0.0
 
     @classmethod
     def from_api(cls, raw: Mapping[str, Any]) -> SecretInfo:
@@ -214,7 +217,20 @@ class SecretInfo:
             id=str(raw.get("ID", "")),
             name=str(spec.get("Name", "")),
             labels=dict(spec.get("Labels") or {}),
+            created=_engine_time(str(raw.get("CreatedAt", ""))),
         )
+
+    def age(self, now: float) -> float:
+        """Seconds since it was made; unknown counts as old."""
+        return now - self.created if self.created else float("inf")
+
+
+def _engine_time(value: str) -> float:
+    """The engine's RFC 3339 time (nanoseconds and all) as epoch seconds; 0 if it does not parse."""
+    try:
+        return datetime.datetime.fromisoformat(value[:19]).replace(tzinfo=datetime.UTC).timestamp()
+    except ValueError:
+        return 0.0
 
 
 @dataclass(frozen=True)
@@ -250,14 +266,7 @@ class JobSpec:
                 for m in self.mounts
             ]
         if self.secrets:
-            container["Secrets"] = [
-                {
-                    "SecretID": s.secret_id,
-                    "SecretName": s.secret_name,
-                    "File": {"Name": s.target, "UID": "0", "GID": "0", "Mode": s.mode},
-                }
-                for s in self.secrets
-            ]
+            container["Secrets"] = _secrets_api(self.secrets)
         template: dict[str, Any] = {
             "ContainerSpec": container,
             "RestartPolicy": {"Condition": "none", "MaxAttempts": 0},
@@ -274,6 +283,17 @@ class JobSpec:
             "TaskTemplate": template,
             "Mode": {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}},
         }
+
+
+def _secrets_api(secrets: Sequence[SecretMount]) -> list[dict[str, Any]]:
+    return [
+        {
+            "SecretID": s.secret_id,
+            "SecretName": s.secret_name,
+            "File": {"Name": s.target, "UID": "0", "GID": "0", "Mode": s.mode},
+        }
+        for s in secrets
+    ]
 
 
 class SwarmClient:
@@ -373,14 +393,21 @@ class SwarmClient:
         *,
         constraints: Sequence[str],
         labels: Mapping[str, str],
+        secrets: Sequence[SecretMount] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
-        """Replace a job service's placement constraints and labels (a new job iteration)."""
+        """Replace a job service's placement constraints and labels (a new job iteration), and
+        its secrets and environment when given."""
         raw = await self._json(f"services/{name_or_id}")
         spec = copy.deepcopy(raw["Spec"])
         spec["Labels"] = dict(labels)
-        spec.setdefault("TaskTemplate", {}).setdefault("Placement", {})["Constraints"] = list(
-            constraints
-        )
+        template = spec.setdefault("TaskTemplate", {})
+        template.setdefault("Placement", {})["Constraints"] = list(constraints)
+        container = template.setdefault("ContainerSpec", {})
+        if secrets is not None:
+            container["Secrets"] = _secrets_api(secrets)
+        if env is not None:
+            container["Env"] = [f"{k}={v}" for k, v in env.items()]
         version = raw["Version"]["Index"]
         await self._json(
             f"services/{raw['ID']}/update", "POST", params={"version": str(version)}, data=spec

@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,13 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from swarmbinder.builds import KIND_BUILD, KIND_LABEL, Build, BuildRequest, BuildSettings
 from swarmbinder.events import BuildEvent
+from swarmbinder.handlers.registrytoken import add_registry_token_route
+from swarmbinder.registrytokens import TOKEN_PATH, SigningPair, TokenIssuer, make_signing_pair
 from swarmbinder.swarm import SwarmClient
 
 TEST_LABEL = "swarmbinder.test-run"
 HTPASSWD_PATH = "/etc/docker/registry/htpasswd"
+TOKEN_CERT_PATH = "/etc/docker/registry/token-cert.pem"
 
 
 def docker(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> str:
@@ -139,6 +144,118 @@ def running_registry(ground: dict[str, Any], *, auth: bool) -> Iterator[FixtureR
         remove_registry(name)
         if secret_made:
             _remove_secret_when_free(name)
+
+
+class TokenRealm:
+    """Binder's registry token endpoint, served from a thread of the test process on a free
+    port of ``host``, so the engine (which fetches the tokens) reaches it while tests await."""
+
+    def __init__(self, issuer: TokenIssuer, host: str = "127.0.0.1") -> None:
+        self.issuer = issuer
+        self.host = host
+        self.port = free_port() if host == "127.0.0.1" else 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/{TOKEN_PATH}"
+
+    def __enter__(self) -> TokenRealm:
+        ready = threading.Event()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(ready),), daemon=True)
+        self._thread.start()
+        if not ready.wait(30):
+            raise AssertionError("the token realm did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(30)
+
+    async def _serve(self, ready: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        app = web.Application()
+        add_registry_token_route(app, "/", self.issuer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        await site.start()
+        if not self.port:
+            self.port = runner.addresses[0][1]
+        ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+
+
+def make_issuer(
+    pair: SigningPair | None = None, *, prefix: str = "sbtest-", **overrides: Any
+) -> TokenIssuer:
+    """An issuer with a fresh key, an operator ``binder``/``operator-pw`` and a pull account
+    ``puller``/``pull-pw`` for repositories under ``prefix``."""
+    pair = pair or make_signing_pair()
+    values: dict[str, Any] = {
+        "key_pem": pair.key_pem.decode(),
+        "certificate_pem": pair.certificate_pem.decode(),
+        "issuer": "swarmbinder",
+        "service": "swarmbinder-registry",
+        "operator": ("binder", "operator-pw"),
+        "puller": ("puller", "pull-pw"),
+        "pull_prefix": prefix,
+    }
+    values.update(overrides)
+    return TokenIssuer(**values)
+
+
+@contextlib.contextmanager
+def token_registry(
+    ground: dict[str, Any], certificate_pem: bytes, realm: str
+) -> Iterator[FixtureRegistry]:
+    """A Distribution registry with ``auth: token`` trusting ``certificate_pem``, whose realm
+    is ``realm``; a Swarm service on a free host port, storage on tmpfs."""
+    name = f"sbtest-registry-{uuid.uuid4().hex[:10]}"
+    port = free_port()
+    docker(
+        "secret",
+        "create",
+        "--label",
+        f"{TEST_LABEL}={name}",
+        name,
+        "-",
+        input=certificate_pem.decode(),
+    )
+    try:
+        docker(
+            "service", "create", "--detach", "--name", name,
+            "--label", f"{TEST_LABEL}={name}",
+            "--no-resolve-image",
+            "--publish", f"mode=host,published={port},target=5000",
+            "--mount", "type=tmpfs,dst=/var/lib/registry",
+            "--constraint", "node.role==manager",
+            "--secret", f"source={name},target={TOKEN_CERT_PATH}",
+            "--env", "REGISTRY_AUTH=token",
+            "--env", f"REGISTRY_AUTH_TOKEN_REALM={realm}",
+            "--env", "REGISTRY_AUTH_TOKEN_SERVICE=swarmbinder-registry",
+            "--env", "REGISTRY_AUTH_TOKEN_ISSUER=swarmbinder",
+            "--env", f"REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE={TOKEN_CERT_PATH}",
+            ground["images"]["registry"],
+        )  # fmt: skip
+        host = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while _registry_status(host) != 401:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"registry {name} did not come up on {host}")
+            time.sleep(0.3)
+        yield FixtureRegistry(name, host)
+    finally:
+        remove_registry(name)
+        _remove_secret_when_free(name)
 
 
 def remove_registry(name: str) -> None:

@@ -12,6 +12,7 @@ the address the node's containers reach the host by.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -141,19 +143,61 @@ def stack_leftovers(stack: str) -> list[str]:
 
 
 def registry_auth_secrets() -> list[str]:
-    return docker(
-        "secret", "ls", "--format", "{{.Name}}", "--filter", "label=swarmbinder.kind=registry-auth"
-    ).split()
+    return [
+        name
+        for kind in ("registry-auth", "build-auth")
+        for name in docker(
+            "secret", "ls", "--format", "{{.Name}}", "--filter", f"label=swarmbinder.kind={kind}"
+        ).split()
+    ]
+
+
+def check_registry_token_auth(port: int, registry_port: int, image: str) -> None:
+    """The stack's registry wants a token from Binder's endpoint, which refuses a guessed
+    login: the image just built and launched was pushed with a build's own login."""
+    name, tag = image.split("/", 1)[1].rsplit(":", 1)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{registry_port}/v2/{name}/manifests/{tag}", method="HEAD"
+    )
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        urllib.request.urlopen(request, timeout=10)
+    assert anonymous.value.code == 401
+    challenge = anonymous.value.headers["WWW-Authenticate"]
+    realm = f"http://127.0.0.1:{port}/registry/token"
+    assert challenge.startswith(f'Bearer realm="{realm}",service="swarmbinder-registry"')
+    guessed = urllib.request.Request(
+        f"{realm}?service=swarmbinder-registry&scope=repository:{name}:push",
+        headers={"Authorization": "Basic " + base64.b64encode(b"hub-pull:guess").decode()},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(guessed, timeout=10)
+    assert refused.value.code == 401
+
+
+def stack_config(tmp_path: Path, git_url: str) -> Path:
+    """The stack's own config, letting Binder reach this test's git server: it sits on a
+    private address, which Binder's outbound requests refuse unless they are told."""
+    host = git_url.split("://", 1)[1].split(":", 1)[0]
+    config = tmp_path / "binder.yaml"
+    config.write_text(
+        (REPO_ROOT / "stack" / "config" / "binder.yaml").read_text()
+        + f"\nallowed_outbound_networks: [{host}/32]\n"
+    )
+    return config
 
 
 def test_up_launch_up_again_down(
-    testground: dict[str, Any], git_for_containers: str, ssh_keys: dict[str, Path]
+    testground: dict[str, Any],
+    git_for_containers: str,
+    ssh_keys: dict[str, Path],
+    tmp_path: Path,
 ) -> None:
     stack = f"sbe2e{uuid.uuid4().hex[:6]}"
     port, hub_port, registry_port = free_port(), free_port(), free_port()
     ssh_port = free_port()
     ports = ["--port", str(port), "--hub-port", str(hub_port)]
     ports += ["--registry-port", str(registry_port)]
+    ports += ["--config", str(stack_config(tmp_path, git_for_containers))]
     console = ["--ssh-console", str(ssh_keys["authorized"]), "--ssh-port", str(ssh_port)]
     registry_auth_before = set(registry_auth_secrets())
     try:
@@ -163,6 +207,8 @@ def test_up_launch_up_again_down(
         assert first.stdout.strip() == f"Binder is running at http://127.0.0.1:{port}/"
         assert f"deploying stack {stack}" in first.stderr
         assert f"created secret {stack}-hub-api-token" in first.stderr
+        assert f"created secret {stack}-registry-token-key" in first.stderr
+        assert f"created secret {stack}-registry-token-certificate" in first.stderr
         assert f"created secret {stack}-console-host-key" in first.stderr
         assert f"SSH console: port {ssh_port}, keys from {ssh_keys['authorized']}" in first.stderr
         print(f"up from nothing: {time.monotonic() - started:.1f} s", file=sys.stderr)
@@ -205,6 +251,7 @@ def test_up_launch_up_again_down(
             assert "started" in json.load(resp)
         servers = docker("service", "ls", "-q", "--filter", f"label=swarmbinder.hub={stack}_hub")
         assert len(servers.split()) == 1
+        check_registry_token_auth(port, registry_port, ready["image"])
 
         deployed_image = docker(
             "service",

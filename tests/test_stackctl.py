@@ -170,7 +170,7 @@ def test_stack_file_names_derive_from_the_stack(rendered: dict[str, Any]) -> Non
     }
     secrets = rendered["secrets"]
     assert sorted(s["name"] for s in secrets.values()) == sorted(
-        f"lab-{name}" for name in stackctl.SECRETS
+        f"lab-{name}" for name in (*stackctl.SECRETS, *stackctl.TOKEN_PAIR)
     )
     assert all(s["external"] for s in secrets.values())
     assert rendered["configs"]["hub_config"]["name"] == "lab-hub-config-7"
@@ -189,7 +189,33 @@ def test_stack_file_names_derive_from_the_stack(rendered: dict[str, Any]) -> Non
 def test_binder_config_secrets_are_the_ones_mounted(rendered: dict[str, Any]) -> None:
     config = yaml.safe_load(stackctl.DEFAULT_BINDER_CONFIG.read_text())
     files = {v.removeprefix("/run/secrets/") for k, v in config.items() if k.endswith("_file")}
-    assert files == set(rendered["services"]["binder"]["secrets"][i]["source"] for i in range(4))
+    mounted = {s["source"] for s in rendered["services"]["binder"]["secrets"]}
+    assert files == mounted
+
+
+def test_registry_trusts_binder_as_its_token_issuer(rendered: dict[str, Any]) -> None:
+    """Token auth: only Binder holds the signing key; the registry has the certificate; the
+    hub's login is the pull-only one; no service but Binder gets the operator's password."""
+    services = rendered["services"]
+    registry = services["registry"]
+    assert registry["environment"]["REGISTRY_AUTH"] == "token"
+    assert registry["environment"]["REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE"] == (
+        "/run/secrets/registry_token_certificate"
+    )
+    assert {s["source"] for s in registry["secrets"]} == {"registry_token_certificate"}
+    holders = {
+        name
+        for name, service in services.items()
+        for secret in service.get("secrets", [])
+        if secret["source"] in ("registry_token_key", "registry_password")
+    }
+    assert holders == {"binder"}
+    hub = services["hub"]["environment"]
+    assert hub["SWARMBINDER_HUB_REGISTRY_USER"] == stackctl.PULL_USER
+    assert hub["SWARMBINDER_HUB_REGISTRY_PASSWORD_FILE"] == "/run/secrets/registry_pull_password"
+    assert services["binder"]["environment"]["SWARMBINDER_REGISTRY_PULL_USERNAME"] == (
+        stackctl.PULL_USER
+    )
 
 
 @pytest.mark.parametrize(
