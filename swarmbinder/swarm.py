@@ -14,6 +14,9 @@ Facts of Swarm this module works around (see the README's "Swarm notes"):
   own node's containers, so on other nodes a short-lived reaper service does it (given an image
   with docker-py, such as the builder's): Swarm does remove the containers of an ordinary
   replicated service, the reaper included, when that service is removed.
+- a long log line comes as 16 KiB frames with no newline between them, and a repository can
+  make repo2docker write a line of any length: lines are joined in linear time and cut at
+  :data:`MAX_LOG_LINE`.
 """
 
 from __future__ import annotations
@@ -50,6 +53,53 @@ REAPER_SCRIPT = (
 REAPER_TIMEOUT = 30.0
 #: Timeout for ordinary API calls; streaming calls (logs) have none and are closed by callers.
 API_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
+#: The longest log line passed on, in characters. A repository can make repo2docker quote a
+#: file of any size in one line (a 5 MB apt.txt became a 5 MB event, stored log line and
+#: failure reason); the rest of a longer line is dropped and counted.
+MAX_LOG_LINE = 64 * 1024
+
+
+class LineSplitter:
+    """Splits streamed text into lines (without their ``\\r\\n``), each cut at ``limit``
+    characters with a note of how much was dropped, in time linear in the text: the engine
+    sends a long line as 16 KiB frames without a newline."""
+
+    def __init__(self, limit: int = MAX_LOG_LINE) -> None:
+        self._limit = limit
+        self._parts: list[str] = []
+        self._size = 0
+        self._cut = 0
+
+    def feed(self, chunk: str) -> list[str]:
+        """The lines that ``chunk`` completes."""
+        lines = []
+        start = 0
+        while (end := chunk.find("\n", start)) >= 0:
+            self._take(chunk, start, end)
+            lines.append(self._line())
+            start = end + 1
+        self._take(chunk, start, len(chunk))
+        return lines
+
+    def close(self) -> str:
+        """The last line, if the text did not end with a newline (else ``""``)."""
+        return self._line()
+
+    def _take(self, chunk: str, start: int, end: int) -> None:
+        room = self._limit - self._size
+        if end - start > room:
+            self._cut += end - start - room
+            end = start + room
+        if end > start:
+            self._parts.append(chunk[start:end])
+            self._size += end - start
+
+    def _line(self) -> str:
+        line = "".join(self._parts).rstrip("\r")
+        if self._cut:
+            line += f" [log line cut: {self._cut} more characters]"
+        self._parts, self._size, self._cut = [], 0, 0
+        return line
 
 
 class TaskStateName(enum.StrEnum):
@@ -614,28 +664,29 @@ class SwarmClient:
             "stderr": "1",
             "tail": str(tail),
         }
-        pending = ""
+        splitter = LineSplitter()
         async with self._translate(f"logs of {service_name}"):
             async with self._docker._query(
                 f"services/{service_name}/logs", "GET", params=params, timeout=None
             ) as response:
                 async for chunk in multiplexed_result_stream(response):  # type: ignore[no-untyped-call]
-                    pending += chunk
-                    *lines, pending = pending.split("\n")
-                    for line in lines:
-                        yield line.rstrip("\r")
-        if pending:
-            yield pending
+                    for line in splitter.feed(chunk):
+                        yield line
+        last = splitter.close()
+        if last:
+            yield last
 
     async def read_logs(self, service_name: str, *, max_seconds: float = 15) -> list[str]:
         """All log lines so far, within max_seconds: a non-follow call has been seen to hang."""
         params = {"follow": "0", "stdout": "1", "stderr": "1", "tail": "all"}
-        text = ""
+        splitter = LineSplitter()
+        lines: list[str] = []
         async with self._translate(f"logs of {service_name}"):
             async with asyncio.timeout(max_seconds):
                 async with self._docker._query(
                     f"services/{service_name}/logs", "GET", params=params, timeout=None
                 ) as response:
                     async for chunk in multiplexed_result_stream(response):  # type: ignore[no-untyped-call]
-                        text += chunk
-        return [line.rstrip("\r") for line in text.split("\n") if line]
+                        lines.extend(splitter.feed(chunk))
+        lines.append(splitter.close())
+        return [line for line in lines if line]
