@@ -151,6 +151,11 @@ class StackOptions:
         return f"{self.name}-net"
 
     @property
+    def user_network(self) -> str:
+        """Where user servers run, with the hub and the proxy only."""
+        return f"{self.name}-users"
+
+    @property
     def image_prefix(self) -> str:
         return f"{self.registry_host}:{self.registry_port}/binder-"
 
@@ -865,9 +870,9 @@ def _remove_services(names: list[str]) -> None:
 
 
 def _wait_gone(name: str, extra_services: list[str], report: Progress, timeout: float = 90) -> None:
-    """Until the stack's and those services' containers are gone, then remove the network,
-    which Docker keeps while any container is still attached to it."""
-    network = StackOptions(name=name).network
+    """Until the stack's and those services' containers are gone, then remove the networks,
+    which Docker keeps while any container is still attached to them."""
+    options = StackOptions(name=name)
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         # Stopped ones too: they hold the volumes until Swarm removes them.
@@ -886,13 +891,19 @@ def _wait_gone(name: str, extra_services: list[str], report: Progress, timeout: 
     for service in extra_services:
         for container in _containers({"com.docker.swarm.service.name": service}, every=True):
             hs.run(["docker", "rm", "-f", container], check=False)
-    while time.monotonic() - started < timeout:
-        exists = hs.run(["docker", "network", "inspect", network], check=False).returncode == 0
-        if not exists or hs.run(["docker", "network", "rm", network], check=False).returncode == 0:
-            return
-        report.status(f"waiting to remove network {network} ({time.monotonic() - started:.0f} s)")
-        time.sleep(1)
-    raise StackError(f"network {network} is still in use after {timeout:.0f} s")
+    for network in (options.network, options.user_network):
+        while time.monotonic() - started < timeout:
+            inspect = hs.run(["docker", "network", "inspect", network], check=False)
+            if inspect.returncode != 0:
+                break
+            if hs.run(["docker", "network", "rm", network], check=False).returncode == 0:
+                break
+            report.status(
+                f"waiting to remove network {network} ({time.monotonic() - started:.0f} s)"
+            )
+            time.sleep(1)
+        else:
+            raise StackError(f"network {network} is still in use after {timeout:.0f} s")
 
 
 def _containers(labels: Mapping[str, str], every: bool = False) -> list[str]:

@@ -186,6 +186,38 @@ def stack_config(tmp_path: Path, git_url: str) -> Path:
     return config
 
 
+REACH = """
+import socket, sys
+for host, port in (a.rsplit(":", 1) for a in sys.argv[1:]):
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+        print(host, "open")
+    except OSError as exc:
+        print(host, "closed", type(exc).__name__)
+"""
+
+
+def check_user_server_reach(stack: str, server_service: str) -> None:
+    """From inside a user server (a repository's code runs there): the hub's API is reachable,
+    Binder and the registry are not, and the server has no interface on the stack's network.
+    (Only names are tried: an overlay address of a network the container is not on would be
+    routed off this machine.)"""
+    name = docker("service", "inspect", "--format", "{{.Spec.Name}}", server_service).strip()
+    container = docker(
+        "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={name}"
+    ).split()[0]
+    networks = docker(
+        "inspect", "--format", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
+        container,
+    ).split()  # fmt: skip
+    assert f"{stack}-users" in networks and f"{stack}-net" not in networks, networks
+    said = docker(
+        "exec", container, "python3", "-c", REACH, "hub:8081", "binder:8585", "registry:5000"
+    ).splitlines()
+    reach = {line.split(" ")[0]: line.split(" ")[1] for line in said}
+    assert reach == {"hub": "open", "binder": "closed", "registry": "closed"}, said
+
+
 def test_up_launch_up_again_down(
     testground: dict[str, Any],
     git_for_containers: str,
@@ -252,6 +284,7 @@ def test_up_launch_up_again_down(
         servers = docker("service", "ls", "-q", "--filter", f"label=swarmbinder.hub={stack}_hub")
         assert len(servers.split()) == 1
         check_registry_token_auth(port, registry_port, ready["image"])
+        check_user_server_reach(stack, servers.split()[0])
 
         deployed_image = docker(
             "service",

@@ -155,7 +155,7 @@ def test_stack_file_has_the_services_and_their_safety_nets(rendered: dict[str, A
         assert deploy["endpoint_mode"] == "dnsrr", name
         assert deploy["resources"]["limits"]["memory"], name
         assert deploy["placement"]["constraints"] == ["node.role == manager"], name
-        assert service["networks"] == {"binder": None}, name
+        assert "binder" in service["networks"], name
         for port in service.get("ports", []):
             assert port["mode"] == "host", name
     published = {n: s["ports"][0]["published"] for n, s in services.items() if "ports" in s}
@@ -165,6 +165,11 @@ def test_stack_file_has_the_services_and_their_safety_nets(rendered: dict[str, A
 def test_stack_file_names_derive_from_the_stack(rendered: dict[str, Any]) -> None:
     assert rendered["networks"]["binder"] == {
         "name": "lab-net",
+        "driver": "overlay",
+        "attachable": True,
+    }
+    assert rendered["networks"]["users"] == {
+        "name": "lab-users",
         "driver": "overlay",
         "attachable": True,
     }
@@ -180,7 +185,7 @@ def test_stack_file_names_derive_from_the_stack(rendered: dict[str, Any]) -> Non
     hub = rendered["services"]["hub"]["environment"]
     assert hub["SWARMBINDER_HUB_ID"] == "lab_hub"
     assert hub["SWARMBINDER_HUB_IMAGE_PREFIX"] == binder["SWARMBINDER_IMAGE_PREFIX"]
-    assert hub["SWARMBINDER_HUB_NETWORK"] == "lab-net"
+    assert hub["SWARMBINDER_HUB_NETWORK"] == "lab-users"
     # What the binder's environment sets is what up checks the config file against.
     expected = stackctl.binder_environment(StackOptions(name="lab", registry_port=5001))
     assert {k: binder[k] for k in expected} == expected
@@ -191,6 +196,13 @@ def test_binder_config_secrets_are_the_ones_mounted(rendered: dict[str, Any]) ->
     files = {v.removeprefix("/run/secrets/") for k, v in config.items() if k.endswith("_file")}
     mounted = {s["source"] for s in rendered["services"]["binder"]["secrets"]}
     assert files == mounted
+
+
+def test_user_servers_share_a_network_with_the_hub_and_proxy_only(
+    rendered: dict[str, Any],
+) -> None:
+    on_users = {n for n, s in rendered["services"].items() if "users" in s["networks"]}
+    assert on_users == {"hub", "proxy"}
 
 
 def test_registry_trusts_binder_as_its_token_issuer(rendered: dict[str, Any]) -> None:
