@@ -539,6 +539,33 @@ def down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _secrets_arguments(parser: argparse.ArgumentParser) -> None:
+    _stack_name_argument(parser)
+
+
+@command(
+    "secrets",
+    "create the stack's secrets that do not exist yet (on a swarm manager)",
+    _secrets_arguments,
+    "Create the secrets docker-stack.yml needs that do not exist yet, with random values (the "
+    "registry token issuer's key and certificate as a pair), as 'up' does; for a cluster "
+    "deployed with 'docker stack deploy'. An existing secret is never changed. Prints the "
+    "names created.",
+)
+def make_secrets(args: argparse.Namespace) -> int:
+    from . import stackctl
+
+    try:
+        created = stackctl.make_secrets(args.stack)
+    except stackctl.StackInputError as e:
+        raise UsageError(str(e)) from None
+    for name in created:
+        print(f"created secret {name}")
+    if not created:
+        print(f"nothing to create: every secret of stack {args.stack} exists")
+    return 0
+
+
 # --- admin ---------------------------------------------------------------------------------
 
 

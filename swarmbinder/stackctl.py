@@ -796,6 +796,18 @@ def down(name: str, *, purge: bool = False, progress: Progress | None = None) ->
         raise StackError(str(exc)) from None
 
 
+def make_secrets(name: str) -> list[str]:
+    """The stack's secrets that do not exist yet, made as ``up`` makes them (for a cluster
+    deployed with ``docker stack deploy``); returns the names created. Never overwrites one."""
+    StackOptions(name=name).check()
+    if not hs.docker_answers():
+        raise StackError(f"the Docker engine at {hs.docker_host()} does not answer")
+    try:
+        return ensure_secrets(name)
+    except hs.SetupError as exc:
+        raise StackError(str(exc)) from None
+
+
 def _down(name: str, purge: bool, report: Progress) -> DownResult:
     if not hs.docker_answers():
         raise StackError(f"the Docker engine at {hs.docker_host()} does not answer")

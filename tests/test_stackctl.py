@@ -237,6 +237,7 @@ def test_registry_trusts_binder_as_its_token_issuer(rendered: dict[str, Any]) ->
         (["up", "--port", "8000"], "the stack's ports must differ"),
         (["up", "--config", "/nonexistent/binder.yaml"], "cannot read the config file"),
         (["down", "--stack", "x_y"], "stack name 'x_y'"),
+        (["secrets", "--stack", "x_y"], "stack name 'x_y'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], line: str) -> None:
@@ -256,6 +257,42 @@ def test_an_engine_that_does_not_answer_is_one_line(tmp_path: Path) -> None:
     down = run_cli("down", env={"DOCKER_HOST": host})
     assert down.returncode == 1
     assert down.stderr.strip() == f"swarmbinder: error: the Docker engine at {host} does not answer"
+
+
+@pytest.mark.swarm
+def test_secrets_makes_what_the_stack_file_needs_once(
+    testground: dict[str, Any], rendered: dict[str, Any]
+) -> None:
+    """`swarmbinder secrets` (a cluster deployed by hand) makes every secret the stack file
+    names, and a second run changes nothing."""
+    stack = f"sbtest-secrets-{os.getpid()}"
+    wanted = sorted(
+        spec["name"].replace("lab-", f"{stack}-", 1)
+        for spec in rendered["secrets"].values()
+    )
+    try:
+        first = run_cli("secrets", "--stack", stack)
+        assert first.returncode == 0, first.stderr
+        assert (
+            sorted(
+                line.removeprefix("created secret ") for line in first.stdout.split("\n") if line
+            )
+            == wanted
+        )
+        listed = subprocess.run(
+            ["docker", "secret", "ls", "--format", "{{.Name}}", "--filter", f"name={stack}-"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.split()
+        assert sorted(listed) == wanted
+        again = run_cli("secrets", "--stack", stack)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.strip() == f"nothing to create: every secret of stack {stack} exists"
+    finally:
+        for name in wanted:
+            subprocess.run(["docker", "secret", "rm", name], capture_output=True, check=False)
 
 
 # --- the SSH console --------------------------------------------------------------------------
