@@ -195,14 +195,14 @@ def run_id() -> str:
 
 
 def settings_for(ground: dict[str, Any], **overrides: Any) -> BuildSettings:
-    return BuildSettings(
-        builder_image=ground["images"]["builder"],
-        registry_url=ground["registry_url"],
+    values: dict[str, Any] = {
+        "builder_image": ground["images"]["builder"],
+        "registry_url": ground["registry_url"],
         # Housekeeping is the tests' business: a failed build's service is checked by name.
-        cleanup_interval=3600,
-        poll_interval=0.25,
-        **overrides,
-    )
+        "cleanup_interval": 3600,
+        "poll_interval": 0.25,
+    }
+    return BuildSettings(**{**values, **overrides})
 
 
 @pytest.fixture
