@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,20 +17,13 @@ from swarmbinder import cli
 from swarmbinder.config import load_config
 from swarmbinder.errors import RefNotFound, RegistryError, SpecError
 from swarmbinder.events import MSG_DONE_BUILT, MSG_DONE_FOUND, BuildEvent, Phase
-from swarmbinder.prebuild import (
-    DOCKER_SOCKET,
-    Item,
-    JobTarget,
+from swarmbinder.prebuild.jobs import DOCKER_SOCKET, JobTarget, job_config_yaml, job_spec
+from swarmbinder.prebuild.run import Item, Report, State, run_prebuild
+from swarmbinder.prebuildcmd import collect_specs, parse_spec_lines
+from swarmbinder.prebuilddisplay import (
     JsonDisplay,
     PlainDisplay,
-    Report,
-    State,
-    collect_specs,
-    job_config_yaml,
-    job_spec,
-    parse_spec_lines,
     progress_line,
-    run_prebuild,
     summary_table,
 )
 from swarmbinder.swarm import SecretInfo
@@ -315,6 +310,17 @@ def test_summary_table_lists_every_result() -> None:
     table = summary_table(report)
     assert "reg/b:1" in table and "exit 3" in table and "reg/c:1" not in table
     assert table.endswith("0 built, 1 already in the registry, 1 failed")
+
+
+def test_the_service_imports_neither_the_displays_nor_rich() -> None:
+    code = (
+        "import sys, swarmbinder.app, swarmbinder.handlers.admin;"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'rich'"
+        " or m in ('swarmbinder.prebuildcmd', 'swarmbinder.prebuilddisplay'));"
+        "assert not bad, bad"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 # --- the job -------------------------------------------------------------------------------
