@@ -84,7 +84,7 @@ async def main(options: Options, out: TextIO = sys.stdout) -> int:
     clock = time.monotonic
     items = [Item(spec) for spec in options.specs]
     display = make_display(items, as_json=options.as_json, out=out, clock=clock)
-    async with _refreshing(display):
+    async with _shown(display):
         if options.url:
             async with ServiceBackend.open(options.url, options.token) as service:
                 report = await run_prebuild(
@@ -96,19 +96,21 @@ async def main(options: Options, out: TextIO = sys.stdout) -> int:
                 report = await run_prebuild(
                     items, swarm, parallel=options.parallel, on_change=display.changed
                 )
-    display.close(report)
+        display.close(report)
     return 0 if report.ok else 1
 
 
 @contextlib.asynccontextmanager
-async def _refreshing(display: Display, interval: float = 0.25) -> AsyncIterator[None]:
-    """Redraw the display every ``interval`` seconds (elapsed times move on their own)."""
+async def _shown(display: Display, interval: float = 0.25) -> AsyncIterator[None]:
+    """Show the display while the block runs, redrawn every ``interval`` seconds (elapsed
+    times move on their own), and give the terminal back however the block ends."""
 
     async def tick() -> None:
         while True:
             await asyncio.sleep(interval)
             display.refresh()
 
+    display.start()
     task = asyncio.create_task(tick(), name="prebuild-display")
     try:
         yield
@@ -116,6 +118,7 @@ async def _refreshing(display: Display, interval: float = 0.25) -> AsyncIterator
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        display.stop()
 
 
 async def _main_job(options: Options, out: TextIO) -> int:
@@ -159,14 +162,14 @@ async def _main_job(options: Options, out: TextIO) -> int:
                 item.update_from_json(data, clock())
                 display.changed(item)
 
-        async with _refreshing(display):
+        async with _shown(display):
             task, summary = await follow_job(swarm, service.name, on_line)
-        report = Report(items, clock)
-        for data in (summary or {}).get("items", []):
-            if isinstance(data, dict) and str(data.get("spec")) in by_spec:
-                by_spec[str(data["spec"])].update_from_json(data, clock())
-        if summary is not None:
-            display.close(report)
+            report = Report(items, clock)
+            for data in (summary or {}).get("items", []):
+                if isinstance(data, dict) and str(data.get("spec")) in by_spec:
+                    by_spec[str(data["spec"])].update_from_json(data, clock())
+            if summary is not None:
+                display.close(report)
         code = task.exit_code if task.exit_code is not None else (0 if task.succeeded else 1)
         if not task.succeeded and summary is None:
             why = task.error or task.message or task.state.value

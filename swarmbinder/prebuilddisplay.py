@@ -1,16 +1,20 @@
 """The prebuild command's progress: live lines on a terminal, a line per change of state in a
 log, or JSON lines for automation; each ends with the run's summary.
 
-Only :mod:`swarmbinder.prebuildcmd` uses these: the service never imports this module.
+Only :mod:`swarmbinder.prebuildcmd` uses these: the service never imports this module (nor
+rich, which draws the terminal's live lines).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Sequence
 from typing import Protocol, TextIO
 from urllib.parse import unquote
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.text import Text
 
 from .prebuild.run import Item, Report, State
 
@@ -64,41 +68,56 @@ def summary_table(report: Report) -> str:
 
 
 class Display(Protocol):
+    def start(self) -> None:
+        """Before the first change: a live display takes over its lines of the terminal."""
+
     def changed(self, item: Item) -> None: ...
 
     def refresh(self) -> None: ...
 
-    def close(self, report: Report) -> None: ...
+    def close(self, report: Report) -> None:
+        """The run is over: the final progress, then the summary."""
+
+    def stop(self) -> None:
+        """Give the terminal back, whether or not the display was closed; idempotent."""
 
 
 class LiveDisplay:
-    """One line per spec, redrawn in place (a terminal)."""
+    """One line per spec, redrawn in place by rich's live display (a terminal)."""
 
-    def __init__(self, items: Sequence[Item], out: TextIO, clock: Callable[[], float]) -> None:
+    def __init__(self, items: Sequence[Item], console: Console, clock: Callable[[], float]):
         self._items = items
-        self._out = out
+        self._console = console
         self._clock = clock
-        self._drawn = 0
+        # Redrawn by refresh() alone: rich's own refresh thread would read the items while
+        # the event loop changes them.
+        self._live = Live(get_renderable=self._lines, console=console, auto_refresh=False)
+
+    def _lines(self) -> Group:
+        now = self._clock()
+        # Plain Text, never markup: specs and log lines are the repositories' words. Cut to
+        # the width, not wrapped, so every spec keeps one line.
+        return Group(
+            *(Text(progress_line(item, now), no_wrap=True, overflow="crop") for item in self._items)
+        )
+
+    def start(self) -> None:
+        self._live.start()
 
     def changed(self, item: Item) -> None:
         pass  # drawn at the next refresh: log lines may come far faster than anyone reads
 
     def refresh(self) -> None:
-        width = shutil.get_terminal_size((100, 24)).columns
-        now = self._clock()
-        # Up to the first line drawn, then each line cleared and rewritten; lines are cut to
-        # the width so none wraps and the count stays right.
-        text = f"\x1b[{self._drawn}F" if self._drawn else ""
-        for item in self._items:
-            text += "\x1b[2K" + progress_line(item, now, width) + "\n"
-        self._out.write(text)
-        self._out.flush()
-        self._drawn = len(self._items)
+        self._live.refresh()
 
     def close(self, report: Report) -> None:
-        self.refresh()
-        print(file=self._out)
-        print(summary_table(report), file=self._out, flush=True)
+        self._live.stop()  # draws the lines a last time and leaves them on the screen
+        out = self._console.file
+        print(file=out)
+        print(summary_table(report), file=out, flush=True)
+
+    def stop(self) -> None:
+        self._live.stop()
 
 
 class PlainDisplay:
@@ -115,7 +134,13 @@ class PlainDisplay:
         self._shown[item.spec] = item.state
         print(progress_line(item, self._clock()), file=self._out, flush=True)
 
+    def start(self) -> None:
+        pass
+
     def refresh(self) -> None:
+        pass
+
+    def stop(self) -> None:
         pass
 
     def close(self, report: Report) -> None:
@@ -141,7 +166,13 @@ class JsonDisplay:
         self._last[item.spec] = (item.state, now)
         print(json.dumps({"type": "progress", **item.to_json(now)}), file=self._out, flush=True)
 
+    def start(self) -> None:
+        pass
+
     def refresh(self) -> None:
+        pass
+
+    def stop(self) -> None:
         pass
 
     def close(self, report: Report) -> None:
@@ -154,5 +185,5 @@ def make_display(
     if as_json:
         return JsonDisplay(out, clock)
     if out.isatty():
-        return LiveDisplay(items, out, clock)
+        return LiveDisplay(items, Console(file=out), clock)
     return PlainDisplay(out, clock)
