@@ -13,7 +13,7 @@ events, each a dict with a ``type``:
 ``build.removed``  the build manager forgot a build (finished and cleaned up, or cancelled)
 ``servers``        the running user servers against their quotas changed
 ``nodes``          a node's state, availability or running builds changed
-``prebuilds``      a prebuild job (a Swarm job, see :mod:`swarmbinder.prebuild`) appeared,
+``prebuilds``      a prebuild job (a Swarm job, see :mod:`swarmbinder.prebuild.jobs`) appeared,
                    changed state, ended or was removed
 ``bans``           the ban list changed (the whole list: it is short)
 ``quotas``         the quota settings changed
@@ -45,7 +45,7 @@ from .bans import BanList
 from .builds import Build, BuildStatus, to_sticky_node
 from .errors import SwarmbinderError
 from .fanout import Fanout, Subscription
-from .prebuild import JobStatus
+from .prebuild.jobs import JobStatus
 from .quotas import Quotas
 from .sticky import rank_nodes
 from .store import AuditEntry, Store

@@ -311,7 +311,7 @@ def _prebuild_arguments(parser: argparse.ArgumentParser) -> None:
     "registry.",
 )
 def prebuild(args: argparse.Namespace) -> int:
-    from . import prebuild as prebuilds
+    from . import prebuildcmd
 
     if args.url and args.config:
         raise UsageError("give --url or --config, not both")
@@ -326,7 +326,7 @@ def prebuild(args: argparse.Namespace) -> int:
             text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
         except (OSError, UnicodeDecodeError) as e:
             raise UsageError(f"cannot read {source}: {getattr(e, 'strerror', None) or e}") from None
-        from_file = prebuilds.parse_spec_lines(text, source)
+        from_file = prebuildcmd.parse_spec_lines(text, source)
     token = ""
     if args.url:
         token = os.environ.get("SWARMBINDER_ADMIN_TOKEN", "")
@@ -337,8 +337,8 @@ def prebuild(args: argparse.Namespace) -> int:
                 raise UsageError(f"cannot read {args.token_file}: {e.strerror or e}") from None
         if not token:
             raise UsageError("--url needs the admin token: --token-file or SWARMBINDER_ADMIN_TOKEN")
-    options = prebuilds.Options(
-        specs=prebuilds.collect_specs(args.specs, from_file),
+    options = prebuildcmd.Options(
+        specs=prebuildcmd.collect_specs(args.specs, from_file),
         config=None if args.url else load_config(args.config, os.environ),
         url=args.url or "",
         token=token,
@@ -349,7 +349,7 @@ def prebuild(args: argparse.Namespace) -> int:
         job_image=args.job_image,
         job_network=args.job_network or "",
     )
-    return asyncio.run(prebuilds.main(options))
+    return asyncio.run(prebuildcmd.main(options))
 
 
 @command("version", "print swarmbinder's version and Python's and aiohttp's")

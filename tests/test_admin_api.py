@@ -20,7 +20,7 @@ from swarmbinder.errors import SwarmUnavailable
 from swarmbinder.events import BuildEvent, Phase
 from swarmbinder.handlers.admin import add_admin_routes
 from swarmbinder.keys import ADMIN, CONFIG
-from swarmbinder.prebuild import JobStatus
+from swarmbinder.prebuild.jobs import JobStatus
 from swarmbinder.quotas import Quotas
 from swarmbinder.store import Store
 from swarmbinder.swarm import NodeInfo

@@ -16,9 +16,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from app_support import ground_outbound
 
-from swarmbinder import prebuild
 from swarmbinder.app import create_app
 from swarmbinder.config import load_config
+from swarmbinder.prebuild.jobs import JobTarget, remove_job, start_job
 from swarmbinder.swarm import SwarmClient
 
 pytestmark = pytest.mark.swarm
@@ -71,11 +71,11 @@ async def test_a_prebuild_job_shows_in_the_admin_api_until_removed(
     repo = testground["repos"]["binder-dockerfile"]
     spec = f"git/{quote(repo['url'], safe='')}/{repo['head']}"
     app = create_app(config)
-    job = await prebuild.start_job(
+    job = await start_job(
         swarm,
         image=testground["images"]["swarmbinder"],
         specs=[spec],
-        target=prebuild.JobTarget(config=config),
+        target=JobTarget(config=config),
         network=config.builds.build_network,
     )
     removed = False
@@ -101,7 +101,7 @@ async def test_a_prebuild_job_shows_in_the_admin_api_until_removed(
         assert job.name not in {s.name for s in secrets}
     finally:
         if not removed:
-            await prebuild.remove_job(swarm, job.name)
+            await remove_job(swarm, job.name)
         # What the job built (under this test's own image prefix) is not left behind.
         for service in await swarm.list_services({"swarmbinder.kind": "build"}):
             if service.labels.get("swarmbinder.image", "").startswith(overrides["image_prefix"]):

@@ -5,30 +5,28 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import yaml
+from rich.console import Console
 
 from swarmbinder import cli
 from swarmbinder.config import load_config
 from swarmbinder.errors import RefNotFound, RegistryError, SpecError
 from swarmbinder.events import MSG_DONE_BUILT, MSG_DONE_FOUND, BuildEvent, Phase
-from swarmbinder.prebuild import (
-    DOCKER_SOCKET,
-    Item,
-    JobTarget,
+from swarmbinder.prebuild.jobs import DOCKER_SOCKET, JobTarget, job_config_yaml, job_spec
+from swarmbinder.prebuild.run import Item, Report, State, run_prebuild
+from swarmbinder.prebuildcmd import collect_specs, parse_spec_lines
+from swarmbinder.prebuilddisplay import (
     JsonDisplay,
+    LiveDisplay,
     PlainDisplay,
-    Report,
-    State,
-    collect_specs,
-    job_config_yaml,
-    job_spec,
-    parse_spec_lines,
     progress_line,
-    run_prebuild,
     summary_table,
 )
 from swarmbinder.swarm import SecretInfo
@@ -304,6 +302,32 @@ def test_json_display_gives_progress_lines_then_one_summary() -> None:
     assert lines[-1]["built"] == 1 and lines[-1]["items"][0]["image"] == "reg/one:1"
 
 
+def test_live_display_redraws_a_line_per_spec_then_prints_the_summary() -> None:
+    out = io.StringIO()
+    terminal = Console(file=out, force_terminal=True, color_system=None, width=60, height=10)
+    now = [1.0]
+    one = Item("gh/a/one/main", started=0.0)
+    two = Item("gh/a/two%2Fx/main", started=0.0)
+    display = LiveDisplay([one, two], terminal, clock=lambda: now[0])
+    display.start()
+    one.state, one.detail = State.BUILDING, "[bold]Step[/bold] 1/2"
+    display.refresh()
+    now[0] = 2.0
+    one.state, one.detail, one.image, one.finished = State.BUILT, "", "reg/one:1", 2.0
+    two.state, two.finished = State.UNRESOLVED, 1.5
+    two.detail = "Could not resolve ref [red]main[/red] in the repository"
+    report = Report([one, two], clock=lambda: now[0])
+    display.close(report)
+    display.stop()
+    # What the terminal shows, without rich's cursor moves: each redraw, then the summary.
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", out.getvalue())
+    # Repositories' words are shown as they are, never read as markup.
+    assert "building      1.0s  gh/a/one/main  [bold]Step[/bold] 1/2\n" in text
+    # Lines are cut to the width, never wrapped, so each spec keeps one line.
+    final = [progress_line(one, 2.0), progress_line(two, 2.0)[:60]]
+    assert text.endswith("\n".join(final) + "\n\n" + summary_table(report) + "\n")
+
+
 def test_summary_table_lists_every_result() -> None:
     report = Report(
         [
@@ -315,6 +339,17 @@ def test_summary_table_lists_every_result() -> None:
     table = summary_table(report)
     assert "reg/b:1" in table and "exit 3" in table and "reg/c:1" not in table
     assert table.endswith("0 built, 1 already in the registry, 1 failed")
+
+
+def test_the_service_imports_neither_the_displays_nor_rich() -> None:
+    code = (
+        "import sys, swarmbinder.app, swarmbinder.handlers.admin;"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'rich'"
+        " or m in ('swarmbinder.prebuildcmd', 'swarmbinder.prebuilddisplay'));"
+        "assert not bad, bad"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 # --- the job -------------------------------------------------------------------------------

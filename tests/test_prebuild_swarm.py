@@ -18,10 +18,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from app_support import ground_outbound, spec_for
 
-from swarmbinder import prebuild
+from swarmbinder import prebuildcmd
 from swarmbinder.app import create_app
 from swarmbinder.config import Config, load_config
 from swarmbinder.events import SSEDecoder
+from swarmbinder.prebuild.jobs import list_jobs, remove_job
 from swarmbinder.swarm import SwarmClient
 
 pytestmark = pytest.mark.swarm
@@ -66,10 +67,10 @@ async def swarm(testground: dict[str, Any]) -> AsyncIterator[SwarmClient]:
         yield client
 
 
-async def run(options: prebuild.Options) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
+async def run(options: prebuildcmd.Options) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
     """Exit code, the summary object, and the progress lines of a ``--json`` prebuild."""
     out = io.StringIO()
-    code = await prebuild.main(options, out)
+    code = await prebuildcmd.main(options, out)
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert lines and lines[-1]["type"] == "summary", lines
     return code, lines[-1], lines[:-1]
@@ -101,7 +102,7 @@ async def test_prebuilt_images_go_straight_to_ready_without_a_build(
     bad = spec_for(testground, "binder-two-commits", "no-such-ref")
 
     code, summary, progress = await run(
-        prebuild.Options(specs=[good[0], bad, good[1]], config=config, as_json=True)
+        prebuildcmd.Options(specs=[good[0], bad, good[1]], config=config, as_json=True)
     )
 
     # The bad spec is reported, the others are built anyway, and the run says it failed.
@@ -120,7 +121,7 @@ async def test_prebuilt_images_go_straight_to_ready_without_a_build(
     assert await build_services(swarm, overrides["image_prefix"]) == []
 
     # Again: everything is in the registry, nothing is built, and the run succeeds.
-    code, summary, _ = await run(prebuild.Options(specs=good, config=config, as_json=True))
+    code, summary, _ = await run(prebuildcmd.Options(specs=good, config=config, as_json=True))
     assert code == 0 and summary["ok"] is True
     assert [item["state"] for item in summary["items"]] == ["found", "found"]
 
@@ -168,7 +169,7 @@ async def test_prebuild_through_a_running_binder_with_the_admin_token(
     app = create_app(load_config(env={}, overrides=overrides))
     async with TestServer(app) as server:
         url = str(server.make_url("/"))
-        options = prebuild.Options(specs=[good, bad], url=url, token=ADMIN_TOKEN, as_json=True)
+        options = prebuildcmd.Options(specs=[good, bad], url=url, token=ADMIN_TOKEN, as_json=True)
         code, summary, _ = await run(options)
         assert code == 1
         assert [item["state"] for item in summary["items"]] == ["built", "unresolved"]
@@ -176,11 +177,11 @@ async def test_prebuild_through_a_running_binder_with_the_admin_token(
         assert image.startswith(overrides["image_prefix"])
 
         code, summary, _ = await run(
-            prebuild.Options(specs=[good], url=url, token=ADMIN_TOKEN, as_json=True)
+            prebuildcmd.Options(specs=[good], url=url, token=ADMIN_TOKEN, as_json=True)
         )
         assert code == 0 and summary["items"][0]["state"] == "found"
 
-        wrong = prebuild.Options(specs=[good], url=url, token="wrong", as_json=True)
+        wrong = prebuildcmd.Options(specs=[good], url=url, token="wrong", as_json=True)
         code, summary, _ = await run(wrong)
         assert code == 1
         assert "admin token" in summary["items"][0]["detail"]
@@ -205,31 +206,31 @@ async def test_prebuild_jobs_run_on_the_swarm_and_exit_with_the_result(
     image = testground["images"]["swarmbinder"]
     outputs = [io.StringIO(), io.StringIO()]
     try:
-        options = prebuild.Options(
+        options = prebuildcmd.Options(
             specs=[good], config=config, as_json=True, as_job=True, job_image=image
         )
-        assert await prebuild.main(options, outputs[0]) == 0
+        assert await prebuildcmd.main(options, outputs[0]) == 0
         lines = [json.loads(line) for line in outputs[0].getvalue().splitlines()]
         assert lines[-1]["type"] == "summary" and lines[-1]["ok"] is True
         assert lines[-1]["items"][0]["state"] == "built"
         [name] = job_names(outputs[0].getvalue())
-        jobs = {job.name: job for job in await prebuild.list_jobs(swarm)}
+        jobs = {job.name: job for job in await list_jobs(swarm)}
         assert (jobs[name].state, jobs[name].exit_code, jobs[name].specs) == ("complete", 0, 1)
 
         # A job whose spec does not resolve fails, and says so in `docker service ps`.
-        options = prebuild.Options(specs=[bad], config=config, as_job=True, job_image=image)
-        assert await prebuild.main(options, outputs[1]) == 1
+        options = prebuildcmd.Options(specs=[bad], config=config, as_job=True, job_image=image)
+        assert await prebuildcmd.main(options, outputs[1]) == 1
         text = outputs[1].getvalue()
         assert "0 built, 0 already in the registry, 1 did not resolve" in text
         [name] = job_names(text)
-        jobs = {job.name: job for job in await prebuild.list_jobs(swarm)}
+        jobs = {job.name: job for job in await list_jobs(swarm)}
         assert (jobs[name].state, jobs[name].exit_code) == ("failed", 1)
 
         # A job can also build through a running Binder, as its administrator.
         outputs.append(io.StringIO())
         app = create_app(load_config(env={}, overrides=overrides))
         async with TestServer(app, host="127.0.0.1") as server:
-            options = prebuild.Options(
+            options = prebuildcmd.Options(
                 specs=[spec_for(testground, "binder-dockerfile")],
                 url=str(server.make_url("/")),
                 token=ADMIN_TOKEN,
@@ -237,13 +238,13 @@ async def test_prebuild_jobs_run_on_the_swarm_and_exit_with_the_result(
                 as_job=True,
                 job_image=image,
             )
-            assert await prebuild.main(options, outputs[2]) == 0
+            assert await prebuildcmd.main(options, outputs[2]) == 0
         summary = json.loads(outputs[2].getvalue().splitlines()[-1])
         assert summary["items"][0]["state"] == "built"
         assert summary["items"][0]["image"].startswith(overrides["image_prefix"])
     finally:
         started = [name for out in outputs for name in job_names(out.getvalue())]
         for name in started:
-            assert await prebuild.remove_job(swarm, name)
+            assert await remove_job(swarm, name)
     secrets = await swarm.list_secrets({"swarmbinder.kind": "prebuild"})
     assert started and not [s for s in secrets if s.name in started]

@@ -40,10 +40,10 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import prebuild
 from ..admin import AdminService, ConfigQuotas
 from ..errors import SwarmbinderError
 from ..keys import ADMIN, BANS, BUILDS, CONFIG, HUB, QUOTAS, SCRUBBER, STORE, SWARM
+from ..prebuild.jobs import JobStatus, list_jobs, remove_job
 from ..scrub import DEFAULT_SCRUBBER, Scrubber
 from ..userservers import UserServer, list_user_servers
 
@@ -102,7 +102,7 @@ async def admin_context(app: web.Application) -> AsyncIterator[None]:
         hub_id = config.hub.hub_id or None
         swarm = app[SWARM] if SWARM in app else None
         list_servers: Callable[[], Awaitable[list[UserServer]]] | None = None
-        list_prebuilds: Callable[[], Awaitable[list[prebuild.JobStatus]]] | None = None
+        list_prebuilds: Callable[[], Awaitable[list[JobStatus]]] | None = None
         remove_prebuild: Callable[[str], Awaitable[bool]] | None = None
         if swarm is not None:
             engine = swarm
@@ -110,11 +110,11 @@ async def admin_context(app: web.Application) -> AsyncIterator[None]:
             async def list_servers() -> list[UserServer]:
                 return await list_user_servers(engine, hub_id=hub_id)
 
-            async def list_prebuilds() -> list[prebuild.JobStatus]:
-                return await prebuild.list_jobs(engine)
+            async def list_prebuilds() -> list[JobStatus]:
+                return await list_jobs(engine)
 
             async def remove_prebuild(name: str) -> bool:
-                return await prebuild.remove_job(engine, name)
+                return await remove_job(engine, name)
 
         app[ADMIN] = AdminService(
             builds=app[BUILDS] if BUILDS in app else None,
