@@ -100,7 +100,7 @@ class BuildSource(Protocol):
 
 
 class HubServers(Protocol):
-    """The part of :class:`~swarmbinder.launcher.HubClient` that stops servers."""
+    """The part of :class:`~swarmbinder.hubclient.HubClient` that stops servers."""
 
     async def stop_server(
         self, name: str, server_name: str = "", *, remove: bool = False

@@ -35,6 +35,7 @@ from .handlers.hubauth import authenticator, setup_hub_auth
 from .handlers.pages import add_page_routes
 from .handlers.registrytoken import add_registry_token_route
 from .health import HealthChecker, capacity_result
+from .hubclient import HubClient
 from .keys import (
     ADMISSION,
     BANS,
@@ -53,7 +54,7 @@ from .keys import (
     SWARM,
 )
 from .launch_flow import LaunchFlow
-from .launcher import HubClient, Launcher
+from .launcher import Launcher
 from .launchslots import LaunchSlots, auto_limit
 from .metrics import LaunchEventLog, Metrics, MetricsObserver
 from .quotas import Quotas

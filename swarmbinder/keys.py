@@ -15,8 +15,8 @@ from .buildtokens import BuildTokens
 from .config import Config
 from .health import HealthChecker
 from .hubauth import HubAuth
+from .hubclient import HubClient
 from .launch_flow import LaunchFlow
-from .launcher import HubClient
 from .metrics import Metrics
 from .pages import PageSite
 from .quotas import Quotas
