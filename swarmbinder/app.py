@@ -22,12 +22,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .admission import Admission
-from .bans import BanList
 from .buildlogs import BuildLogRecorder, prune_build_logs, recording_manager
 from .builds import BuildManager, BuildSettings, BuildStatus
-from .buildtokens import BuildTokens, build_audience, token_origin
-from .clientip import ClientIP
 from .config import Config, iter_options
 from .errors import SwarmbinderError, SwarmUnavailable
 from .handlers import admin, build, guard, ops
@@ -57,8 +53,12 @@ from .launch_flow import LaunchFlow
 from .launcher import Launcher
 from .launchslots import LaunchSlots, auto_limit
 from .metrics import LaunchEventLog, Metrics, MetricsObserver
-from .quotas import Quotas
-from .ratelimit import RateLimiter
+from .policy.admission import Admission
+from .policy.bans import BanList
+from .policy.buildtokens import BuildTokens, build_audience, token_origin
+from .policy.clientip import ClientIP
+from .policy.quotas import Quotas
+from .policy.ratelimit import RateLimiter
 from .registry import RegistryClient
 from .registrytokens import TokenIssuer, issuer_from_config
 from .resolve import Resolved, policy_from_config, provider_session, providers_from_config, resolve

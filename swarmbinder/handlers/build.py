@@ -25,12 +25,12 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from ..admission import Admitted
 from ..errors import SwarmbinderError
 from ..events import KEEPALIVE_FRAME, KEEPALIVE_INTERVAL, BuildEvent, Phase, sse_frame
 from ..keys import ADMISSION, CONFIG, FLOW
 from ..launch_flow import LaunchRequest
-from ..ratelimit import RateLimitExceeded
+from ..policy.admission import Admitted
+from ..policy.ratelimit import RateLimitExceeded
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from http import HTTPStatus
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from ..bans import NetworkBanned
-from ..clientip import ClientIP
 from ..events import BuildEvent, sse_frame
 from ..keys import BANS, PAGE_SITE
+from ..policy.bans import NetworkBanned
+from ..policy.clientip import ClientIP
 
 
 def exempt(path: str, base_url: str) -> bool:
