@@ -15,7 +15,8 @@
     │   └── ServiceNameConflict      a service of that name exists (for builds: join it)
     ├── BuildFailed                  a build ran and failed (carries the reason)
     ├── LaunchFailed                 JupyterHub could not start the server
-    └── QuotaExceeded                a pod or per-repo quota is full
+    ├── QuotaExceeded                a pod or per-repo quota is full
+    └── BuildOnlyRefused             build_only outside API-only mode, without the admin token
 
 Adapters translate their transport errors into these at their boundary; the HTTP layer maps
 them to status codes in one place. Nothing in the domain raises aiohttp.web exceptions.
@@ -132,3 +133,19 @@ class ServiceNameConflict(SwarmRequestFailed):
         super().__init__(f"create service {name}", 409, "name conflicts with an existing object")
         self.name = name
         self.service_id = service_id
+
+
+class BuildOnlyRefused(SwarmbinderError):
+    """``build_only`` outside API-only mode from a request without the admin token."""
+
+    status_code = 400
+
+    def __init__(self) -> None:
+        # BinderHub's words, so clients that match on them keep working.
+        super().__init__(
+            "build_only outside API-only mode",
+            user_message=(
+                "Building but not launching is not permitted when the API only mode was not "
+                "enabled by setting `enable_api_only_mode` to True."
+            ),
+        )

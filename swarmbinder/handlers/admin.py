@@ -1,10 +1,10 @@
 """``/api/admin/``: the admin console's API, for the TUI and for scripts.
 
-Every route needs ``Authorization: Bearer <admin_token>``. No header (or another scheme) is
-401, a wrong token 403; the token is compared in constant time and never logged (it travels in
-a header only: a query parameter would end up in access logs). With no ``admin_token``
-configured the whole API answers 404 with a message saying how to turn it on: there is nothing
-to retry, so it is not a 503. CORS never applies here (see :mod:`swarmbinder.cors`).
+Every route needs ``Authorization: Bearer <admin_token>`` (or ``token <admin_token>``, checked
+by :mod:`~swarmbinder.policy.admintoken`). No header (or another scheme) is 401, a wrong token
+403; the token is never logged. With no ``admin_token`` configured the whole API answers 404 with
+a message saying how to turn it on: there is nothing to retry, so it is not a 503. CORS never
+applies here (see :mod:`swarmbinder.cors`).
 
 Resources (JSON): ``GET builds``, ``builds/{id}`` (with its log; ``?tail=N``), ``servers``,
 ``nodes``, ``prebuilds`` (prebuild jobs on the swarm), ``bans``, ``quotas``, ``audit``
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import re
@@ -43,7 +42,9 @@ from aiohttp import web
 from .. import prebuild
 from ..admin import AdminService, ConfigQuotas
 from ..errors import SwarmbinderError
+from ..events import SSE_HEADERS
 from ..keys import ADMIN, BANS, BUILDS, CONFIG, HUB, QUOTAS, SCRUBBER, STORE, SWARM
+from ..policy.admintoken import AdminAccess, check_admin_token
 from ..scrub import DEFAULT_SCRUBBER, Scrubber
 from ..userservers import UserServer, list_user_servers
 
@@ -55,11 +56,6 @@ log = logging.getLogger(__name__)
 EVENTS_KEEPALIVE = 15.0
 ACTOR_HEADER = "X-Swarmbinder-Actor"
 _ACTOR_NAME = re.compile(r"[^A-Za-z0-9@._-]")
-SSE_HEADERS = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -186,21 +182,22 @@ def _guarded(handler: Handler) -> Handler:
 
 
 def _check_token(request: web.Request) -> web.Response | None:
-    token = request.app[CONFIG].admin.admin_token
-    if not token:
+    access = check_admin_token(
+        request.app[CONFIG].admin.admin_token, request.headers.get("Authorization", "")
+    )
+    if access is AdminAccess.DISABLED:
         return _message(
             404,
             "The admin API is disabled: set admin_token (SWARMBINDER_ADMIN_TOKEN, or "
             "admin_token_file for a Swarm secret) to enable it.",
         )
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() not in ("bearer", "token") or not given.strip():
+    if access is AdminAccess.MISSING:
         return web.json_response(
             {"message": "The admin API needs an 'Authorization: Bearer <admin token>' header."},
             status=401,
             headers={"WWW-Authenticate": 'Bearer realm="swarmbinder admin"'},
         )
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+    if access is AdminAccess.WRONG:
         log.warning("admin API: wrong token from %s", request.remote)
         return _message(403, "The admin token is wrong.")
     return None

@@ -1,7 +1,7 @@
 """The rules that decide who may build and launch, and how much.
 
-:mod:`admission` runs them for each ``/build`` request in BinderHub's order; each rule lives in a
-module of its own and is testable without HTTP:
+Each rule lives in a module of its own and is testable without HTTP. :mod:`admission` runs the
+checks on a ``/build`` request in BinderHub's order; the launch flow checks the quotas.
 
 ================  =====================================================================
 ``clientip``      the address a request really came from (``trusted_proxies``)
@@ -11,5 +11,6 @@ module of its own and is testable without HTTP:
 ``ratelimit``     BinderHub's per-IP rate limit on ``/build``
 ``quotas``        how many user servers may run, in all and per repository
 ``admission``     the order of the checks above, and what a refusal looks like
+``admintoken``    the admin token: the admin API's guard, and ``/build``'s prebuild path
 ================  =====================================================================
 """
