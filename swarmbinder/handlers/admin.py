@@ -6,6 +6,9 @@ by :mod:`~swarmbinder.policy.admintoken`). No header (or another scheme) is 401,
 a message saying how to turn it on: there is nothing to retry, so it is not a 503. CORS never
 applies here (see :mod:`swarmbinder.cors`).
 
+The :class:`~swarmbinder.admin.AdminService` behind the routes is made by the app's wiring (or
+put on the app by a test); these routes run its live feed while the app runs.
+
 Resources (JSON): ``GET builds``, ``builds/{id}`` (with its log; ``?tail=N``), ``servers``,
 ``nodes``, ``prebuilds`` (prebuild jobs on the swarm), ``bans``, ``quotas``, ``audit``
 (``?limit=N``), ``snapshot`` (all of them at once),
@@ -39,14 +42,11 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import prebuild
-from ..admin import AdminService, ConfigQuotas
 from ..errors import SwarmbinderError
 from ..events import SSE_HEADERS
-from ..keys import ADMIN, BANS, BUILDS, CONFIG, HUB, QUOTAS, SCRUBBER, STORE, SWARM
+from ..keys import ADMIN, CONFIG, SCRUBBER
 from ..policy.admintoken import AdminAccess, check_admin_token
 from ..scrub import DEFAULT_SCRUBBER, Scrubber
-from ..userservers import UserServer, list_user_servers
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def add_admin_routes(app: web.Application) -> None:
-    """The admin API's routes, the service behind them, and its shutdown."""
+    """The admin API's routes, the live feed of the service behind them, and its shutdown."""
     prefix = f"{app[CONFIG].server.base_url}api/admin/"
     routes: list[tuple[str, str, Handler]] = [
         ("GET", "snapshot", snapshot),
@@ -87,48 +87,12 @@ def add_admin_routes(app: web.Application) -> None:
     for method, path, handler in routes:
         app.router.add_route(method, prefix + path, _guarded(handler))
     app.router.add_route("*", prefix + "{tail:.*}", _guarded(_not_found))
-    app.cleanup_ctx.append(admin_context)
+    app.cleanup_ctx.append(run_admin_feed)
     app.on_shutdown.append(_close_streams)
 
 
-async def admin_context(app: web.Application) -> AsyncIterator[None]:
-    """Make the AdminService from what ``services`` put on the app, and run its feed."""
-    if ADMIN not in app and BANS in app and QUOTAS in app:
-        config = app[CONFIG]
-        hub_id = config.hub.hub_id or None
-        swarm = app[SWARM] if SWARM in app else None
-        list_servers: Callable[[], Awaitable[list[UserServer]]] | None = None
-        list_prebuilds: Callable[[], Awaitable[list[prebuild.JobStatus]]] | None = None
-        remove_prebuild: Callable[[str], Awaitable[bool]] | None = None
-        if swarm is not None:
-            engine = swarm
-
-            async def list_servers() -> list[UserServer]:
-                return await list_user_servers(engine, hub_id=hub_id)
-
-            async def list_prebuilds() -> list[prebuild.JobStatus]:
-                return await prebuild.list_jobs(engine)
-
-            async def remove_prebuild(name: str) -> bool:
-                return await prebuild.remove_job(engine, name)
-
-        app[ADMIN] = AdminService(
-            builds=app[BUILDS] if BUILDS in app else None,
-            bans=app[BANS],
-            quotas=app[QUOTAS],
-            store=app[STORE] if STORE in app else None,
-            list_servers=list_servers,
-            list_nodes=swarm.nodes if swarm is not None else None,
-            list_prebuilds=list_prebuilds,
-            remove_prebuild=remove_prebuild,
-            hub=app[HUB] if HUB in app else None,
-            temporary_users=not config.hub.auth_enabled,
-            config_quotas=ConfigQuotas(
-                config.quotas.pod_quota,
-                config.quotas.per_repo_quota,
-                config.quotas.per_repo_quota_higher,
-            ),
-        )
+async def run_admin_feed(app: web.Application) -> AsyncIterator[None]:
+    """Run the admin service's live feed (the ``events`` stream) while the app runs."""
     if ADMIN not in app:
         yield
         return
