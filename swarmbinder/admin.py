@@ -41,12 +41,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .bans import BanList
 from .builds import Build, BuildStatus, to_sticky_node
 from .errors import SwarmbinderError
 from .fanout import Fanout, Subscription
+from .policy.bans import BanList
+from .policy.quotas import Quotas
 from .prebuild.jobs import JobStatus
-from .quotas import Quotas
 from .sticky import rank_nodes
 from .store import AuditEntry, Store
 from .swarm import NodeInfo
@@ -100,7 +100,7 @@ class BuildSource(Protocol):
 
 
 class HubServers(Protocol):
-    """The part of :class:`~swarmbinder.launcher.HubClient` that stops servers."""
+    """The part of :class:`~swarmbinder.hubclient.HubClient` that stops servers."""
 
     async def stop_server(
         self, name: str, server_name: str = "", *, remove: bool = False
@@ -476,7 +476,7 @@ class AdminService:
         return {**job, "removed": True}
 
     async def add_ban(self, kind: Any, pattern: Any, reason: Any, actor: str) -> Json:
-        """Raises :class:`~swarmbinder.bans.InvalidBan` (400) for a pattern that cannot work."""
+        """Raises :class:`~swarmbinder.policy.bans.InvalidBan` (400) for an unworkable pattern."""
         entry = await self._bans.add(kind, pattern, "" if reason is None else reason, actor)
         self._publish({"type": "bans", "bans": self.bans()})
         await self._publish_audit()
@@ -491,7 +491,8 @@ class AdminService:
     async def set_repo_quota(
         self, pattern: Any, quota: Any, actor: str, expires_at: float | None = None
     ) -> Json:
-        """Raises :class:`~swarmbinder.quotas.InvalidQuota` (400) for a bad pattern or number."""
+        """Raises :class:`~swarmbinder.policy.quotas.InvalidQuota` (400) for a bad pattern or
+        number."""
         await self._quotas.set_repo_quota(pattern, quota, actor, expires_at=expires_at)
         return await self._quotas_changed()
 

@@ -4,10 +4,12 @@ Wiring only: every rule lives in a domain module. The outside systems (Docker en
 registry, hub, store) are connected in one ``cleanup_ctx`` entry, :func:`services`, which
 never waits for them to answer: the service starts and serves pages, badges, ``/health``
 (503 naming what is down), ``/versions`` and ``/metrics`` while any of them is down, and picks
-them up when they come back.
+them up when they come back. It makes each part with one small function: :func:`connect_registry`,
+:func:`connect_builds`, :func:`load_policy`, :func:`connect_hub`, :func:`wire_metrics`,
+:func:`make_launch_flow`, :func:`make_admission` and :func:`make_admin`.
 
-Tests can put their own ``FLOW``/``ADMISSION`` on the app before it starts; :func:`services`
-then leaves them alone.
+Tests can put their own ``FLOW``/``ADMISSION``/``ADMIN`` on the app before it starts;
+:func:`services` then leaves them alone.
 """
 
 from __future__ import annotations
@@ -22,12 +24,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .admission import Admission
-from .bans import BanList
+from .admin import AdminService, ConfigQuotas
 from .buildlogs import BuildLogRecorder, prune_build_logs, recording_manager
 from .builds import BuildManager, BuildSettings, BuildStatus
-from .buildtokens import BuildTokens, build_audience, token_origin
-from .clientip import ClientIP
 from .config import Config, iter_options
 from .errors import SwarmbinderError, SwarmUnavailable
 from .handlers import admin, build, guard, ops
@@ -35,7 +34,10 @@ from .handlers.hubauth import authenticator, setup_hub_auth
 from .handlers.pages import add_page_routes
 from .handlers.registrytoken import add_registry_token_route
 from .health import HealthChecker, capacity_result
+from .hubauth import HubAuth
+from .hubclient import HubClient
 from .keys import (
+    ADMIN,
     ADMISSION,
     BANS,
     BUILD_TOKENS,
@@ -53,15 +55,20 @@ from .keys import (
     SWARM,
 )
 from .launch_flow import LaunchFlow
-from .launcher import HubClient, Launcher
+from .launcher import Launcher
 from .launchslots import LaunchSlots, auto_limit
 from .metrics import LaunchEventLog, Metrics, MetricsObserver
-from .quotas import Quotas
-from .ratelimit import RateLimiter
+from .policy.admission import Admission
+from .policy.bans import BanList
+from .policy.buildtokens import BuildTokens, build_audience, token_origin
+from .policy.clientip import ClientIP
+from .policy.quotas import Quotas
+from .policy.ratelimit import RateLimiter
+from .prebuild import jobs as prebuild_jobs
 from .registry import RegistryClient
 from .registrytokens import TokenIssuer, issuer_from_config
 from .resolve import Resolved, policy_from_config, provider_session, providers_from_config, resolve
-from .scrub import DEFAULT_SCRUBBER
+from .scrub import DEFAULT_SCRUBBER, Scrubber
 from .store import Store
 from .swarm import SwarmClient
 from .userservers import UserServer, list_user_servers, reap_forever
@@ -111,7 +118,7 @@ def create_app(config: Config) -> web.Application:
     if config.hub.auth_enabled:
         setup_hub_auth(app)  # before services: /build's admission needs HUB_AUTH
     app.cleanup_ctx.append(services)
-    # After services: the admin API is made from what services puts on the app.
+    # After services: the admin routes run the feed of the AdminService that services makes.
     admin.add_admin_routes(app)
     return app
 
@@ -151,7 +158,11 @@ def add_build_routes(app: web.Application) -> None:
 
 
 async def services(app: web.Application) -> AsyncIterator[None]:
-    """Connect the outside systems, run the background tasks, and close it all at shutdown."""
+    """Connect the outside systems, run the background tasks, and close it all at shutdown.
+
+    Everything is closed through one exit stack, which unwinds in the reverse of the order
+    things were opened: the order of the steps below is also the order of shutdown, reversed.
+    """
     if FLOW in app:
         yield
         return
@@ -163,146 +174,277 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         store = await Store.open(config.server.store_path)
         stack.push_async_callback(store.close)
         app[STORE] = store
-
-        registry: RegistryClient | None = None
         issuer = app.get(REGISTRY_TOKENS)
-        if config.registry.use_registry:
-            registry = RegistryClient(
-                config.registry.registry_url or config.registry.image_prefix.split("/", 1)[0],
-                username=config.registry.registry_username,
-                password=config.registry.registry_password,
-                session=session,
-                # Images are named by image_prefix's host, which may not be registry_url's.
-                image_hosts=[config.registry.image_prefix.split("/", 1)[0]],
-                token_source=_own_tokens(issuer) if issuer is not None else None,
-            )
+        registry = connect_registry(config, session, issuer)
 
         tasks = _Tasks()
-        settings = BuildSettings.from_config(config, issuer=issuer)
-        if config.builds.persist_build_logs:
-            recorder = BuildLogRecorder(
-                store, replay_tail=config.builds.log_tail_lines, scrubber=app[SCRUBBER]
-            )
-            await recorder.start()
-            stack.push_async_callback(recorder.close)
-            builds = recording_manager(swarm, settings, recorder)
-            tasks.start(
-                _prune_build_logs(store, config.builds.build_log_retention),
-                "build-log-pruning",
-            )
-        else:
-            builds = BuildManager(swarm, settings)
-        stack.push_async_callback(builds.close)
+        builds = await connect_builds(config, swarm, store, stack, tasks, issuer, app[SCRUBBER])
         # Registered after builds.close: an exit stack unwinds in reverse, so background tasks
         # are cancelled before the manager closes.
         stack.push_async_callback(tasks.cancel_all)
         app[BUILDS] = builds
         tasks.start(_start_builds(builds), "build-manager-start")
 
-        policy = policy_from_config(config)
-        bans = BanList(ban_networks=config.bans.ban_networks, policy=policy, store=store)
-        await bans.load()
-        quotas = Quotas(
-            pod_quota=config.quotas.pod_quota,
-            per_repo_quota=config.quotas.per_repo_quota,
-            per_repo_quota_higher=config.quotas.per_repo_quota_higher,
-            policy=policy,
-            store=store,
-        )
-        await quotas.load()
+        bans, quotas = await load_policy(config, store)
         app[BANS], app[QUOTAS] = bans, quotas
 
-        hub: HubClient | None = None
-        launcher: Launcher | None = None
-        hub_id = config.hub.hub_id or None
-        if config.hub.local_url:
-            hub = HubClient(config.hub.local_url + "hub/api", config.hub.hub_api_token, session)
+        hub, launcher = connect_hub(config, session, swarm, registry, stack, tasks)
+        if hub is not None:
             app[HUB] = hub
-            limit = config.hub.concurrent_launch_limit
-            slots = LaunchSlots(auto_limit(0) if limit is None else limit)
-            launcher = Launcher(
-                hub,
-                swarm,
-                hub_url=config.hub.hub_url or config.hub.local_url,
-                registry=registry,
-                launch_timeout=config.hub.launch_timeout,
-                allow_named_servers=config.hub.allow_named_servers,
-                named_server_limit_per_user=config.hub.named_server_limit_per_user,
-                slots=slots,
-            )
-            stack.push_async_callback(launcher.aclose)
-            if hub_id is not None:
-                tasks.start(
-                    reap_forever(swarm, hub, hub_id=hub_id, interval=config.hub.reaper_interval),
-                    "user-server-reaper",
-                )
+        hub_id = config.hub.hub_id or None
 
         async def running_servers() -> list[UserServer]:
             return await list_user_servers(swarm, hub_id=hub_id)
 
-        metrics = app[METRICS]
-        # In-process numbers are read when /metrics is scraped; the swarm's are polled.
-        metrics.build_queue_length.set_function(
-            lambda: sum(1 for b in builds.builds if b.status is BuildStatus.QUEUED)
+        observer = wire_metrics(
+            config, app[METRICS], swarm, builds, launcher, running_servers, stack, tasks
         )
-        metrics.builds_running.set_function(
-            lambda: sum(1 for b in builds.builds if b.status is BuildStatus.RUNNING)
+        app[FLOW] = await make_launch_flow(
+            config, stack, bans, quotas, registry, builds, launcher, running_servers, observer
         )
-        if launcher is not None:
-            slots_in_use = launcher.slots
-            metrics.launch_queue_length.set_function(lambda: slots_in_use.queued)
-            metrics.launch_limit.set_function(lambda: slots_in_use.limit)
-        sized = launcher.slots if launcher and config.hub.concurrent_launch_limit is None else None
-        tasks.start(_watch_swarm(metrics, swarm, running_servers, sized), "swarm-watch")
-        events = LaunchEventLog()
-        stack.callback(events.close)
-        observer = MetricsObserver(metrics, events)
-        # Specs choose where the providers connect, so they get a session of their own that
-        # holds them to allowed_outbound_networks; the hub and registry use the plain one.
-        provider_http = await stack.enter_async_context(provider_session(config))
-        providers = providers_from_config(config, provider_http)
-        image_prefix = config.registry.image_prefix
-
-        async def resolve_path(path: str) -> Resolved:
-            # bans.policy is read per request: an admin's spec ban applies to the next launch.
-            return await resolve(
-                path, providers=providers, policy=bans.policy, image_prefix=image_prefix
+        app[ADMISSION] = make_admission(config, bans, app[BUILD_TOKENS], app.get(HUB_AUTH))
+        if ADMIN not in app:
+            app[ADMIN] = make_admin(
+                config, swarm, store, builds, bans, quotas, hub, running_servers
             )
-
-        async def image_exists(image: str) -> bool:
-            if registry is None:
-                return False
-            name, _, tag = image.rpartition(":")
-            return await registry.manifest_exists(name, tag)
-
-        app[FLOW] = LaunchFlow(
-            resolve=resolve_path,
-            image_exists=image_exists,
-            builds=builds,
-            launcher=launcher,
-            check_quota=quotas.gate(running_servers, on_refused=observer.quota_refused),
-            observer=observer,
-        )
-        tokens = app[BUILD_TOKENS]
-
-        def verify_token(token: str, path: str, headers: Any) -> bool:
-            provider, _, spec = path.partition("/")
-            return tokens.check(token, build_audience(provider, spec), token_origin(headers))
-
-        limiter = RateLimiter(config.quotas.rate_limit, config.quotas.rate_limit_period)
-        app[ADMISSION] = Admission(
-            client_ip=ClientIP(config.server.trusted_proxies),
-            check_network=bans.check_network,
-            verify_token=verify_token,
-            rate_limit=limiter.check if config.quotas.rate_limit > 0 else None,
-            authenticate=authenticator(app[HUB_AUTH]) if HUB_AUTH in app else None,
-        )
         checker = HealthChecker(
             _health_checks(config, swarm, registry, hub, builds, running_servers)
         )
         stack.push_async_callback(checker.aclose)
         app[HEALTH] = checker
         yield
+
+
+def connect_registry(
+    config: Config, session: aiohttp.ClientSession, issuer: TokenIssuer | None
+) -> RegistryClient | None:
+    """The registry images are pushed to and checked in; None with ``use_registry: false``."""
+    if not config.registry.use_registry:
+        return None
+    return RegistryClient(
+        config.registry.registry_url or config.registry.image_prefix.split("/", 1)[0],
+        username=config.registry.registry_username,
+        password=config.registry.registry_password,
+        session=session,
+        # Images are named by image_prefix's host, which may not be registry_url's.
+        image_hosts=[config.registry.image_prefix.split("/", 1)[0]],
+        token_source=_own_tokens(issuer) if issuer is not None else None,
+    )
+
+
+async def connect_builds(
+    config: Config,
+    swarm: SwarmClient,
+    store: Store,
+    stack: contextlib.AsyncExitStack,
+    tasks: _Tasks,
+    issuer: TokenIssuer | None,
+    scrubber: Scrubber,
+) -> BuildManager:
+    """The build manager, recording build logs in the store with ``persist_build_logs``.
+
+    Closed by ``stack``; it picks up the swarm's builds later (:func:`_start_builds`), once the
+    engine answers.
+    """
+    settings = BuildSettings.from_config(config, issuer=issuer)
+    builds: BuildManager
+    if config.builds.persist_build_logs:
+        recorder = BuildLogRecorder(
+            store, replay_tail=config.builds.log_tail_lines, scrubber=scrubber
+        )
+        await recorder.start()
+        stack.push_async_callback(recorder.close)
+        builds = recording_manager(swarm, settings, recorder)
+        tasks.start(
+            _prune_build_logs(store, config.builds.build_log_retention),
+            "build-log-pruning",
+        )
+    else:
+        builds = BuildManager(swarm, settings)
+    stack.push_async_callback(builds.close)
+    return builds
+
+
+async def load_policy(config: Config, store: Store) -> tuple[BanList, Quotas]:
+    """The bans and quotas in force: the config's, with the admin's changes from the store."""
+    policy = policy_from_config(config)
+    bans = BanList(ban_networks=config.bans.ban_networks, policy=policy, store=store)
+    await bans.load()
+    quotas = Quotas(
+        pod_quota=config.quotas.pod_quota,
+        per_repo_quota=config.quotas.per_repo_quota,
+        per_repo_quota_higher=config.quotas.per_repo_quota_higher,
+        policy=policy,
+        store=store,
+    )
+    await quotas.load()
+    return bans, quotas
+
+
+def connect_hub(
+    config: Config,
+    session: aiohttp.ClientSession,
+    swarm: SwarmClient,
+    registry: RegistryClient | None,
+    stack: contextlib.AsyncExitStack,
+    tasks: _Tasks,
+) -> tuple[HubClient | None, Launcher | None]:
+    """The hub's API and the launcher over it; neither without a hub (``local_url``).
+
+    With a ``hub_id`` the user servers of launches that went wrong are reaped in the
+    background.
+    """
+    if not config.hub.local_url:
+        return None, None
+    hub = HubClient(config.hub.local_url + "hub/api", config.hub.hub_api_token, session)
+    limit = config.hub.concurrent_launch_limit
+    slots = LaunchSlots(auto_limit(0) if limit is None else limit)
+    launcher = Launcher(
+        hub,
+        swarm,
+        hub_url=config.hub.hub_url or config.hub.local_url,
+        registry=registry,
+        launch_timeout=config.hub.launch_timeout,
+        allow_named_servers=config.hub.allow_named_servers,
+        named_server_limit_per_user=config.hub.named_server_limit_per_user,
+        slots=slots,
+    )
+    stack.push_async_callback(launcher.aclose)
+    hub_id = config.hub.hub_id or None
+    if hub_id is not None:
+        tasks.start(
+            reap_forever(swarm, hub, hub_id=hub_id, interval=config.hub.reaper_interval),
+            "user-server-reaper",
+        )
+    return hub, launcher
+
+
+def wire_metrics(
+    config: Config,
+    metrics: Metrics,
+    swarm: SwarmClient,
+    builds: BuildManager,
+    launcher: Launcher | None,
+    running_servers: Callable[[], Awaitable[list[UserServer]]],
+    stack: contextlib.AsyncExitStack,
+    tasks: _Tasks,
+) -> MetricsObserver:
+    """Feed /metrics, and return the observer the launch flow reports launches to.
+
+    In-process numbers are read when /metrics is scraped; the swarm's are polled.
+    """
+    metrics.build_queue_length.set_function(
+        lambda: sum(1 for b in builds.builds if b.status is BuildStatus.QUEUED)
+    )
+    metrics.builds_running.set_function(
+        lambda: sum(1 for b in builds.builds if b.status is BuildStatus.RUNNING)
+    )
+    if launcher is not None:
+        slots_in_use = launcher.slots
+        metrics.launch_queue_length.set_function(lambda: slots_in_use.queued)
+        metrics.launch_limit.set_function(lambda: slots_in_use.limit)
+    sized = launcher.slots if launcher and config.hub.concurrent_launch_limit is None else None
+    tasks.start(_watch_swarm(metrics, swarm, running_servers, sized), "swarm-watch")
+    events = LaunchEventLog()
+    stack.callback(events.close)
+    return MetricsObserver(metrics, events)
+
+
+async def make_launch_flow(
+    config: Config,
+    stack: contextlib.AsyncExitStack,
+    bans: BanList,
+    quotas: Quotas,
+    registry: RegistryClient | None,
+    builds: BuildManager,
+    launcher: Launcher | None,
+    running_servers: Callable[[], Awaitable[list[UserServer]]],
+    observer: MetricsObserver,
+) -> LaunchFlow:
+    """What runs each /build request: resolve the spec, find or build the image, launch."""
+    # Specs choose where the providers connect, so they get a session of their own that
+    # holds them to allowed_outbound_networks; the hub and registry use the plain one.
+    provider_http = await stack.enter_async_context(provider_session(config))
+    providers = providers_from_config(config, provider_http)
+    image_prefix = config.registry.image_prefix
+
+    async def resolve_path(path: str) -> Resolved:
+        # bans.policy is read per request: an admin's spec ban applies to the next launch.
+        return await resolve(
+            path, providers=providers, policy=bans.policy, image_prefix=image_prefix
+        )
+
+    async def image_exists(image: str) -> bool:
+        if registry is None:
+            return False
+        name, _, tag = image.rpartition(":")
+        return await registry.manifest_exists(name, tag)
+
+    return LaunchFlow(
+        resolve=resolve_path,
+        image_exists=image_exists,
+        builds=builds,
+        launcher=launcher,
+        check_quota=quotas.gate(running_servers, on_refused=observer.quota_refused),
+        observer=observer,
+    )
+
+
+def make_admission(
+    config: Config, bans: BanList, tokens: BuildTokens, hub_auth: HubAuth | None
+) -> Admission:
+    """Who may start a /build: network bans, build token, rate limit, and (with
+    ``auth_enabled``) a hub login."""
+
+    def verify_token(token: str, path: str, headers: Any) -> bool:
+        provider, _, spec = path.partition("/")
+        return tokens.check(token, build_audience(provider, spec), token_origin(headers))
+
+    limiter = RateLimiter(config.quotas.rate_limit, config.quotas.rate_limit_period)
+    return Admission(
+        client_ip=ClientIP(config.server.trusted_proxies),
+        check_network=bans.check_network,
+        verify_token=verify_token,
+        rate_limit=limiter.check if config.quotas.rate_limit > 0 else None,
+        authenticate=authenticator(hub_auth) if hub_auth is not None else None,
+    )
+
+
+def make_admin(
+    config: Config,
+    swarm: SwarmClient,
+    store: Store,
+    builds: BuildManager,
+    bans: BanList,
+    quotas: Quotas,
+    hub: HubClient | None,
+    running_servers: Callable[[], Awaitable[list[UserServer]]],
+) -> AdminService:
+    """The admin console's service (its routes run its live feed)."""
+
+    async def list_prebuilds() -> list[prebuild_jobs.JobStatus]:
+        return await prebuild_jobs.list_jobs(swarm)
+
+    async def remove_prebuild(name: str) -> bool:
+        return await prebuild_jobs.remove_job(swarm, name)
+
+    return AdminService(
+        builds=builds,
+        bans=bans,
+        quotas=quotas,
+        store=store,
+        list_servers=running_servers,
+        list_nodes=swarm.nodes,
+        list_prebuilds=list_prebuilds,
+        remove_prebuild=remove_prebuild,
+        hub=hub,
+        temporary_users=not config.hub.auth_enabled,
+        config_quotas=ConfigQuotas(
+            config.quotas.pod_quota,
+            config.quotas.per_repo_quota,
+            config.quotas.per_repo_quota_higher,
+        ),
+    )
 
 
 def _health_checks(

@@ -41,7 +41,7 @@ PROG = "swarmbinder"
 log = logging.getLogger("swarmbinder")
 
 
-class UsageError(Exception):
+class UsageError(SwarmbinderError):
     """Bad input found by a command itself; printed as one line, exit code 2."""
 
 

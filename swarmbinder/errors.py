@@ -1,21 +1,63 @@
 """The one error tree of swarmbinder.
 
-::
+Every error swarmbinder raises on purpose derives from :class:`SwarmbinderError`, whose
+``user_message`` is safe to show to a browser and whose ``status_code`` is the HTTP status the
+web layer answers with (in parentheses below). The errors of one rule or adapter live with it,
+in the module named before the dot; the rest live here::
 
-    SwarmbinderError                 root; ``user_message`` is safe to show to a browser
-    ├── ConfigError                  an option is unknown, mistyped or invalid (names it)
-    ├── SpecError                    a launch spec does not parse or is refused
-    │   ├── UnknownProvider
-    │   ├── SpecBanned               banned_specs / allowed_specs said no
-    │   └── RefNotFound              the repository or ref does not exist
-    ├── ProviderUnavailable          a repo provider API failed or is rate limited
-    ├── RegistryError                the image registry failed or refused us
-    ├── SwarmUnavailable             the Docker engine / swarm manager did not answer
-    ├── SwarmRequestFailed           the engine answered with an error
-    │   └── ServiceNameConflict      a service of that name exists (for builds: join it)
-    ├── BuildFailed                  a build ran and failed (carries the reason)
-    ├── LaunchFailed                 JupyterHub could not start the server
-    └── QuotaExceeded                a pod or per-repo quota is full
+    SwarmbinderError (500)                     root
+    ├── ConfigError (500)                      an option is unknown, mistyped or invalid
+    ├── SpecError (400)                        a launch spec does not parse or is refused
+    │   ├── UnknownProvider (404)
+    │   ├── SpecBanned (403)                   banned_specs / allowed_specs said no
+    │   ├── RefNotFound (404)                  the repository or ref does not exist
+    │   └── outbound.DestinationRefused (403)  a spec points a provider at a refused address
+    ├── ProviderUnavailable (503)              a repo provider API failed or is rate limited
+    ├── RegistryError (503)                    the image registry failed or refused us
+    ├── SwarmUnavailable (503)                 the Docker engine / swarm manager did not answer
+    ├── SwarmRequestFailed (502)               the engine answered with an error
+    │   └── ServiceNameConflict (502)          a service of that name exists (builds: join it)
+    ├── BuildFailed (500)                      a build ran and failed (carries the reason)
+    │   └── builds._StopBuild (500)            a build is ended by us (overdue, never placed)
+    ├── LaunchFailed (500)                     JupyterHub could not start the server
+    │   ├── hubclient.HubRequestFailed (500)   the hub answered with an error status
+    │   ├── hubclient.HubUnavailable (503)     the hub did not answer, even after retries
+    │   ├── launcher.ServerConflict (409)      the logged-in user may not start another server
+    │   └── launcher.NoRoomForServerName (400) the user name leaves no room for a server name
+    ├── QuotaExceeded (429)                    a pod or per-repo quota is full
+    ├── BuildOnlyRefused (400)                 build_only outside API-only mode, no admin token
+    ├── policy.bans.NetworkBanned (403)        the request comes from a banned network
+    ├── policy.bans.InvalidBan (400)           an admin's ban cannot work
+    ├── policy.clientip.InvalidNetwork (400)   not a network in CIDR notation
+    ├── policy.buildtokens.BuildTokenError (403)
+    │   ├── BuildTokenInvalid (403)            malformed, another secret's, another repo's
+    │   ├── BuildTokenExpired (403)
+    │   └── BuildTokenOriginMismatch (403)     issued for another site
+    ├── policy.ratelimit.RateLimitExceeded (429)
+    ├── policy.quotas.InvalidQuota (400)       an admin's quota override cannot work
+    ├── hubauth.HubAuthError (403)             logging a user in through the hub failed
+    │   ├── OAuthCallbackInvalid (400)
+    │   ├── OAuthStateMismatch (403)
+    │   ├── LoginRefused (403)
+    │   ├── NotLoggedIn (403)
+    │   └── HubAuthUnavailable (503)
+    ├── admin.AdminError (500)                 an admin console action failed
+    │   ├── NotFound (404)
+    │   ├── Conflict (409)
+    │   └── AdminUnavailable (503)
+    ├── handlers.admin._BadRequest (400)       an admin API request body or parameter is bad
+    ├── pages.BadLaunchParameter (400)         urlpath/labpath/filepath would leave the server
+    ├── store.StoreError (500)                 the embedded store failed
+    │   └── StoreClosed (500)
+    ├── stackctl.StackError (500)              swarmbinder up/down could not do its work
+    │   └── StackInputError (500)              it was asked for something impossible
+    ├── hostsetup.SetupError (500)             a host setup step failed
+    ├── sshkeys.AuthorizedKeysError (500)      also a ValueError: the console's keys file is bad
+    └── cli.UsageError (500)                   a command's own input check (exit code 2)
+
+The admin console (``tui/``) stands apart: it reads the service over HTTP only, and its own
+errors are a small tree of their own (``client.AdminClientError`` with ``Unauthorized``,
+``Unreachable`` and ``RequestFailed``; ``sshconsole.ConsoleSetupError``).
 
 Adapters translate their transport errors into these at their boundary; the HTTP layer maps
 them to status codes in one place. Nothing in the domain raises aiohttp.web exceptions.
@@ -132,3 +174,19 @@ class ServiceNameConflict(SwarmRequestFailed):
         super().__init__(f"create service {name}", 409, "name conflicts with an existing object")
         self.name = name
         self.service_id = service_id
+
+
+class BuildOnlyRefused(SwarmbinderError):
+    """``build_only`` outside API-only mode from a request without the admin token."""
+
+    status_code = 400
+
+    def __init__(self) -> None:
+        # BinderHub's words, so clients that match on them keep working.
+        super().__init__(
+            "build_only outside API-only mode",
+            user_message=(
+                "Building but not launching is not permitted when the API only mode was not "
+                "enabled by setting `enable_api_only_mode` to True."
+            ),
+        )

@@ -44,6 +44,7 @@ __all__ = [
     "MSG_FOUND_BUILT",
     "MSG_LAUNCHING",
     "MSG_WAITING",
+    "SSE_HEADERS",
     "TERMINAL_BUILD_PHASES",
     "BuildEvent",
     "Phase",
@@ -84,6 +85,15 @@ MSG_DONE_FOUND = "Done! Found built image\n"
 KEEPALIVE_FRAME = b":keepalive\n\n"
 #: Seconds of silence before a keepalive frame. Common proxy idle timeouts are 30 s or more.
 KEEPALIVE_INTERVAL = 20
+#: Headers of every event-stream response (``/build``, its refusals, the admin API's events).
+SSE_HEADERS: Mapping[str, str] = MappingProxyType(
+    {
+        "Content-Type": "text/event-stream",
+        "Cache-Control": "no-cache",
+        # nginx and friends buffer responses unless told not to; an event stream must not wait.
+        "X-Accel-Buffering": "no",
+    }
+)
 
 _RESERVED = frozenset({"phase", "message"})
 

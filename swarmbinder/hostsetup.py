@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import SwarmbinderError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGES_DIR = REPO_ROOT / "stack" / "images"
 INPUTS_LABEL = "swarmbinder.inputs"
@@ -35,7 +37,7 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 Log = Callable[[str], None]
 
 
-class SetupError(Exception):
+class SetupError(SwarmbinderError):
     """A setup step failed; the message is one line meant for the user."""
 
 

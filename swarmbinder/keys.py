@@ -8,18 +8,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from .admin import AdminService
-from .admission import Admission
-from .bans import BanList
 from .builds import BuildManager
-from .buildtokens import BuildTokens
 from .config import Config
 from .health import HealthChecker
 from .hubauth import HubAuth
+from .hubclient import HubClient
 from .launch_flow import LaunchFlow
-from .launcher import HubClient
 from .metrics import Metrics
 from .pages import PageSite
-from .quotas import Quotas
+from .policy.admission import Admission
+from .policy.bans import BanList
+from .policy.buildtokens import BuildTokens
+from .policy.quotas import Quotas
 from .registrytokens import TokenIssuer
 from .scrub import Scrubber
 from .store import Store

@@ -30,9 +30,9 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urljoin, urlsplit
 import jinja2
 
 from . import __version__
-from .buildtokens import BuildTokens, build_audience
 from .config import Config
 from .errors import SpecError, SwarmbinderError
+from .policy.buildtokens import BuildTokens, build_audience
 from .providers import (
     CKANProvider,
     DataverseProvider,

@@ -15,9 +15,9 @@ from .builds import BuildRequest
 from .config import Config
 from .naming import image_name
 from .outbound import OutboundPolicy, guarded_session
+from .policy.specpolicy import SpecPolicy
 from .providers import ProviderRegistry, default_registry, parse_spec
 from .providers.base import RepoProvider
-from .specpolicy import SpecPolicy
 
 
 @dataclass(frozen=True)

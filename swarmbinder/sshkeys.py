@@ -7,8 +7,10 @@ from pathlib import Path
 
 import asyncssh
 
+from .errors import SwarmbinderError
 
-class AuthorizedKeysError(ValueError):
+
+class AuthorizedKeysError(SwarmbinderError, ValueError):
     """The file cannot be used; the message is one line naming it."""
 
 

@@ -13,15 +13,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from swarmbinder.admin import AdminService, ConfigQuotas
-from swarmbinder.bans import BanList
 from swarmbinder.builds import Build, BuildRequest, BuildStatus
 from swarmbinder.config import load_config
 from swarmbinder.errors import SwarmUnavailable
 from swarmbinder.events import BuildEvent, Phase
 from swarmbinder.handlers.admin import add_admin_routes
 from swarmbinder.keys import ADMIN, CONFIG
+from swarmbinder.policy.bans import BanList
+from swarmbinder.policy.quotas import Quotas
 from swarmbinder.prebuild.jobs import JobStatus
-from swarmbinder.quotas import Quotas
 from swarmbinder.store import Store
 from swarmbinder.swarm import NodeInfo
 from swarmbinder.userservers import UserServer

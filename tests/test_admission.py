@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from swarmbinder.admission import Admission
-from swarmbinder.ratelimit import RateLimiter, RateLimitExceeded
+from swarmbinder.policy.admission import Admission
+from swarmbinder.policy.ratelimit import RateLimiter, RateLimitExceeded
 
 
 def make_admission(limit: int = 1) -> Admission:

@@ -4,9 +4,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from swarmbinder.bans import BanList, InvalidBan, NetworkBanned, validate_ban
 from swarmbinder.errors import ConfigError, SpecBanned, SwarmbinderError
-from swarmbinder.specpolicy import SpecPolicy
+from swarmbinder.policy.bans import BanList, InvalidBan, NetworkBanned, validate_ban
+from swarmbinder.policy.specpolicy import SpecPolicy
 from swarmbinder.store import Store
 
 

@@ -16,12 +16,12 @@ from aiohttp import web
 from browser_support import browser, chromium_path, page, screenshot, serve_app  # noqa: F401
 from playwright.async_api import Page, expect
 
-from swarmbinder.buildtokens import build_audience, token_origin
 from swarmbinder.config import Config, PagesConfig, ServerConfig
 from swarmbinder.events import BuildEvent, Phase, sse_frame
 from swarmbinder.handlers.pages import add_page_routes
 from swarmbinder.keys import BUILD_TOKENS
 from swarmbinder.pages import jupyter_redirect_url
+from swarmbinder.policy.buildtokens import build_audience, token_origin
 
 pytestmark = pytest.mark.swarm
 

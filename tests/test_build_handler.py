@@ -14,7 +14,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from swarmbinder.admission import Admission, Admitted
 from swarmbinder.app import add_build_routes
 from swarmbinder.config import load_config
 from swarmbinder.errors import SpecBanned, SwarmbinderError
@@ -23,6 +22,7 @@ from swarmbinder.handlers import build as build_handler
 from swarmbinder.hubauth import NOT_LOGGED_IN_MESSAGE, NotLoggedIn
 from swarmbinder.keys import ADMISSION, CONFIG, FLOW
 from swarmbinder.launch_flow import LaunchRequest
+from swarmbinder.policy.admission import Admission, Admitted
 
 SSE = {"Accept": "text/event-stream"}
 

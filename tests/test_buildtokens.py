@@ -7,8 +7,8 @@ import logging
 import jwt
 import pytest
 
-from swarmbinder import buildtokens
-from swarmbinder.buildtokens import (
+from swarmbinder.policy import buildtokens
+from swarmbinder.policy.buildtokens import (
     BuildTokenExpired,
     BuildTokenInvalid,
     BuildTokenOriginMismatch,
@@ -121,7 +121,7 @@ def test_origin_mismatch_is_accepted_when_not_checked() -> None:
 
 def test_random_secret_is_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
     buildtokens._random_secret_warned = False
-    with caplog.at_level(logging.WARNING, logger="swarmbinder.buildtokens"):
+    with caplog.at_level(logging.WARNING, logger="swarmbinder.policy.buildtokens"):
         first = BuildTokens(None)
         second = BuildTokens(None)
     warnings = [r for r in caplog.records if "build_token_secret" in r.getMessage()]
@@ -134,7 +134,7 @@ def test_random_secret_is_warned_about_once(caplog: pytest.LogCaptureFixture) ->
 
 
 def test_short_secret_works_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="swarmbinder.buildtokens"):
+    with caplog.at_level(logging.WARNING, logger="swarmbinder.policy.buildtokens"):
         tokens = BuildTokens("abcd")
     assert any("shorter" in r.getMessage() for r in caplog.records)
     # the same short secret on another replica accepts the token

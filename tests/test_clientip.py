@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from swarmbinder.clientip import ClientIP, InvalidNetwork, parse_ip, parse_network
+from swarmbinder.policy.clientip import ClientIP, InvalidNetwork, parse_ip, parse_network
 
 PROXIES = ("10.0.0.0/8", "fd00::/8")
 

@@ -31,8 +31,9 @@ from swarmbinder.app import create_app
 from swarmbinder.config import load_config
 from swarmbinder.errors import LaunchFailed
 from swarmbinder.events import SSEDecoder
+from swarmbinder.hubclient import HubClient
 from swarmbinder.keys import BUILDS
-from swarmbinder.launcher import HubClient, Launcher
+from swarmbinder.launcher import Launcher
 from swarmbinder.swarm import SwarmClient
 from swarmbinder.userservers import list_user_servers
 

@@ -18,7 +18,8 @@ from aiohttp.test_utils import TestServer
 from swarmbinder import userservers
 from swarmbinder.errors import LaunchFailed
 from swarmbinder.events import Phase
-from swarmbinder.launcher import Backoff, HubClient, HubRequestFailed, HubUnavailable, Launcher
+from swarmbinder.hubclient import Backoff, HubClient, HubRequestFailed, HubUnavailable
+from swarmbinder.launcher import Launcher
 from swarmbinder.swarm import SwarmClient, TaskState, TaskStateName
 
 FAST = Backoff(attempts=4, start=0.01, cap=0.02)

@@ -34,7 +34,8 @@ from swarmbinder.app import create_app
 from swarmbinder.config import load_config
 from swarmbinder.errors import LaunchFailed
 from swarmbinder.events import Phase, SSEDecoder
-from swarmbinder.launcher import HubClient, Launcher
+from swarmbinder.hubclient import HubClient
+from swarmbinder.launcher import Launcher
 from swarmbinder.swarm import SwarmClient
 
 pytestmark = pytest.mark.swarm

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 from swarmbinder import naming
-from swarmbinder.admission import Admission
 from swarmbinder.errors import SwarmbinderError
 from swarmbinder.hubauth import NotLoggedIn
-from swarmbinder.launcher import HubServer, HubUser, Launcher, NoRoomForServerName, ServerConflict
+from swarmbinder.hubclient import HubServer, HubUser
+from swarmbinder.launcher import Launcher, NoRoomForServerName, ServerConflict
+from swarmbinder.policy.admission import Admission
 
 
 class FakeHub:

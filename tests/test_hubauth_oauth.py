@@ -20,7 +20,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from swarmbinder.admission import Admission
 from swarmbinder.app import create_app
 from swarmbinder.config import load_config
 from swarmbinder.errors import ConfigError
@@ -39,7 +38,8 @@ from swarmbinder.hubauth import (
 )
 from swarmbinder.keys import ADMISSION, FLOW, HUB_AUTH
 from swarmbinder.launch_flow import LaunchRequest
-from swarmbinder.ratelimit import RateLimiter
+from swarmbinder.policy.admission import Admission
+from swarmbinder.policy.ratelimit import RateLimiter
 
 CLIENT_ID = "service-swarmbinder"
 SECRET = "hub-api-token-for-tests"

@@ -14,7 +14,8 @@ import pytest
 from swarmbinder import naming
 from swarmbinder.errors import LaunchFailed
 from swarmbinder.events import BuildEvent, Phase
-from swarmbinder.launcher import HubClient, Launcher
+from swarmbinder.hubclient import HubClient
+from swarmbinder.launcher import Launcher
 from swarmbinder.registry import RegistryClient
 from swarmbinder.swarm import JobSpec, SwarmClient
 from swarmbinder.userservers import (

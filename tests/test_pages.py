@@ -16,7 +16,6 @@ from pytest_aiohttp import AiohttpClient
 from yarl import URL
 
 from swarmbinder import __version__
-from swarmbinder.buildtokens import BuildTokenInvalid, build_audience
 from swarmbinder.config import Config, PagesConfig, ServerConfig, TokenConfig
 from swarmbinder.handlers.pages import add_page_routes
 from swarmbinder.keys import BUILD_TOKENS
@@ -26,6 +25,7 @@ from swarmbinder.pages import (
     jupyter_redirect_url,
     launch_url_path,
 )
+from swarmbinder.policy.buildtokens import BuildTokenInvalid, build_audience
 
 HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 SECRET = "12" * 32
@@ -303,7 +303,7 @@ async def test_repoproviders_lists_binderhubs_display_configs(
 async def test_build_tokens_are_shared_with_an_existing_issuer(
     aiohttp_client: AiohttpClient,
 ) -> None:
-    from swarmbinder.buildtokens import BuildTokens
+    from swarmbinder.policy.buildtokens import BuildTokens
 
     app = web.Application()
     shared = BuildTokens(SECRET)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import pytest
 
 from swarmbinder.errors import QuotaExceeded
-from swarmbinder.quotas import InvalidQuota, Quotas, image_without_tag
-from swarmbinder.specpolicy import SpecPolicy
+from swarmbinder.policy.quotas import InvalidQuota, Quotas, image_without_tag
+from swarmbinder.policy.specpolicy import SpecPolicy
 from swarmbinder.store import Store
 
 REPO = "https://github.com/org/repo"

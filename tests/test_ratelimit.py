@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from swarmbinder.ratelimit import RateLimiter, RateLimitExceeded
+from swarmbinder.policy.ratelimit import RateLimiter, RateLimitExceeded
 
 
 class Clock:

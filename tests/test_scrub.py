@@ -18,7 +18,6 @@ from prometheus_client import generate_latest
 
 from swarmbinder.admin import AdminService
 from swarmbinder.app import config_secrets, scrub_config_secrets
-from swarmbinder.bans import BanList
 from swarmbinder.buildlogs import BuildLogRecorder, record_id
 from swarmbinder.builds import Build, BuildRequest, BuildStatus
 from swarmbinder.config import iter_options, load_config
@@ -26,7 +25,8 @@ from swarmbinder.events import BuildEvent, Phase
 from swarmbinder.handlers.admin import add_admin_routes
 from swarmbinder.keys import ADMIN, CONFIG, SCRUBBER
 from swarmbinder.metrics import Metrics
-from swarmbinder.quotas import Quotas
+from swarmbinder.policy.bans import BanList
+from swarmbinder.policy.quotas import Quotas
 from swarmbinder.scrub import (
     DEFAULT_SCRUBBER,
     REPLACEMENT,

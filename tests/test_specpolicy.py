@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from swarmbinder.errors import ConfigError, SpecBanned
-from swarmbinder.specpolicy import SpecPolicy, policy_for
+from swarmbinder.policy.specpolicy import SpecPolicy, policy_for
 
 
 def test_empty_policy_allows_everything() -> None:

@@ -267,8 +267,7 @@ def test_secrets_makes_what_the_stack_file_needs_once(
     names, and a second run changes nothing."""
     stack = f"sbtest-secrets-{os.getpid()}"
     wanted = sorted(
-        spec["name"].replace("lab-", f"{stack}-", 1)
-        for spec in rendered["secrets"].values()
+        spec["name"].replace("lab-", f"{stack}-", 1) for spec in rendered["secrets"].values()
     )
     try:
         first = run_cli("secrets", "--stack", stack)

@@ -1,10 +1,13 @@
 """``/api/admin/``: the admin console's API, for the TUI and for scripts.
 
-Every route needs ``Authorization: Bearer <admin_token>``. No header (or another scheme) is
-401, a wrong token 403; the token is compared in constant time and never logged (it travels in
-a header only: a query parameter would end up in access logs). With no ``admin_token``
-configured the whole API answers 404 with a message saying how to turn it on: there is nothing
-to retry, so it is not a 503. CORS never applies here (see :mod:`swarmbinder.cors`).
+Every route needs ``Authorization: Bearer <admin_token>`` (or ``token <admin_token>``, checked
+by :mod:`~swarmbinder.policy.admintoken`). No header (or another scheme) is 401, a wrong token
+403; the token is never logged. With no ``admin_token`` configured the whole API answers 404 with
+a message saying how to turn it on: there is nothing to retry, so it is not a 503. CORS never
+applies here (see :mod:`swarmbinder.cors`).
+
+The :class:`~swarmbinder.admin.AdminService` behind the routes is made by the app's wiring (or
+put on the app by a test); these routes run its live feed while the app runs.
 
 Resources (JSON): ``GET builds``, ``builds/{id}`` (with its log; ``?tail=N``), ``servers``,
 ``nodes``, ``prebuilds`` (prebuild jobs on the swarm), ``bans``, ``quotas``, ``audit``
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import re
@@ -40,12 +42,11 @@ from typing import Any
 
 from aiohttp import web
 
-from ..admin import AdminService, ConfigQuotas
 from ..errors import SwarmbinderError
-from ..keys import ADMIN, BANS, BUILDS, CONFIG, HUB, QUOTAS, SCRUBBER, STORE, SWARM
-from ..prebuild.jobs import JobStatus, list_jobs, remove_job
+from ..events import SSE_HEADERS
+from ..keys import ADMIN, CONFIG, SCRUBBER
+from ..policy.admintoken import AdminAccess, check_admin_token
 from ..scrub import DEFAULT_SCRUBBER, Scrubber
-from ..userservers import UserServer, list_user_servers
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +56,12 @@ log = logging.getLogger(__name__)
 EVENTS_KEEPALIVE = 15.0
 ACTOR_HEADER = "X-Swarmbinder-Actor"
 _ACTOR_NAME = re.compile(r"[^A-Za-z0-9@._-]")
-SSE_HEADERS = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def add_admin_routes(app: web.Application) -> None:
-    """The admin API's routes, the service behind them, and its shutdown."""
+    """The admin API's routes, the live feed of the service behind them, and its shutdown."""
     prefix = f"{app[CONFIG].server.base_url}api/admin/"
     routes: list[tuple[str, str, Handler]] = [
         ("GET", "snapshot", snapshot),
@@ -91,48 +87,12 @@ def add_admin_routes(app: web.Application) -> None:
     for method, path, handler in routes:
         app.router.add_route(method, prefix + path, _guarded(handler))
     app.router.add_route("*", prefix + "{tail:.*}", _guarded(_not_found))
-    app.cleanup_ctx.append(admin_context)
+    app.cleanup_ctx.append(run_admin_feed)
     app.on_shutdown.append(_close_streams)
 
 
-async def admin_context(app: web.Application) -> AsyncIterator[None]:
-    """Make the AdminService from what ``services`` put on the app, and run its feed."""
-    if ADMIN not in app and BANS in app and QUOTAS in app:
-        config = app[CONFIG]
-        hub_id = config.hub.hub_id or None
-        swarm = app[SWARM] if SWARM in app else None
-        list_servers: Callable[[], Awaitable[list[UserServer]]] | None = None
-        list_prebuilds: Callable[[], Awaitable[list[JobStatus]]] | None = None
-        remove_prebuild: Callable[[str], Awaitable[bool]] | None = None
-        if swarm is not None:
-            engine = swarm
-
-            async def list_servers() -> list[UserServer]:
-                return await list_user_servers(engine, hub_id=hub_id)
-
-            async def list_prebuilds() -> list[JobStatus]:
-                return await list_jobs(engine)
-
-            async def remove_prebuild(name: str) -> bool:
-                return await remove_job(engine, name)
-
-        app[ADMIN] = AdminService(
-            builds=app[BUILDS] if BUILDS in app else None,
-            bans=app[BANS],
-            quotas=app[QUOTAS],
-            store=app[STORE] if STORE in app else None,
-            list_servers=list_servers,
-            list_nodes=swarm.nodes if swarm is not None else None,
-            list_prebuilds=list_prebuilds,
-            remove_prebuild=remove_prebuild,
-            hub=app[HUB] if HUB in app else None,
-            temporary_users=not config.hub.auth_enabled,
-            config_quotas=ConfigQuotas(
-                config.quotas.pod_quota,
-                config.quotas.per_repo_quota,
-                config.quotas.per_repo_quota_higher,
-            ),
-        )
+async def run_admin_feed(app: web.Application) -> AsyncIterator[None]:
+    """Run the admin service's live feed (the ``events`` stream) while the app runs."""
     if ADMIN not in app:
         yield
         return
@@ -186,21 +146,22 @@ def _guarded(handler: Handler) -> Handler:
 
 
 def _check_token(request: web.Request) -> web.Response | None:
-    token = request.app[CONFIG].admin.admin_token
-    if not token:
+    access = check_admin_token(
+        request.app[CONFIG].admin.admin_token, request.headers.get("Authorization", "")
+    )
+    if access is AdminAccess.DISABLED:
         return _message(
             404,
             "The admin API is disabled: set admin_token (SWARMBINDER_ADMIN_TOKEN, or "
             "admin_token_file for a Swarm secret) to enable it.",
         )
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() not in ("bearer", "token") or not given.strip():
+    if access is AdminAccess.MISSING:
         return web.json_response(
             {"message": "The admin API needs an 'Authorization: Bearer <admin token>' header."},
             status=401,
             headers={"WWW-Authenticate": 'Bearer realm="swarmbinder admin"'},
         )
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+    if access is AdminAccess.WRONG:
         log.warning("admin API: wrong token from %s", request.remote)
         return _message(403, "The admin token is wrong.")
     return None

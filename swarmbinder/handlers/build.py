@@ -19,18 +19,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from ..admission import Admitted
-from ..errors import SwarmbinderError
-from ..events import KEEPALIVE_FRAME, KEEPALIVE_INTERVAL, BuildEvent, Phase, sse_frame
+from ..errors import BuildOnlyRefused, SwarmbinderError
+from ..events import (
+    KEEPALIVE_FRAME,
+    KEEPALIVE_INTERVAL,
+    SSE_HEADERS,
+    BuildEvent,
+    Phase,
+    sse_frame,
+)
 from ..keys import ADMISSION, CONFIG, FLOW
 from ..launch_flow import LaunchRequest
-from ..ratelimit import RateLimitExceeded
+from ..policy.admintoken import AdminAccess, check_admin_token
+from ..policy.admission import Admitted
+from ..policy.ratelimit import RateLimitExceeded
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +45,6 @@ log = logging.getLogger(__name__)
 DISCONNECT_POLL = 0.5
 #: A stream left open after ``ready`` is closed after this long even if the client stays.
 HOLD_OPEN_SECONDS = 600.0
-
-BUILD_ONLY_REFUSED = (
-    "Building but not launching is not permitted when the API only mode was not enabled "
-    "by setting `enable_api_only_mode` to True."
-)
-
-SSE_HEADERS = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    # nginx and friends buffer responses unless told not to; an event stream must not wait.
-    "X-Accel-Buffering": "no",
-}
 
 
 def _error_stream(status: int, message: str, headers: dict[str, str]) -> web.Response:
@@ -71,17 +66,16 @@ def _build_only(request: web.Request, admin: bool) -> bool:
     # Outside API-only mode, building without launching is for administrators only
     # (``swarmbinder prebuild --url``), as BinderHub keeps it off its public pages.
     if not request.app[CONFIG].server.enable_api_only_mode and not admin:
-        raise SwarmbinderError("build_only outside API-only mode", user_message=BUILD_ONLY_REFUSED)
+        raise BuildOnlyRefused()
     return True
 
 
 def _admin(request: web.Request) -> bool:
-    """The request carries ``Authorization: Bearer <admin_token>`` (compared in constant time)."""
-    token = request.app[CONFIG].admin.admin_token
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if not token or scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(given.strip().encode(), token.encode())
+    """The request carries the admin token (see :mod:`~swarmbinder.policy.admintoken`)."""
+    access = check_admin_token(
+        request.app[CONFIG].admin.admin_token, request.headers.get("Authorization", "")
+    )
+    return access is AdminAccess.GRANTED
 
 
 def _launch_host(request: web.Request) -> str:
@@ -116,8 +110,6 @@ async def build(request: web.Request) -> web.StreamResponse:
         )
     except SwarmbinderError as error:
         status = error.status_code if 400 <= error.status_code < 600 else 400
-        if error.user_message == BUILD_ONLY_REFUSED:
-            status = 400
         # BinderHub's Retry-After and X-RateLimit-Limit on a 429.
         limited = error.headers() if isinstance(error, RateLimitExceeded) else {}
         return _error_stream(status, error.user_message, {**cors, **limited})

@@ -19,10 +19,10 @@ from http import HTTPStatus
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from ..bans import NetworkBanned
-from ..clientip import ClientIP
-from ..events import BuildEvent, sse_frame
+from ..events import SSE_HEADERS, BuildEvent, sse_frame
 from ..keys import BANS, PAGE_SITE
+from ..policy.bans import NetworkBanned
+from ..policy.clientip import ClientIP
 
 
 def exempt(path: str, base_url: str) -> bool:
@@ -39,11 +39,7 @@ def refusal(request: web.Request, base_url: str, error: NetworkBanned) -> web.Re
     path = request.path
     if path.startswith(f"{base_url}build/"):
         body = sse_frame(BuildEvent.failed(message, status))
-        return web.Response(
-            status=status,
-            body=body,
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
-        )
+        return web.Response(status=status, body=body, headers=SSE_HEADERS)
     if path.startswith(f"{base_url}api/"):
         return web.json_response({"status": status, "message": message}, status=status)
     site = request.app.get(PAGE_SITE)

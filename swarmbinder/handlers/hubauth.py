@@ -8,7 +8,7 @@ Routes (with ``auth_enabled`` only)::
 :func:`login_required` guards the pages (home and loading page, as BinderHub's
 ``@authenticated``): a browser without a login is sent to the hub's authorize URL and comes
 back through the callback. ``/build`` cannot redirect (EventSource does not follow a login
-page), so :func:`authenticator` plugs into :class:`~swarmbinder.admission.Admission` and
+page), so :func:`authenticator` plugs into :class:`~swarmbinder.policy.admission.Admission` and
 refuses a request without a login with 403, which the build handler turns into a ``failed``
 event as BinderHub does.
 """

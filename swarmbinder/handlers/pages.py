@@ -22,11 +22,11 @@ from http import HTTPStatus
 
 from aiohttp import web
 
-from ..buildtokens import BuildTokens, token_origin
 from ..config import Config
 from ..errors import SwarmbinderError
 from ..keys import BUILD_TOKENS, PAGE_SITE
 from ..pages import PageSite, legacy_redirect_target, raw_path_after
+from ..policy.buildtokens import BuildTokens, token_origin
 from ..providers import ProviderRegistry
 from .hubauth import login_required
 

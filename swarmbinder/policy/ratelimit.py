@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import SwarmbinderError
+from ..errors import SwarmbinderError
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import jwt
 
-from .errors import SwarmbinderError
+from ..errors import SwarmbinderError
 
 __all__ = [
     "BuildTokenError",

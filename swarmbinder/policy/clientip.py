@@ -18,7 +18,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Protocol, runtime_checkable
 
-from .errors import SwarmbinderError
+from ..errors import SwarmbinderError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

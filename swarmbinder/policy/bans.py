@@ -22,10 +22,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from ..errors import ConfigError, SwarmbinderError
+from ..store import BanKind, BanRecord
 from .clientip import InvalidNetwork, IPNetwork, in_networks, parse_ip, parse_network
-from .errors import ConfigError, SwarmbinderError
 from .specpolicy import SpecPolicy, SpecRule
-from .store import BanKind, BanRecord
 
 log = logging.getLogger(__name__)
 

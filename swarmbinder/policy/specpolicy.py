@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError, SpecBanned
+from ..errors import ConfigError, SpecBanned
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from .errors import QuotaExceeded, SwarmbinderError
+from ..errors import QuotaExceeded, SwarmbinderError
+from ..store import QuotaOverride, QuotaScope
 from .specpolicy import SpecPolicy
-from .store import QuotaOverride, QuotaScope
 
 log = logging.getLogger(__name__)
 
