@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .bans import BanList
-from .builds import Build, BuildStatus, to_sticky_node
+from .builds import Build, to_sticky_node
+from .buildstatus import BuildStatus
 from .errors import SwarmbinderError
 from .fanout import Fanout, Subscription
 from .prebuild import JobStatus

@@ -55,7 +55,7 @@ def build_record(build: Build) -> BuildRecord:
         ref=request.ref,
         image=request.image,
         node=build.node,
-        status=build.status.value,
+        status=build.status,
         reason=build.reason,
         started_at=build.created,
         finished_at=build.finished,

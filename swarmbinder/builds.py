@@ -43,6 +43,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .buildstatus import BuildStatus
 from .config import Config
 from .errors import (
     BuildFailed,
@@ -95,14 +96,6 @@ NODE_CHECK_INTERVAL = 1.0
 #: 0.2 s, then the largest part of the time from the builder's exit to ``built``
 #: (bench/build.py).
 LOG_DRAIN_QUIET = 0.05
-
-
-class BuildStatus(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    BUILT = "built"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)

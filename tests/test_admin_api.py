@@ -14,7 +14,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from swarmbinder.admin import AdminService, ConfigQuotas
 from swarmbinder.bans import BanList
-from swarmbinder.builds import Build, BuildRequest, BuildStatus
+from swarmbinder.builds import Build, BuildRequest
+from swarmbinder.buildstatus import BuildStatus
 from swarmbinder.config import load_config
 from swarmbinder.errors import SwarmUnavailable
 from swarmbinder.events import BuildEvent, Phase

@@ -25,7 +25,8 @@ from swarmbinder.buildlogs import (
     record_id,
     recording_manager,
 )
-from swarmbinder.builds import Build, BuildRequest, BuildStatus
+from swarmbinder.builds import Build, BuildRequest
+from swarmbinder.buildstatus import BuildStatus
 from swarmbinder.events import BuildEvent, Phase
 from swarmbinder.store import Store
 from swarmbinder.swarm import SwarmClient

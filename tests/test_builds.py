@@ -19,12 +19,12 @@ from swarmbinder.builds import (
     BuildManager,
     BuildRequest,
     BuildSettings,
-    BuildStatus,
     announces_push_of,
     as_log_event,
     failure_reason,
     repo2docker_args,
 )
+from swarmbinder.buildstatus import BuildStatus
 from swarmbinder.events import BuildEvent, Phase
 from swarmbinder.swarm import SwarmClient, TaskState, TaskStateName
 

@@ -33,7 +33,8 @@ from multinode_support import (
     slow_dockerfile,
 )
 
-from swarmbinder.builds import Build, BuildManager, BuildRequest, BuildStatus
+from swarmbinder.builds import Build, BuildManager, BuildRequest
+from swarmbinder.buildstatus import BuildStatus
 from swarmbinder.swarm import SwarmClient
 
 pytestmark = pytest.mark.swarm

@@ -20,7 +20,8 @@ from swarmbinder.admin import AdminService
 from swarmbinder.app import config_secrets, scrub_config_secrets
 from swarmbinder.bans import BanList
 from swarmbinder.buildlogs import BuildLogRecorder, record_id
-from swarmbinder.builds import Build, BuildRequest, BuildStatus
+from swarmbinder.builds import Build, BuildRequest
+from swarmbinder.buildstatus import BuildStatus
 from swarmbinder.config import iter_options, load_config
 from swarmbinder.events import BuildEvent, Phase
 from swarmbinder.handlers.admin import add_admin_routes
