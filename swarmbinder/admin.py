@@ -42,8 +42,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .bans import BanList
-from .builds import Build, to_sticky_node
+from .builds import to_sticky_node
 from .buildstatus import BuildStatus
+from .buildwatch import Build
 from .errors import SwarmbinderError
 from .fanout import Fanout, Subscription
 from .prebuild import JobStatus

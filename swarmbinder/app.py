@@ -24,8 +24,9 @@ from aiohttp import web
 
 from .admission import Admission
 from .bans import BanList
+from .buildjob import BuildSettings
 from .buildlogs import BuildLogRecorder, prune_build_logs, recording_manager
-from .builds import BuildManager, BuildSettings
+from .builds import BuildManager
 from .buildstatus import BuildStatus
 from .buildtokens import BuildTokens, build_audience, token_origin
 from .clientip import ClientIP

@@ -29,7 +29,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from .builds import Build, BuildManager, BuildSettings
+from .buildjob import BuildSettings
+from .builds import BuildManager
+from .buildwatch import Build
 from .scrub import DEFAULT_SCRUBBER, Scrubber
 from .store import BuildRecord, Store
 from .swarm import SwarmClient

@@ -29,7 +29,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from .builds import BuildRequest
+from .buildjob import BuildRequest
 from .buildstatus import BuildOutcome
 from .errors import SwarmbinderError
 from .events import MSG_DONE_FOUND, MSG_FOUND_BUILT, BuildEvent, Phase

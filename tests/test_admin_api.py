@@ -14,8 +14,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from swarmbinder.admin import AdminService, ConfigQuotas
 from swarmbinder.bans import BanList
-from swarmbinder.builds import Build, BuildRequest
+from swarmbinder.buildjob import BuildRequest
 from swarmbinder.buildstatus import BuildStatus
+from swarmbinder.buildwatch import Build
 from swarmbinder.config import load_config
 from swarmbinder.errors import SwarmUnavailable
 from swarmbinder.events import BuildEvent, Phase
