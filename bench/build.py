@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 import benchlib as b
 
-from swarmbinder.builds import BuildRequest, BuildSettings, repo2docker_args
+from swarmbinder.buildjob import BuildRequest, BuildSettings, repo2docker_args
 
 
 def dockerfile(singleuser: str, nonce: str) -> str:

@@ -41,7 +41,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .builds import Build, BuildStatus, to_sticky_node
+from .builds import to_sticky_node
+from .buildstatus import BuildStatus
+from .buildwatch import Build
 from .errors import SwarmbinderError
 from .fanout import Fanout, Subscription
 from .policy.bans import BanList

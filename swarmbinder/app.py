@@ -25,8 +25,10 @@ import aiohttp
 from aiohttp import web
 
 from .admin import AdminService, ConfigQuotas
+from .buildjob import BuildSettings
 from .buildlogs import BuildLogRecorder, prune_build_logs, recording_manager
-from .builds import BuildManager, BuildSettings, BuildStatus
+from .builds import BuildManager
+from .buildstatus import BuildStatus
 from .config import Config, iter_options
 from .errors import SwarmbinderError, SwarmUnavailable
 from .handlers import admin, build, guard, ops
@@ -465,7 +467,7 @@ def _health_checks(
         nodes = sorted(await swarm.nodes(), key=lambda n: n.hostname)
         running: dict[str, int] = {}
         for one in builds.builds:
-            if one.status.value == "running" and one.node:
+            if one.status is BuildStatus.RUNNING and one.node:
                 running[one.node] = running.get(one.node, 0) + 1
         return {
             "ok": True,
@@ -502,7 +504,7 @@ def _health_checks(
         checks["JupyterHub API"] = jupyterhub_api
 
     async def build_capacity() -> dict[str, Any]:
-        running = sum(1 for b in builds.builds if b.status.value == "running")
+        running = sum(1 for b in builds.builds if b.status is BuildStatus.RUNNING)
         return capacity_result(running, config.builds.concurrent_build_limit or None)
 
     checks["Build capacity"] = build_capacity

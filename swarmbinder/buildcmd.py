@@ -7,7 +7,8 @@ import json
 import sys
 from typing import Any, TextIO
 
-from .builds import BuildManager, BuildSettings, to_sticky_node
+from .buildjob import BuildSettings
+from .builds import BuildManager, to_sticky_node
 from .config import Config
 from .errors import SwarmbinderError
 from .events import BuildEvent, Phase

@@ -29,7 +29,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from .builds import Build, BuildManager, BuildSettings
+from .buildjob import BuildSettings
+from .builds import BuildManager
+from .buildwatch import Build
 from .scrub import DEFAULT_SCRUBBER, Scrubber
 from .store import BuildRecord, Store
 from .swarm import SwarmClient
@@ -55,7 +57,7 @@ def build_record(build: Build) -> BuildRecord:
         ref=request.ref,
         image=request.image,
         node=build.node,
-        status=build.status.value,
+        status=build.status,
         reason=build.reason,
         started_at=build.created,
         finished_at=build.finished,

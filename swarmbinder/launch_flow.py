@@ -29,7 +29,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from .builds import BuildRequest
+from .buildjob import BuildRequest
+from .buildstatus import BuildOutcome
 from .errors import SwarmbinderError
 from .events import MSG_DONE_FOUND, MSG_FOUND_BUILT, BuildEvent, Phase
 from .resolve import Resolved
@@ -75,11 +76,12 @@ class FlowObserver(Protocol):
     """Where the flow reports what happened: metrics, the launch event log.
 
     Each ``*_started`` returns a callable that must be called exactly once with the outcome
-    (``"success"``, ``"failure"``); the flow calls it in a ``finally`` so in-progress gauges
-    return to zero whatever happens, cancellation included.
+    (a :class:`~swarmbinder.buildstatus.BuildOutcome` for a build, ``"success"`` or
+    ``"failure"`` for a launch); the flow calls it in a ``finally`` so in-progress gauges return
+    to zero whatever happens, cancellation included.
     """
 
-    def build_started(self, build: BuildRequest) -> Callable[[str], None]: ...
+    def build_started(self, build: BuildRequest) -> Callable[[BuildOutcome], None]: ...
 
     def launch_started(self, build: BuildRequest) -> Callable[[str], None]: ...
 
@@ -87,7 +89,7 @@ class FlowObserver(Protocol):
 
 
 class _NoObserver:
-    def build_started(self, build: BuildRequest) -> Callable[[str], None]:
+    def build_started(self, build: BuildRequest) -> Callable[[BuildOutcome], None]:
         return _ignore
 
     def launch_started(self, build: BuildRequest) -> Callable[[str], None]:
@@ -208,20 +210,20 @@ class LaunchFlow:
         ``failed``."""
         yield BuildEvent.waiting()
         finished = self._observer.build_started(build)
-        status = "failure"
+        outcome = BuildOutcome.FAILURE
         try:
             handle = await self._builds.request(build)
             async with _closing(handle.events()) as events:
                 async for event in events:
                     if event.phase is Phase.BUILT:
-                        status = "success"
+                        outcome = BuildOutcome.SUCCESS
                         yield BuildEvent.image_ready(build.image) if build_only else event
                         return
                     yield event
                     if event.phase is Phase.FAILED:
                         return
         finally:
-            finished(status)
+            finished(outcome)
 
     async def _launch(
         self, request: LaunchRequest, resolved: Resolved

@@ -50,6 +50,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .buildstatus import BuildOutcome
 from .errors import QuotaExceeded
 
 log = logging.getLogger(__name__)
@@ -74,11 +75,6 @@ PROVIDER_NAMES: Mapping[str, str] = {
     "dataverse": "Dataverse",
     "ckan": "CKAN",
 }
-
-
-class BuildStatus(enum.StrEnum):
-    SUCCESS = "success"
-    FAILURE = "failure"
 
 
 class LaunchStatus(enum.StrEnum):
@@ -200,8 +196,8 @@ class Metrics:
         )
         # Series for every outcome exist from the start, so "no failures" reads as 0 and a
         # rate() over them works before the first failure.
-        for build_status in BuildStatus:
-            self.build_time.labels(status=build_status)
+        for outcome in BuildOutcome:
+            self.build_time.labels(status=outcome)
         self.launch_time.labels(status=LaunchStatus.SUCCESS, retries="0")
         self.launch_time.labels(status=LaunchStatus.FAILURE, retries="-1")
 
@@ -209,7 +205,8 @@ class Metrics:
         return self._scrub(repo) if self._repo_label else ""
 
     def start_build(self, provider: str, repo: str) -> Tracker:
-        """A build watched by one request; :meth:`Tracker.finish` with a :class:`BuildStatus`."""
+        """A build watched by one request; :meth:`Tracker.finish` with a
+        :class:`~swarmbinder.buildstatus.BuildOutcome`."""
         labels = {"provider": provider, "repo": self._repo(repo)}
 
         def done(status: str, elapsed: float, retries: int) -> None:
@@ -233,12 +230,22 @@ class Metrics:
     def track_build(self, provider: str, repo: str) -> Iterator[Tracker]:
         """``with`` form of :meth:`start_build`: success when the block ends normally without
         having finished the tracker, failure when anything (cancellation included) escapes."""
-        with _tracking(self.start_build(provider, repo)) as tracker:
+        tracking = _tracking(
+            self.start_build(provider, repo),
+            success=BuildOutcome.SUCCESS,
+            failure=BuildOutcome.FAILURE,
+        )
+        with tracking as tracker:
             yield tracker
 
     @contextmanager
     def track_launch(self, provider: str, repo: str) -> Iterator[Tracker]:
-        with _tracking(self.start_launch(provider, repo)) as tracker:
+        tracking = _tracking(
+            self.start_launch(provider, repo),
+            success=LaunchStatus.SUCCESS,
+            failure=LaunchStatus.FAILURE,
+        )
+        with tracking as tracker:
             yield tracker
 
     def count_quota_refusal(self, provider: str, repo: str, scope: str) -> None:
@@ -255,14 +262,14 @@ class Metrics:
 
 
 @contextmanager
-def _tracking(tracker: Tracker) -> Iterator[Tracker]:
+def _tracking(tracker: Tracker, *, success: str, failure: str) -> Iterator[Tracker]:
     try:
         yield tracker
     except BaseException:
-        tracker.finish(BuildStatus.FAILURE)
+        tracker.finish(failure)
         raise
     else:
-        tracker.finish(BuildStatus.SUCCESS)
+        tracker.finish(success)
 
 
 # -- the launch event ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""From a launch path (``gh/org/repo/ref``) to a :class:`~swarmbinder.builds.BuildRequest`.
+"""From a launch path (``gh/org/repo/ref``) to a :class:`~swarmbinder.buildjob.BuildRequest`.
 
 Parsing, the spec policy (bans) and ref resolution all happen here, before anything touches
 Swarm: a spec that does not parse, an unknown provider, a banned spec or a ref that does not
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from .builds import BuildRequest
+from .buildjob import BuildRequest
 from .config import Config
 from .naming import image_name
 from .outbound import OutboundPolicy, guarded_session

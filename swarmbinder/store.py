@@ -17,9 +17,8 @@ Why it is shaped this way:
 * **Every write is one ``BEGIN IMMEDIATE`` transaction.** A ban or quota change and its audit
   row commit together or not at all. IMMEDIATE takes the write lock up front, so another
   process holding it makes us wait (``busy_timeout``) rather than fail halfway.
-* **Forward-only migrations.** ``schema_version`` holds the version; :data:`MIGRATIONS` lists
-  the statements that bring version ``n`` to ``n + 1``. A file written by a newer swarmbinder
-  is refused rather than guessed at.
+* **Forward-only migrations** (:mod:`swarmbinder.storeschema`), run as the file is opened. A
+  file written by a newer swarmbinder is refused rather than guessed at.
 
 A call whose awaiting coroutine is cancelled still runs to completion on the worker thread:
 a write that was submitted is either committed or rolled back, never left half done.
@@ -44,17 +43,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, get_args
 
+from swarmbinder.buildstatus import BuildStatus
 from swarmbinder.errors import SwarmbinderError
+from swarmbinder.storeschema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-BuildStatus = Literal["queued", "running", "built", "failed", "cancelled"]
 BanKind = Literal["spec", "network"]
 QuotaScope = Literal["repo", "pod"]
 
-BUILD_STATUSES: frozenset[str] = frozenset(get_args(BuildStatus))
+BUILD_STATUSES: frozenset[str] = frozenset(BuildStatus)
 BAN_KINDS: frozenset[str] = frozenset(get_args(BanKind))
 QUOTA_SCOPES: frozenset[str] = frozenset(get_args(QuotaScope))
 
@@ -65,73 +65,6 @@ SYSTEM_ACTOR = "system"
 BUSY_TIMEOUT_MS = 5000
 
 MEMORY = ":memory:"
-
-#: ``MIGRATIONS[n]`` brings the schema from version ``n`` to ``n + 1``. Append only.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """
-        CREATE TABLE builds (
-            build_id    TEXT PRIMARY KEY,
-            provider    TEXT NOT NULL,
-            spec        TEXT NOT NULL,
-            repo_url    TEXT NOT NULL,
-            ref         TEXT NOT NULL,
-            image       TEXT NOT NULL,
-            node        TEXT NOT NULL,
-            status      TEXT NOT NULL
-                CHECK (status IN ('queued', 'running', 'built', 'failed', 'cancelled')),
-            reason      TEXT NOT NULL,
-            started_at  REAL NOT NULL,
-            finished_at REAL
-        )
-        """,
-        "CREATE INDEX builds_by_started ON builds (started_at)",
-        "CREATE INDEX builds_by_image ON builds (image, started_at)",
-        "CREATE INDEX builds_by_finished ON builds (finished_at) WHERE finished_at IS NOT NULL",
-        # Clustered by (build_id, seq): reading one build's log is one range scan.
-        """
-        CREATE TABLE build_logs (
-            build_id TEXT NOT NULL REFERENCES builds (build_id) ON DELETE CASCADE,
-            seq      INTEGER NOT NULL,
-            line     TEXT NOT NULL,
-            PRIMARY KEY (build_id, seq)
-        ) WITHOUT ROWID
-        """,
-        # AUTOINCREMENT so a removed ban's id is never reused: audit rows refer to it.
-        """
-        CREATE TABLE bans (
-            ban_id     INTEGER PRIMARY KEY AUTOINCREMENT,
-            kind       TEXT NOT NULL CHECK (kind IN ('spec', 'network')),
-            pattern    TEXT NOT NULL,
-            reason     TEXT NOT NULL,
-            created_by TEXT NOT NULL,
-            created_at REAL NOT NULL
-        )
-        """,
-        """
-        CREATE TABLE quotas (
-            scope      TEXT NOT NULL CHECK (scope IN ('repo', 'pod')),
-            key        TEXT NOT NULL,
-            quota      INTEGER NOT NULL CHECK (quota >= 0),
-            expires_at REAL,
-            created_by TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            PRIMARY KEY (scope, key)
-        )
-        """,
-        """
-        CREATE TABLE audit (
-            entry_id INTEGER PRIMARY KEY AUTOINCREMENT,
-            at       REAL NOT NULL,
-            actor    TEXT NOT NULL,
-            action   TEXT NOT NULL,
-            detail   TEXT NOT NULL
-        )
-        """,
-    ),
-)
-
-SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class StoreError(SwarmbinderError):
@@ -314,7 +247,7 @@ class Store:
             row = conn.execute(
                 f"SELECT {_BUILD_COLUMNS} FROM builds WHERE build_id = ?", (build_id,)
             ).fetchone()
-            return None if row is None else BuildRecord(*row)
+            return None if row is None else _build_record(row)
 
         return await self._run("get build", op)
 
@@ -327,7 +260,7 @@ class Store:
                 f"SELECT {_BUILD_COLUMNS} FROM builds ORDER BY started_at DESC, rowid DESC LIMIT ?",
                 (limit,),
             ).fetchall()
-            return [BuildRecord(*row) for row in rows]
+            return [_build_record(row) for row in rows]
 
         return await self._run("list builds", op)
 
@@ -340,7 +273,7 @@ class Store:
                 " ORDER BY started_at DESC, rowid DESC",
                 (image,),
             ).fetchall()
-            return [BuildRecord(*row) for row in rows]
+            return [_build_record(row) for row in rows]
 
         return await self._run("list builds for image", op)
 
@@ -355,7 +288,7 @@ class Store:
                 " ORDER BY started_at DESC, rowid DESC LIMIT ?",
                 (prefix, prefix + "\U0010ffff", limit),
             ).fetchall()
-            return [BuildRecord(*row) for row in rows]
+            return [_build_record(row) for row in rows]
 
         return await self._run("list builds by id", op)
 
@@ -691,6 +624,23 @@ def _rowid(cur: sqlite3.Cursor) -> int:
     if rowid is None:  # pragma: no cover - an INSERT always sets it
         raise RuntimeError("INSERT did not report a rowid")
     return rowid
+
+
+def _build_record(row: tuple[Any, ...]) -> BuildRecord:
+    build_id, provider, spec, repo_url, ref, image, node, status, reason, started, finished = row
+    return BuildRecord(
+        build_id,
+        provider,
+        spec,
+        repo_url,
+        ref,
+        image,
+        node,
+        BuildStatus(status),
+        reason,
+        started,
+        finished,
+    )
 
 
 def _ban_detail(ban: BanRecord) -> dict[str, Any]:

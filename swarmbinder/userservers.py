@@ -1,10 +1,11 @@
 """Users' Jupyter servers as Swarm sees them: listing for quotas, and reaping orphans.
 
 SwarmSpawner runs each server as a Swarm service. The hub configuration in
-``stack/hub/jupyterhub_config.py`` labels those services (the names below must stay equal to the
-ones there), so swarmbinder can count running servers per repository straight from Swarm, and
-find services the hub has forgotten: a spawn that failed or was cancelled can leave its service
-behind, and nothing else would ever remove it.
+``stack/hub/jupyterhub_config.py`` labels those services (the label names and values of
+:mod:`swarmbinder.labels` must stay equal to the ones there), so swarmbinder can count running
+servers per repository straight from Swarm, and find services the hub has forgotten: a spawn
+that failed or was cancelled can leave its service behind, and nothing else would ever remove
+it.
 """
 
 from __future__ import annotations
@@ -18,19 +19,19 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from .errors import SwarmbinderError
+from .labels import (
+    LABEL_HUB,
+    LABEL_IMAGE,
+    LABEL_REPO_URL,
+    LABEL_ROLE,
+    LABEL_SERVER_NAME,
+    LABEL_SPEC,
+    LABEL_USER,
+    ROLE_USER_SERVER,
+)
 from .swarm import ServiceInfo, SwarmClient
 
 log = logging.getLogger(__name__)
-
-LABEL_ROLE = "swarmbinder.role"
-ROLE_USER_SERVER = "user-server"
-#: Which hub made the service (``SWARMBINDER_HUB_ID``), so hubs sharing a swarm keep apart.
-LABEL_HUB = "swarmbinder.hub"
-LABEL_USER = "swarmbinder.user"
-LABEL_SERVER_NAME = "swarmbinder.server-name"
-LABEL_IMAGE = "swarmbinder.image"
-LABEL_REPO_URL = "swarmbinder.repo-url"
-LABEL_SPEC = "swarmbinder.spec"
 
 #: A service younger than this is never reaped: its spawn may still be on its way to the hub.
 DEFAULT_GRACE_SECONDS = 120.0

@@ -31,9 +31,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from swarmbinder.builds import KIND_BUILD, KIND_LABEL, Build, BuildRequest, BuildSettings
+from swarmbinder.buildjob import BuildRequest, BuildSettings
+from swarmbinder.buildwatch import Build
 from swarmbinder.events import BuildEvent
 from swarmbinder.handlers.registrytoken import add_registry_token_route
+from swarmbinder.labels import KIND_BUILD
+from swarmbinder.labels import LABEL_KIND as KIND_LABEL
 from swarmbinder.registrytokens import TOKEN_PATH, SigningPair, TokenIssuer, make_signing_pair
 from swarmbinder.swarm import SwarmClient
 

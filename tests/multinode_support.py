@@ -21,7 +21,9 @@ from typing import Any
 
 import pytest
 
-from swarmbinder.builds import Build, BuildManager, BuildRequest, BuildSettings
+from swarmbinder.buildjob import BuildRequest, BuildSettings
+from swarmbinder.builds import BuildManager
+from swarmbinder.buildwatch import Build
 from swarmbinder.sticky import Node, rank_nodes
 from swarmbinder.swarm import SwarmClient
 

@@ -13,7 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from swarmbinder.admin import AdminService, ConfigQuotas
-from swarmbinder.builds import Build, BuildRequest, BuildStatus
+from swarmbinder.buildjob import BuildRequest
+from swarmbinder.buildstatus import BuildStatus
+from swarmbinder.buildwatch import Build
 from swarmbinder.config import load_config
 from swarmbinder.errors import SwarmUnavailable
 from swarmbinder.events import BuildEvent, Phase

@@ -18,6 +18,7 @@ from build_fixtures import (
     wait_until_gone,
 )
 
+from swarmbinder.buildjob import BuildRequest
 from swarmbinder.buildlogs import (
     BuildLogRecorder,
     prune_build_logs,
@@ -25,7 +26,8 @@ from swarmbinder.buildlogs import (
     record_id,
     recording_manager,
 )
-from swarmbinder.builds import Build, BuildRequest, BuildStatus
+from swarmbinder.buildstatus import BuildStatus
+from swarmbinder.buildwatch import Build
 from swarmbinder.events import BuildEvent, Phase
 from swarmbinder.store import Store
 from swarmbinder.swarm import SwarmClient

@@ -12,20 +12,13 @@ from typing import Any
 
 import pytest
 
-from swarmbinder.builds import (
-    KIND_BUILD,
-    KIND_LABEL,
-    Build,
-    BuildManager,
-    BuildRequest,
-    BuildSettings,
-    BuildStatus,
-    announces_push_of,
-    as_log_event,
-    failure_reason,
-    repo2docker_args,
-)
+from swarmbinder.buildjob import BuildRequest, BuildSettings, repo2docker_args
+from swarmbinder.builds import BuildManager
+from swarmbinder.buildstatus import BuildStatus
+from swarmbinder.buildwatch import Build, announces_push_of, as_log_event, failure_reason
 from swarmbinder.events import BuildEvent, Phase
+from swarmbinder.labels import KIND_BUILD
+from swarmbinder.labels import LABEL_KIND as KIND_LABEL
 from swarmbinder.swarm import SwarmClient, TaskState, TaskStateName
 
 

@@ -31,7 +31,8 @@ from build_fixtures import (
     wait_until_gone,
 )
 
-from swarmbinder.builds import BuildManager, BuildStatus
+from swarmbinder.builds import BuildManager
+from swarmbinder.buildstatus import BuildStatus
 from swarmbinder.events import Phase
 from swarmbinder.swarm import SwarmClient
 

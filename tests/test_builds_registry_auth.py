@@ -25,19 +25,18 @@ from build_fixtures import (
     swarm,
 )
 
-from swarmbinder.builds import (
+from swarmbinder.buildjob import (
     BUILDER_DOCKER_CONFIG,
-    KIND_BUILD,
-    KIND_LABEL,
-    KIND_REGISTRY_AUTH,
-    BuildManager,
     docker_config_json,
     image_registry_host,
     registry_auth_secret_name,
     url_registry_host,
 )
+from swarmbinder.builds import BuildManager
 from swarmbinder.errors import RegistryError
 from swarmbinder.events import Phase
+from swarmbinder.labels import KIND_BUILD, KIND_REGISTRY_AUTH
+from swarmbinder.labels import LABEL_KIND as KIND_LABEL
 from swarmbinder.registry import RegistryClient
 from swarmbinder.swarm import JobSpec, SecretMount, SwarmClient
 

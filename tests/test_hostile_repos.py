@@ -57,20 +57,20 @@ from hostile_support import (
 )
 
 from swarmbinder.app import create_app
-from swarmbinder.buildlogs import read_build_log
-from swarmbinder.builds import (
+from swarmbinder.buildjob import (
     BUILD_AUTH_PREFIX,
     BUILDER_DOCKER_CONFIG,
-    KIND_BUILD,
-    KIND_LABEL,
-    Build,
-    BuildManager,
     BuildRequest,
     docker_config_json,
 )
+from swarmbinder.buildlogs import read_build_log
+from swarmbinder.builds import BuildManager
+from swarmbinder.buildwatch import Build
 from swarmbinder.config import load_config
 from swarmbinder.events import BuildEvent, Phase
 from swarmbinder.keys import BUILDS, STORE, SWARM
+from swarmbinder.labels import KIND_BUILD
+from swarmbinder.labels import LABEL_KIND as KIND_LABEL
 from swarmbinder.registrytokens import TOKEN_PATH, BuildCredential, make_signing_pair
 from swarmbinder.scrub import DEFAULT_SCRUBBER, REPLACEMENT, ScrubFilter
 from swarmbinder.swarm import MAX_LOG_LINE, SwarmClient

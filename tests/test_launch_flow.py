@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from swarmbinder.builds import BuildRequest
+from swarmbinder.buildjob import BuildRequest
 from swarmbinder.errors import LaunchFailed, QuotaExceeded, SpecBanned
 from swarmbinder.events import BuildEvent, Phase
 from swarmbinder.launch_flow import INTERNAL_ERROR_MESSAGE, LaunchFlow, LaunchRequest

@@ -15,19 +15,17 @@ from swarmbinder import naming
 from swarmbinder.errors import LaunchFailed
 from swarmbinder.events import BuildEvent, Phase
 from swarmbinder.hubclient import HubClient
-from swarmbinder.launcher import Launcher
-from swarmbinder.registry import RegistryClient
-from swarmbinder.swarm import JobSpec, SwarmClient
-from swarmbinder.userservers import (
+from swarmbinder.labels import (
     LABEL_HUB,
     LABEL_ROLE,
     LABEL_SERVER_NAME,
     LABEL_USER,
     ROLE_USER_SERVER,
-    count_by_repo,
-    list_user_servers,
-    reap_orphans,
 )
+from swarmbinder.launcher import Launcher
+from swarmbinder.registry import RegistryClient
+from swarmbinder.swarm import JobSpec, SwarmClient
+from swarmbinder.userservers import count_by_repo, list_user_servers, reap_orphans
 
 pytestmark = pytest.mark.swarm
 

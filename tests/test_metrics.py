@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from swarmbinder.builds import BuildRequest
+from swarmbinder.buildjob import BuildRequest
 from swarmbinder.errors import QuotaExceeded
 from swarmbinder.launch_flow import LaunchRequest
 from swarmbinder.metrics import (

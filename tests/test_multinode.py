@@ -33,7 +33,10 @@ from multinode_support import (
     slow_dockerfile,
 )
 
-from swarmbinder.builds import Build, BuildManager, BuildRequest, BuildStatus
+from swarmbinder.buildjob import BuildRequest
+from swarmbinder.builds import BuildManager
+from swarmbinder.buildstatus import BuildStatus
+from swarmbinder.buildwatch import Build
 from swarmbinder.swarm import SwarmClient
 
 pytestmark = pytest.mark.swarm

@@ -43,7 +43,9 @@ from multinode_support import (
     swarm,
 )
 
-from swarmbinder.builds import Build, BuildManager, BuildRequest
+from swarmbinder.buildjob import BuildRequest
+from swarmbinder.builds import BuildManager
+from swarmbinder.buildwatch import Build
 from swarmbinder.events import BuildEvent, Phase
 from swarmbinder.registrytokens import TokenIssuer, make_signing_pair
 

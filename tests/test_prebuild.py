@@ -19,7 +19,8 @@ from swarmbinder import cli
 from swarmbinder.config import load_config
 from swarmbinder.errors import RefNotFound, RegistryError, SpecError
 from swarmbinder.events import MSG_DONE_BUILT, MSG_DONE_FOUND, BuildEvent, Phase
-from swarmbinder.prebuild.jobs import DOCKER_SOCKET, JobTarget, job_config_yaml, job_spec
+from swarmbinder.labels import DOCKER_SOCKET
+from swarmbinder.prebuild.jobs import JobTarget, job_config_yaml, job_spec
 from swarmbinder.prebuild.run import Item, Report, State, run_prebuild
 from swarmbinder.prebuildcmd import collect_specs, parse_spec_lines
 from swarmbinder.prebuilddisplay import (

@@ -33,9 +33,12 @@ from build_fixtures import (
     token_registry,
 )
 
-from swarmbinder.builds import BUILD_OF_LABEL, KIND_BUILD_AUTH, KIND_LABEL, BuildManager
+from swarmbinder.builds import BuildManager
 from swarmbinder.errors import BuildFailed, SwarmRequestFailed
 from swarmbinder.events import Phase
+from swarmbinder.labels import KIND_BUILD_AUTH
+from swarmbinder.labels import LABEL_BUILD as BUILD_OF_LABEL
+from swarmbinder.labels import LABEL_KIND as KIND_LABEL
 from swarmbinder.registry import RegistryClient
 from swarmbinder.registrytokens import TokenIssuer, make_signing_pair
 from swarmbinder.swarm import SecretInfo, SwarmClient

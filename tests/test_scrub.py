@@ -18,8 +18,10 @@ from prometheus_client import generate_latest
 
 from swarmbinder.admin import AdminService
 from swarmbinder.app import config_secrets, scrub_config_secrets
+from swarmbinder.buildjob import BuildRequest
 from swarmbinder.buildlogs import BuildLogRecorder, record_id
-from swarmbinder.builds import Build, BuildRequest, BuildStatus
+from swarmbinder.buildstatus import BuildStatus
+from swarmbinder.buildwatch import Build
 from swarmbinder.config import iter_options, load_config
 from swarmbinder.events import BuildEvent, Phase
 from swarmbinder.handlers.admin import add_admin_routes

@@ -12,7 +12,6 @@ import pytest
 
 from swarmbinder.errors import SwarmbinderError
 from swarmbinder.store import (
-    SCHEMA_VERSION,
     AuditEntry,
     BanRecord,
     BuildRecord,
@@ -21,6 +20,7 @@ from swarmbinder.store import (
     StoreClosed,
     StoreError,
 )
+from swarmbinder.storeschema import SCHEMA_VERSION
 
 
 class Clock:

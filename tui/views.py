@@ -22,6 +22,9 @@ from .plain import cell, plain
 
 Json = dict[str, Any]
 
+#: The admin API's ``phase`` of a build still going: the values of swarmbinder's BuildStatus
+#: (swarmbinder.buildstatus) that are not an end, spelled here as the console never imports
+#: the service.
 ACTIVE_PHASES = ("queued", "running")
 #: Finished builds kept in the table (newest stay).
 MAX_FINISHED_ROWS = 200

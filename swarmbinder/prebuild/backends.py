@@ -20,7 +20,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 from yarl import URL
 
-from ..builds import BuildManager, BuildSettings
+from ..buildjob import BuildSettings
+from ..builds import BuildManager
 from ..config import Config
 from ..errors import ConfigError, SpecError, SwarmbinderError
 from ..events import BuildEvent, Phase, SSEDecoder

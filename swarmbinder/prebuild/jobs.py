@@ -20,16 +20,22 @@ from typing import Any
 
 import yaml
 
-from ..builds import KIND_LABEL
 from ..config import OPTIONS, Config
 from ..errors import SwarmbinderError
+from ..labels import (
+    DOCKER_SOCKET,
+    KIND_PREBUILD,
+    LABEL_CREATED,
+    LABEL_KIND,
+    LABEL_PREBUILD_JOB,
+    LABEL_PREBUILD_SECRET,
+    LABEL_PREBUILD_SPECS,
+)
 from ..swarm import BindMount, JobSpec, SecretInfo, SecretMount, ServiceInfo, SwarmClient, TaskState
 
-KIND_PREBUILD = "prebuild"
 JOB_PREFIX = "swarmbinder-prebuild-"
 #: Where a job finds its config file (or admin token): a Swarm secret, since both hold secrets.
 JOB_SECRET_TARGET = "/run/secrets/swarmbinder-prebuild"
-DOCKER_SOCKET = "/var/run/docker.sock"
 #: Finished prebuild jobs older than this are removed when the next job is started, so
 #: scheduled runs do not pile up services (the latest ones stay for ``docker service ps``).
 JOB_RETENTION_SECONDS = 7 * 24 * 3600
@@ -96,10 +102,10 @@ def job_spec(
     if parallel:
         args += ["--parallel", str(parallel)]
     labels = {
-        KIND_LABEL: KIND_PREBUILD,
-        "swarmbinder.prebuild.specs": str(len(specs)),
-        "swarmbinder.prebuild.secret": secret.name,
-        "swarmbinder.created": f"{time.time() if now is None else now:.3f}",
+        LABEL_KIND: KIND_PREBUILD,
+        LABEL_PREBUILD_SPECS: str(len(specs)),
+        LABEL_PREBUILD_SECRET: secret.name,
+        LABEL_CREATED: f"{time.time() if now is None else now:.3f}",
     }
     return JobSpec(
         name=name,
@@ -130,7 +136,7 @@ async def start_job(
         payload = job_config_yaml(target.config)
     else:
         payload = target.token.encode()
-    labels = {KIND_LABEL: KIND_PREBUILD, "swarmbinder.prebuild.job": name}
+    labels = {LABEL_KIND: KIND_PREBUILD, LABEL_PREBUILD_JOB: name}
     info = await swarm.ensure_secret(name, payload, labels)
     spec = job_spec(
         name,
@@ -152,10 +158,10 @@ async def start_job(
 async def remove_job(swarm: SwarmClient, name: str) -> bool:
     """Remove a prebuild job, its leftover container and its secret; False if it was gone."""
     service = await swarm.inspect_service(name)
-    if service is None or service.labels.get(KIND_LABEL) != KIND_PREBUILD:
+    if service is None or service.labels.get(LABEL_KIND) != KIND_PREBUILD:
         return False
     await swarm.remove_service(service.id)
-    secret = service.labels.get("swarmbinder.prebuild.secret", "")
+    secret = service.labels.get(LABEL_PREBUILD_SECRET, "")
     if secret:
         await swarm.remove_secret(secret)
     return True
@@ -190,15 +196,15 @@ class JobStatus:
 async def list_jobs(swarm: SwarmClient) -> list[JobStatus]:
     """Every prebuild job on the swarm, oldest first, with its task's state and exit code."""
     jobs = []
-    for service in await swarm.list_services({KIND_LABEL: KIND_PREBUILD}):
+    for service in await swarm.list_services({LABEL_KIND: KIND_PREBUILD}):
         tasks = await swarm.tasks(service.name)
         task = tasks[-1] if tasks else None
         labels = service.labels
         jobs.append(
             JobStatus(
                 name=service.name,
-                specs=int(labels.get("swarmbinder.prebuild.specs", "0") or 0),
-                created=float(labels.get("swarmbinder.created", "0") or 0),
+                specs=int(labels.get(LABEL_PREBUILD_SPECS, "0") or 0),
+                created=float(labels.get(LABEL_CREATED, "0") or 0),
                 state=task.state.value if task else "pending",
                 exit_code=task.exit_code if task else None,
                 message=(task.error or task.message) if task else "",
