@@ -31,7 +31,7 @@ from pathlib import Path
 
 import asyncssh
 
-from swarmbinder.sshkeys import AuthorizedKeysError, authorized_keys_checked
+from .sshkeys import AuthorizedKeysError, authorized_keys_checked
 
 log = logging.getLogger("swarmbinder.sshconsole")
 
