@@ -671,8 +671,9 @@ def admin_ssh(args: argparse.Namespace) -> int:
         raise UsageError("--max-sessions must be at least 1")
     token_file = os.path.abspath(args.token_file)
     _admin_token(token_file)  # unreadable or empty: refuse now, not in every session
-    # Imported by name, like the console: only this command needs asyncssh.
-    sshconsole = importlib.import_module("swarmbinder_tui.sshconsole")
+    # Imported here, not at the top: only this command needs asyncssh.
+    from . import sshconsole
+
     options = sshconsole.ConsoleOptions(
         command=(sys.executable, "-m", PROG, "admin", "--url", url, "--token-file", token_file),
         authorized_keys=Path(args.authorized_keys),

@@ -53,11 +53,12 @@ in the module named before the dot; the rest live here::
     │   └── StackInputError (500)              it was asked for something impossible
     ├── hostsetup.SetupError (500)             a host setup step failed
     ├── sshkeys.AuthorizedKeysError (500)      also a ValueError: the console's keys file is bad
+    ├── sshconsole.ConsoleSetupError (500)     the SSH console's key file or address is unusable
     └── cli.UsageError (500)                   a command's own input check (exit code 2)
 
 The admin console (``tui/``) stands apart: it reads the service over HTTP only, and its own
 errors are a small tree of their own (``client.AdminClientError`` with ``Unauthorized``,
-``Unreachable`` and ``RequestFailed``; ``sshconsole.ConsoleSetupError``).
+``Unreachable`` and ``RequestFailed``).
 
 Adapters translate their transport errors into these at their boundary; the HTTP layer maps
 them to status codes in one place. Nothing in the domain raises aiohttp.web exceptions.

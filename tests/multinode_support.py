@@ -53,7 +53,7 @@ def _up() -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def multinode() -> Iterator[dict[str, Any]]:
-    """The 3-node ground's description (see swarmbinder/hostsetup_multinode.py)."""
+    """The 3-node ground's description (see stack/multinode/)."""
     ground = _up()
     yield ground
     if os.environ.get("SWARMBINDER_KEEP_MULTINODE") != "1":

@@ -21,6 +21,7 @@ not connect to (:mod:`swarmbinder.outbound`).
 
 from .base import MAX_SPEC_LENGTH, RepoProvider, check_ref, check_text, is_full_sha
 from .cache import EtagCache, NegativeCache
+from .catalogue import ProviderFactory, ProviderRegistry, default_registry, parse_spec
 from .ckan import CKANProvider
 from .datarepo import DataCache, DataRepoProvider
 from .dataverse import DataverseProvider
@@ -29,7 +30,6 @@ from .git import GitRepoProvider
 from .github import GistRepoProvider, GitHubCache, GitHubRepoProvider, RateLimit
 from .gitlab import GitLabRepoProvider
 from .hydroshare import HydroshareProvider
-from .registry import ProviderFactory, ProviderRegistry, default_registry, parse_spec
 from .zenodo import ZenodoProvider
 
 __all__ = [

@@ -34,6 +34,35 @@ def minutes_text(seconds: float) -> str:
     return f"{minutes} minute{'s' if minutes != 1 else ''}"
 
 
+def unexpected(service: str, url: str, detail: str) -> ProviderUnavailable:
+    """``service`` answered, but not with what its API promises."""
+    return ProviderUnavailable(
+        f"{service} answered {url} {detail}",
+        user_message=f"{service} gave an unexpected answer. Try again later.",
+    )
+
+
+def answered_status(
+    service: str, status: int, url: str, detail: str | None = None
+) -> ProviderUnavailable:
+    """``service``'s API answered with a status that has no meaning of its own here."""
+    message = f"{service} API answered {status} for {url}"
+    return ProviderUnavailable(
+        message if detail is None else f"{message}: {detail}",
+        user_message=f"{service} answered {status}. Try again later.",
+    )
+
+
+def retry_after(headers: Mapping[str, str], default: float = 60.0) -> float:
+    """Seconds to wait from a ``Retry-After`` header (its seconds form), else ``default``."""
+    value = headers.get("Retry-After", "")
+    return float(value) if value.isdigit() else default
+
+
+def rate_limit_exceeded(service: str, wait: float) -> ProviderUnavailable:
+    return ProviderUnavailable(f"{service} rate limit exceeded. Try again in {minutes_text(wait)}.")
+
+
 def is_full_sha(ref: str) -> bool:
     """A full SHA-1 or SHA-256 commit id, which needs no resolving."""
     return _SHA.fullmatch(ref) is not None

@@ -16,10 +16,9 @@ from .datarepo import (
     DataCache,
     DataRepoProvider,
     check_tag,
-    data_display_config,
-    data_labels,
     epoch_seconds,
 )
+from .form import form_display_config, form_labels
 
 # CKAN dataset names are [a-z0-9_-] (2-100 characters), ids are UUIDs; both end up in the tag
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
@@ -35,16 +34,17 @@ class CKANProvider(DataRepoProvider):
 
     prefix: ClassVar[str] = "ckan"
     name: ClassVar[str] = "CKAN"
-    labels: ClassVar[Mapping[str, object]] = data_labels(
-        "CKAN dataset URL (https://demo.ckan.org/dataset/my-sample-dataset-001)"
+    labels: ClassVar[Mapping[str, object]] = form_labels(
+        "CKAN dataset URL (https://demo.ckan.org/dataset/my-sample-dataset-001)", has_ref=False
     )
-    display_config: ClassVar[Mapping[str, object]] = data_display_config(
+    display_config: ClassVar[Mapping[str, object]] = form_display_config(
         "ckan",
         "CKAN dataset",
         label="CKAN dataset URL",
         placeholder="https://demo.ckan.org/dataset/my-sample-dataset-001",
         validate_regex=r"[^/]+",
         url_encode=True,
+        has_ref=False,
     )
 
     def __init__(

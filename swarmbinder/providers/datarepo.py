@@ -8,7 +8,7 @@ Zenodo, Figshare, Dataverse, HydroShare and CKAN hold datasets, not git reposito
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -19,7 +19,15 @@ from yarl import URL
 
 from ..errors import ProviderUnavailable, RefNotFound, SpecError
 from ..outbound import OutboundPolicy
-from .base import DEFAULT_TIMEOUT, USER_AGENT, RepoProvider, minutes_text
+from .base import (
+    DEFAULT_TIMEOUT,
+    USER_AGENT,
+    RepoProvider,
+    answered_status,
+    rate_limit_exceeded,
+    retry_after,
+    unexpected,
+)
 from .cache import EtagCache, NegativeCache
 
 T = TypeVar("T")
@@ -31,6 +39,8 @@ _DOI = re.compile(r"10\.\d{4,9}/[^\s\"'<>\\]+")
 # What Docker accepts as an image tag; every resolved ref here becomes one.
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+#: the home form's check of a DOI spec, BinderHub's
+DOI_FORM_REGEX = r"10\.\d+\/(.)+"
 
 
 @dataclass
@@ -43,35 +53,6 @@ class DataCache:
 
     answers: EtagCache[Any] = field(default_factory=EtagCache)
     not_found: NegativeCache = field(default_factory=NegativeCache)
-
-
-def data_labels(text: str) -> Mapping[str, object]:
-    """The home form's labels for a data repository: one text field, no ref."""
-    return {
-        "text": text,
-        "tag_text": "Git ref (branch, tag, or commit)",
-        "ref_prop_disabled": True,
-        "label_prop_disabled": True,
-    }
-
-
-def data_display_config(
-    provider_id: str,
-    display_name: str,
-    *,
-    label: str,
-    placeholder: str,
-    validate_regex: str = r"10\.\d+\/(.)+",
-    url_encode: bool = False,
-) -> Mapping[str, object]:
-    """``/api/repoproviders``' entry for a data repository (no ref field), as BinderHub's."""
-    return {
-        "displayName": display_name,
-        "id": provider_id,
-        "spec": {"validateRegex": validate_regex},
-        "repo": {"label": label, "placeholder": placeholder, "urlEncode": url_encode},
-        "ref": {"enabled": False},
-    }
 
 
 def check_doi(spec: str, service: str) -> None:
@@ -104,13 +85,6 @@ def epoch_seconds(timestamp: object, service: str) -> str:
         )
     parsed = datetime.strptime(match.group(0), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
     return str(int(parsed.timestamp()))
-
-
-def unexpected(service: str, url: str, detail: str) -> ProviderUnavailable:
-    return ProviderUnavailable(
-        f"{service} answered {url} {detail}",
-        user_message=f"{service} gave an unexpected answer. Try again later.",
-    )
 
 
 class DataRepoProvider(RepoProvider):
@@ -169,7 +143,7 @@ class DataRepoProvider(RepoProvider):
                 "the record may have been removed or made private."
             )
         if status == 429:
-            raise _rate_limited(self.name, {})
+            raise rate_limit_exceeded(self.name, retry_after({}))
         if status >= 400:
             raise ProviderUnavailable(
                 f"resolving DOI {doi} ended at {final} with {status}",
@@ -212,12 +186,9 @@ class DataRepoProvider(RepoProvider):
                 "and this Binder only builds public records."
             )
         if response.status == 429:
-            raise _rate_limited(self.name, response.headers)
+            raise rate_limit_exceeded(self.name, retry_after(response.headers))
         if response.status != 200:
-            raise ProviderUnavailable(
-                f"{self.name} API answered {response.status} for {url}",
-                user_message=f"{self.name} answered {response.status}. Try again later.",
-            )
+            raise answered_status(self.name, response.status, url)
         try:
             value = extract(response.json(self.name))
         except (KeyError, IndexError, TypeError, ValueError) as e:
@@ -244,9 +215,3 @@ class DoiRepoProvider(DataRepoProvider):
         super().__init__(spec, cache=cache, session=session, timeout=timeout, outbound=outbound)
         check_doi(spec, self.name)
         self.doi_resolver_url = doi_resolver_url
-
-
-def _rate_limited(service: str, headers: Mapping[str, str]) -> ProviderUnavailable:
-    retry_after = headers.get("Retry-After", "")
-    wait = float(retry_after) if retry_after.isdigit() else 60.0
-    return ProviderUnavailable(f"{service} rate limit exceeded. Try again in {minutes_text(wait)}.")

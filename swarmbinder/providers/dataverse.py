@@ -10,11 +10,11 @@ import escapism
 
 from ..errors import RefNotFound
 from .datarepo import (
+    DOI_FORM_REGEX,
     DoiRepoProvider,
     check_tag,
-    data_display_config,
-    data_labels,
 )
+from .form import form_display_config, form_labels
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,16 @@ class DataverseProvider(DoiRepoProvider):
 
     prefix: ClassVar[str] = "dataverse"
     name: ClassVar[str] = "Dataverse"
-    labels: ClassVar[Mapping[str, object]] = data_labels("Dataverse DOI (10.7910/DVN/TJCLKP)")
-    display_config: ClassVar[Mapping[str, object]] = data_display_config(
+    labels: ClassVar[Mapping[str, object]] = form_labels(
+        "Dataverse DOI (10.7910/DVN/TJCLKP)", has_ref=False
+    )
+    display_config: ClassVar[Mapping[str, object]] = form_display_config(
         "dataverse",
         "Dataverse DOI",
         label="Dataverse DOI",
         placeholder="example: 10.7910/DVN/TJCLKP",
+        validate_regex=DOI_FORM_REGEX,
+        has_ref=False,
     )
     #: The dataset found while resolving (set per instance by _resolve).
     _info: DatasetInfo | None = None

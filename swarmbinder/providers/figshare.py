@@ -11,12 +11,12 @@ from ..errors import RefNotFound, SpecError
 from ..outbound import OutboundPolicy
 from .base import DEFAULT_TIMEOUT
 from .datarepo import (
+    DOI_FORM_REGEX,
     DOI_RESOLVER_URL,
     DataCache,
     DoiRepoProvider,
-    data_display_config,
-    data_labels,
 )
+from .form import form_display_config, form_labels
 
 FIGSHARE_API_BASE_URL = "https://api.figshare.com/v2"
 
@@ -31,14 +31,16 @@ class FigshareProvider(DoiRepoProvider):
 
     prefix: ClassVar[str] = "figshare"
     name: ClassVar[str] = "Figshare"
-    labels: ClassVar[Mapping[str, object]] = data_labels(
-        "Figshare DOI (10.6084/m9.figshare.9782777.v1)"
+    labels: ClassVar[Mapping[str, object]] = form_labels(
+        "Figshare DOI (10.6084/m9.figshare.9782777.v1)", has_ref=False
     )
-    display_config: ClassVar[Mapping[str, object]] = data_display_config(
+    display_config: ClassVar[Mapping[str, object]] = form_display_config(
         "figshare",
         "FigShare DOI",
         label="FigShare DOI",
         placeholder="example: 10.6084/m9.figshare.9782777.v1",
+        validate_regex=DOI_FORM_REGEX,
+        has_ref=False,
     )
 
     def __init__(

@@ -13,6 +13,7 @@ from ..errors import ConfigError, ProviderUnavailable, RefNotFound, SpecError
 from ..outbound import OutboundPolicy, parse_address, resolve_checked
 from .base import RepoProvider, check_ref, check_text, is_full_sha
 from .cache import SharedLookups
+from .form import form_display_config, form_labels
 
 ALLOWED_PROTOCOLS = frozenset({"http", "https", "git", "ssh"})
 _DEFAULT_PORTS = {"http": 80, "https": 443, "git": 9418, "ssh": 22}
@@ -62,23 +63,17 @@ class GitRepoProvider(RepoProvider):
 
     prefix: ClassVar[str] = "git"
     name: ClassVar[str] = "Git"
-    labels: ClassVar[Mapping[str, object]] = {
-        "text": "Arbitrary git repository URL (http://git.example.com/repo)",
-        "tag_text": "Git ref (branch, tag, or commit)",
-        "ref_prop_disabled": False,
-        "label_prop_disabled": False,
-    }
-    display_config: ClassVar[Mapping[str, object]] = {
-        "displayName": "Git repository",
-        "id": "git",
-        "spec": {"validateRegex": r"[^/]+/.+"},
-        "repo": {
-            "label": "Arbitrary git repository URL",
-            "placeholder": "example: https://git.example.com/repo.git",
-            "urlEncode": True,
-        },
-        "ref": {"enabled": True, "default": "HEAD"},
-    }
+    labels: ClassVar[Mapping[str, object]] = form_labels(
+        "Arbitrary git repository URL (http://git.example.com/repo)"
+    )
+    display_config: ClassVar[Mapping[str, object]] = form_display_config(
+        "git",
+        "Git repository",
+        label="Arbitrary git repository URL",
+        placeholder="example: https://git.example.com/repo.git",
+        validate_regex=r"[^/]+/.+",
+        url_encode=True,
+    )
 
     def __init__(
         self,

@@ -19,11 +19,15 @@ from .base import (
     DEFAULT_TIMEOUT,
     HttpResponse,
     RepoProvider,
+    answered_status,
     check_ref,
     is_full_sha,
-    minutes_text,
+    rate_limit_exceeded,
+    retry_after,
+    unexpected,
 )
 from .cache import EtagCache, NegativeCache
+from .form import form_display_config, form_labels
 
 GITHUB_HOSTNAME = "github.com"
 GIST_HOSTNAME = "gist.github.com"
@@ -142,10 +146,7 @@ class _GitHubAPI(RepoProvider):
         if response.status in (403, 451):
             # what is left of 403 here is "Repository access blocked" (terms of service, DMCA)
             raise RefNotFound(f"GitHub refused access to {self.key}: {message}")
-        raise ProviderUnavailable(
-            f"GitHub API answered {response.status} for {url}: {message}",
-            user_message=f"GitHub answered {response.status}. Try again later.",
-        )
+        raise answered_status("GitHub", response.status, url, message)
 
     def _record_rate_limit(self, headers: Mapping[str, str]) -> None:
         try:
@@ -159,21 +160,19 @@ class _GitHubAPI(RepoProvider):
 
     def _raise_if_rate_limited(self, response: HttpResponse) -> None:
         headers = response.headers
-        retry_after = headers.get("Retry-After", "")
         if headers.get("X-RateLimit-Remaining") == "0":
             try:
                 wait = float(headers["X-RateLimit-Reset"]) - self.cache.clock()
             except (KeyError, ValueError):
                 wait = 60.0
-        elif retry_after.isdigit():
+        elif headers.get("Retry-After", "").isdigit():
             # secondary rate limits say how long to wait in Retry-After
-            wait = float(retry_after)
+            wait = retry_after(headers)
         elif response.status == 429:
             wait = 60.0
         else:
             return
-        message = f"GitHub rate limit exceeded. Try again in {minutes_text(wait)}."
-        raise ProviderUnavailable(message)
+        raise rate_limit_exceeded("GitHub", wait)
 
     def _repo_path(self, *parts: str) -> str:
         return "/".join(quote(p, safe="") for p in parts)
@@ -194,24 +193,16 @@ class GitHubRepoProvider(_GitHubAPI):
 
     prefix: ClassVar[str] = "gh"
     name: ClassVar[str] = "GitHub"
-    labels: ClassVar[Mapping[str, object]] = {
-        "text": "GitHub repository name or URL",
-        "tag_text": "Git ref (branch, tag, or commit)",
-        "ref_prop_disabled": False,
-        "label_prop_disabled": False,
-    }
-    display_config: ClassVar[Mapping[str, object]] = {
-        "displayName": "GitHub",
-        "id": "gh",
-        "spec": {"validateRegex": r"[^/]+/[^/]+/.+"},
-        "detect": {"regex": "^(https?://github.com/)?(?<repo>.*[^/])/?"},
-        "repo": {
-            "label": "GitHub repository name or URL",
-            "placeholder": "example: binder-examples/requirements or https://github.com/binder-examples/requirements",
-            "urlEncode": False,
-        },
-        "ref": {"enabled": True, "default": "HEAD"},
-    }
+    labels: ClassVar[Mapping[str, object]] = form_labels("GitHub repository name or URL")
+    display_config: ClassVar[Mapping[str, object]] = form_display_config(
+        "gh",
+        "GitHub",
+        label="GitHub repository name or URL",
+        placeholder="example: binder-examples/requirements or "
+        "https://github.com/binder-examples/requirements",
+        validate_regex=r"[^/]+/[^/]+/.+",
+        detect_regex="^(https?://github.com/)?(?<repo>.*[^/])/?",
+    )
 
     def __init__(
         self,
@@ -282,10 +273,7 @@ class GitHubRepoProvider(_GitHubAPI):
         data = response.json("GitHub")
         sha = data.get("sha") if isinstance(data, dict) else None
         if not isinstance(sha, str) or not is_full_sha(sha):
-            raise ProviderUnavailable(
-                f"GitHub answered {url} without a commit sha",
-                user_message="GitHub gave an unexpected answer. Try again later.",
-            )
+            raise unexpected("GitHub", url, "without a commit sha")
         etag = response.headers.get("ETag")
         if etag:
             self.cache.refs.set(url, etag, sha)
@@ -305,24 +293,17 @@ class GistRepoProvider(_GitHubAPI):
 
     prefix: ClassVar[str] = "gist"
     name: ClassVar[str] = "Gist"
-    labels: ClassVar[Mapping[str, object]] = {
-        "text": "Gist ID (username/gistId) or URL",
-        "tag_text": "Git commit SHA",
-        "ref_prop_disabled": False,
-        "label_prop_disabled": False,
-    }
-    display_config: ClassVar[Mapping[str, object]] = {
-        "displayName": "GitHub Gist",
-        "id": "gist",
-        "spec": {"validateRegex": r"[^/]+/[^/]+(/[^/]+)?"},
-        "detect": {"regex": "^(https?://gist.github.com/)?(?<repo>.*[^/])/?"},
-        "repo": {
-            "label": "Gist ID (username/gistId) or URL",
-            "placeholder": "",
-            "urlEncode": False,
-        },
-        "ref": {"enabled": True, "default": "HEAD"},
-    }
+    labels: ClassVar[Mapping[str, object]] = form_labels(
+        "Gist ID (username/gistId) or URL", tag_text="Git commit SHA"
+    )
+    display_config: ClassVar[Mapping[str, object]] = form_display_config(
+        "gist",
+        "GitHub Gist",
+        label="Gist ID (username/gistId) or URL",
+        placeholder="",
+        validate_regex=r"[^/]+/[^/]+(/[^/]+)?",
+        detect_regex="^(https?://gist.github.com/)?(?<repo>.*[^/])/?",
+    )
 
     def __init__(
         self,
@@ -410,10 +391,7 @@ class GistRepoProvider(_GitHubAPI):
                 versions=tuple(str(entry["version"]) for entry in data["history"]),
             )
         except (KeyError, TypeError) as e:
-            raise ProviderUnavailable(
-                f"GitHub answered {url} without a gist history",
-                user_message="GitHub gave an unexpected answer. Try again later.",
-            ) from e
+            raise unexpected("GitHub", url, "without a gist history") from e
         etag = response.headers.get("ETag")
         if etag:
             self.cache.gists.set(url, etag, info)

@@ -10,16 +10,20 @@ from urllib.parse import quote, unquote
 
 import aiohttp
 
-from ..errors import ProviderUnavailable, SpecError
+from ..errors import SpecError
 from ..outbound import OutboundPolicy
 from .base import (
     DEFAULT_TIMEOUT,
     RepoProvider,
+    answered_status,
     check_ref,
     check_text,
     is_full_sha,
-    minutes_text,
+    rate_limit_exceeded,
+    retry_after,
+    unexpected,
 )
+from .form import form_display_config, form_labels
 
 GITLAB_HOSTNAME = "gitlab.com"
 _SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
@@ -33,24 +37,16 @@ class GitLabRepoProvider(RepoProvider):
 
     prefix: ClassVar[str] = "gl"
     name: ClassVar[str] = "GitLab"
-    labels: ClassVar[Mapping[str, object]] = {
-        "text": "GitLab.com repository or URL",
-        "tag_text": "Git ref (branch, tag, or commit)",
-        "ref_prop_disabled": False,
-        "label_prop_disabled": False,
-    }
-    display_config: ClassVar[Mapping[str, object]] = {
-        "displayName": "GitLab",
-        "id": "gl",
-        "spec": {"validateRegex": r"[^/]+/.+"},
-        "detect": {"regex": "^(https?://gitlab.com/)?(?<repo>.*[^/])/?"},
-        "repo": {
-            "label": "GitLab repository name or URL",
-            "placeholder": "example: https://gitlab.com/group/project or group/project",
-            "urlEncode": True,
-        },
-        "ref": {"enabled": True, "default": "HEAD"},
-    }
+    labels: ClassVar[Mapping[str, object]] = form_labels("GitLab.com repository or URL")
+    display_config: ClassVar[Mapping[str, object]] = form_display_config(
+        "gl",
+        "GitLab",
+        label="GitLab repository name or URL",
+        placeholder="example: https://gitlab.com/group/project or group/project",
+        validate_regex=r"[^/]+/.+",
+        url_encode=True,
+        detect_regex="^(https?://gitlab.com/)?(?<repo>.*[^/])/?",
+    )
 
     def __init__(
         self,
@@ -130,21 +126,11 @@ class GitLabRepoProvider(RepoProvider):
         if response.status == 404:
             raise self._not_found()
         if response.status == 429:
-            retry_after = response.headers.get("Retry-After", "")
-            wait = float(retry_after) if retry_after.isdigit() else 60.0
-            raise ProviderUnavailable(
-                f"GitLab rate limit exceeded. Try again in {minutes_text(wait)}."
-            )
+            raise rate_limit_exceeded("GitLab", retry_after(response.headers))
         if response.status != 200:
-            raise ProviderUnavailable(
-                f"GitLab API answered {response.status} for {url}",
-                user_message=f"GitLab answered {response.status}. Try again later.",
-            )
+            raise answered_status("GitLab", response.status, url)
         data = response.json("GitLab")
         sha = data.get("id") if isinstance(data, dict) else None
         if not isinstance(sha, str) or not is_full_sha(sha):
-            raise ProviderUnavailable(
-                f"GitLab answered {url} without a commit id",
-                user_message="GitLab gave an unexpected answer. Try again later.",
-            )
+            raise unexpected("GitLab", url, "without a commit id")
         return sha

@@ -14,10 +14,9 @@ from .base import DEFAULT_TIMEOUT
 from .datarepo import (
     DataCache,
     DataRepoProvider,
-    data_display_config,
-    data_labels,
     epoch_seconds,
 )
+from .form import form_display_config, form_labels
 
 HYDROSHARE_BASE_URL = "https://www.hydroshare.org"
 # BinderHub's rule: the resource id is the (last) 32 hex digits anywhere in the spec, so a bare
@@ -34,14 +33,17 @@ class HydroshareProvider(DataRepoProvider):
 
     prefix: ClassVar[str] = "hydroshare"
     name: ClassVar[str] = "Hydroshare"
-    labels: ClassVar[Mapping[str, object]] = data_labels("Hydroshare resource id or URL")
-    display_config: ClassVar[Mapping[str, object]] = data_display_config(
+    labels: ClassVar[Mapping[str, object]] = form_labels(
+        "Hydroshare resource id or URL", has_ref=False
+    )
+    display_config: ClassVar[Mapping[str, object]] = form_display_config(
         "hydroshare",
         "Hydroshare resource",
         label="Hydroshare resource id",
         placeholder="example: 8f7c2f0341ef4180b0dbe97f59130756",
         validate_regex=r"[^/]+",
         url_encode=True,
+        has_ref=False,
     )
 
     def __init__(

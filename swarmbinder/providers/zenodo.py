@@ -7,11 +7,11 @@ from typing import ClassVar
 
 from ..errors import RefNotFound
 from .datarepo import (
+    DOI_FORM_REGEX,
     DoiRepoProvider,
     check_tag,
-    data_display_config,
-    data_labels,
 )
+from .form import form_display_config, form_labels
 
 
 class ZenodoProvider(DoiRepoProvider):
@@ -24,12 +24,16 @@ class ZenodoProvider(DoiRepoProvider):
 
     prefix: ClassVar[str] = "zenodo"
     name: ClassVar[str] = "Zenodo"
-    labels: ClassVar[Mapping[str, object]] = data_labels("Zenodo DOI (10.5281/zenodo.3242074)")
-    display_config: ClassVar[Mapping[str, object]] = data_display_config(
+    labels: ClassVar[Mapping[str, object]] = form_labels(
+        "Zenodo DOI (10.5281/zenodo.3242074)", has_ref=False
+    )
+    display_config: ClassVar[Mapping[str, object]] = form_display_config(
         "zenodo",
         "Zenodo DOI",
         label="Zenodo DOI",
         placeholder="example: 10.5281/zenodo.3242074",
+        validate_regex=DOI_FORM_REGEX,
+        has_ref=False,
     )
 
     async def _resolve(self) -> str:

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import asyncssh
 
-from swarmbinder.sshkeys import AuthorizedKeysError, authorized_keys_checked
+from .errors import SwarmbinderError
+from .sshkeys import AuthorizedKeysError, authorized_keys_checked
 
 log = logging.getLogger("swarmbinder.sshconsole")
 
@@ -56,7 +57,7 @@ CHANNEL_CLOSE_GRACE = 5.0
 _TERM_NAME = re.compile(r"[A-Za-z0-9._+-]{1,64}")
 
 
-class ConsoleSetupError(Exception):
+class ConsoleSetupError(SwarmbinderError):
     """A key file or the listening address is unusable; one line for the operator."""
 
 

@@ -1,4 +1,4 @@
-"""Checks of option values, used by :mod:`swarmbinder.config`.
+"""Checks of option values, used by the sections of :mod:`swarmbinder.config`.
 
 Type checks turn a value read from YAML, the environment or flags into the field's type (lists
 into tuples, mappings read-only) or say what was expected. Value checks take an already

@@ -1,0 +1,136 @@
+"""The repository providers' sections, one nested YAML section each (``github:`` ...)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from . import values
+from .base import Section, opt
+
+
+@dataclass(frozen=True)
+class GitHubConfig(Section):
+    """The GitHub repo provider (YAML section ``github:``)."""
+
+    _prefix: ClassVar[str] = "github."
+
+    hostname: str = opt("github.com", "The GitHub hostname; change it for GitHub Enterprise.")
+    api_base_url: str = opt(
+        "https://api.{hostname}",
+        "The base URL of the GitHub API; {hostname} is replaced by hostname, e.g. "
+        "'https://{hostname}/api/v3' for GitHub Enterprise.",
+        check=values.http_url,
+    )
+    access_token: str = opt(
+        "", "GitHub access token for the GitHub API (raises its rate limit).", secret=True
+    )
+    client_id: str = opt("", "GitHub OAuth client id, for use with client_secret.")
+    client_secret: str = opt("", "GitHub OAuth client secret, for use with client_id.", secret=True)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.api_base_url, str) and isinstance(self.hostname, str):
+            expanded = self.api_base_url.replace("{hostname}", self.hostname)
+            object.__setattr__(self, "api_base_url", expanded)
+        super().__post_init__()
+
+
+@dataclass(frozen=True)
+class GitLabConfig(Section):
+    """The GitLab repo provider (YAML section ``gitlab:``)."""
+
+    _prefix: ClassVar[str] = "gitlab."
+
+    hostname: str = opt("gitlab.com", "The host of the GitLab instance.")
+    access_token: str = opt("", "GitLab OAuth2 access token for the GitLab API.", secret=True)
+    private_token: str = opt("", "GitLab private token for the GitLab API.", secret=True)
+
+
+@dataclass(frozen=True)
+class GitConfig(Section):
+    """The plain git repo provider, ``git/<url>/<ref>`` (YAML section ``git:``)."""
+
+    _prefix: ClassVar[str] = "git."
+
+    ref_cache_ttl: int = opt(
+        5,
+        "Seconds a branch or tag resolved with `git ls-remote` is reused for the same "
+        "repository and ref; a burst of clicks on one link then runs one `git ls-remote`, and "
+        "a push is seen at most this late. Concurrent lookups of one ref always share one "
+        "`git ls-remote`. 0: reuse nothing but concurrent lookups.",
+        minimum=0,
+    )
+
+
+_DOI_RESOLVER_HELP = (
+    "Where {name} DOIs are resolved (the DOI is appended as a path). BinderHub always asks "
+    "https://doi.org; repo2docker, which fetches the files, always does too."
+)
+
+
+@dataclass(frozen=True)
+class ZenodoConfig(Section):
+    """The Zenodo repo provider (YAML section ``zenodo:``)."""
+
+    _prefix: ClassVar[str] = "zenodo."
+
+    doi_resolver_url: str = opt(
+        "https://doi.org", _DOI_RESOLVER_HELP.format(name="Zenodo"), check=values.http_url
+    )
+
+
+@dataclass(frozen=True)
+class FigshareConfig(Section):
+    """The Figshare repo provider (YAML section ``figshare:``)."""
+
+    _prefix: ClassVar[str] = "figshare."
+
+    doi_resolver_url: str = opt(
+        "https://doi.org", _DOI_RESOLVER_HELP.format(name="Figshare"), check=values.http_url
+    )
+    api_base_url: str = opt(
+        "https://api.figshare.com/v2",
+        "The Figshare API, asked for the latest version of an article given without one.",
+        check=values.http_url,
+    )
+
+
+@dataclass(frozen=True)
+class HydroshareConfig(Section):
+    """The HydroShare repo provider (YAML section ``hydroshare:``)."""
+
+    _prefix: ClassVar[str] = "hydroshare."
+
+    base_url: str = opt(
+        "https://www.hydroshare.org",
+        "The HydroShare site: its API dates resources, and its {base_url}/resource/{id} is "
+        "the repo URL handed to repo2docker (which knows www.hydroshare.org only).",
+        check=values.http_url,
+    )
+
+
+@dataclass(frozen=True)
+class DataverseConfig(Section):
+    """The Dataverse repo provider (YAML section ``dataverse:``)."""
+
+    _prefix: ClassVar[str] = "dataverse."
+
+    doi_resolver_url: str = opt(
+        "https://doi.org",
+        _DOI_RESOLVER_HELP.format(name="Dataverse")
+        + " The DOI's landing page names the Dataverse installation whose API is asked.",
+        check=values.http_url,
+    )
+
+
+@dataclass(frozen=True)
+class ProvidersConfig:
+    """Repository providers' settings, one nested YAML section each."""
+
+    github: GitHubConfig = field(default_factory=GitHubConfig)
+    gitlab: GitLabConfig = field(default_factory=GitLabConfig)
+    git: GitConfig = field(default_factory=GitConfig)
+    zenodo: ZenodoConfig = field(default_factory=ZenodoConfig)
+    figshare: FigshareConfig = field(default_factory=FigshareConfig)
+    hydroshare: HydroshareConfig = field(default_factory=HydroshareConfig)
+    dataverse: DataverseConfig = field(default_factory=DataverseConfig)

@@ -1,0 +1,584 @@
+"""The option table: every section of the configuration and the options it holds.
+
+Each option is declared once, here, with its default, help text (docs/config.md is made from
+it) and checks; :mod:`.base` says what a section does with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+from . import values
+from .base import MASK, OptionInfo, Section, build_options, opt, plain
+from .providers import (
+    DataverseConfig,
+    FigshareConfig,
+    GitConfig,
+    GitHubConfig,
+    GitLabConfig,
+    HydroshareConfig,
+    ProvidersConfig,
+    ZenodoConfig,
+)
+
+_SPEC_MATCHING = (
+    "Patterns match the start of the spec as written after the provider prefix "
+    "(binder-examples/requirements/HEAD for gh), ignoring case."
+)
+
+
+@dataclass(frozen=True)
+class ServerConfig(Section):
+    """The HTTP server itself."""
+
+    host: str = opt("0.0.0.0", "Address to listen on; 0.0.0.0 listens on every interface.")
+    port: int = opt(8585, "Port for the builder to listen on.", minimum=1, maximum=65535)
+    base_url: str = opt(
+        "/",
+        "The base URL of the entire application. Normalised to start and end with '/'.",
+        check=values.base_url,
+    )
+    log_level: str = opt(
+        "INFO",
+        "Logging level by name: DEBUG, INFO, WARNING, ERROR, CRITICAL.",
+        check=values.log_level,
+    )
+    trusted_proxies: tuple[str, ...] = opt(
+        (),
+        "Networks (CIDR) of reverse proxies whose X-Forwarded-For header is honoured when "
+        "finding a client's address for bans and rate limits. Empty trusts no proxy.",
+        check=values.cidr_list,
+    )
+    cors_allow_origin: str = opt(
+        "",
+        "Origins that can access the API: sets Access-Control-Allow-Origin. '*' allows any "
+        "origin; empty sends no header.",
+    )
+    enable_api_only_mode: bool = opt(
+        False,
+        "Serve only the API (/build, /versions, /health, /metrics) and no HTML pages.",
+    )
+    store_path: str = opt(
+        "swarmbinder.sqlite",
+        "SQLite file for swarmbinder's own state (build records, bans, quotas); a relative "
+        "path is taken from the working directory.",
+    )
+
+
+@dataclass(frozen=True)
+class HubConfig(Section):
+    """The JupyterHub that runs users' servers (through SwarmSpawner)."""
+
+    hub_url: str = opt(
+        "",
+        "The base URL of the JupyterHub instance where users will run, as browsers reach it, "
+        "e.g. https://hub.example.org/. A trailing slash is added.",
+        check=values.http_url_slash,
+    )
+    hub_url_local: str = opt(
+        "",
+        "The base URL swarmbinder uses to reach the JupyterHub API, if it differs from hub_url "
+        "(e.g. http://jupyterhub:8000/ on the stack's network). Empty: use hub_url; read "
+        "HubConfig.local_url to get the effective value.",
+        check=values.http_url_slash,
+    )
+    hub_api_token: str = opt("", "API token for talking to the JupyterHub API.", secret=True)
+    auth_enabled: bool = opt(
+        False,
+        "Require users to log in to JupyterHub (no temporary users) and start the server for "
+        "the logged-in user.",
+    )
+    oauth_client_id: str = opt(
+        "service-swarmbinder",
+        "With auth_enabled: swarmbinder's OAuth client id at the hub (HubOAuth.oauth_client_id; "
+        "JupyterHub names a service's client service-<name>).",
+    )
+    oauth_redirect_uri: str = opt(
+        "",
+        "With auth_enabled: the OAuth callback as registered with the hub and reached by "
+        "browsers, e.g. https://binder.example.org/oauth_callback (HubOAuth.oauth_redirect_uri). "
+        "Empty: base_url + 'oauth_callback', a path on the hub's host, as BinderHub's default.",
+    )
+    oauth_client_secret: str = opt(
+        "",
+        "With auth_enabled: the OAuth client secret. Empty: hub_api_token (JupyterHub uses a "
+        "service's api_token as its client secret).",
+        secret=True,
+    )
+    cookie_secret: str | None = opt(
+        None,
+        "With auth_enabled: secret that signs login cookies, as a hex string of at least 16 "
+        "bytes. Null: a random secret per process (logins then do not survive a restart and "
+        "are not shared between replicas).",
+        secret=True,
+        check=values.cookie_secret,
+    )
+    allow_named_servers: bool = opt(
+        False,
+        "With auth_enabled: start each launch as a new named server of the logged-in user "
+        "(the hub must allow named servers), so one user can run several. False: launch the "
+        "user's default server, refused while it runs (BinderHub's Launcher.allow_named_servers).",
+    )
+    named_server_limit_per_user: int = opt(
+        0,
+        "With allow_named_servers: launches are refused while the user has this many named "
+        "servers. 0: no limit (BinderHub's Launcher.named_server_limit_per_user).",
+        minimum=0,
+    )
+    launch_timeout: int = opt(
+        600,
+        "Seconds to wait for a launched server to become ready before the launch fails "
+        "(BinderHub's Launcher.launch_timeout).",
+        minimum=1,
+    )
+    concurrent_launch_limit: int | None = opt(
+        None,
+        "User servers started at once by this replica; later launches wait in order and are "
+        "told their place. A starting Jupyter server is CPU-bound, so a burst started all at "
+        "once finishes later for everyone and runs into the hub's http_timeout. Null: two per "
+        "CPU of the swarm's ready, active nodes (read again every few seconds). 0: no limit.",
+        minimum=0,
+    )
+    hub_id: str = opt(
+        "",
+        "The hub's id as its user-server services are labelled (the hub's SWARMBINDER_HUB_ID, "
+        "by default its service name). Quotas count only that hub's servers, and services of "
+        "that hub that it no longer knows are removed. Empty: count every swarmbinder user "
+        "server and remove none.",
+    )
+    reaper_interval: int = opt(
+        60,
+        "Seconds between sweeps for user-server services their hub no longer knows.",
+        minimum=1,
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.auth_enabled and not self.hub_url:
+            raise ConfigError("hub_url", "auth_enabled needs hub_url: users log in at the hub")
+        if self.auth_enabled and not (self.oauth_client_secret or self.hub_api_token):
+            raise ConfigError(
+                "oauth_client_secret", "auth_enabled needs oauth_client_secret or hub_api_token"
+            )
+
+    @property
+    def local_url(self) -> str:
+        """The URL for swarmbinder's own requests to the Hub: hub_url_local, else hub_url."""
+        return self.hub_url_local or self.hub_url
+
+
+@dataclass(frozen=True)
+class RegistryConfig(Section):
+    """The Docker registry built images are pushed to and looked up in."""
+
+    use_registry: bool = opt(
+        True,
+        "Push built images to the registry and look images up there. False uses only images "
+        "the Docker engine already has, which suits a single-node swarm.",
+    )
+    image_prefix: str = opt(
+        "",
+        "Prefix for all built image names, naming the registry as every swarm node's Docker "
+        "engine reaches it, e.g. 127.0.0.1:5000/binder-. Lower case, no spaces.",
+        check=values.image_prefix,
+    )
+    registry_url: str = opt(
+        "http://registry:5000",
+        "Registry API URL swarmbinder queries for existing images (on the stack's network, "
+        "which may differ from the host in image_prefix).",
+        check=values.http_url,
+    )
+    registry_username: str | None = opt(
+        None, "User name for the registry API, with registry_password. Null: anonymous."
+    )
+    registry_password: str | None = opt(
+        None,
+        "Password for the registry API, with registry_username. With registry_token_key this "
+        "is the operator's login at the token endpoint, which may do everything.",
+        secret=True,
+    )
+    registry_token_key: str | None = opt(
+        None,
+        "PEM EC P-256 private key that signs the registry's tokens. Set, Binder is the token "
+        "issuer of a registry with `auth: token` (its endpoint: <base_url>registry/token) and "
+        "every build gets its own login that can push only its own image.",
+        secret=True,
+    )
+    registry_token_certificate: str | None = opt(
+        None,
+        "PEM certificate of registry_token_key: the registry's rootcertbundle, sent in each "
+        "token's x5c header.",
+        secret=True,
+    )
+    registry_token_issuer: str = opt(
+        "swarmbinder", "The tokens' `iss`: the registry's auth.token.issuer."
+    )
+    registry_token_service: str = opt(
+        "swarmbinder-registry", "The tokens' `aud`: the registry's auth.token.service."
+    )
+    registry_token_lifetime: int = opt(
+        300, "Seconds a registry token is valid; clients ask for a new one.", minimum=10
+    )
+    registry_pull_username: str | None = opt(
+        None,
+        "Login that may only pull images under image_prefix (the hub's, sent with every user "
+        "server), with registry_pull_password. Needs registry_token_key.",
+    )
+    registry_pull_password: str | None = opt(
+        None, "Password of registry_pull_username.", secret=True
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.registry_username is None) != (self.registry_password is None):
+            missing = "registry_password" if self.registry_password is None else "registry_username"
+            raise ConfigError(missing, "registry_username and registry_password go together")
+        if self.registry_username is not None and ":" in self.registry_username:
+            raise ConfigError("registry_username", "cannot contain ':' (HTTP basic auth)")
+        if (self.registry_token_key is None) != (self.registry_token_certificate is None):
+            missing = (
+                "registry_token_certificate"
+                if self.registry_token_certificate is None
+                else "registry_token_key"
+            )
+            raise ConfigError(
+                missing, "registry_token_key and registry_token_certificate go together"
+            )
+        if (self.registry_pull_username is None) != (self.registry_pull_password is None):
+            missing = (
+                "registry_pull_password"
+                if self.registry_pull_password is None
+                else "registry_pull_username"
+            )
+            raise ConfigError(
+                missing, "registry_pull_username and registry_pull_password go together"
+            )
+        if self.registry_pull_username is not None:
+            if self.registry_token_key is None:
+                raise ConfigError(
+                    "registry_pull_username", "needs registry_token_key (the token issuer)"
+                )
+            if ":" in self.registry_pull_username or self.registry_pull_username.startswith(
+                "build."
+            ):
+                raise ConfigError(
+                    "registry_pull_username", "cannot contain ':' or start with 'build.'"
+                )
+        if self.registry_token_key is not None:
+            from ..registrytokens import check_signing_pair
+
+            check_signing_pair(self.registry_token_key, self.registry_token_certificate or "")
+
+
+@dataclass(frozen=True)
+class BuildConfig(Section):
+    """repo2docker builds, each a one-shot Swarm service."""
+
+    docker_host: str | None = opt(
+        None,
+        "Docker engine (a swarm manager) to create build services on, e.g. "
+        "unix:///var/run/docker.sock or tcp://manager:2375. Null: DOCKER_HOST, else the local "
+        "socket.",
+        check=values.docker_host,
+    )
+    build_image: str = opt(
+        "quay.io/jupyterhub/repo2docker:2024.07.0",
+        "The repo2docker image to be used for doing builds.",
+    )
+    build_memory_limit: int = opt(
+        0,
+        "Max amount of memory for each image build, in bytes or as a size like '2G'; applied "
+        "to the build service and passed to repo2docker. 0 sets no limit.",
+        parse=values.byte_spec,
+        type_name="bytes",
+    )
+    build_node_selector: Mapping[str, str] = opt(
+        {},
+        "Select the nodes builds run on: each key: value becomes a Swarm placement constraint "
+        "'key==value', e.g. node.labels.binder-builds: 'true'.",
+    )
+    build_network: str = opt(
+        "host",
+        "Docker network the build service joins; 'host' lets repo2docker reach the registry "
+        "and the internet as the node does.",
+    )
+    appendix: str = opt(
+        "",
+        "Appendix to pass to repo2docker: Docker directives run at the end of every build. "
+        "A Python format string with {binder_url} and {repo_url} available.",
+    )
+    sticky_builds: bool = opt(
+        False,
+        "Attempt to run builds of the same repository on the same node, to reuse its layer cache.",
+    )
+    build_max_age: int = opt(
+        14400, "Maximum age of builds in seconds; builds running longer are killed.", minimum=1
+    )
+    build_cleanup_interval: int = opt(
+        60,
+        "Interval in seconds between removals of finished build services and killing of "
+        "builds older than build_max_age.",
+        minimum=1,
+    )
+    build_pending_timeout: int = opt(
+        300,
+        "Seconds a build service may wait for a node to accept its task before the build "
+        "fails (e.g. no node matches build_node_selector).",
+        minimum=1,
+    )
+    concurrent_build_limit: int = opt(32, "The number of concurrent builds to allow.", minimum=0)
+    log_tail_lines: int = opt(
+        100,
+        "Limit number of log lines to show when connecting to an already running build.",
+        minimum=0,
+    )
+    persist_build_logs: bool = opt(
+        True,
+        "Keep each build's log in the store after its service is removed, for the admin API.",
+    )
+    build_log_retention: int = opt(
+        7 * 24 * 3600,
+        "Seconds a finished build's persisted log is kept in the store.",
+        minimum=1,
+    )
+    build_keep_failed_for: int = opt(
+        600,
+        "Seconds a failed build's service is kept (so `docker service logs` can read it) "
+        "before housekeeping removes it.",
+        minimum=0,
+    )
+    build_engine_grace: int = opt(
+        30,
+        "Seconds a build's watcher keeps retrying a Docker engine that stopped answering "
+        "before the build is reported failed.",
+        minimum=1,
+    )
+    build_node_lost_grace: int = opt(
+        10,
+        "Seconds the node running a build may be reported down by Swarm before the build is "
+        "reported failed as lost (a loaded node can miss a few heartbeats and come back).",
+        minimum=0,
+    )
+
+
+@dataclass(frozen=True)
+class QuotaConfig(Section):
+    """Launch quotas and the per-IP rate limit."""
+
+    pod_quota: int | None = opt(
+        None,
+        "The number of concurrent user servers this deployment supports; launches beyond it "
+        "fail. Null: no quota. 0: accept no launches (e.g. maintenance).",
+        minimum=0,
+    )
+    per_repo_quota: int = opt(
+        0,
+        "Maximum number of concurrent users running from a given repo. 0 means no quota.",
+        minimum=0,
+    )
+    per_repo_quota_higher: int = opt(
+        0,
+        "Maximum number of concurrent users running from a repo matching high_quota_specs. "
+        "0 means no quota.",
+        minimum=0,
+    )
+    high_quota_specs: tuple[str, ...] = opt(
+        (),
+        "Regexes of specs that get per_repo_quota_higher. " + _SPEC_MATCHING,
+        check=values.regex_list,
+    )
+    spec_config: tuple[values.SpecConfigItem, ...] = opt(
+        (),
+        "Per-repository configuration: a list of {pattern: regex, config: {name: value}}; "
+        "every item whose pattern matches a spec applies its config, later items winning. "
+        "config.quota (an integer, 0 or more) replaces the per-repo quota.",
+        parse=values.spec_config,
+        type_name="list of {pattern, config}",
+    )
+    rate_limit: int = opt(
+        10,
+        "Build requests allowed per client IP within rate_limit_period (BinderHub's "
+        "RateLimiter.limit). 0 disables the limit.",
+        minimum=0,
+    )
+    rate_limit_period: int = opt(
+        3600,
+        "The rate limit window in seconds; counts reset at its end (BinderHub's "
+        "RateLimiter.period_seconds).",
+        minimum=1,
+    )
+
+
+@dataclass(frozen=True)
+class BanConfig(Section):
+    """Who and what may not build or launch."""
+
+    ban_networks: Mapping[str, str] = opt(
+        {},
+        "Networks whose requests are rejected with 403: keys in CIDR notation "
+        "(e.g. '1.2.3.4/32'), values a label used in logs and error messages.",
+        check=values.cidr_keys,
+    )
+    allowed_outbound_networks: tuple[str, ...] = opt(
+        (),
+        "Networks (CIDR) the repo providers may connect to although they are not globally "
+        "routable. Empty: provider API calls, DOI redirects and `git ls-remote` refuse "
+        "loopback, link-local (the cloud metadata 169.254.169.254), private (RFC 1918, "
+        "fc00::/7), unspecified, multicast and reserved addresses, so a spec cannot point "
+        "Binder into its own network. List a GitHub Enterprise, GitLab or git server on a "
+        "private network here; docs/security.md.",
+        check=values.cidr_list,
+    )
+    banned_specs: tuple[values.BannedSpec, ...] = opt(
+        (),
+        "Specs that may not launch: regexes, or {pattern: regex, reason: text} to tell users "
+        "why. A spec may launch if it matches no banned_specs and, when allowed_specs is "
+        "set, matches one of those. " + _SPEC_MATCHING,
+        parse=values.banned_specs,
+        type_name="list of regex or {pattern, reason}",
+    )
+    allowed_specs: tuple[str, ...] = opt(
+        (),
+        "Regexes of specs allowed to launch; empty allows every spec not banned.",
+        check=values.regex_list,
+    )
+
+
+@dataclass(frozen=True)
+class PagesConfig(Section):
+    """The HTML pages: landing page, about page, badges."""
+
+    badge_base_url: str = opt(
+        "",
+        "Base URL to use when generating launch badges; empty: the URL the request came to.",
+        check=values.http_url_slash,
+    )
+    banner_message: str = opt("", "Message (raw HTML) to display in a banner on all pages.")
+    about_message: str = opt("", "Additional message (raw HTML) to display on the about page.")
+    template_path: str = opt(
+        "",
+        "Path to search for custom jinja templates, before using the default templates.",
+    )
+    template_variables: Mapping[str, Any] = opt(
+        {}, "Extra variables to supply to jinja templates when rendering."
+    )
+    extra_footer_scripts: Mapping[str, str] = opt(
+        {},
+        "Extra bits of JavaScript loaded in the footer of each page, without the <script> tag. "
+        "Only the values are used; keys sort them.",
+    )
+    extra_static_path: str = opt("", "Path to search for extra static files.")
+    extra_static_url_prefix: str = opt(
+        "/extra_static/", "URL prefix to serve extra static files under.", check=values.base_url
+    )
+    google_analytics_code: str | None = opt(
+        None,
+        "The Google Analytics code to use on the main page (removed from BinderHub in favour "
+        "of extra_footer_scripts; kept so old configs load).",
+    )
+    google_analytics_domain: str = opt(
+        "auto", "The Google Analytics domain to use on the main page."
+    )
+
+
+@dataclass(frozen=True)
+class TokenConfig(Section):
+    """Build tokens: lightweight proof that a /build request comes from our own page."""
+
+    build_token_secret: str | None = opt(
+        None,
+        "Secret used to sign build tokens, as a hex string. Null: a random secret per process "
+        "(tokens then do not survive a restart).",
+        secret=True,
+        check=values.hex_secret,
+    )
+    build_token_expires_seconds: int = opt(300, "Expiry (in seconds) of build tokens.", minimum=1)
+    build_token_check_origin: bool = opt(True, "Whether to validate build token origin.")
+
+
+@dataclass(frozen=True)
+class AdminConfig(Section):
+    """The admin API (used by the TUI)."""
+
+    admin_token: str | None = opt(
+        None,
+        "Bearer token for the admin API. Null: the admin API is disabled.",
+        secret=True,
+    )
+
+
+# Flat sections in the order docs/config.md lists them: (attribute of Config, class).
+FLAT_SECTIONS: tuple[tuple[str, type[Section]], ...] = (
+    ("server", ServerConfig),
+    ("hub", HubConfig),
+    ("registry", RegistryConfig),
+    ("builds", BuildConfig),
+    ("quotas", QuotaConfig),
+    ("bans", BanConfig),
+    ("pages", PagesConfig),
+    ("tokens", TokenConfig),
+    ("admin", AdminConfig),
+)
+# Nested YAML sections: (YAML key and attribute of ProvidersConfig, class).
+NESTED_SECTIONS: tuple[tuple[str, type[Section]], ...] = (
+    ("github", GitHubConfig),
+    ("gitlab", GitLabConfig),
+    ("git", GitConfig),
+    ("zenodo", ZenodoConfig),
+    ("figshare", FigshareConfig),
+    ("hydroshare", HydroshareConfig),
+    ("dataverse", DataverseConfig),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; build it with :func:`load_config`."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    builds: BuildConfig = field(default_factory=BuildConfig)
+    quotas: QuotaConfig = field(default_factory=QuotaConfig)
+    bans: BanConfig = field(default_factory=BanConfig)
+    pages: PagesConfig = field(default_factory=PagesConfig)
+    tokens: TokenConfig = field(default_factory=TokenConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    providers: ProvidersConfig = field(default_factory=ProvidersConfig)
+
+    def section(self, option: OptionInfo) -> Section:
+        """The section object holding ``option``."""
+        if option.nested:
+            section: Section = getattr(self.providers, option.section)
+        else:
+            section = getattr(self, option.section)
+        return section
+
+    def value(self, name: str) -> Any:
+        """An option's value by its name (``pod_quota``, ``github.hostname``)."""
+        option = OPTIONS[name]
+        return getattr(self.section(option), option.attr)
+
+    def as_dict(self, mask_secrets: bool = True) -> dict[str, Any]:
+        """The effective options laid out as a config file, secrets that are set as "***"."""
+        out: dict[str, Any] = {}
+        for option in OPTIONS.values():
+            value = plain(self.value(option.name))
+            if mask_secrets and option.secret and value:
+                value = MASK
+            if option.nested:
+                out.setdefault(option.section, {})[option.attr] = value
+            else:
+                out[option.name] = value
+        return out
+
+
+OPTIONS: Mapping[str, OptionInfo] = build_options(FLAT_SECTIONS, NESTED_SECTIONS)
+
+
+def iter_options() -> Iterator[OptionInfo]:
+    """Every option, in documentation order."""
+    return iter(OPTIONS.values())

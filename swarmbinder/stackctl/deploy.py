@@ -1,0 +1,175 @@
+"""``swarmbinder up``: engine, swarm, images, secrets, ``docker stack deploy`` and the wait
+until the stack is healthy."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from .. import __version__
+from .. import hostsetup as hs
+from .console import console_plan_line, plan_console, read_console_keys
+from .credentials import ensure_console_secrets, ensure_secrets, remove_unused_console_keys
+from .inputs import binder_environment, changed_inputs, check_binder_config, stack_variables
+from .options import (
+    CONSOLE_FILE,
+    CONSOLE_SERVICE,
+    SERVICES,
+    STACK_FILE,
+    STACK_IMAGES,
+    STATE_DIR,
+    Progress,
+    Silent,
+    StackError,
+    StackInputError,
+    StackOptions,
+    UpResult,
+)
+from .state import current_inputs, deployed_console, deployed_ports, stack_converged, wait_healthy
+
+T = TypeVar("T")
+
+
+def up(options: StackOptions, progress: Progress | None = None) -> UpResult:
+    """Bring the stack up (idempotent); raises StackError with one line on failure."""
+    report = progress or Silent()
+    started = time.monotonic()
+    options.check()
+    base_url = check_binder_config(options.config_file, binder_environment(options))
+    options = dataclasses.replace(options, base_url=base_url)
+    keys = read_console_keys(options.ssh_console_keys) if options.ssh_console_keys else None
+    try:
+        return _up(options, keys, report, started)
+    except hs.SetupError as exc:
+        raise StackError(str(exc)) from None
+
+
+def _up(options: StackOptions, keys: str | None, report: Progress, started: float) -> UpResult:
+    report.step("checking the Docker engine")
+    hs.ensure_engine(report.step, STATE_DIR)
+    hs.ensure_swarm("127.0.0.1", report.step)
+    deployed = deployed_ports(options.name)
+    running_console = deployed_console(options.name)
+    console = plan_console(options, keys, running_console)
+    if running_console:
+        deployed[CONSOLE_SERVICE] = running_console.port
+    checked = [
+        ("binder", options.port, "--port / SWARMBINDER_PORT"),
+        ("proxy", options.hub_port, "--hub-port / SWARMBINDER_HUB_PORT"),
+        ("registry", options.registry_port, "--registry-port / SWARMBINDER_REGISTRY_PORT"),
+    ]
+    if console:
+        options.check_ports(console.port)  # a kept console's port against the new ones
+        checked.append((CONSOLE_SERVICE, console.port, "--ssh-port / SWARMBINDER_SSH_PORT"))
+    for service, port, variable in checked:
+        # Our own running stack holds its ports; anything else holding one is a conflict.
+        if deployed.get(service) != port and not hs.port_is_free(port):
+            raise StackInputError(
+                f"port {port} on 127.0.0.1 is already in use; choose another with {variable}"
+            )
+
+    report.step("checking the images")
+    bases = hs.ensure_bases(report.step, options.base)
+    image_ids: dict[str, str] = {}
+    rebuilt: list[str] = []
+    for spec in hs.project_images(__version__):
+        if spec.name not in STACK_IMAGES:
+            continue
+        build = functools.partial(hs.build_image, spec, bases, report.step)
+        built = _with_ticker(report, f"building {spec.tag}", build)
+        if built.rebuilt:
+            report.step(f"built {spec.tag} in {built.seconds:.0f} s")
+            rebuilt.append(spec.name)
+        image_ids[spec.name] = built.image_id
+
+    created = ensure_secrets(options.name)
+    if console:
+        created += ensure_console_secrets(options.name, console)
+    for name in created:
+        report.step(f"created secret {name}")
+
+    report.step(console_plan_line(options, console, running_console))
+    variables = stack_variables(options, image_ids, console)
+    services = SERVICES + ((CONSOLE_SERVICE,) if console else ())
+    deployed_inputs = current_inputs(options.name)
+    reasons = changed_inputs(deployed_inputs, variables["SWARMBINDER_STACK_INPUTS"])
+    if running_console and not console:
+        # Also when the label never named it (a console deployed by hand).
+        reasons = [r for r in reasons if not r.startswith("ssh-")] + ["ssh-console removed"]
+    if deployed_inputs is None:
+        reasons = ["not deployed"]
+    elif not reasons and not stack_converged(options.name, services):
+        reasons = ["a service is not running"]
+    changed = bool(reasons)
+    if changed:
+        files = [STACK_FILE, *([CONSOLE_FILE] if console else [])]
+        report.step(f"deploying stack {options.name} ({', '.join(reasons)})")
+        hs.run(
+            [
+                "docker",
+                "stack",
+                "deploy",
+                *(arg for path in files for arg in ("--compose-file", str(path))),
+                # No registry has the project's images: use the engine's own.
+                "--resolve-image",
+                "never",
+                "--prune",
+                options.name,
+            ],
+            env={**_environ(), **variables},
+            cwd=STACK_FILE.parent,
+            timeout=300,
+        )
+    wait_healthy(options, report, console=console)
+    if changed:
+        for kind in ("binder", "hub"):
+            prefix = f"{options.name}-{kind}-config-"
+            current = variables[f"SWARMBINDER_{kind.upper()}_CONFIG_VERSION"]
+            hs.remove_unused_configs(prefix, keep=prefix + current)
+        # Replaced keys (or a removed console): the old secret is used by nothing now.
+        remove_unused_console_keys(
+            options.name, keep=console.keys_secret(options.name) if console else None
+        )
+    if console:
+        report.step(
+            f"the SSH console listens on port {console.port}: "
+            f"ssh -t -p {console.port} admin@{options.public_host}"
+        )
+    return UpResult(
+        url=options.url,
+        changed=changed or bool(rebuilt) or bool(created),
+        rebuilt=rebuilt,
+        created_secrets=created,
+        seconds=time.monotonic() - started,
+        console=console,
+    )
+
+
+def _environ() -> dict[str, str]:
+    import os
+
+    # The stack file's variables come from us only, never from a stray shell variable.
+    return {k: v for k, v in os.environ.items() if not k.startswith("SWARMBINDER_")}
+
+
+def _with_ticker(report: Progress, label: str, work: Callable[[], T]) -> T:
+    """Run ``work`` while ``report.status`` shows ``label`` and the time so far, once a second;
+    a quick call (an image that is up to date) shows nothing."""
+    done = threading.Event()
+    started = time.monotonic()
+
+    def tick() -> None:
+        while not done.wait(1.0):
+            report.status(f"{label} ({time.monotonic() - started:.0f} s)")
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        return work()
+    finally:
+        done.set()
+        ticker.join()

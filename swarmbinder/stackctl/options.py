@@ -1,0 +1,200 @@
+"""What a stack is made of (its services, secrets, files and labels), what ``up`` and ``down``
+are asked to do, and what they answer."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from .. import __version__
+from .. import hostsetup as hs
+from ..errors import SwarmbinderError
+from ..registrytokens import TOKEN_PATH
+
+STACK_FILE = hs.REPO_ROOT / "docker-stack.yml"
+CONSOLE_FILE = hs.REPO_ROOT / "stack" / "ssh-console.yml"
+DEFAULT_BINDER_CONFIG = hs.REPO_ROOT / "stack" / "config" / "binder.yaml"
+HUB_CONFIG = hs.REPO_ROOT / "stack" / "hub" / "jupyterhub_config.py"
+STATE_DIR = Path("/var/tmp/swarmbinder")
+#: The stack's services, in the order they come up.
+SERVICES = ("registry", "hub", "proxy", "binder")
+#: Secrets the stack mounts (``{stack}-{name}``); all random, made once.
+SECRETS = (
+    "hub-api-token",
+    "proxy-auth-token",
+    "registry-password",
+    "registry-pull-password",
+    "build-token-secret",
+    "admin-token",
+)
+#: The registry token issuer's key and its certificate (``{stack}-{name}``): one pair, made
+#: together, since neither can be read back to make the other.
+TOKEN_PAIR = ("registry-token-key", "registry-token-certificate")
+#: The hub's registry login, which may only pull.
+PULL_USER = "hub-pull"
+#: Images the stack runs (singleuser is a base for repositories, not a service).
+STACK_IMAGES = {"swarmbinder": "SWARMBINDER_IMAGE_ID", "hub": "SWARMBINDER_HUB_IMAGE_ID"}
+STACK_IMAGES |= {"registry": "SWARMBINDER_REGISTRY_IMAGE_ID", "builder": ""}
+#: The SSH console's service and secrets (``{stack}-{name}``); the keys secret's name ends in a
+#: digest of the keys, since a Swarm secret cannot change.
+CONSOLE_SERVICE = "console"
+CONSOLE_HOST_KEY = "console-host-key"
+CONSOLE_KEYS = "console-authorized-keys-"
+DEFAULT_SSH_PORT = 2222
+STACK_LABEL = "swarmbinder.stack"
+INPUTS_LABEL = "swarmbinder.stack-inputs"
+NAMESPACE_LABEL = "com.docker.stack.namespace"
+_NAME = re.compile(r"[a-z][a-z0-9-]{0,29}")
+
+
+class StackError(SwarmbinderError):
+    """A step of ``up`` or ``down`` failed; the message is one line for the user."""
+
+
+class StackInputError(StackError):
+    """The command was asked for something impossible (a bad name, a port in use)."""
+
+
+class Progress(Protocol):
+    """Where ``up`` and ``down`` report what they are doing."""
+
+    def step(self, message: str) -> None:
+        """A line that stays: a step starts or something was done."""
+
+    def status(self, message: str) -> None:
+        """A transient line for a long step (replaced by the next one)."""
+
+
+class Silent:
+    def step(self, message: str) -> None:
+        pass
+
+    def status(self, message: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """What to deploy where; each field is also a docker-stack.yml variable."""
+
+    name: str = "swarmbinder"
+    port: int = 8585
+    hub_port: int = 8000
+    registry_port: int = 5000
+    public_host: str = "127.0.0.1"
+    registry_host: str = "127.0.0.1"
+    config_file: Path = DEFAULT_BINDER_CONFIG
+    #: where base images come from: auto, dockerhub or debootstrap (see hostsetup.ensure_bases)
+    base: str = "auto"
+    #: seconds to wait for the stack to become healthy
+    timeout: float = 300
+    #: an OpenSSH authorized_keys file: deploy the SSH console with these keys
+    ssh_console_keys: Path | None = None
+    #: remove the SSH console; with neither, ``up`` keeps a console that runs
+    no_ssh_console: bool = False
+    #: the console's published port (None: the running console's, else DEFAULT_SSH_PORT)
+    ssh_port: int | None = None
+    #: Binder's base_url, as its config file says (``up`` reads it): the token realm is under it
+    base_url: str = "/"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.public_host}:{self.port}/"
+
+    @property
+    def token_realm(self) -> str:
+        """Binder's registry token endpoint as every node's engine reaches it."""
+        return f"http://{self.public_host}:{self.port}{self.base_url}{TOKEN_PATH}"
+
+    @property
+    def hub_id(self) -> str:
+        """The hub's service name, which labels its user servers (``swarmbinder.hub``)."""
+        return f"{self.name}_hub"
+
+    @property
+    def network(self) -> str:
+        return f"{self.name}-net"
+
+    @property
+    def user_network(self) -> str:
+        """Where user servers run, with the hub and the proxy only."""
+        return f"{self.name}-users"
+
+    @property
+    def image_prefix(self) -> str:
+        return f"{self.registry_host}:{self.registry_port}/binder-"
+
+    def check(self) -> None:
+        if not _NAME.fullmatch(self.name):
+            raise StackInputError(
+                f"stack name {self.name!r}: use 1-30 lower-case letters, digits and '-', "
+                "starting with a letter"
+            )
+        if self.no_ssh_console and (self.ssh_console_keys or self.ssh_port is not None):
+            what = "--ssh-console" if self.ssh_console_keys else "--ssh-port"
+            raise StackInputError(f"--no-ssh-console removes the SSH console: drop {what}")
+        ssh_port = self.ssh_port
+        if ssh_port is None and self.ssh_console_keys:
+            ssh_port = DEFAULT_SSH_PORT
+        self.check_ports(ssh_port)
+        if self.base not in ("auto", "dockerhub", "debootstrap"):
+            raise StackInputError(f"unknown base {self.base!r} (auto, dockerhub or debootstrap)")
+
+    def check_ports(self, ssh_port: int | None) -> None:
+        """Each port is a TCP port and none is used twice (the console's too, if any)."""
+        ports = {"port": self.port, "hub port": self.hub_port, "registry port": self.registry_port}
+        if ssh_port is not None:
+            ports["ssh port"] = ssh_port
+        for what, port in ports.items():
+            if not 0 < port < 65536:
+                raise StackInputError(f"{what} {port} is not a TCP port")
+        if len(set(ports.values())) != len(ports):
+            raise StackInputError(f"the stack's ports must differ: {ports}")
+
+    def variables(self) -> dict[str, str]:
+        """docker-stack.yml's variables for these options."""
+        return {
+            "SWARMBINDER_STACK": self.name,
+            "SWARMBINDER_PORT": str(self.port),
+            "SWARMBINDER_HUB_PORT": str(self.hub_port),
+            "SWARMBINDER_REGISTRY_PORT": str(self.registry_port),
+            "SWARMBINDER_PUBLIC_HOST": self.public_host,
+            "SWARMBINDER_REGISTRY_HOST": self.registry_host,
+            "SWARMBINDER_REGISTRY_TOKEN_REALM": self.token_realm,
+            "SWARMBINDER_VERSION": __version__,
+            "SWARMBINDER_IMAGES": "swarmbinder",
+        }
+
+
+@dataclass(frozen=True)
+class Console:
+    """The SSH console a deploy includes: the version of its keys secret and its port."""
+
+    keys_version: str
+    port: int
+    #: the authorized_keys text, when this ``up`` was given the file (None: a kept console)
+    keys: str | None = None
+
+    def keys_secret(self, stack: str) -> str:
+        return f"{stack}-{CONSOLE_KEYS}{self.keys_version}"
+
+
+@dataclass
+class UpResult:
+    url: str
+    changed: bool
+    rebuilt: list[str] = field(default_factory=list)
+    created_secrets: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    #: the SSH console the stack runs now, if any
+    console: Console | None = None
+
+
+@dataclass
+class DownResult:
+    removed_stack: bool
+    user_servers: int = 0
+    builds: int = 0
+    purged: list[str] = field(default_factory=list)

@@ -1,0 +1,180 @@
+"""What is deployed now, as the engine reports it, and the wait until the stack is healthy."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+
+from .. import hostsetup as hs
+from .console import console_from_spec
+from .options import (
+    CONSOLE_SERVICE,
+    INPUTS_LABEL,
+    SERVICES,
+    Console,
+    Progress,
+    StackError,
+    StackOptions,
+)
+
+
+def service_spec(name: str) -> dict[str, object] | None:
+    proc = hs.run(["docker", "service", "inspect", name], check=False)
+    if proc.returncode != 0:
+        return None
+    spec: dict[str, object] = json.loads(proc.stdout)[0]["Spec"]
+    return spec
+
+
+def deployed_console(stack: str) -> Console | None:
+    spec = service_spec(f"{stack}_{CONSOLE_SERVICE}")
+    return console_from_spec(stack, spec) if spec else None
+
+
+def console_current(stack: str, console: Console) -> bool:
+    """Whether a running task of the console service has ``console``'s keys and port. Right
+    after a deploy the old task runs on for a moment: it would refuse the new keys."""
+    tasks = hs.run(
+        ["docker", "service", "ps", "-q", "--no-trunc", "--filter", "desired-state=running"]
+        + [f"{stack}_{CONSOLE_SERVICE}"],
+        check=False,
+        timeout=30,
+    ).stdout.split()
+    if not tasks:
+        return False
+    inspect = hs.run(["docker", "inspect", "--format", "{{json .}}", *tasks], check=False)
+    for line in inspect.stdout.splitlines():
+        task = json.loads(line)
+        status = task.get("Status", {})
+        mounted = task.get("Spec", {}).get("ContainerSpec", {}).get("Secrets", [])
+        published = status.get("PortStatus", {}).get("Ports", [])
+        if (
+            status.get("State") == "running"
+            and console.keys_secret(stack) in {s.get("SecretName") for s in mounted}
+            and console.port in {p.get("PublishedPort") for p in published}
+        ):
+            return True
+    return False
+
+
+def current_inputs(stack: str) -> str | None:
+    spec = service_spec(f"{stack}_binder")
+    labels = spec.get("Labels", {}) if spec else {}
+    return labels.get(INPUTS_LABEL) if isinstance(labels, dict) else None
+
+
+def deployed_ports(stack: str) -> dict[str, int]:
+    """The published port of each of the stack's services that is deployed."""
+    ports: dict[str, int] = {}
+    for service in ("binder", "proxy", "registry"):
+        spec = service_spec(f"{stack}_{service}")
+        endpoint = spec.get("EndpointSpec", {}) if spec else {}
+        for port in endpoint.get("Ports", []) if isinstance(endpoint, dict) else []:
+            if "PublishedPort" in port:
+                ports[service] = int(port["PublishedPort"])
+    return ports
+
+
+def task_states(stack: str, services: tuple[str, ...] = SERVICES) -> dict[str, str]:
+    """service -> the state of its newest task that should be running ('' if none)."""
+    proc = hs.run(
+        [
+            "docker",
+            "stack",
+            "ps",
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.Name}}\t{{.CurrentState}}",
+            stack,
+        ],
+        check=False,
+        timeout=30,
+    )
+    states = dict.fromkeys(services, "")
+    for line in proc.stdout.splitlines():
+        task, _, state = line.partition("\t")
+        service = task.removeprefix(f"{stack}_").split(".")[0]
+        if service in states:
+            states[service] = state.split(" ")[0].lower()
+    return states
+
+
+def stack_converged(stack: str, services: tuple[str, ...] = SERVICES) -> bool:
+    return all(state == "running" for state in task_states(stack, services).values())
+
+
+def _http_status(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read(2000).decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(2000).decode(errors="replace")
+    except (OSError, ValueError) as exc:
+        return 0, str(exc)
+
+
+def wait_healthy(options: StackOptions, report: Progress, console: Console | None = None) -> None:
+    """Until every service runs (Swarm counts a task with a healthcheck as running once it is
+    healthy), the ``console``'s with its keys and port, Binder's /health says ok and the hub
+    answers through the proxy."""
+    services = SERVICES + ((CONSOLE_SERVICE,) if console else ())
+    started = time.monotonic()
+    health = f"http://127.0.0.1:{options.port}/health"
+    hub = f"http://127.0.0.1:{options.hub_port}/hub/api/"
+    states: dict[str, str] = {}
+    status, body = 0, ""
+    while time.monotonic() - started < options.timeout:
+        states = task_states(options.name, services)
+        if console and states[CONSOLE_SERVICE] == "running":
+            if not console_current(options.name, console):
+                states[CONSOLE_SERVICE] = "updating"
+        if all(s == "running" for s in states.values()):
+            status, body = _http_status(health)
+            if status == 200 and _http_status(hub)[0] == 200:
+                report.step(f"the stack is healthy ({time.monotonic() - started:.0f} s)")
+                return
+        shown = ", ".join(f"{k} {v or 'pending'}" for k, v in states.items())
+        report.status(f"waiting for the stack: {shown} ({time.monotonic() - started:.0f} s)")
+        time.sleep(1)
+    raise StackError(_unhealthy_message(options, services, states, status, body))
+
+
+def _unhealthy_message(
+    options: StackOptions,
+    services: tuple[str, ...],
+    states: Mapping[str, str],
+    status: int,
+    body: str,
+) -> str:
+    waited = f"within {options.timeout:.0f} s"
+    stuck = [s for s in services if states.get(s) != "running"]
+    if not stuck:
+        # Every task runs but Binder says something is down: /health names it.
+        try:
+            down = [c["service"] for c in json.loads(body).get("checks", []) if not c.get("ok")]
+        except (ValueError, AttributeError, TypeError):
+            down = []
+        what = f" (down: {', '.join(down)})" if down else f" (HTTP {status})" if status else ""
+        return f"Binder's /health at 127.0.0.1:{options.port} was not ok {waited}{what}"
+    service = f"{options.name}_{stuck[0]}"
+    return f"service {service} did not become healthy {waited}; its last log lines: " + (
+        last_log_lines(service) or "(none)"
+    )
+
+
+def last_log_lines(service: str, lines: int = 5) -> str:
+    # A log call can hang on Swarm: always with a timeout.
+    try:
+        proc = hs.run(
+            ["docker", "service", "logs", "--raw", "--no-trunc", "--tail", str(lines), service],
+            check=False,
+            timeout=20,
+        )
+    except hs.SetupError:
+        return ""
+    text = (proc.stdout + proc.stderr).splitlines()
+    return " | ".join(line.strip() for line in text if line.strip())[-800:]
