@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SwarmbinderError
+from .labels import LABEL_INPUTS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGES_DIR = REPO_ROOT / "stack" / "images"
-INPUTS_LABEL = "swarmbinder.inputs"
+INPUTS_LABEL = LABEL_INPUTS
 #: The Debian base made with debootstrap when no image registry can be pulled from.
 LOCAL_BASE_IMAGE = "swarmbinder/debian:bookworm"
 DOCKERHUB_PYTHON_BASE = "python:3.11-slim-bookworm"

@@ -39,6 +39,7 @@ import aiohttp
 from aiodocker.multiplexed import multiplexed_result_stream
 
 from .errors import ServiceNameConflict, SwarmRequestFailed, SwarmUnavailable
+from .labels import DOCKER_SOCKET, KIND_REAPER, LABEL_KIND
 
 log = logging.getLogger(__name__)
 
@@ -520,7 +521,7 @@ class SwarmClient:
         reaper = f"swarmbinder-reap-{node_id[:12]}-{service_name}"[:63].rstrip("-")
         body = {
             "Name": reaper,
-            "Labels": {"swarmbinder.kind": "reaper"},
+            "Labels": {LABEL_KIND: KIND_REAPER},
             "TaskTemplate": {
                 "ContainerSpec": {
                     "Image": image,
@@ -528,8 +529,8 @@ class SwarmClient:
                     "Mounts": [
                         {
                             "Type": "bind",
-                            "Source": "/var/run/docker.sock",
-                            "Target": "/var/run/docker.sock",
+                            "Source": DOCKER_SOCKET,
+                            "Target": DOCKER_SOCKET,
                         }
                     ],
                 },

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from swarmbinder import hostsetup as hs
+from swarmbinder.labels import LABEL_MULTINODE, LABEL_STORE_STAMP
 
-LABEL = "swarmbinder.multinode"
-STAMP_LABEL = "swarmbinder.store-stamp"
+LABEL = LABEL_MULTINODE
+STAMP_LABEL = LABEL_STORE_STAMP
 ENGINE_PORT = 2375
 REGISTRY_PORT = 5000
 #: Images every node needs: builds (builder, and the repositories' FROM), the hub and registry.

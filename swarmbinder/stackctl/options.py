@@ -11,6 +11,7 @@ from typing import Protocol
 from .. import __version__
 from .. import hostsetup as hs
 from ..errors import SwarmbinderError
+from ..labels import LABEL_STACK, LABEL_STACK_INPUTS
 from ..registrytokens import TOKEN_PATH
 
 STACK_FILE = hs.REPO_ROOT / "docker-stack.yml"
@@ -43,8 +44,8 @@ CONSOLE_SERVICE = "console"
 CONSOLE_HOST_KEY = "console-host-key"
 CONSOLE_KEYS = "console-authorized-keys-"
 DEFAULT_SSH_PORT = 2222
-STACK_LABEL = "swarmbinder.stack"
-INPUTS_LABEL = "swarmbinder.stack-inputs"
+STACK_LABEL = LABEL_STACK
+INPUTS_LABEL = LABEL_STACK_INPUTS
 NAMESPACE_LABEL = "com.docker.stack.namespace"
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,29}")
 

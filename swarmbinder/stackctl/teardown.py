@@ -8,6 +8,16 @@ import time
 from collections.abc import Mapping
 
 from .. import hostsetup as hs
+from ..labels import (
+    KIND_BUILD,
+    KIND_BUILD_AUTH,
+    KIND_REGISTRY_AUTH,
+    LABEL_HUB,
+    LABEL_IMAGE,
+    LABEL_KIND,
+    LABEL_ROLE,
+    ROLE_USER_SERVER,
+)
 from .credentials import console_secrets
 from .options import (
     NAMESPACE_LABEL,
@@ -39,16 +49,14 @@ def _down(name: str, purge: bool, report: Progress) -> DownResult:
     options = StackOptions(name=name)
     binder = service_spec(f"{name}_binder")
     prefix = _env_of(binder).get("SWARMBINDER_IMAGE_PREFIX", "") if binder else ""
-    servers = _services_labelled(
-        {"swarmbinder.role": "user-server", "swarmbinder.hub": options.hub_id}
-    )
+    servers = _services_labelled({LABEL_ROLE: ROLE_USER_SERVER, LABEL_HUB: options.hub_id})
     if servers:
         report.step(f"removing {len(servers)} user server(s)")
         _remove_services(servers)
     builds = [
         s
-        for s, labels in _services_with_labels({"swarmbinder.kind": "build"}).items()
-        if prefix and labels.get("swarmbinder.image", "").startswith(prefix)
+        for s, labels in _services_with_labels({LABEL_KIND: KIND_BUILD}).items()
+        if prefix and labels.get(LABEL_IMAGE, "").startswith(prefix)
     ]
     if builds:
         report.step(f"removing {len(builds)} build service(s)")
@@ -171,9 +179,9 @@ def _purge(name: str, report: Progress) -> list[str]:
     # refuses a secret in use); the next build that needs one makes it again.
     auth = [
         secret
-        for kind in ("registry-auth", "build-auth")
+        for kind in (KIND_REGISTRY_AUTH, KIND_BUILD_AUTH)
         for secret in hs.run(
-            ["docker", "secret", "ls", "-q", "--filter", f"label=swarmbinder.kind={kind}"],
+            ["docker", "secret", "ls", "-q", "--filter", f"label={LABEL_KIND}={kind}"],
             timeout=30,
         ).stdout.split()
     ]
