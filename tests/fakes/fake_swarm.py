@@ -10,8 +10,10 @@ service's ``Spec`` is what ``JobSpec.to_api()`` sends, a task has ``Status.State
 * a job's task goes ``new`` -> ``pending``, and runs once a ready, active node satisfies its
   placement constraints (``node.id``, ``node.hostname``, ``node.role``, ``node.labels.*``, with
   ``==`` or ``!=``); until then it stays pending with Swarm's "no suitable node" error;
-* an update starts a new job iteration: the old task is shut down (desired state
-  ``shutdown``) and a new one is scheduled;
+* an update starts a new job iteration: the old task is shut down with desired state
+  ``remove`` (as Docker 20.10 does) and a new one is scheduled, in one tick: the transitions
+  one operation makes share a timestamp, and tasks are listed in ID order, as the engine's
+  store lists them (so the old task can come last);
 * a node that goes down leaves its task reported ``running`` (Swarm does, for good);
 * a secret is made once per name, cannot be removed while a service refers to it, and a
   service cannot refer to a secret that does not exist;
@@ -51,6 +53,8 @@ from swarmbinder.swarm import (
 )
 
 EPOCH = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+#: Desired states of tasks the engine is done with.
+SUPERSEDED = ("shutdown", "remove")
 
 
 def _engine_id(kind: str, name: str) -> str:
@@ -85,6 +89,9 @@ class FakeSwarm:
         self._secrets: dict[str, dict[str, Any]] = {}  # by name
         self._secret_data: dict[str, bytes] = {}
         self._serial = itertools.count(1)
+        #: The engine's clock for task timestamps: one tick per operation, so the transitions
+        #: one operation makes share a timestamp, as the engine stamps them.
+        self._tick = 0
         self._waiters: list[asyncio.Future[None]] = []
         self._answering = True
         self.calls: Counter[str] = Counter()
@@ -113,6 +120,7 @@ class FakeSwarm:
     def add_node(
         self, hostname: str, *, role: str = "worker", labels: Mapping[str, str] | None = None
     ) -> str:
+        self._tick += 1
         node_id = _engine_id("node", hostname)
         self._nodes[node_id] = {
             "ID": node_id,
@@ -137,6 +145,7 @@ class FakeSwarm:
         """Change a node as the engine would report it (``state``: ready/down/disconnected;
         ``availability``: active/pause/drain). Pending tasks are scheduled again; tasks on a
         node that went down stay as they were reported, as Swarm leaves them."""
+        self._tick += 1
         node = self._nodes[self.node_id(hostname)]
         if state is not None:
             node["Status"]["State"] = state
@@ -148,6 +157,7 @@ class FakeSwarm:
 
     def feed_log(self, service_name: str, *lines: str) -> None:
         """The builder writes ``lines`` to its log (cut at the engine stream's line limit)."""
+        self._tick += 1
         log = self._logs[service_name]
         for line in lines:
             splitter = LineSplitter()
@@ -156,6 +166,7 @@ class FakeSwarm:
 
     def finish_task(self, service_name: str, exit_code: int = 0) -> None:
         """The builder exits: its running task becomes ``complete`` (0) or ``failed``."""
+        self._tick += 1
         task = self._current_task(service_name)
         if task["Status"]["State"] != TaskStateName.RUNNING:
             raise AssertionError(f"{service_name}'s task is {task['Status']['State']}, not running")
@@ -170,6 +181,7 @@ class FakeSwarm:
 
     def reject_task(self, service_name: str, error: str) -> None:
         """The node refuses the task (e.g. it cannot pull the image)."""
+        self._tick += 1
         task = self._current_task(service_name)
         self._set_state(task, TaskStateName.REJECTED, "preparing")
         task["Status"]["Err"] = error
@@ -286,11 +298,12 @@ class FakeSwarm:
         self._check_constraints(what, template["Placement"])
         raw["Spec"] = spec
         raw["Version"]["Index"] = next(self._serial)
-        # A new job iteration: the running one is shut down and a new task is made.
+        # A new job iteration: the engine (20.10) marks the old task for removal and shuts it
+        # down, and makes a new one, in the same tick.
         name = spec["Name"]
         for task in self._tasks[name]:
-            if task["DesiredState"] != "shutdown":
-                task["DesiredState"] = "shutdown"
+            if task["DesiredState"] not in SUPERSEDED:
+                task["DesiredState"] = "remove"
                 if TaskStateName(task["Status"]["State"]) not in (
                     TaskStateName.COMPLETE,
                     TaskStateName.FAILED,
@@ -380,11 +393,12 @@ class FakeSwarm:
     async def tasks(self, service_name: str) -> list[TaskState]:
         await self._answer("tasks", "GET tasks")
         raw = self._service(service_name)
-        states = (
-            [TaskState.from_api(t) for t in self._tasks.get(raw["Spec"]["Name"], [])] if raw else []
+        listed = sorted(
+            self._tasks.get(raw["Spec"]["Name"], []) if raw else [], key=lambda t: t["ID"]
         )
-        # As the real client: an earlier iteration's tasks say nothing about the current run.
-        current = [t for t in states if t.desired_state != "shutdown"] or states
+        states = [TaskState.from_api(t) for t in listed]  # the engine's store lists by ID
+        # As SwarmClient.tasks: an earlier iteration's tasks say nothing about the current run.
+        current = [t for t in states if t.desired_state not in SUPERSEDED] or states
         return sorted(current, key=lambda t: t.timestamp)
 
     async def follow_logs(
@@ -426,6 +440,7 @@ class FakeSwarm:
         """Every call is a round trip: other coroutines run meanwhile, as they would while a
         real request is on the wire, and an engine that is away does not answer."""
         self.calls[method] += 1
+        self._tick += 1
         await asyncio.sleep(0)
         self._notify()
         if not self.answering:
@@ -452,7 +467,7 @@ class FakeSwarm:
         return raw
 
     def _current_task(self, service_name: str) -> dict[str, Any]:
-        tasks = [t for t in self._tasks[service_name] if t["DesiredState"] != "shutdown"]
+        tasks = [t for t in self._tasks[service_name] if t["DesiredState"] not in SUPERSEDED]
         if not tasks:
             raise AssertionError(f"{service_name} has no current task")
         return tasks[-1]
@@ -476,16 +491,16 @@ class FakeSwarm:
         status = task["Status"]
         status["State"] = state.value
         status["Message"] = message
-        # Task timestamps only move forward; the real client orders tasks by them.
-        status["Timestamp"] = _engine_time(EPOCH.timestamp() + next(self._serial) / 1000)
+        status["Timestamp"] = _engine_time(EPOCH.timestamp() + self._tick / 1000)
         self._notify()
 
     def _schedule(self) -> None:
         """Place every pending task on the first ready, active node its constraints allow."""
         for name, tasks in self._tasks.items():
             for task in tasks:
-                if task["Status"]["State"] != TaskStateName.PENDING or task["DesiredState"] == (
-                    "shutdown"
+                if (
+                    task["Status"]["State"] != TaskStateName.PENDING
+                    or task["DesiredState"] in SUPERSEDED
                 ):
                     continue
                 placement = self._services[name]["Spec"]["TaskTemplate"].get("Placement", {})
