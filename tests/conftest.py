@@ -5,118 +5,29 @@ engine in swarm mode, the stack's registry as a Swarm service, and a git smart-H
 the test repositories. ``testground`` brings it up once per session (idempotent and cached, so
 a warm run costs a few seconds) and yields the JSON it prints.
 
-Every async test, in every tier, fails if a callback blocks its event loop for
-:data:`LOOP_BLOCK_LIMIT` seconds (``event_loop_never_blocked``).
+Every async test, in every tier, fails if a callback blocks its event loop
+(``loop_watch``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
-from pytest_asyncio import is_async_test
+from loop_watch import event_loop_never_blocked, pytest_runtest_call, watched_event_loop
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# -- the event loop is never blocked -----------------------------------------------------------
-
-#: An async test fails when one callback holds its event loop this long (seconds). The slowest
-#: callbacks of the suite take up to 0.5 s on a 2-core machine with a load of 3 to 13 (textual
-#: redrawing a screen, a fan-out to a thousand subscribers); twice that is slack for a busier
-#: machine, and still catches what blocks for real: a subprocess, a socket, a sleep.
-LOOP_BLOCK_LIMIT = 1.0
-#: What asyncio's debug mode logs for such a callback (asyncio/base_events.py).
-SLOW_CALLBACK_MESSAGE = "Executing %s took %.3f seconds"
-
-
-class _SlowCallbacks(logging.Handler):
-    """The callbacks asyncio reported as holding the loop past the limit."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.reports: list[str] = []
-        self._failed_on = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.msg == SLOW_CALLBACK_MESSAGE:
-            self.reports.append(record.getMessage())
-
-    def forget(self) -> None:
-        self._failed_on = len(self.reports)
-
-    def fail_on_new_reports(self, where: str) -> None:
-        new, self._failed_on = self.reports[self._failed_on :], len(self.reports)
-        if new:
-            pytest.fail(
-                f"the event loop was blocked {where} (limit {LOOP_BLOCK_LIMIT:g} s): "
-                + "; ".join(new),
-                pytrace=False,
-            )
-
-
-_SLOW_CALLBACKS = pytest.StashKey[_SlowCallbacks]()
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
-    watch = item.stash.get(_SLOW_CALLBACKS, None)
-    try:
-        result = yield
-    except BaseException:
-        if watch is not None:
-            watch.forget()  # the test failed on its own; its captured log shows any block
-        raise
-    if watch is not None:  # the test fails, rather than erring at teardown
-        watch.fail_on_new_reports("during the test or its setup")
-    return result
-
-
-@pytest.fixture(autouse=True)
-def event_loop_never_blocked(request: pytest.FixtureRequest) -> None:
-    """An async test fails if a callback blocks its event loop, as aiohttp's own suite fails
-    blocking calls: while one callback runs, every other request of the service waits."""
-    if is_async_test(request.node):
-        request.getfixturevalue(_watched_event_loop.__name__)
-
-
-@pytest.fixture
-async def _watched_event_loop(request: pytest.FixtureRequest) -> AsyncIterator[None]:
-    # A function-scoped async fixture runs on the test's own loop when that loop is function
-    # scoped too, as pyproject.toml leaves every test's (asyncio_mode auto, default scopes).
-    marker = request.node.get_closest_marker("asyncio")
-    scope = marker.kwargs.get("loop_scope", "function") if marker else "function"
-    if scope != "function":
-        pytest.fail(f"the event loop watch sees function-scoped loops only, not {scope!r} ones")
-    loop = asyncio.get_running_loop()
-    watch = _SlowCallbacks()
-    request.node.stash[_SLOW_CALLBACKS] = watch
-    logger = logging.getLogger("asyncio")
-    logger.addHandler(watch)
-    slow_callback_duration = loop.slow_callback_duration
-    # Debug mode times every callback; it also records where each coroutine was created,
-    # which has nothing to do with timing and makes coroutine-heavy code 4 to 20 times slower
-    # (the callbacks it would report are that overhead), so that part stays off.
-    with mock.patch.object(loop, "_set_coroutine_origin_tracking", lambda enabled: None):
-        loop.set_debug(True)
-        loop.slow_callback_duration = LOOP_BLOCK_LIMIT
-        try:
-            yield
-        finally:
-            loop.set_debug(False)
-            loop.slow_callback_duration = slow_callback_duration
-            logger.removeHandler(watch)
-    watch.fail_on_new_reports("at teardown")
+__all__ = ["event_loop_never_blocked", "pytest_runtest_call", "watched_event_loop"]  # for pytest
 
 
 @pytest.fixture(scope="session")
