@@ -29,9 +29,9 @@ from pytest_asyncio import is_async_test
 
 #: An async test fails when one callback holds its event loop this long (seconds), not
 #: counting time spent waiting for a CPU. The slowest callbacks of the suite (textual
-#: redrawing a screen, a fan-out to a thousand subscribers) work for up to 0.3 s on one core of
-#: a 2-core machine; a second leaves slack for slower machines and still catches what blocks
-#: for real: a subprocess, a socket, a sleep.
+#: redrawing a screen, a fan-out to a thousand subscribers) work for up to 0.4 s on a core of a
+#: loaded 2-core machine; a second leaves slack for slower machines and still catches what
+#: blocks for real: a subprocess, a socket, a sleep.
 LOOP_BLOCK_LIMIT = 1.0
 #: What asyncio's debug mode logs for a slow callback (asyncio/base_events.py).
 SLOW_CALLBACK_MESSAGE = "Executing %s took %.3f seconds"
