@@ -635,9 +635,10 @@ class SwarmClient:
     async def tasks(self, service_name: str) -> list[TaskState]:
         raw = await self._json("tasks", params={"filters": json.dumps({"service": [service_name]})})
         states = [TaskState.from_api(t) for t in raw]
-        # Tasks of an earlier job iteration (superseded by an update) are shut down by Swarm;
-        # they say nothing about the current run.
-        current = [t for t in states if t.desired_state != "shutdown"] or states
+        # Tasks of an earlier job iteration (superseded by an update) are shut down by Swarm
+        # (desired state "shutdown", or "remove" on 20.10); they say nothing about the current
+        # run, even when one's timestamp ties with the new task's and it is listed last.
+        current = [t for t in states if t.desired_state not in ("shutdown", "remove")] or states
         return sorted(current, key=lambda t: t.timestamp)
 
     async def wait_job(self, service_name: str, *, poll_interval: float = 0.25) -> TaskState:

@@ -4,6 +4,9 @@ Tests marked ``swarm`` run against the real test ground (``stack/testground up``
 engine in swarm mode, the stack's registry as a Swarm service, and a git smart-HTTP server with
 the test repositories. ``testground`` brings it up once per session (idempotent and cached, so
 a warm run costs a few seconds) and yields the JSON it prints.
+
+Every async test, in every tier, fails if a callback blocks its event loop
+(``loop_watch``).
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loop_watch import event_loop_never_blocked, pytest_runtest_call, watched_event_loop
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+__all__ = ["event_loop_never_blocked", "pytest_runtest_call", "watched_event_loop"]  # for pytest
 
 
 @pytest.fixture(scope="session")

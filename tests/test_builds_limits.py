@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from build_fixtures import (
     EngineProxy,
+    FixtureRegistry,
     GitRepo,
     build_settings,
     cleanup_builds,
@@ -193,26 +194,41 @@ async def test_engine_gone_mid_build_fails_in_bounded_time_and_leaks_nothing(
             await proxied.close()
 
 
+@pytest.fixture
+def pushfail_repo(testground: dict[str, Any]) -> Iterator[GitRepo]:
+    with git_repo(testground, slow_dockerfile(testground, 4), "sbtest-pushfail") as repo:
+        yield repo
+
+
+@pytest.fixture
+def plain_registry(testground: dict[str, Any]) -> Iterator[FixtureRegistry]:
+    """A registry of its own (fixtures run off the event loop: it takes seconds to start)."""
+    with running_registry(testground, auth=False) as registry:
+        yield registry
+
+
 async def test_registry_gone_mid_build_fails_with_the_push_error(
-    testground: dict[str, Any], swarm: SwarmClient, run_id: str, cleanup_builds: None
+    testground: dict[str, Any],
+    swarm: SwarmClient,
+    run_id: str,
+    cleanup_builds: None,
+    pushfail_repo: GitRepo,
+    plain_registry: FixtureRegistry,
 ) -> None:
-    with (
-        git_repo(testground, slow_dockerfile(testground, 4), "sbtest-pushfail") as repo,
-        running_registry(testground, auth=False) as registry,
-    ):
-        req = make_request(run_id, repo.url, repo.sha, registry=registry.host, label="pushfail")
-        manager = BuildManager(swarm, build_settings(testground))
-        try:
-            build = await manager.request(req)
-            async with asyncio.timeout(60):
-                async for event in build.events():
-                    if event.phase is Phase.BUILDING:
-                        break
-            # the registry goes away while the image is still building
-            remove_registry(registry.service)
-            events = await collect(build, within=120)
-        finally:
-            await manager.close()
+    repo, registry = pushfail_repo, plain_registry
+    req = make_request(run_id, repo.url, repo.sha, registry=registry.host, label="pushfail")
+    manager = BuildManager(swarm, build_settings(testground))
+    try:
+        build = await manager.request(req)
+        async with asyncio.timeout(60):
+            async for event in build.events():
+                if event.phase is Phase.BUILDING:
+                    break
+        # the registry goes away while the image is still building
+        await asyncio.to_thread(remove_registry, registry.service)
+        events = await collect(build, within=120)
+    finally:
+        await manager.close()
     final = events[-1]
     assert final.phase is Phase.FAILED
     # repo2docker's push error, as the node's daemon reported it

@@ -4,6 +4,7 @@ or its build ends, and never shows; the pull account only pulls; Binder signs it
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -150,7 +151,10 @@ def test_the_pull_account_pulls_and_cannot_push(
 async def test_binder_signs_its_own_tokens_for_its_registry_checks(
     issuer: TokenIssuer, registry: FixtureRegistry, tiny_image: str
 ) -> None:
-    ok, said = push_as(registry, tiny_image, "sbtest-checked", ("binder", "operator-pw"))
+    # Off the loop: docker push blocks for seconds.
+    ok, said = await asyncio.to_thread(
+        push_as, registry, tiny_image, "sbtest-checked", ("binder", "operator-pw")
+    )
     assert ok, said
 
     def own(scopes: list[str]) -> tuple[str, float]:

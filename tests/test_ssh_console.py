@@ -217,7 +217,8 @@ def test_forwarding_sftp_and_scp_are_refused(console: Console, tmp_path: Path) -
 
 
 async def test_session_limit_and_clean_shutdown(console: Console) -> None:
-    console.start("http://127.0.0.1:9/", "--max-sessions", "1")
+    # Off the loop: starting waits (blocking) until the console listens.
+    await asyncio.to_thread(console.start, "http://127.0.0.1:9/", "--max-sessions", "1")
     assert console.proc is not None
     socket_name = "swarmbinder-test-" + uuid.uuid4().hex[:8]
     line = console.command_line("-t", "admin@127.0.0.1") + "; echo ssh-exit-$?; sleep 60"
@@ -300,7 +301,7 @@ async def test_ssh_gets_the_console_with_a_live_build(
     service: TestClient[Any, Any],  # noqa: F811
     testground: dict[str, Any],
 ) -> None:
-    console.start(f"http://127.0.0.1:{service.port}/")
+    await asyncio.to_thread(console.start, f"http://127.0.0.1:{service.port}/")
     socket_name = "swarmbinder-test-" + uuid.uuid4().hex[:8]
     build: asyncio.Task[list[dict[str, Any]]] | None = None
     try:
