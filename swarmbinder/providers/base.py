@@ -9,7 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypedDict
 
 import aiohttp
 
@@ -97,6 +97,15 @@ def check_ref(ref: str) -> None:
         problem = "has a part starting with '.'"
     if problem:
         raise SpecError(f"Ref {ref!r} is not a valid git ref: it {problem}.")
+
+
+class HttpOptions(TypedDict, total=False):
+    """How a provider reaches its service: what each HTTP provider hands on to
+    :class:`RepoProvider`, whose defaults apply to what is left out."""
+
+    session: aiohttp.ClientSession | None
+    timeout: float
+    outbound: OutboundPolicy | None
 
 
 @dataclass(frozen=True)
