@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 from urllib.parse import quote
 
 import aiohttp
@@ -105,6 +105,14 @@ def _detail(body: bytes) -> str:
     return text[:200] or "(no details)"
 
 
+class _RequestOptions(TypedDict, total=False):
+    """What a request carries besides its method and path (:meth:`HubClient._once`)."""
+
+    body: Any
+    params: Mapping[str, str] | None
+    accept: str
+
+
 class HubClient:
     """JupyterHub's REST API at ``hub_api_url`` (``https://hub.example.org/hub/api``).
 
@@ -160,19 +168,13 @@ class HubClient:
             raise HubUnavailable(f"{method} {path}", ValueError("not JSON")) from exc
 
     async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        params: Mapping[str, str] | None = None,
-        accept: str = "application/json",
+        self, method: str, path: str, **options: Unpack[_RequestOptions]
     ) -> tuple[int, Any]:
         """:meth:`_once`, retrying 5xx and transport failures with backoff, never a 4xx."""
         delays = self._backoff.delays()
         for attempt in range(len(delays) + 1):
             try:
-                return await self._once(method, path, body=body, params=params, accept=accept)
+                return await self._once(method, path, **options)
             except HubRequestFailed as exc:
                 if attempt and exc.status == 409:
                     # BinderHub's rule: a conflict on a retry means the first try got through

@@ -27,12 +27,13 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, Unpack
 
 from .buildjob import BuildRequest
 from .buildstatus import BuildOutcome
 from .errors import SwarmbinderError
 from .events import MSG_DONE_FOUND, MSG_FOUND_BUILT, BuildEvent, Phase
+from .launcher import ServerRequest
 from .resolve import Resolved
 
 log = logging.getLogger(__name__)
@@ -57,19 +58,7 @@ class BuildStarter(Protocol):
 class ServerLauncher(Protocol):
     """Starts a Jupyter server for an image, yielding ``launching`` events, then ``ready``."""
 
-    def launch(
-        self,
-        image: str,
-        *,
-        repo_url: str,
-        provider_spec: str,
-        ref_url: str,
-        binder_request: str,
-        binder_persistent_request: str,
-        binder_launch_host: str,
-        username: str | None = None,
-        server_name: str = "",
-    ) -> AsyncIterator[BuildEvent]: ...
+    def launch(self, image: str, **request: Unpack[ServerRequest]) -> AsyncIterator[BuildEvent]: ...
 
 
 class FlowObserver(Protocol):

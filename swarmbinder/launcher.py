@@ -25,7 +25,7 @@ import logging
 import secrets
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 from urllib.parse import quote
 
 from . import naming
@@ -54,6 +54,20 @@ class NoRoomForServerName(LaunchFailed):
     """The user's name leaves no room for a named server within Swarm's 63 characters."""
 
     status_code = 400
+
+
+class ServerRequest(TypedDict):
+    """What a launch says of the server besides its image: BinderHub's ``binder_*`` fields for
+    the spawner and the ``ready`` event, and whose server it is (default: a temporary user's)."""
+
+    repo_url: str
+    provider_spec: str
+    ref_url: str
+    binder_request: str
+    binder_persistent_request: str
+    binder_launch_host: str
+    username: NotRequired[str | None]
+    server_name: NotRequired[str]
 
 
 class _Ready:
@@ -132,17 +146,7 @@ class Launcher:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
 
     async def launch(
-        self,
-        image: str,
-        *,
-        repo_url: str,
-        provider_spec: str,
-        ref_url: str,
-        binder_request: str,
-        binder_persistent_request: str,
-        binder_launch_host: str,
-        username: str | None = None,
-        server_name: str = "",
+        self, image: str, **request: Unpack[ServerRequest]
     ) -> AsyncGenerator[BuildEvent, None]:
         """``launching`` events with the hub's progress messages, then ``ready``.
 
@@ -150,6 +154,9 @@ class Launcher:
         cannot be started; by then nothing of the launch is left in the hub or the swarm.
         """
         await self._check_image(image)
+        repo_url = request["repo_url"]
+        username = request.get("username")
+        server_name = request.get("server_name", "")
         temporary = username is None
         if username is None:
             user = naming.temporary_name(
@@ -160,15 +167,19 @@ class Launcher:
             server_name = server_name or await self._server_for(user, repo_url)
         service = naming.spawner_service_name(user, server_name, self._prefix)
         token = secrets.token_urlsafe(24)
+        # what both the spawner and the ready event carry, in BinderHub's names
+        binder = {
+            "binder_ref_url": request["ref_url"],
+            "binder_launch_host": request["binder_launch_host"],
+            "binder_request": request["binder_request"],
+            "binder_persistent_request": request["binder_persistent_request"],
+        }
         options = {
             "image": image,
             "token": token,
             "repo_url": repo_url,
-            "provider_spec": provider_spec,
-            "binder_ref_url": ref_url,
-            "binder_launch_host": binder_launch_host,
-            "binder_request": binder_request,
-            "binder_persistent_request": binder_persistent_request,
+            "provider_spec": request["provider_spec"],
+            **binder,
         }
         started = False
         ready = False
@@ -213,16 +224,7 @@ class Launcher:
             if holding_slot:  # the server is up: the next launch may start
                 holding_slot = False
                 self.slots.give_back()
-            yield BuildEvent.ready(
-                url=url,
-                token=token,
-                image=image,
-                repo_url=repo_url,
-                binder_ref_url=ref_url,
-                binder_launch_host=binder_launch_host,
-                binder_request=binder_request,
-                binder_persistent_request=binder_persistent_request,
-            )
+            yield BuildEvent.ready(url=url, token=token, image=image, repo_url=repo_url, **binder)
         finally:
             if holding_slot:
                 self.slots.give_back()

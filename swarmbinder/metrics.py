@@ -43,10 +43,11 @@ import logging
 import logging.handlers
 import queue
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -157,42 +158,37 @@ class Metrics:
             ["status", "provider", "repo"],
             registry=r,
         )
-        self.builds_inprogress = Gauge(
-            "binderhub_inprogress_builds", "Builds currently in progress", registry=r
+
+        def gauge(name: str, documentation: str, labels: Sequence[str] = ()) -> Gauge:
+            return Gauge(name, documentation, labels, registry=r)
+
+        self.builds_inprogress = gauge(
+            "binderhub_inprogress_builds", "Builds currently in progress"
         )
-        self.launches_inprogress = Gauge(
-            "binderhub_inprogress_launches", "Launches currently in progress", registry=r
+        self.launches_inprogress = gauge(
+            "binderhub_inprogress_launches", "Launches currently in progress"
         )
-        self.build_queue_length = Gauge(
-            "swarmbinder_build_queue_length",
-            "Builds waiting for a free build slot",
-            registry=r,
+        self.build_queue_length = gauge(
+            "swarmbinder_build_queue_length", "Builds waiting for a free build slot"
         )
-        self.builds_running = Gauge(
-            "swarmbinder_builds_running",
-            "Build services currently running on the swarm",
-            registry=r,
+        self.builds_running = gauge(
+            "swarmbinder_builds_running", "Build services currently running on the swarm"
         )
-        self.user_servers_running = Gauge(
-            "swarmbinder_user_servers_running",
-            "User servers currently running on the swarm",
-            registry=r,
+        self.user_servers_running = gauge(
+            "swarmbinder_user_servers_running", "User servers currently running on the swarm"
         )
-        self.launch_queue_length = Gauge(
+        self.launch_queue_length = gauge(
             "swarmbinder_launch_queue_length",
             "Launches waiting for a free launch slot (concurrent_launch_limit)",
-            registry=r,
         )
-        self.launch_limit = Gauge(
+        self.launch_limit = gauge(
             "swarmbinder_concurrent_launch_limit",
             "User servers this replica starts at once; 0: no limit",
-            registry=r,
         )
-        self.swarm_nodes = Gauge(
+        self.swarm_nodes = gauge(
             "swarmbinder_swarm_nodes",
             "Swarm nodes by state (ready, down, ...) and availability (active, pause, drain)",
             ["state", "availability"],
-            registry=r,
         )
         # Series for every outcome exist from the start, so "no failures" reads as 0 and a
         # rate() over them works before the first failure.
@@ -226,27 +222,15 @@ class Metrics:
 
         return Tracker(self.launches_inprogress, done, self._clock)
 
-    @contextmanager
-    def track_build(self, provider: str, repo: str) -> Iterator[Tracker]:
+    def track_build(self, provider: str, repo: str) -> AbstractContextManager[Tracker]:
         """``with`` form of :meth:`start_build`: success when the block ends normally without
         having finished the tracker, failure when anything (cancellation included) escapes."""
-        tracking = _tracking(
-            self.start_build(provider, repo),
-            success=BuildOutcome.SUCCESS,
-            failure=BuildOutcome.FAILURE,
-        )
-        with tracking as tracker:
-            yield tracker
+        start = partial(self.start_build, provider, repo)
+        return _tracking(start, success=BuildOutcome.SUCCESS, failure=BuildOutcome.FAILURE)
 
-    @contextmanager
-    def track_launch(self, provider: str, repo: str) -> Iterator[Tracker]:
-        tracking = _tracking(
-            self.start_launch(provider, repo),
-            success=LaunchStatus.SUCCESS,
-            failure=LaunchStatus.FAILURE,
-        )
-        with tracking as tracker:
-            yield tracker
+    def track_launch(self, provider: str, repo: str) -> AbstractContextManager[Tracker]:
+        start = partial(self.start_launch, provider, repo)
+        return _tracking(start, success=LaunchStatus.SUCCESS, failure=LaunchStatus.FAILURE)
 
     def count_quota_refusal(self, provider: str, repo: str, scope: str) -> None:
         """A launch refused by a quota (``scope`` of :class:`~swarmbinder.errors.QuotaExceeded`),
@@ -262,7 +246,9 @@ class Metrics:
 
 
 @contextmanager
-def _tracking(tracker: Tracker, *, success: str, failure: str) -> Iterator[Tracker]:
+def _tracking(start: Callable[[], Tracker], *, success: str, failure: str) -> Iterator[Tracker]:
+    # started on entering the block, so the time counted is the block's
+    tracker = start()
     try:
         yield tracker
     except BaseException:
@@ -275,15 +261,19 @@ def _tracking(tracker: Tracker, *, success: str, failure: str) -> Iterator[Track
 # -- the launch event ----------------------------------------------------------------------------
 
 
+class LaunchFields(TypedDict):
+    """What a launch event says of one launch (BinderHub's schema, less its capsule)."""
+
+    provider: str
+    spec: str
+    ref: str
+    build_token: bool
+    origin: str
+    request_origin: str
+
+
 def launch_event(
-    *,
-    provider: str,
-    spec: str,
-    ref: str,
-    build_token: bool,
-    origin: str,
-    request_origin: str,
-    now: datetime.datetime | None = None,
+    *, now: datetime.datetime | None = None, **fields: Unpack[LaunchFields]
 ) -> dict[str, Any]:
     """BinderHub's launch event: its capsule (timestamp, schema, version) and its fields."""
     now = now or datetime.datetime.now(tz=datetime.UTC)
@@ -291,13 +281,13 @@ def launch_event(
         "timestamp": now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "schema": LAUNCH_SCHEMA,
         "version": LAUNCH_SCHEMA_VERSION,
-        "provider": provider,
-        "spec": spec,
-        "ref": ref,
+        "provider": fields["provider"],
+        "spec": fields["spec"],
+        "ref": fields["ref"],
         "status": "success",
-        "build_token": build_token,
-        "origin": origin,
-        "request_origin": request_origin,
+        "build_token": fields["build_token"],
+        "origin": fields["origin"],
+        "request_origin": fields["request_origin"],
     }
 
 
@@ -329,28 +319,12 @@ class LaunchEventLog:
             self._listener.start()
             self.logger.addHandler(self._queue_handler)
 
-    def emit(
-        self,
-        *,
-        provider: str,
-        spec: str,
-        ref: str,
-        build_token: bool,
-        origin: str,
-        request_origin: str,
-    ) -> dict[str, Any]:
+    def emit(self, **fields: Unpack[LaunchFields]) -> dict[str, Any]:
+        provider = fields["provider"]
         if provider not in PROVIDER_NAMES.values():
             # The schema would reject it; a dashboard keyed on provider should learn of it.
             log.warning("launch event with a provider outside the schema: %r", provider)
-        event = launch_event(
-            provider=provider,
-            spec=spec,
-            ref=ref,
-            build_token=build_token,
-            origin=origin,
-            request_origin=request_origin,
-            now=self._clock() if self._clock else None,
-        )
+        event = launch_event(now=self._clock() if self._clock else None, **fields)
         self.logger.info(json.dumps(event, ensure_ascii=False))
         return event
 

@@ -120,7 +120,20 @@ class LiveDisplay:
         self._live.stop()
 
 
-class PlainDisplay:
+class _LineDisplay:
+    """A display that only ever writes whole lines: nothing to take over, redraw or give back."""
+
+    def start(self) -> None:
+        pass
+
+    def refresh(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class PlainDisplay(_LineDisplay):
     """A line each time a spec changes state (a log file, CI), then the summary table."""
 
     def __init__(self, out: TextIO, clock: Callable[[], float]) -> None:
@@ -134,21 +147,12 @@ class PlainDisplay:
         self._shown[item.spec] = item.state
         print(progress_line(item, self._clock()), file=self._out, flush=True)
 
-    def start(self) -> None:
-        pass
-
-    def refresh(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
     def close(self, report: Report) -> None:
         print(file=self._out)
         print(summary_table(report), file=self._out, flush=True)
 
 
-class JsonDisplay:
+class JsonDisplay(_LineDisplay):
     """JSON lines for automation: ``{"type": "progress", ...}`` on every change of state (and
     at most every ``log_interval`` seconds for new log lines), then one ``summary`` object."""
 
@@ -165,15 +169,6 @@ class JsonDisplay:
             return
         self._last[item.spec] = (item.state, now)
         print(json.dumps({"type": "progress", **item.to_json(now)}), file=self._out, flush=True)
-
-    def start(self) -> None:
-        pass
-
-    def refresh(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
 
     def close(self, report: Report) -> None:
         print(json.dumps(report.to_json()), file=self._out, flush=True)

@@ -364,7 +364,7 @@ class SwarmClient:
     async def __aenter__(self) -> SwarmClient:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     # -- choke point -------------------------------------------------------------------

@@ -9,6 +9,7 @@ notifications. The connection state is always on screen, under the header.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 from textual import on, work
@@ -16,6 +17,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
 from .client import RETRY_DELAYS, AdminAPI, AdminClientError, Connection, follow
@@ -50,18 +52,29 @@ Confirm, BanForm, QuotaForm { align: center middle; }
 """
 
 
+#: The tabs in order, key 1 to 6: (id, name in the key bar and palette, the tab's title, its
+#: view, what the command palette says it shows).
+_TABS: tuple[tuple[str, str, str, type[Widget], str], ...] = (
+    ("builds", "Builds", "Builds", BuildsView, "Show the live builds"),
+    ("launches", "Launches", "Launches and quotas", LaunchesView, "Servers per repository"),
+    ("bans", "Bans", "Bans", BansView, "Show the ban list"),
+    ("nodes", "Nodes", "Nodes", NodesView, "Show the swarm's nodes"),
+    ("audit", "Audit", "Audit", AuditView, "Who changed what, when"),
+    ("prebuilds", "Prebuilds", "Prebuilds", PrebuildsView, "Prebuild jobs on the swarm"),
+)
+_TAB_NAMES = {tab: name for tab, name, *_ in _TABS}
+
+
 class AdminConsole(App[None]):
     """swarmbinder's admin console."""
 
     TITLE = "swarmbinder admin"
     CSS = CSS
     BINDINGS = [
-        Binding("1", "show_tab('builds')", "Builds"),
-        Binding("2", "show_tab('launches')", "Launches"),
-        Binding("3", "show_tab('bans')", "Bans"),
-        Binding("4", "show_tab('nodes')", "Nodes"),
-        Binding("5", "show_tab('audit')", "Audit"),
-        Binding("6", "show_tab('prebuilds')", "Prebuilds"),
+        *(
+            Binding(str(n), f"show_tab('{tab}')", name)
+            for n, (tab, name, *_) in enumerate(_TABS, 1)
+        ),
         Binding("c", "cancel_build", "Cancel build"),
         Binding("s", "stop_server", "Stop server"),
         Binding("a", "add_ban", "Add ban"),
@@ -86,18 +99,9 @@ class AdminConsole(App[None]):
             plain(f"Connecting to {self.client.url} ..."), id="status", classes="connecting"
         )
         with TabbedContent(initial="builds", id="tabs"):
-            with TabPane("Builds", id="builds"):
-                yield BuildsView()
-            with TabPane("Launches and quotas", id="launches"):
-                yield LaunchesView()
-            with TabPane("Bans", id="bans"):
-                yield BansView()
-            with TabPane("Nodes", id="nodes"):
-                yield NodesView()
-            with TabPane("Audit", id="audit"):
-                yield AuditView()
-            with TabPane("Prebuilds", id="prebuilds"):
-                yield PrebuildsView()
+            for tab, _, title, view, _ in _TABS:
+                with TabPane(title, id=tab):
+                    yield view()
         yield Footer()
 
     def on_mount(self) -> None:
@@ -225,13 +229,9 @@ class AdminConsole(App[None]):
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
+        for tab, name, _, _, help_text in _TABS:
+            yield SystemCommand(name, help_text, partial(self.action_show_tab, tab))
         commands: list[tuple[str, str, Callable[[], Any]]] = [
-            ("Builds", "Show the live builds", lambda: self.action_show_tab("builds")),
-            ("Launches", "Servers per repository", lambda: self.action_show_tab("launches")),
-            ("Bans", "Show the ban list", lambda: self.action_show_tab("bans")),
-            ("Nodes", "Show the swarm's nodes", lambda: self.action_show_tab("nodes")),
-            ("Audit", "Who changed what, when", lambda: self.action_show_tab("audit")),
-            ("Prebuilds", "Prebuild jobs on the swarm", lambda: self.action_show_tab("prebuilds")),
             ("Cancel build", "Cancel the selected build", self.action_cancel_build),
             ("Stop server", "Stop the selected user server", self.action_stop_server),
             ("Add ban", "Ban a spec regex or a network", self.action_add_ban),
@@ -250,8 +250,13 @@ class AdminConsole(App[None]):
 
     # -- actions ---------------------------------------------------------------------------------
 
-    def _tab(self) -> str:
-        return str(self.query_one("#tabs", TabbedContent).active)
+    def _selected(self, tab: str, pick: Callable[[], Json | None], what: str) -> Json | None:
+        """The row picked on ``tab`` if it is showing; else None, and the user is told to
+        select ``what`` there first."""
+        row = pick() if self.query_one("#tabs", TabbedContent).active == tab else None
+        if row is None:
+            self.notify(f"Select {what} on the {_TAB_NAMES[tab]} tab first.", severity="warning")
+        return row
 
     def _confirm_then(self, question: str, call: Callable[[], Awaitable[Json]], done: str) -> None:
         def answered(yes: bool | None) -> None:
@@ -276,9 +281,8 @@ class AdminConsole(App[None]):
         screen = self.screen
         build = screen.build if isinstance(screen, BuildLogScreen) else None
         if build is None:
-            build = self.query_one(BuildsView).selected() if self._tab() == "builds" else None
+            build = self._selected("builds", self.query_one(BuildsView).selected, "a build")
         if build is None:
-            self.notify("Select a build on the Builds tab first.", severity="warning")
             return
         if build.get("phase") not in ACTIVE_PHASES or not build.get("live", True):
             self.notify(f"That build has already ended ({build.get('phase')}).", severity="warning")
@@ -291,10 +295,10 @@ class AdminConsole(App[None]):
         )
 
     def action_stop_server(self) -> None:
-        launches = self.query_one(LaunchesView)
-        server = launches.selected_server() if self._tab() == "launches" else None
+        server = self._selected(
+            "launches", self.query_one(LaunchesView).selected_server, "a server"
+        )
         if server is None:
-            self.notify("Select a server on the Launches tab first.", severity="warning")
             return
         user, name = str(server["user"]), str(server.get("server_name", ""))
         self._confirm_then(
@@ -304,9 +308,8 @@ class AdminConsole(App[None]):
         )
 
     def action_remove_prebuild(self) -> None:
-        job = self.query_one(PrebuildsView).selected() if self._tab() == "prebuilds" else None
+        job = self._selected("prebuilds", self.query_one(PrebuildsView).selected, "a job")
         if job is None:
-            self.notify("Select a job on the Prebuilds tab first.", severity="warning")
             return
         name = str(job["name"])
         what = "finished" if job.get("finished") else "still running: removing stops it"
@@ -327,9 +330,8 @@ class AdminConsole(App[None]):
         self.push_screen(BanForm(), submitted)
 
     def action_remove_ban(self) -> None:
-        ban = self.query_one(BansView).selected() if self._tab() == "bans" else None
+        ban = self._selected("bans", self.query_one(BansView).selected, "a ban")
         if ban is None:
-            self.notify("Select a ban on the Bans tab first.", severity="warning")
             return
         if ban["source"] != "admin" or ban.get("id") is None:
             self.notify("That ban comes from the config file; change it there.", severity="warning")
@@ -362,10 +364,10 @@ class AdminConsole(App[None]):
         self._quota_form(pod=True)
 
     def action_clear_quota(self) -> None:
-        launches = self.query_one(LaunchesView)
-        override = launches.selected_override() if self._tab() == "launches" else None
+        override = self._selected(
+            "launches", self.query_one(LaunchesView).selected_override, "a quota override"
+        )
         if override is None:
-            self.notify("Select a quota override on the Launches tab first.", severity="warning")
             return
         if override["scope"] == "pod":
             self._confirm_then(

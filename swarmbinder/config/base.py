@@ -112,6 +112,17 @@ class OptionInfo:
         return ENV_PREFIX + self.name.replace(".", "_").upper()
 
 
+def sections_of(holder: type[Any]) -> tuple[tuple[str, type[Section]], ...]:
+    """(attribute, class) of each section field of the dataclass ``holder``, in field order: the
+    holder's fields are the one list of its sections, and of their order in docs/config.md."""
+    found: list[tuple[str, type[Section]]] = []
+    for f in fields(holder):
+        factory = f.default_factory
+        if isinstance(factory, type) and issubclass(factory, Section):
+            found.append((f.name, factory))
+    return tuple(found)
+
+
 def build_options(flat: SectionList, nested: SectionList) -> Mapping[str, OptionInfo]:
     """Every option of ``flat`` sections (top-level YAML keys) and ``nested`` ones (a YAML
     section each, dotted names), in that order."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from .base import OptionInfo, plain
-from .sections import FLAT_SECTIONS, NESTED_SECTIONS, OPTIONS
+from .providers import NESTED_SECTIONS
+from .sections import FLAT_SECTIONS, OPTIONS
 
 
 def render_markdown() -> str:

@@ -17,8 +17,8 @@ import yaml
 from ..errors import ConfigError
 from . import values
 from .base import ENV_PREFIX, OptionInfo, Section
-from .providers import ProvidersConfig
-from .sections import FLAT_SECTIONS, NESTED_SECTIONS, OPTIONS, Config
+from .providers import NESTED_SECTIONS, ProvidersConfig
+from .sections import FLAT_SECTIONS, OPTIONS, Config
 
 #: The environment variable naming the config file when no path is given.
 CONFIG_ENV = "SWARMBINDER_CONFIG"

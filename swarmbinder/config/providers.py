@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from . import values
-from .base import Section, opt
+from .base import Section, opt, sections_of
 
 
 @dataclass(frozen=True)
@@ -134,3 +134,7 @@ class ProvidersConfig:
     figshare: FigshareConfig = field(default_factory=FigshareConfig)
     hydroshare: HydroshareConfig = field(default_factory=HydroshareConfig)
     dataverse: DataverseConfig = field(default_factory=DataverseConfig)
+
+
+#: Nested YAML sections: (YAML key and attribute of ProvidersConfig, class).
+NESTED_SECTIONS = sections_of(ProvidersConfig)

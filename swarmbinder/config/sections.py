@@ -12,17 +12,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from . import values
-from .base import MASK, OptionInfo, Section, build_options, opt, plain
-from .providers import (
-    DataverseConfig,
-    FigshareConfig,
-    GitConfig,
-    GitHubConfig,
-    GitLabConfig,
-    HydroshareConfig,
-    ProvidersConfig,
-    ZenodoConfig,
-)
+from .base import MASK, OptionInfo, Section, build_options, opt, plain, sections_of
+from .providers import NESTED_SECTIONS, ProvidersConfig
 
 _SPEC_MATCHING = (
     "Patterns match the start of the spec as written after the provider prefix "
@@ -510,30 +501,6 @@ class AdminConfig(Section):
     )
 
 
-# Flat sections in the order docs/config.md lists them: (attribute of Config, class).
-FLAT_SECTIONS: tuple[tuple[str, type[Section]], ...] = (
-    ("server", ServerConfig),
-    ("hub", HubConfig),
-    ("registry", RegistryConfig),
-    ("builds", BuildConfig),
-    ("quotas", QuotaConfig),
-    ("bans", BanConfig),
-    ("pages", PagesConfig),
-    ("tokens", TokenConfig),
-    ("admin", AdminConfig),
-)
-# Nested YAML sections: (YAML key and attribute of ProvidersConfig, class).
-NESTED_SECTIONS: tuple[tuple[str, type[Section]], ...] = (
-    ("github", GitHubConfig),
-    ("gitlab", GitLabConfig),
-    ("git", GitConfig),
-    ("zenodo", ZenodoConfig),
-    ("figshare", FigshareConfig),
-    ("hydroshare", HydroshareConfig),
-    ("dataverse", DataverseConfig),
-)
-
-
 @dataclass(frozen=True)
 class Config:
     """The whole configuration; build it with :func:`load_config`."""
@@ -576,6 +543,8 @@ class Config:
         return out
 
 
+#: Flat sections, in the order docs/config.md lists them: (attribute of Config, class).
+FLAT_SECTIONS = sections_of(Config)
 OPTIONS: Mapping[str, OptionInfo] = build_options(FLAT_SECTIONS, NESTED_SECTIONS)
 
 

@@ -8,8 +8,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypedDict
 
 import aiohttp
 
@@ -97,6 +96,15 @@ def check_ref(ref: str) -> None:
         problem = "has a part starting with '.'"
     if problem:
         raise SpecError(f"Ref {ref!r} is not a valid git ref: it {problem}.")
+
+
+class HttpOptions(TypedDict, total=False):
+    """How a provider reaches its service: what each HTTP provider hands on to
+    :class:`RepoProvider`, whose defaults apply to what is left out."""
+
+    session: aiohttp.ClientSession | None
+    timeout: float
+    outbound: OutboundPolicy | None
 
 
 @dataclass(frozen=True)
@@ -239,10 +247,5 @@ class RepoProvider(ABC):
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()

@@ -5,13 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Mapping
 from functools import partial
-from typing import Any
 
 import aiohttp
 
 from ..errors import SpecError, UnknownProvider
 from ..outbound import session_policy
-from .base import DEFAULT_TIMEOUT, RepoProvider, check_text
+from .base import DEFAULT_TIMEOUT, HttpOptions, RepoProvider, check_text
 from .cache import SharedLookups
 from .ckan import CKANProvider
 from .datarepo import DOI_RESOLVER_URL, DataCache
@@ -23,6 +22,7 @@ from .github import (
     GITHUB_HOSTNAME,
     GistRepoProvider,
     GitHubCache,
+    GitHubOptions,
     GitHubRepoProvider,
     default_api_base_url,
 )
@@ -143,27 +143,29 @@ def default_registry(
     registry = ProviderRegistry()
 
     # Every provider that talks HTTP shares the caller's session and timeout.
-    http: dict[str, Any] = {"session": session, "timeout": timeout, "outbound": outbound}
-    github_auth: dict[str, Any] = {
-        "api_base_url": github_api,
+    http: HttpOptions = {"session": session, "timeout": timeout, "outbound": outbound}
+    github: GitHubOptions = {
         "access_token": github_access_token,
         "client_id": github_client_id,
         "client_secret": github_client_secret,
         "cache": cache,
+        **http,
     }
     factories: list[tuple[type[RepoProvider], ProviderFactory]] = [
         (
             GitHubRepoProvider,
-            partial(GitHubRepoProvider, hostname=github_hostname, **github_auth, **http),
+            partial(
+                GitHubRepoProvider, hostname=github_hostname, api_base_url=github_api, **github
+            ),
         ),
         (
             GistRepoProvider,
             partial(
                 GistRepoProvider,
                 hostname=gist_hostname,
+                api_base_url=github_api,
                 allow_secret_gist=allow_secret_gist,
-                **github_auth,
-                **http,
+                **github,
             ),
         ),
         (

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-import aiohttp
-
 from ..errors import SpecError
-from ..outbound import OutboundPolicy
-from .base import DEFAULT_TIMEOUT, check_text
+from .base import check_text
 from .datarepo import (
-    DataCache,
+    DataOptions,
     DataRepoProvider,
     check_tag,
     epoch_seconds,
@@ -47,16 +44,8 @@ class CKANProvider(DataRepoProvider):
         has_ref=False,
     )
 
-    def __init__(
-        self,
-        spec: str,
-        *,
-        cache: DataCache | None = None,
-        session: aiohttp.ClientSession | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        outbound: OutboundPolicy | None = None,
-    ) -> None:
-        super().__init__(spec, cache=cache, session=session, timeout=timeout, outbound=outbound)
+    def __init__(self, spec: str, **options: Unpack[DataOptions]) -> None:
+        super().__init__(spec, **options)
         self.repo = unquote(spec)
         check_text(self.repo, "Dataset URL")
         try:

@@ -11,17 +11,16 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 from urllib.parse import quote
 
 import aiohttp
 from yarl import URL
 
 from ..errors import ProviderUnavailable, RefNotFound, SpecError
-from ..outbound import OutboundPolicy
 from .base import (
-    DEFAULT_TIMEOUT,
     USER_AGENT,
+    HttpOptions,
     RepoProvider,
     answered_status,
     rate_limit_exceeded,
@@ -53,6 +52,12 @@ class DataCache:
 
     answers: EtagCache[Any] = field(default_factory=EtagCache)
     not_found: NegativeCache = field(default_factory=NegativeCache)
+
+
+class DataOptions(HttpOptions, total=False):
+    """What every data provider takes besides its spec and its own settings."""
+
+    cache: DataCache | None
 
 
 def check_doi(spec: str, service: str) -> None:
@@ -91,15 +96,9 @@ class DataRepoProvider(RepoProvider):
     """A provider whose resolution is a DOI lookup and a JSON API call or two."""
 
     def __init__(
-        self,
-        spec: str,
-        *,
-        cache: DataCache | None = None,
-        session: aiohttp.ClientSession | None = None,
-        timeout: float,
-        outbound: OutboundPolicy | None = None,
+        self, spec: str, *, cache: DataCache | None = None, **http: Unpack[HttpOptions]
     ) -> None:
-        super().__init__(spec, session=session, timeout=timeout, outbound=outbound)
+        super().__init__(spec, **http)
         self.cache = cache if cache is not None else DataCache()
         self.unresolved_ref = ""
 
@@ -203,15 +202,8 @@ class DoiRepoProvider(DataRepoProvider):
     """A data repository whose spec is a DOI, resolved at ``doi_resolver_url``."""
 
     def __init__(
-        self,
-        spec: str,
-        *,
-        doi_resolver_url: str = DOI_RESOLVER_URL,
-        cache: DataCache | None = None,
-        session: aiohttp.ClientSession | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        outbound: OutboundPolicy | None = None,
+        self, spec: str, *, doi_resolver_url: str = DOI_RESOLVER_URL, **options: Unpack[DataOptions]
     ) -> None:
-        super().__init__(spec, cache=cache, session=session, timeout=timeout, outbound=outbound)
+        super().__init__(spec, **options)
         check_doi(spec, self.name)
         self.doi_resolver_url = doi_resolver_url

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
-
-import aiohttp
+from typing import Any, ClassVar, Unpack
 
 from ..errors import RefNotFound, SpecError
-from ..outbound import OutboundPolicy
-from .base import DEFAULT_TIMEOUT
 from .datarepo import (
     DOI_FORM_REGEX,
     DOI_RESOLVER_URL,
-    DataCache,
+    DataOptions,
     DoiRepoProvider,
 )
 from .form import form_display_config, form_labels
@@ -49,19 +45,9 @@ class FigshareProvider(DoiRepoProvider):
         *,
         doi_resolver_url: str = DOI_RESOLVER_URL,
         api_base_url: str = FIGSHARE_API_BASE_URL,
-        cache: DataCache | None = None,
-        session: aiohttp.ClientSession | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        outbound: OutboundPolicy | None = None,
+        **options: Unpack[DataOptions],
     ) -> None:
-        super().__init__(
-            spec,
-            doi_resolver_url=doi_resolver_url,
-            cache=cache,
-            session=session,
-            timeout=timeout,
-            outbound=outbound,
-        )
+        super().__init__(spec, doi_resolver_url=doi_resolver_url, **options)
         self.api_base_url = api_base_url.rstrip("/")
         self.authority, _, identifier = spec.partition("/")
         fields = identifier.split(".")

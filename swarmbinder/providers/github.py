@@ -8,15 +8,12 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, Unpack
 from urllib.parse import quote
 
-import aiohttp
-
 from ..errors import ProviderUnavailable, RefNotFound, SpecError
-from ..outbound import OutboundPolicy
 from .base import (
-    DEFAULT_TIMEOUT,
+    HttpOptions,
     HttpResponse,
     RepoProvider,
     answered_status,
@@ -28,6 +25,8 @@ from .base import (
 )
 from .cache import EtagCache, NegativeCache
 from .form import form_display_config, form_labels
+
+T = TypeVar("T")
 
 GITHUB_HOSTNAME = "github.com"
 GIST_HOSTNAME = "gist.github.com"
@@ -66,6 +65,15 @@ class GitHubCache:
     clock: Callable[[], float] = time.time
 
 
+class GitHubOptions(HttpOptions, total=False):
+    """The credentials and cache both GitHub providers hand on to the API client."""
+
+    access_token: str | None
+    client_id: str | None
+    client_secret: str | None
+    cache: GitHubCache | None
+
+
 def default_api_base_url(hostname: str) -> str:
     """``api.github.com`` for github.com, ``https://{hostname}/api/v3`` for GitHub Enterprise."""
     if hostname == GITHUB_HOSTNAME:
@@ -93,11 +101,9 @@ class _GitHubAPI(RepoProvider):
         client_id: str | None = None,
         client_secret: str | None = None,
         cache: GitHubCache | None = None,
-        session: aiohttp.ClientSession | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        outbound: OutboundPolicy | None = None,
+        **http: Unpack[HttpOptions],
     ) -> None:
-        super().__init__(spec, session=session, timeout=timeout, outbound=outbound)
+        super().__init__(spec, **http)
         self.hostname = hostname
         self.api_base_url = (api_base_url or default_api_base_url(hostname)).rstrip("/")
         env = os.environ
@@ -147,6 +153,39 @@ class _GitHubAPI(RepoProvider):
             # what is left of 403 here is "Repository access blocked" (terms of service, DMCA)
             raise RefNotFound(f"GitHub refused access to {self.key}: {message}")
         raise answered_status("GitHub", response.status, url, message)
+
+    async def _lookup(
+        self,
+        url: str,
+        answers: EtagCache[T],
+        extract: Callable[[Any], T],
+        what: str,
+        missing: Callable[[], RefNotFound],
+    ) -> T:
+        """What ``extract`` reads from ``url``, asked conditionally on the ETag ``answers`` keeps.
+
+        An unchanged answer (304) costs no rate-limit quota. 404 and 422 raise ``missing()`` and
+        are remembered for a while; an answer ``extract`` cannot read came "without ``what``".
+        """
+        cached = answers.get(url)
+        if cached is None and url in self.cache.not_found:
+            raise missing()
+        response = await self._api_get(url, etag=cached.etag if cached else None)
+        if response.status == 304 and cached is not None:
+            return cached.value
+        if response.status in (404, 422):
+            answers.discard(url)
+            self.cache.not_found.add(url)
+            raise missing()
+        data = response.json("GitHub")
+        try:
+            value = extract(data)
+        except (KeyError, TypeError, ValueError) as e:
+            raise unexpected("GitHub", url, f"without {what}") from e
+        etag = response.headers.get("ETag")
+        if etag:
+            answers.set(url, etag, value)
+        return value
 
     def _record_rate_limit(self, headers: Mapping[str, str]) -> None:
         try:
@@ -210,26 +249,9 @@ class GitHubRepoProvider(_GitHubAPI):
         *,
         hostname: str = GITHUB_HOSTNAME,
         api_base_url: str | None = None,
-        access_token: str | None = None,
-        client_id: str | None = None,
-        client_secret: str | None = None,
-        cache: GitHubCache | None = None,
-        session: aiohttp.ClientSession | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        outbound: OutboundPolicy | None = None,
+        **options: Unpack[GitHubOptions],
     ) -> None:
-        super().__init__(
-            spec,
-            hostname=hostname,
-            api_base_url=api_base_url,
-            access_token=access_token,
-            client_id=client_id,
-            client_secret=client_secret,
-            cache=cache,
-            session=session,
-            timeout=timeout,
-            outbound=outbound,
-        )
+        super().__init__(spec, hostname=hostname, api_base_url=api_base_url, **options)
         parts = spec.split("/", 2)
         if len(parts) != 3 or not all(parts):
             message = f'Spec is not of the form "user/repo/ref", provided: "{spec}".'
@@ -260,24 +282,7 @@ class GitHubRepoProvider(_GitHubAPI):
             self._repo_path(self.user, self.repo),
             quote(self.unresolved_ref, safe="/"),
         )
-        cached = self.cache.refs.get(url)
-        if cached is None and url in self.cache.not_found:
-            raise self._missing()
-        response = await self._api_get(url, etag=cached.etag if cached else None)
-        if response.status == 304 and cached is not None:
-            return cached.value
-        if response.status in (404, 422):
-            self.cache.refs.discard(url)
-            self.cache.not_found.add(url)
-            raise self._missing()
-        data = response.json("GitHub")
-        sha = data.get("sha") if isinstance(data, dict) else None
-        if not isinstance(sha, str) or not is_full_sha(sha):
-            raise unexpected("GitHub", url, "without a commit sha")
-        etag = response.headers.get("ETag")
-        if etag:
-            self.cache.refs.set(url, etag, sha)
-        return sha
+        return await self._lookup(url, self.cache.refs, _commit_sha, "a commit sha", self._missing)
 
     def _missing(self) -> RefNotFound:
         tip = ""
@@ -311,26 +316,14 @@ class GistRepoProvider(_GitHubAPI):
         *,
         hostname: str = GIST_HOSTNAME,
         api_base_url: str | None = None,
-        access_token: str | None = None,
-        client_id: str | None = None,
-        client_secret: str | None = None,
         allow_secret_gist: bool = False,
-        cache: GitHubCache | None = None,
-        session: aiohttp.ClientSession | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        outbound: OutboundPolicy | None = None,
+        **options: Unpack[GitHubOptions],
     ) -> None:
         super().__init__(
             spec,
             hostname=hostname,
             api_base_url=api_base_url or default_api_base_url(GITHUB_HOSTNAME),
-            access_token=access_token,
-            client_id=client_id,
-            client_secret=client_secret,
-            cache=cache,
-            session=session,
-            timeout=timeout,
-            outbound=outbound,
+            **options,
         )
         self.allow_secret_gist = allow_secret_gist
         parts = spec.split("/")
@@ -374,25 +367,18 @@ class GistRepoProvider(_GitHubAPI):
 
     async def _gist_info(self) -> GistInfo:
         url = f"{self.api_base_url}/gists/{quote(self.gist_id, safe='')}"
-        cached = self.cache.gists.get(url)
-        if cached is None and url in self.cache.not_found:
-            raise self._not_found()
-        response = await self._api_get(url, etag=cached.etag if cached else None)
-        if response.status == 304 and cached is not None:
-            return cached.value
-        if response.status in (404, 422):
-            self.cache.gists.discard(url)
-            self.cache.not_found.add(url)
-            raise self._not_found()
-        data = response.json("GitHub")
-        try:
-            info = GistInfo(
-                public=bool(data["public"]),
-                versions=tuple(str(entry["version"]) for entry in data["history"]),
-            )
-        except (KeyError, TypeError) as e:
-            raise unexpected("GitHub", url, "without a gist history") from e
-        etag = response.headers.get("ETag")
-        if etag:
-            self.cache.gists.set(url, etag, info)
-        return info
+        return await self._lookup(url, self.cache.gists, _gist, "a gist history", self._not_found)
+
+
+def _commit_sha(data: Any) -> str:
+    sha = data.get("sha") if isinstance(data, dict) else None
+    if not isinstance(sha, str) or not is_full_sha(sha):
+        raise ValueError(f"not a full commit sha: {sha!r}")
+    return sha
+
+
+def _gist(data: Any) -> GistInfo:
+    return GistInfo(
+        public=bool(data["public"]),
+        versions=tuple(str(entry["version"]) for entry in data["history"]),
+    )

@@ -5,15 +5,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import ClassVar, Unpack
 from urllib.parse import quote, unquote
 
-import aiohttp
-
 from ..errors import SpecError
-from ..outbound import OutboundPolicy
 from .base import (
-    DEFAULT_TIMEOUT,
+    HttpOptions,
     RepoProvider,
     answered_status,
     check_ref,
@@ -56,11 +53,9 @@ class GitLabRepoProvider(RepoProvider):
         api_base_url: str | None = None,
         access_token: str | None = None,
         private_token: str | None = None,
-        session: aiohttp.ClientSession | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        outbound: OutboundPolicy | None = None,
+        **http: Unpack[HttpOptions],
     ) -> None:
-        super().__init__(spec, session=session, timeout=timeout, outbound=outbound)
+        super().__init__(spec, **http)
         self.hostname = hostname
         self.api_base_url = (api_base_url or f"https://{hostname}/api/v4").rstrip("/")
         if access_token is None:

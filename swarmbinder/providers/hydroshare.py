@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar
-
-import aiohttp
+from typing import Any, ClassVar, Unpack
 
 from ..errors import SpecError
-from ..outbound import OutboundPolicy
-from .base import DEFAULT_TIMEOUT
 from .datarepo import (
-    DataCache,
+    DataOptions,
     DataRepoProvider,
     epoch_seconds,
 )
@@ -47,16 +43,9 @@ class HydroshareProvider(DataRepoProvider):
     )
 
     def __init__(
-        self,
-        spec: str,
-        *,
-        base_url: str = HYDROSHARE_BASE_URL,
-        cache: DataCache | None = None,
-        session: aiohttp.ClientSession | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        outbound: OutboundPolicy | None = None,
+        self, spec: str, *, base_url: str = HYDROSHARE_BASE_URL, **options: Unpack[DataOptions]
     ) -> None:
-        super().__init__(spec, cache=cache, session=session, timeout=timeout, outbound=outbound)
+        super().__init__(spec, **options)
         match = _RESOURCE_ID.match(spec)
         if match is None:
             raise SpecError(
