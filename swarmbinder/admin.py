@@ -76,16 +76,13 @@ class AdminError(SwarmbinderError):
     """An admin request that cannot be carried out; ``status_code`` says why."""
 
 
-class NotFound(AdminError):
-    status_code = 404
+class NotFound(AdminError, status=404): ...
 
 
-class Conflict(AdminError):
-    status_code = 409
+class Conflict(AdminError, status=409): ...
 
 
-class AdminUnavailable(AdminError):
-    status_code = 503
+class AdminUnavailable(AdminError, status=503): ...
 
 
 class BuildSource(Protocol):

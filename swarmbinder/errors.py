@@ -70,8 +70,15 @@ from __future__ import annotations
 class SwarmbinderError(Exception):
     """Root of every error swarmbinder raises on purpose."""
 
-    #: HTTP status the web layer uses when this error reaches a client.
+    #: HTTP status the web layer uses when this error reaches a client; a subclass declares
+    #: its own with a class keyword, ``class NotFound(AdminError, status=404)``, and inherits
+    #: its parent's otherwise.
     status_code: int = 500
+
+    def __init_subclass__(cls, *, status: int | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status_code = status
 
     def __init__(self, message: str, *, user_message: str | None = None) -> None:
         super().__init__(message)
@@ -82,10 +89,8 @@ class SwarmbinderError(Exception):
         return self.message
 
 
-class ConfigError(SwarmbinderError):
+class ConfigError(SwarmbinderError, status=500):
     """A config option is unknown, has the wrong type, or an invalid value."""
-
-    status_code = 500
 
     def __init__(self, option: str, problem: str) -> None:
         super().__init__(f"config option {option!r}: {problem}")
@@ -93,23 +98,17 @@ class ConfigError(SwarmbinderError):
         self.problem = problem
 
 
-class SpecError(SwarmbinderError):
+class SpecError(SwarmbinderError, status=400):
     """A provider spec does not parse, or is refused before anything is built."""
 
-    status_code = 400
 
-
-class UnknownProvider(SpecError):
-    status_code = 404
-
+class UnknownProvider(SpecError, status=404):
     def __init__(self, provider: str) -> None:
         super().__init__(f"No provider found for prefix {provider!r}")
         self.provider = provider
 
 
-class SpecBanned(SpecError):
-    status_code = 403
-
+class SpecBanned(SpecError, status=403):
     def __init__(self, spec: str, reason: str = "") -> None:
         # BinderHub's words, so clients that match on them keep working.
         message = f"Sorry, {spec} is not allowed to launch. Please contact admins for more info!"
@@ -120,33 +119,25 @@ class SpecBanned(SpecError):
         self.reason = reason
 
 
-class RefNotFound(SpecError):
-    status_code = 404
+class RefNotFound(SpecError, status=404): ...
 
 
-class ProviderUnavailable(SwarmbinderError):
-    status_code = 503
+class ProviderUnavailable(SwarmbinderError, status=503): ...
 
 
-class RegistryError(SwarmbinderError):
-    status_code = 503
+class RegistryError(SwarmbinderError, status=503): ...
 
 
-class SwarmUnavailable(SwarmbinderError):
-    status_code = 503
+class SwarmUnavailable(SwarmbinderError, status=503): ...
 
 
-class BuildFailed(SwarmbinderError):
-    status_code = 500
+class BuildFailed(SwarmbinderError, status=500): ...
 
 
-class LaunchFailed(SwarmbinderError):
-    status_code = 500
+class LaunchFailed(SwarmbinderError, status=500): ...
 
 
-class QuotaExceeded(SwarmbinderError):
-    status_code = 429
-
+class QuotaExceeded(SwarmbinderError, status=429):
     def __init__(self, message: str, *, quota: int, used: int, scope: str) -> None:
         super().__init__(message)
         self.quota = quota
@@ -154,10 +145,8 @@ class QuotaExceeded(SwarmbinderError):
         self.scope = scope
 
 
-class SwarmRequestFailed(SwarmbinderError):
+class SwarmRequestFailed(SwarmbinderError, status=502):
     """The engine answered, and said no (a 4xx/5xx from the Engine API)."""
-
-    status_code = 502
 
     def __init__(self, what: str, status: int, detail: str) -> None:
         super().__init__(
@@ -177,10 +166,8 @@ class ServiceNameConflict(SwarmRequestFailed):
         self.service_id = service_id
 
 
-class BuildOnlyRefused(SwarmbinderError):
+class BuildOnlyRefused(SwarmbinderError, status=400):
     """``build_only`` outside API-only mode from a request without the admin token."""
-
-    status_code = 400
 
     def __init__(self) -> None:
         # BinderHub's words, so clients that match on them keep working.

@@ -51,16 +51,12 @@ NOT_LOGGED_IN_MESSAGE = "You are not logged in. Log in to this Binder and try ag
 HUB_DOWN_MESSAGE = "The JupyterHub that logs users in is not answering right now. Try again soon."
 
 
-class HubAuthError(SwarmbinderError):
+class HubAuthError(SwarmbinderError, status=403):
     """A login could not be finished or checked; ``user_message`` says what to do."""
 
-    status_code = 403
 
-
-class OAuthCallbackInvalid(HubAuthError):
+class OAuthCallbackInvalid(HubAuthError, status=400):
     """The hub (or someone) called our callback without what a callback must carry."""
-
-    status_code = 400
 
 
 class OAuthStateMismatch(HubAuthError):
@@ -84,10 +80,8 @@ class NotLoggedIn(HubAuthError):
         super().__init__("no logged-in user", user_message=NOT_LOGGED_IN_MESSAGE)
 
 
-class HubAuthUnavailable(HubAuthError):
+class HubAuthUnavailable(HubAuthError, status=503):
     """The hub did not answer (or answered nonsense) while logging in or checking a login."""
-
-    status_code = 503
 
     def __init__(self, what: str, cause: object) -> None:
         super().__init__(f"{what}: {cause}", user_message=HUB_DOWN_MESSAGE)

@@ -41,10 +41,8 @@ class HubRequestFailed(LaunchFailed):
         self.detail = detail
 
 
-class HubUnavailable(LaunchFailed):
+class HubUnavailable(LaunchFailed, status=503):
     """The hub did not answer (connection refused, reset, timed out), even after retries."""
-
-    status_code = 503
 
     def __init__(self, what: str, cause: BaseException) -> None:
         super().__init__(

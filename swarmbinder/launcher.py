@@ -44,16 +44,12 @@ FAILED_TASK_STATES = frozenset(
 )
 
 
-class ServerConflict(LaunchFailed):
+class ServerConflict(LaunchFailed, status=409):
     """The logged-in user may not start another server now (BinderHub's 409s)."""
 
-    status_code = 409
 
-
-class NoRoomForServerName(LaunchFailed):
+class NoRoomForServerName(LaunchFailed, status=400):
     """The user's name leaves no room for a named server within Swarm's 63 characters."""
-
-    status_code = 400
 
 
 class ServerRequest(TypedDict):

@@ -68,10 +68,8 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 
 
-class DestinationRefused(SpecError):
+class DestinationRefused(SpecError, status=403):
     """A spec leads to an address Binder may not connect to: a client error (403), not ours."""
-
-    status_code = 403
 
     def __init__(self, host: str, address: str, kind: str) -> None:
         reason = f"{kind} ({OPTION} does not list it)"

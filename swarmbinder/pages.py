@@ -75,10 +75,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_URL_PATH = 2048
 
 
-class BadLaunchParameter(SwarmbinderError):
+class BadLaunchParameter(SwarmbinderError, status=400):
     """``urlpath``, ``labpath`` or ``filepath`` would leave the user's server, or is garbage."""
-
-    status_code = 400
 
 
 # --- launch URLs -------------------------------------------------------------------------------

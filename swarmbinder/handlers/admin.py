@@ -271,8 +271,7 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-class _BadRequest(SwarmbinderError):
-    status_code = 400
+class _BadRequest(SwarmbinderError, status=400): ...
 
 
 def _expiry(body: dict[str, Any]) -> float | None:

@@ -37,10 +37,8 @@ MAX_PATTERN_LENGTH = 1000
 MAX_REASON_LENGTH = 500
 
 
-class InvalidBan(SwarmbinderError):
+class InvalidBan(SwarmbinderError, status=400):
     """A ban an admin asked for cannot be used (says which pattern and why)."""
-
-    status_code = 400
 
     def __init__(self, kind: str, pattern: str, problem: str) -> None:
         super().__init__(f"invalid {kind} ban {pattern!r}: {problem}")
@@ -49,10 +47,8 @@ class InvalidBan(SwarmbinderError):
         self.problem = problem
 
 
-class NetworkBanned(SwarmbinderError):
+class NetworkBanned(SwarmbinderError, status=403):
     """The request comes from a banned network."""
-
-    status_code = 403
 
     def __init__(self, ip: str, network: str, label: str) -> None:
         # BinderHub's words; the address stays in the log message, not in what the client sees.

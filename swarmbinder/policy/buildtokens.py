@@ -49,10 +49,8 @@ _MIN_KEY_BYTES = 32
 _random_secret_warned = False
 
 
-class BuildTokenError(SwarmbinderError):
+class BuildTokenError(SwarmbinderError, status=403):
     """A build token was sent and is not acceptable: the request is refused with 403."""
-
-    status_code = 403
 
 
 class BuildTokenInvalid(BuildTokenError):

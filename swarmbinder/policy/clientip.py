@@ -26,10 +26,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 FORWARDED_FOR = "X-Forwarded-For"
 
 
-class InvalidNetwork(SwarmbinderError):
+class InvalidNetwork(SwarmbinderError, status=400):
     """A network is not in CIDR notation (or has host bits set)."""
-
-    status_code = 400
 
     def __init__(self, text: str, problem: str) -> None:
         super().__init__(f"{text!r} is not a network in CIDR notation: {problem}")

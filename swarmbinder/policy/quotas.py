@@ -89,10 +89,8 @@ class QuotaStore(Protocol):
     async def list_quotas(self, now: float) -> list[QuotaOverride]: ...
 
 
-class InvalidQuota(SwarmbinderError):
+class InvalidQuota(SwarmbinderError, status=400):
     """A quota override an admin asked for cannot be used."""
-
-    status_code = 400
 
     def __init__(self, problem: str) -> None:
         super().__init__(f"invalid quota: {problem}")

@@ -29,10 +29,8 @@ DEFAULT_MAX_KEYS = 100_000
 DEFAULT_CLEAN_SECONDS = 600
 
 
-class RateLimitExceeded(SwarmbinderError):
+class RateLimitExceeded(SwarmbinderError, status=429):
     """Too many requests from one address in this window (429)."""
-
-    status_code = 429
 
     def __init__(self, key: str, *, limit: int, period: int, excess: int, retry_after: int) -> None:
         super().__init__(
