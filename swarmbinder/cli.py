@@ -22,7 +22,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -403,6 +404,17 @@ def _env_int(name: str, default: int) -> int:
         raise UsageError(f"{name}={value!r} is not a port number") from None
 
 
+@contextmanager
+def _stack_input_errors() -> Iterator[None]:
+    """A stack command asked for something impossible: bad input (exit 2), not a failure."""
+    from . import stackctl
+
+    try:
+        yield
+    except stackctl.StackInputError as e:
+        raise UsageError(str(e)) from None
+
+
 def _stack_name_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stack",
@@ -496,10 +508,8 @@ def up(args: argparse.Namespace) -> int:
         ssh_port=ssh_port,
     )
     progress = _TerminalProgress(args.quiet)
-    try:
+    with _stack_input_errors():
         result = stackctl.up(options, progress)
-    except stackctl.StackInputError as e:
-        raise UsageError(str(e)) from None
     if result.changed:
         progress.step(f"stack {options.name} is up ({result.seconds:.0f} s)")
     else:
@@ -528,10 +538,8 @@ def down(args: argparse.Namespace) -> int:
     from . import stackctl
 
     progress = _TerminalProgress(args.quiet)
-    try:
+    with _stack_input_errors():
         result = stackctl.down(args.stack, purge=args.purge, progress=progress)
-    except stackctl.StackInputError as e:
-        raise UsageError(str(e)) from None
     if result.removed_stack:
         progress.step(f"stack {args.stack} removed")
     else:
@@ -539,14 +547,10 @@ def down(args: argparse.Namespace) -> int:
     return 0
 
 
-def _secrets_arguments(parser: argparse.ArgumentParser) -> None:
-    _stack_name_argument(parser)
-
-
 @command(
     "secrets",
     "create the stack's secrets that do not exist yet (on a swarm manager)",
-    _secrets_arguments,
+    _stack_name_argument,
     "Create the secrets docker-stack.yml needs that do not exist yet, with random values (the "
     "registry token issuer's key and certificate as a pair), as 'up' does; for a cluster "
     "deployed with 'docker stack deploy'. An existing secret is never changed. Prints the "
@@ -555,10 +559,8 @@ def _secrets_arguments(parser: argparse.ArgumentParser) -> None:
 def make_secrets(args: argparse.Namespace) -> int:
     from . import stackctl
 
-    try:
+    with _stack_input_errors():
         created = stackctl.make_secrets(args.stack)
-    except stackctl.StackInputError as e:
-        raise UsageError(str(e)) from None
     for name in created:
         print(f"created secret {name}")
     if not created:
