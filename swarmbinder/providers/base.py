@@ -9,6 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self, TypedDict
+from urllib.parse import unquote
 
 import aiohttp
 
@@ -77,6 +78,20 @@ def check_text(text: str, what: str = "Spec") -> None:
         raise SpecError(f"{what} contains control characters.")
     if text.startswith("-"):
         raise SpecError(f"{what} must not start with '-': {text!r}.")
+
+
+def check_decoded_spec(spec: str) -> None:
+    """Refuse what percent-escapes can hide from the raw checks: CR/LF, NUL, ``.`` and ``..``.
+
+    A ``..`` segment (or ``%2e%2e``) is one the server or git normalises away, so the same
+    repository would reach the build under a spelling no ban was written for; no real spec
+    needs one (git refs may not have them, repository names may not be them).
+    """
+    decoded = unquote(spec)
+    if _CONTROL_CHARS.search(decoded):
+        raise SpecError("Spec contains control characters.")
+    if any(part in {".", ".."} for part in decoded.split("/")):
+        raise SpecError(f"Spec must not contain '.' or '..' path segments: {spec!r}.")
 
 
 def check_ref(ref: str) -> None:
