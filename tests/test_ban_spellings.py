@@ -42,8 +42,6 @@ BANNED_SPELLINGS = [
     "git/http%3A%2F%2Fgithub.com%3A80%2Forg%2Frepo/HEAD",
     "git/https%3A%2F%2Fgithub.com%2Forg%2F%2572epo/HEAD",
     "git/https%3A%2F%2Fgithub.com%2F%256F%2572%2567%2Frepo/main",
-    "git/https%3A%2F%2Fgithub.com%2Fx%2F%252e%252e%2Forg%2Frepo/HEAD",
-    "git/https%3A%2F%2Fgithub.com%2Forg%2F%252E%2Frepo/HEAD",
     "git/https%3A%2F%2Fsomeone%40github.com%2Forg%2Frepo/HEAD",
     "git/https%3A%2F%2Fgithub.com%2Forg%2Frepo%2F/HEAD",
     "git/https%3A%2F%2Fgithub.com%2F%2Forg%2Frepo.git/HEAD",
@@ -61,6 +59,10 @@ UNRESOLVABLE_SPELLINGS = [
     "gh/a/../org/repo/HEAD",
     "gh/org/./repo/HEAD",
     "gh/org/%72epo/HEAD",
+    # escaped twice: the git provider decodes once, and the server would decode the rest
+    "git/https%3A%2F%2Fgithub.com%2Fx%2F%252e%252e%2Forg%2Frepo/HEAD",
+    "git/https%3A%2F%2Fgithub.com%2Forg%2F%252E%2Frepo/HEAD",
+    "git/https%3A%2F%2Fgithub.com%2Fx%2F%25252e%25252E%2Forg%2Frepo/HEAD",
 ]
 
 #: Not the banned repository: gets past the bans (a full sha needs no lookup) to the registry.
