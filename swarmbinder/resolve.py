@@ -15,6 +15,7 @@ from .buildjob import BuildRequest
 from .config import Config
 from .naming import image_name
 from .outbound import OutboundPolicy, guarded_session
+from .policy.canonical import RepoIdentity
 from .policy.specpolicy import SpecPolicy
 from .providers import ProviderRegistry, default_registry, parse_spec
 from .providers.base import RepoProvider
@@ -38,9 +39,10 @@ async def resolve(
 ) -> Resolved:
     prefix, spec = parse_spec(path)
     provider: RepoProvider = providers.get(prefix, spec)
-    # Bans are matched on the unresolved spec, as BinderHub does, so a banned repo costs no
-    # API call.
-    policy.check(spec)
+    # Bans are matched before resolving, as BinderHub does, so a banned repo costs no API
+    # call; on the spec with and without its prefix and on the canonical repository URL, so
+    # another spelling of a banned repository is banned too.
+    policy.check(RepoIdentity(prefix, spec, provider.get_repo_url()))
     ref = await provider.get_resolved_ref()
     slug = provider.get_build_slug()
     request = BuildRequest(

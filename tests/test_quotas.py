@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import pytest
 
 from swarmbinder.errors import QuotaExceeded
-from swarmbinder.policy.quotas import InvalidQuota, Quotas, image_without_tag
+from swarmbinder.policy.canonical import RepoIdentity
+from swarmbinder.policy.quotas import InvalidQuota, Quotas, RepoQuota, image_without_tag
 from swarmbinder.policy.specpolicy import SpecPolicy
 from swarmbinder.store import Store
 
@@ -255,3 +256,35 @@ async def test_gate_reports_each_refusal_then_raises() -> None:
     assert refused == [(REPO, "repo_quota")]
     await Quotas(per_repo_quota=3).gate(running, on_refused=on_refused)(RESOLVED)
     assert len(refused) == 1
+
+
+async def test_every_spelling_of_a_repository_counts_against_its_quota() -> None:
+    respelt = ["HTTPS://GitHub.COM./org/repo.git/", "https://github.com:443/org/%72epo"]
+    running = [Server(url, f"registry:5000/other-{n}:1") for n, url in enumerate(respelt)]
+
+    async def listing() -> list[Server]:
+        return running
+
+    gate = Quotas(per_repo_quota=2).gate(listing)
+    other_spelling = Resolved(Build("git", "x/HEAD", "https://github.com/Org/Repo", "i:1"))
+    with pytest.raises(QuotaExceeded, match="Too many users running"):
+        await gate(other_spelling)
+    await Quotas(per_repo_quota=3).gate(listing)(other_spelling)
+
+
+async def test_quota_patterns_match_every_form_of_a_launch(store: Store, clock: Clock) -> None:
+    quotas = Quotas(per_repo_quota=10, store=store, clock=clock)
+    await quotas.set_repo_quota("^gh/org/", 1, "alice")
+    await quotas.set_repo_quota(r"https://github\.com/big/repo$", 50, "alice")
+    # With the provider prefix, as the console's form suggests; a bare spec as BinderHub's.
+    assert quotas.quota_for(RepoIdentity("gh", SPEC, REPO)).quota == 1
+    assert quotas.quota_for(SPEC).quota == 10
+    # The canonical URL, however the launch spelt it.
+    respelt = RepoIdentity("git", "y/HEAD", "HTTPS://GitHub.com:443/big/repo.git")
+    assert quotas.quota_for(respelt) == RepoQuota(50, "admin", r"https://github\.com/big/repo$")
+
+    async def none() -> list[Server]:
+        return servers(1)
+
+    with pytest.raises(QuotaExceeded):
+        await quotas.gate(none)(RESOLVED)

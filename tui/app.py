@@ -47,6 +47,7 @@ CSS = """
 .dialog { width: 70; height: auto; padding: 1 2; border: thick $warning; background: $surface; }
 Confirm, BanForm, QuotaForm { align: center middle; }
 .buttons { height: auto; margin-top: 1; }
+.hint { width: 100%; height: auto; color: $text-muted; }
 .buttons Button { margin-right: 2; }
 #build-info { padding: 0 1; height: auto; }
 """

@@ -17,6 +17,16 @@ from .plain import clean, plain
 Json = dict[str, Any]
 
 
+#: Which forms a spec pattern may be written in: the service matches each of them (the same
+#: words as the admin API's ``spec_patterns`` and docs/admin.md).
+SPEC_PATTERN_HINT = (
+    "A spec regex matches (from the start, ignoring case) any of: org/repo/HEAD (after the "
+    "provider, as BinderHub's banned_specs), gh/org/repo/HEAD (with it), or the canonical "
+    "repository URL https://github.com/org/repo (however the launch spells it: case, port, "
+    "'.git', escapes)."
+)
+
+
 class Confirm(ModalScreen[bool]):
     """Yes or no before anything destructive; Escape is no."""
 
@@ -57,12 +67,13 @@ class BanForm(ModalScreen[Json | None]):
         with Vertical(classes="dialog"):
             yield Label("Add a ban")
             yield Select(
-                [("spec (regex of provider/spec)", "spec"), ("network (CIDR)", "network")],
+                [("spec (regex, see below)", "spec"), ("network (CIDR)", "network")],
                 value="spec",
                 allow_blank=False,
                 id="kind",
             )
             yield Input(placeholder="pattern: ^gh/org/.*  or  192.0.2.0/24", id="pattern")
+            yield Label(SPEC_PATTERN_HINT, id="pattern-hint", classes="hint")
             yield Input(placeholder="reason (spec) or label (network)", id="reason")
             with Horizontal(classes="buttons"):
                 yield Button("Add", id="ok", variant="warning")
@@ -104,6 +115,7 @@ class QuotaForm(ModalScreen[Json | None]):
             yield Label("Set the pod quota" if self.pod else "Set a repository quota")
             if not self.pod:
                 yield Input(placeholder="spec pattern (regex), e.g. ^org/repo", id="pattern")
+                yield Label(SPEC_PATTERN_HINT, id="pattern-hint", classes="hint")
             yield Input(placeholder="quota (a number; 0 for a repo: no cap)", id="quota")
             yield Input(placeholder="expires in minutes (empty: never)", id="expires")
             with Horizontal(classes="buttons"):

@@ -16,8 +16,11 @@ from .base import MASK, OptionInfo, Section, build_options, opt, plain, sections
 from .providers import NESTED_SECTIONS, ProvidersConfig
 
 _SPEC_MATCHING = (
-    "Patterns match the start of the spec as written after the provider prefix "
-    "(binder-examples/requirements/HEAD for gh), ignoring case."
+    "Patterns match the start of any of three forms of a launch, ignoring case: the spec "
+    "after the provider prefix as BinderHub writes it (binder-examples/requirements/HEAD for "
+    "gh), the spec with the prefix (gh/binder-examples/requirements/HEAD), and the canonical "
+    "repository URL (https://github.com/binder-examples/requirements: lower-case scheme and "
+    "host, no default port, no trailing dot, '/' or '.git')."
 )
 
 
@@ -385,7 +388,7 @@ class QuotaConfig(Section):
         (),
         "Per-repository configuration: a list of {pattern: regex, config: {name: value}}; "
         "every item whose pattern matches a spec applies its config, later items winning. "
-        "config.quota (an integer, 0 or more) replaces the per-repo quota.",
+        "config.quota (an integer, 0 or more) replaces the per-repo quota. " + _SPEC_MATCHING,
         parse=values.spec_config,
         type_name="list of {pattern, config}",
     )
@@ -433,7 +436,7 @@ class BanConfig(Section):
     )
     allowed_specs: tuple[str, ...] = opt(
         (),
-        "Regexes of specs allowed to launch; empty allows every spec not banned.",
+        "Regexes of specs allowed to launch; empty allows every spec not banned. " + _SPEC_MATCHING,
         check=values.regex_list,
     )
 

@@ -20,7 +20,9 @@ Actions: ``DELETE builds/{id}`` (cancel), ``DELETE servers/{user}`` (``?server_n
 ``POST bans`` ``{"kind": "spec"|"network", "pattern", "reason"}``, ``DELETE bans/{id}``,
 ``POST quotas`` ``{"pattern", "quota", "expires_in"|"expires_at"}`` (a per-repo override),
 ``DELETE quotas?pattern=...``, ``PUT quotas/pod`` ``{"quota", "expires_in"|"expires_at"}``,
-``DELETE quotas/pod``. Bad input is 400 with ``{"message": ...}``. Changes are audited under
+``DELETE quotas/pod``. Bad input is 400 with ``{"message": ...}`` (a spec ban's also has
+``help``: which forms a spec pattern is matched against, also given as ``spec_patterns`` by
+``GET bans`` and ``POST bans``; see :mod:`swarmbinder.policy.canonical`). Changes are audited under
 the actor ``admin``, or ``admin:<name>`` when the request says who it is in
 ``X-Swarmbinder-Actor``.
 
@@ -46,6 +48,8 @@ from ..errors import SwarmbinderError
 from ..events import SSE_HEADERS
 from ..keys import ADMIN, CONFIG, SCRUBBER
 from ..policy.admintoken import AdminAccess, check_admin_token
+from ..policy.bans import InvalidBan
+from ..policy.canonical import PATTERN_FORMS_HELP
 from ..scrub import DEFAULT_SCRUBBER, Scrubber
 
 log = logging.getLogger(__name__)
@@ -214,7 +218,9 @@ async def list_prebuilds(request: web.Request) -> web.StreamResponse:
 
 
 async def list_bans(request: web.Request) -> web.StreamResponse:
-    return _json(request, {"bans": request.app[ADMIN].bans()})
+    # ``spec_patterns`` says what a spec pattern is matched against, for scripts and people
+    # who write bans without reading the docs.
+    return _json(request, {"bans": request.app[ADMIN].bans(), "spec_patterns": PATTERN_FORMS_HELP})
 
 
 async def list_quotas(request: web.Request) -> web.StreamResponse:
@@ -308,10 +314,17 @@ async def remove_prebuild(request: web.Request) -> web.StreamResponse:
 
 async def add_ban(request: web.Request) -> web.StreamResponse:
     body = await _json_object(request)
-    ban = await request.app[ADMIN].add_ban(
-        body.get("kind"), body.get("pattern"), body.get("reason", ""), _actor(request)
-    )
-    return _json(request, {"ban": ban}, status=201)
+    try:
+        ban = await request.app[ADMIN].add_ban(
+            body.get("kind"), body.get("pattern"), body.get("reason", ""), _actor(request)
+        )
+    except InvalidBan as error:
+        if error.kind != "spec":
+            raise
+        # The usual 400, plus which forms a spec pattern may take.
+        message = _scrubber(request.app).scrub(error.user_message)
+        return web.json_response({"message": message, "help": PATTERN_FORMS_HELP}, status=400)
+    return _json(request, {"ban": ban, "spec_patterns": PATTERN_FORMS_HELP}, status=201)
 
 
 async def remove_ban(request: web.Request) -> web.StreamResponse:

@@ -6,6 +6,7 @@ checks on a ``/build`` request in BinderHub's order; the launch flow checks the 
 ================  =====================================================================
 ``clientip``      the address a request really came from (``trusted_proxies``)
 ``bans``          network and spec bans: the config's, plus an admin's live changes
+``canonical``     one spelling of a repository URL, and the forms a spec pattern matches
 ``specpolicy``    which specs may launch, and their per-repo quota class
 ``buildtokens``   proof that a ``/build`` comes from our own loading page
 ``ratelimit``     BinderHub's per-IP rate limit on ``/build``

@@ -24,6 +24,7 @@ from typing import Literal, Protocol
 
 from ..errors import ConfigError, SwarmbinderError
 from ..store import BanKind, BanRecord
+from .canonical import Subject
 from .clientip import InvalidNetwork, IPNetwork, in_networks, parse_ip, parse_network
 from .specpolicy import SpecPolicy, SpecRule
 
@@ -171,8 +172,9 @@ class BanList:
         """The config's spec policy with the admin's spec bans added: pass it to ``resolve``."""
         return self._policy
 
-    def check_spec(self, spec: str) -> None:
-        """Raise :class:`~swarmbinder.errors.SpecBanned` if ``spec`` may not launch."""
+    def check_spec(self, spec: Subject) -> None:
+        """Raise :class:`~swarmbinder.errors.SpecBanned` if ``spec`` may not launch (a bare
+        spec, or a :class:`~swarmbinder.policy.canonical.RepoIdentity` to match every form)."""
         self._policy.check(spec)
 
     # -- the admin's view and changes ------------------------------------------------------------

@@ -15,6 +15,9 @@ quota, so a quota of 3 allows a third server but not a fourth.
 On top of the config an admin can set, live and persisted in the store, a quota for the specs
 matching a pattern (optionally until a time) and the pod quota. The override set most recently
 wins when several patterns match a spec. Clearing an override falls back to the config.
+Patterns (``high_quota_specs``, ``spec_config``, an admin's) match a spec in every form
+:mod:`canonical` lists (without and with the provider prefix, and the canonical repository URL),
+and servers count against a repository's quota under any spelling of its URL.
 Overrides are kept in memory, so a check never waits on the store; an expired override stops
 applying at its expiry even before :meth:`Quotas.load` removes it from the store.
 
@@ -35,6 +38,7 @@ from typing import Literal, Protocol
 
 from ..errors import QuotaExceeded, SwarmbinderError
 from ..store import QuotaOverride, QuotaScope
+from .canonical import RepoIdentity, Subject, same_repository, subjects_of
 from .specpolicy import SpecPolicy
 
 log = logging.getLogger(__name__)
@@ -150,7 +154,8 @@ def count_matching(servers: Iterable[RunningServer], repo_url: str, image: str) 
     return sum(
         1
         for server in servers
-        if (repo_url and server.repo_url == repo_url)
+        # Any spelling of the repository counts against its quota.
+        if (repo_url and server.repo_url and same_repository(server.repo_url, repo_url))
         or (base and image_without_tag(server.image) == base)
     )
 
@@ -190,13 +195,15 @@ class Quotas:
         override = self._pod_override()
         return self._config_pod_quota if override is None else override.quota
 
-    def quota_for(self, spec: str) -> RepoQuota:
-        """The quota of ``spec`` (as in the URL after the provider prefix)."""
+    def quota_for(self, spec: Subject) -> RepoQuota:
+        """The quota of ``spec``: a bare spec (as in the URL after the provider prefix), or a
+        :class:`~swarmbinder.policy.canonical.RepoIdentity`, whose every form a pattern may
+        match (so another spelling of a repository gets its quota too)."""
         now = self._clock()
         for item in sorted(
             self._live_overrides(now), key=lambda o: o.record.created_at, reverse=True
         ):
-            if item.regex is not None and item.regex.match(spec):
+            if item.regex is not None and any(item.regex.match(s) for s in subjects_of(spec)):
                 record = item.record
                 return RepoQuota(record.quota, "admin", record.key, record.expires_at)
         quota = self._policy.quota_for(spec, self._per_repo_quota, self._per_repo_quota_higher)
@@ -207,7 +214,7 @@ class Quotas:
         return RepoQuota(quota, "default")
 
     def check(
-        self, spec: str, repo_url: str, image: str, servers: Sequence[RunningServer]
+        self, spec: Subject, repo_url: str, image: str, servers: Sequence[RunningServer]
     ) -> QuotaCheck:
         """Raise :class:`~swarmbinder.errors.QuotaExceeded` if one more server for this repo
         would go over a quota; ``scope`` is BinderHub's status, ``pod_quota`` or ``repo_quota``.
@@ -231,7 +238,7 @@ class Quotas:
             )
         return QuotaCheck(total, matching, repo_quota, pod_quota)
 
-    def needs_servers(self, spec: str) -> bool:
+    def needs_servers(self, spec: Subject) -> bool:
         """Whether :meth:`check` can refuse ``spec`` at all. When no quota applies the running
         servers need not be listed, so launches go on while the listing is unavailable."""
         return self.pod_quota is not None or self.quota_for(spec).quota > 0
@@ -247,11 +254,12 @@ class Quotas:
 
         async def check_quota(resolved: _Resolved) -> None:
             build = resolved.build
-            if not self.needs_servers(build.spec):
+            identity = RepoIdentity(build.provider, build.spec, build.repo_url)
+            if not self.needs_servers(identity):
                 return
             servers = await list_servers()
             try:
-                self.check(build.spec, build.repo_url, build.image, servers)
+                self.check(identity, build.repo_url, build.image, servers)
             except QuotaExceeded as refusal:
                 if on_refused is not None:
                     on_refused(build, refusal)

@@ -5,6 +5,12 @@ with ``re.match`` (anchored at the start, not at the end) to the spec as it appe
 after the provider prefix (``binder-examples/octave/HEAD`` for ``gh``), ignoring case because
 most hosts treat ``DS-100/textbook`` and ``ds-100/textbook`` as one repository.
 
+Every pattern is also matched against the spec *with* its provider prefix (``gh/org/repo/HEAD``)
+and against the canonical repository URL (:mod:`canonical`) when the caller passes a
+:class:`~swarmbinder.policy.canonical.RepoIdentity` rather than a bare spec: a rule applies when it
+matches any of those forms, so another spelling of a banned repository is still banned, and a
+pattern written with the prefix, as the admin console suggests, matches too.
+
 A spec may launch when it matches no ``banned_specs`` pattern and, if ``allowed_specs`` is
 non-empty, matches one of those. Its quota is ``per_repo_quota_higher`` when it matches a
 ``high_quota_specs`` pattern, else ``per_repo_quota``; then every matching ``spec_config`` entry
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, SpecBanned
+from .canonical import Subject, spec_of, subjects_of
 
 
 @dataclass(frozen=True)
@@ -38,8 +45,9 @@ class SpecRule:
             raise ConfigError("spec pattern", f"{self.pattern!r} is not a valid regex: {e}") from e
         object.__setattr__(self, "regex", compiled)
 
-    def matches(self, spec: str) -> bool:
-        return self.regex.match(spec) is not None
+    def matches(self, subject: Subject) -> bool:
+        """Whether the pattern matches any form of ``subject`` (a bare spec is one form)."""
+        return any(self.regex.match(form) is not None for form in subjects_of(subject))
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,7 @@ class SpecPolicy:
             spec_config=tuple(_spec_config_rule(item) for item in spec_config),
         )
 
-    def is_banned(self, spec: str) -> BanDecision:
+    def is_banned(self, spec: Subject) -> BanDecision:
         for rule in self.banned_specs:
             if rule.matches(spec):
                 return BanDecision(True, rule.reason, rule.pattern)
@@ -98,16 +106,16 @@ class SpecPolicy:
             return BanDecision(True, "It is not on the list of repositories allowed here.")
         return BanDecision(False)
 
-    def check(self, spec: str) -> None:
+    def check(self, spec: Subject) -> None:
         """Raise :class:`SpecBanned` if ``spec`` may not launch."""
         decision = self.is_banned(spec)
         if decision:
-            raise SpecBanned(spec, decision.reason)
+            raise SpecBanned(spec_of(spec), decision.reason)
 
-    def has_higher_quota(self, spec: str) -> bool:
+    def has_higher_quota(self, spec: Subject) -> bool:
         return any(rule.matches(spec) for rule in self.high_quota_specs)
 
-    def config_for(self, spec: str) -> dict[str, Any]:
+    def config_for(self, spec: Subject) -> dict[str, Any]:
         """The merged ``config`` of every ``spec_config`` entry that matches, in order."""
         merged: dict[str, Any] = {}
         for item in self.spec_config:
@@ -115,7 +123,7 @@ class SpecPolicy:
                 merged.update(item.config)
         return merged
 
-    def quota_for(self, spec: str, per_repo_quota: int, per_repo_quota_higher: int) -> int:
+    def quota_for(self, spec: Subject, per_repo_quota: int, per_repo_quota_higher: int) -> int:
         """Concurrent launches allowed for ``spec``; 0 means no limit."""
         quota = per_repo_quota_higher if self.has_higher_quota(spec) else per_repo_quota
         configured = self.config_for(spec).get("quota")

@@ -9,6 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self, TypedDict
+from urllib.parse import unquote
 
 import aiohttp
 
@@ -24,6 +25,9 @@ USER_AGENT = "swarmbinder"
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 # what `git check-ref-format` refuses anywhere in a ref name
 _BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+#: Escapes of escapes of escapes are as far as any real spec goes (a git URL in a ``git`` spec
+#: is escaped once; a path inside it perhaps once more).
+_DECODE_ROUNDS = 4
 _SHA = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
 
 
@@ -77,6 +81,26 @@ def check_text(text: str, what: str = "Spec") -> None:
         raise SpecError(f"{what} contains control characters.")
     if text.startswith("-"):
         raise SpecError(f"{what} must not start with '-': {text!r}.")
+
+
+def check_decoded_spec(spec: str) -> None:
+    """Refuse what percent-escapes can hide from the raw checks: CR/LF, NUL, ``.`` and ``..``.
+
+    A ``..`` segment (or ``%2e%2e``) is one the server or git normalises away, so the same
+    repository would reach the build under a spelling no ban or allow-list was written for; no
+    real spec needs one (git refs may not have them, repository names may not be them). The
+    spec is decoded as often as it takes (at most :data:`_DECODE_ROUNDS` times): the ``git``
+    provider decodes its URL once more, and its server may decode what is left.
+    """
+    decoded = spec
+    for _ in range(_DECODE_ROUNDS):
+        decoded, before = unquote(decoded), decoded
+        if _CONTROL_CHARS.search(decoded):
+            raise SpecError("Spec contains control characters.")
+        if any(part in {".", ".."} for part in decoded.split("/")):
+            raise SpecError(f"Spec must not contain '.' or '..' path segments: {spec!r}.")
+        if decoded == before:
+            return
 
 
 def check_ref(ref: str) -> None:

@@ -10,7 +10,7 @@ import aiohttp
 
 from ..errors import SpecError, UnknownProvider
 from ..outbound import session_policy
-from .base import DEFAULT_TIMEOUT, HttpOptions, RepoProvider, check_text
+from .base import DEFAULT_TIMEOUT, HttpOptions, RepoProvider, check_decoded_spec, check_text
 from .cache import SharedLookups
 from .ckan import CKANProvider
 from .datarepo import DOI_RESOLVER_URL, DataCache
@@ -39,7 +39,9 @@ def parse_spec(path: str) -> tuple[str, str]:
 
     The spec is kept exactly as it came, percent-escapes included: the ``gl`` and ``git``
     providers need ``%2F`` to tell a path inside one spec part from the part separator. A
-    trailing ``/`` is dropped, as BinderHub does.
+    trailing ``/`` is dropped, as BinderHub does. Control characters and ``.``/``..`` segments
+    are refused even when escaped (:func:`~swarmbinder.providers.base.check_decoded_spec`),
+    for ``/v2/`` and ``/build`` alike.
     """
     check_text(path, "Launch path")
     prefix, sep, spec = path.lstrip("/").partition("/")
@@ -49,6 +51,7 @@ def parse_spec(path: str) -> tuple[str, str]:
     check_text(spec)
     if not _PREFIX.fullmatch(prefix):
         raise UnknownProvider(prefix)
+    check_decoded_spec(spec)
     return prefix, spec
 
 
