@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from build_fixtures import TOKEN_CERT_PATH, TokenRealm, make_issuer
+from build_fixtures import TOKEN_CERT_PATH, TokenRealm, make_issuer, make_request
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -43,7 +43,6 @@ from multinode_support import (
     swarm,
 )
 
-from swarmbinder.buildjob import BuildRequest
 from swarmbinder.builds import BuildManager
 from swarmbinder.buildwatch import Build
 from swarmbinder.events import BuildEvent, Phase
@@ -245,18 +244,6 @@ def tiny_base(multinode: dict[str, Any]) -> Iterator[str]:
         docker_on(node["docker_host"], "rmi", "-f", name)
 
 
-def _request(host: str, run: str, repo_url: str, name: str, ref: str) -> BuildRequest:
-    slug = f"mn{run}-{name}"
-    return BuildRequest(
-        provider="git",
-        spec=f"{repo_url}/{ref}",
-        repo_url=repo_url,
-        ref=ref,
-        build_slug=slug,
-        image=f"{host}/sbtest-{slug}:{ref}",
-    )
-
-
 async def _events(build: Build) -> list[BuildEvent]:
     return [event async for event in build.events()]
 
@@ -280,7 +267,9 @@ async def test_a_build_pushes_with_its_own_login_from_every_node(
         for i, node in enumerate(NODES)
     ]
     registry = scoped_registry
-    requests = [_request(registry.host, run_id, r.url, r.name, r.head) for r in repos]
+    requests = [
+        make_request(run_id, r.url, r.head, registry=registry.host, label=r.name) for r in repos
+    ]
     manager = manager_factory(ground, registry_url=f"https://{registry.host}", issuer=issuer)
     builds = await asyncio.gather(*(manager.request(r) for r in requests))
     credentials = [b.credential for b in builds]
