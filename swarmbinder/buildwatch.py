@@ -333,7 +333,7 @@ class BuildWatcher:
             if (
                 current is not None
                 and current.state is TaskStateName.SHUTDOWN
-                and current.desired_state in ("shutdown", "remove")
+                and current.superseded
             ):
                 # The task of an iteration that an update superseded (a queued build just
                 # promoted) until Swarm creates the new one: not this build's end.

@@ -15,8 +15,10 @@ Facts of Swarm this module works around (see the README's "Swarm notes"):
   with docker-py, such as the builder's): Swarm does remove the containers of an ordinary
   replicated service, the reaper included, when that service is removed.
 - a long log line comes as 16 KiB frames with no newline between them, and a repository can
-  make repo2docker write a line of any length: lines are joined in linear time and cut at
-  :data:`MAX_LOG_LINE`.
+  make repo2docker write a line of any length: :class:`~swarmbinder.loglines.LineSplitter`
+  joins them in linear time and cuts them.
+- an update supersedes a job's task with desired state ``shutdown`` (``remove`` on 20.10),
+  and its timestamp can tie with the new task's: :func:`current_iteration` leaves it out.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import datetime
 import enum
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +42,7 @@ from aiodocker.multiplexed import multiplexed_result_stream
 
 from .errors import ServiceNameConflict, SwarmRequestFailed, SwarmUnavailable
 from .labels import DOCKER_SOCKET, KIND_REAPER, LABEL_KIND
+from .loglines import LineSplitter
 
 log = logging.getLogger(__name__)
 
@@ -54,53 +57,6 @@ REAPER_SCRIPT = (
 REAPER_TIMEOUT = 30.0
 #: Timeout for ordinary API calls; streaming calls (logs) have none and are closed by callers.
 API_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
-#: The longest log line passed on, in characters. A repository can make repo2docker quote a
-#: file of any size in one line (a 5 MB apt.txt became a 5 MB event, stored log line and
-#: failure reason); the rest of a longer line is dropped and counted.
-MAX_LOG_LINE = 64 * 1024
-
-
-class LineSplitter:
-    """Splits streamed text into lines (without their ``\\r\\n``), each cut at ``limit``
-    characters with a note of how much was dropped, in time linear in the text: the engine
-    sends a long line as 16 KiB frames without a newline."""
-
-    def __init__(self, limit: int = MAX_LOG_LINE) -> None:
-        self._limit = limit
-        self._parts: list[str] = []
-        self._size = 0
-        self._cut = 0
-
-    def feed(self, chunk: str) -> list[str]:
-        """The lines that ``chunk`` completes."""
-        lines = []
-        start = 0
-        while (end := chunk.find("\n", start)) >= 0:
-            self._take(chunk, start, end)
-            lines.append(self._line())
-            start = end + 1
-        self._take(chunk, start, len(chunk))
-        return lines
-
-    def close(self) -> str:
-        """The last line, if the text did not end with a newline (else ``""``)."""
-        return self._line()
-
-    def _take(self, chunk: str, start: int, end: int) -> None:
-        room = self._limit - self._size
-        if end - start > room:
-            self._cut += end - start - room
-            end = start + room
-        if end > start:
-            self._parts.append(chunk[start:end])
-            self._size += end - start
-
-    def _line(self) -> str:
-        line = "".join(self._parts).rstrip("\r")
-        if self._cut:
-            line += f" [log line cut: {self._cut} more characters]"
-        self._parts, self._size, self._cut = [], 0, 0
-        return line
 
 
 class TaskStateName(enum.StrEnum):
@@ -141,6 +97,10 @@ TERMINAL_STATES = frozenset(
 )
 
 
+#: Desired states of an update's superseded tasks ("remove" on Docker 20.10): not this run's.
+SUPERSEDED_DESIRED_STATES = ("shutdown", "remove")
+
+
 @dataclass(frozen=True)
 class TaskState:
     id: str
@@ -162,6 +122,10 @@ class TaskState:
     def succeeded(self) -> bool:
         return self.state is TaskStateName.COMPLETE and (self.exit_code or 0) == 0
 
+    @property
+    def superseded(self) -> bool:
+        return self.desired_state in SUPERSEDED_DESIRED_STATES
+
     @classmethod
     def from_api(cls, raw: Mapping[str, Any]) -> TaskState:
         status = raw.get("Status") or {}
@@ -179,6 +143,13 @@ class TaskState:
             container_id=str(container.get("ContainerID", "")),
             timestamp=str(status.get("Timestamp", "")),
         )
+
+
+def current_iteration(states: Iterable[TaskState]) -> list[TaskState]:
+    """The current iteration's tasks, oldest first, even when a superseded one ties on time."""
+    listed = list(states)
+    current = [t for t in listed if not t.superseded] or listed
+    return sorted(current, key=lambda t: t.timestamp)
 
 
 @dataclass(frozen=True)
@@ -634,12 +605,7 @@ class SwarmClient:
 
     async def tasks(self, service_name: str) -> list[TaskState]:
         raw = await self._json("tasks", params={"filters": json.dumps({"service": [service_name]})})
-        states = [TaskState.from_api(t) for t in raw]
-        # Tasks of an earlier job iteration (superseded by an update) are shut down by Swarm
-        # (desired state "shutdown", or "remove" on 20.10); they say nothing about the current
-        # run, even when one's timestamp ties with the new task's and it is listed last.
-        current = [t for t in states if t.desired_state not in ("shutdown", "remove")] or states
-        return sorted(current, key=lambda t: t.timestamp)
+        return current_iteration(TaskState.from_api(t) for t in raw)
 
     async def wait_job(self, service_name: str, *, poll_interval: float = 0.25) -> TaskState:
         """Poll until the job's task reaches a terminal state (wrap in asyncio.timeout)."""

@@ -71,9 +71,10 @@ from swarmbinder.events import BuildEvent, Phase
 from swarmbinder.keys import BUILDS, STORE, SWARM
 from swarmbinder.labels import KIND_BUILD
 from swarmbinder.labels import LABEL_KIND as KIND_LABEL
+from swarmbinder.loglines import MAX_LOG_LINE
 from swarmbinder.registrytokens import TOKEN_PATH, BuildCredential, make_signing_pair
 from swarmbinder.scrub import DEFAULT_SCRUBBER, REPLACEMENT, ScrubFilter
-from swarmbinder.swarm import MAX_LOG_LINE, SwarmClient
+from swarmbinder.swarm import SwarmClient
 
 pytestmark = pytest.mark.swarm
 

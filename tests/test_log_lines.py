@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from swarmbinder.swarm import MAX_LOG_LINE, LineSplitter
+from swarmbinder.loglines import MAX_LOG_LINE, LineSplitter
 
 
 def test_lines_are_joined_across_frames_and_split_within_them() -> None:

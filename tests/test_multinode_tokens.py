@@ -84,16 +84,6 @@ def realm(multinode: dict[str, Any], issuer: TokenIssuer) -> Iterator[TokenRealm
         yield served
 
 
-def _status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as reply:
-            return int(reply.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
-
-
 def _tls_pair(host: str, address: str) -> tuple[bytes, bytes]:
     """A self-signed certificate for the registry (as ``host`` and ``address``) and its key."""
     key = ec.generate_private_key(ec.SECP256R1())

@@ -39,9 +39,10 @@ from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, cast
 
 from swarmbinder.errors import ServiceNameConflict, SwarmRequestFailed, SwarmUnavailable
+from swarmbinder.loglines import LineSplitter
 from swarmbinder.swarm import (
+    SUPERSEDED_DESIRED_STATES,
     JobSpec,
-    LineSplitter,
     NodeInfo,
     SecretInfo,
     SecretMount,
@@ -50,11 +51,12 @@ from swarmbinder.swarm import (
     TaskState,
     TaskStateName,
     _secrets_api,
+    current_iteration,
 )
 
 EPOCH = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 #: Desired states of tasks the engine is done with.
-SUPERSEDED = ("shutdown", "remove")
+SUPERSEDED = SUPERSEDED_DESIRED_STATES
 
 
 def _engine_id(kind: str, name: str) -> str:
@@ -396,10 +398,8 @@ class FakeSwarm:
         listed = sorted(
             self._tasks.get(raw["Spec"]["Name"], []) if raw else [], key=lambda t: t["ID"]
         )
-        states = [TaskState.from_api(t) for t in listed]  # the engine's store lists by ID
-        # As SwarmClient.tasks: an earlier iteration's tasks say nothing about the current run.
-        current = [t for t in states if t.desired_state not in SUPERSEDED] or states
-        return sorted(current, key=lambda t: t.timestamp)
+        # The engine's store lists by ID; SwarmClient.tasks keeps the current iteration.
+        return current_iteration(TaskState.from_api(t) for t in listed)
 
     async def follow_logs(
         self, service_name: str, *, tail: int | str = "all"
