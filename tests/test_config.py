@@ -338,6 +338,34 @@ def test_urls_must_be_http(tmp_path: Path, text: str, option: str) -> None:
     assert "is not an http:// or https:// URL" in str(error)
 
 
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("store_url: mysql://db/binder", "is not a postgresql://USER@HOST[:PORT]/DATABASE URL"),
+        ("store_url: postgresql://binder@db:99999/binder", "has an invalid port"),
+        ("store_url: postgresql://binder@db/", "names no database"),
+        ("store_url: postgresql://binder:hunter2@db/binder", "must not contain a password"),
+    ],
+)
+def test_store_url_must_be_postgresql_without_password(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    error = rejected(tmp_path, text + "\n")
+    assert error.option == "store_url"
+    assert problem in str(error)
+    assert "hunter2" not in str(error)
+
+
+def test_store_password_can_come_from_a_file(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("s3cret\n")
+    config = load_yaml(
+        tmp_path,
+        f"store_url: postgresql://binder@db/binder\nstore_password_file: {tmp_path / 'pw'}\n",
+    )
+    assert config.server.store_url == "postgresql://binder@db/binder"
+    assert config.server.store_password == "s3cret"
+
+
 def test_hub_and_badge_urls_get_a_trailing_slash(tmp_path: Path) -> None:
     config = load_yaml(tmp_path, "hub_url: http://hub:8000/hub\nbadge_base_url: https://b.org\n")
     assert config.hub.hub_url == "http://hub:8000/hub/"

@@ -58,7 +58,20 @@ class ServerConfig(Section):
     store_path: str = opt(
         "swarmbinder.sqlite",
         "SQLite file for swarmbinder's own state (build records, bans, quotas); a relative "
-        "path is taken from the working directory.",
+        "path is taken from the working directory. Unused when store_url is set.",
+    )
+    store_url: str | None = opt(
+        None,
+        "Shared state in PostgreSQL: postgresql://USER@HOST[:PORT]/DATABASE, for several "
+        "Binder replicas (bans, quotas, rate-limit counters, the audit log and build logs are "
+        "then the same at every replica). Null: the SQLite file store_path (one replica). The "
+        "password goes in store_password, never in the URL.",
+        check=values.postgres_url,
+    )
+    store_password: str | None = opt(
+        None,
+        "With store_url: the database user's password.",
+        secret=True,
     )
 
 

@@ -36,6 +36,24 @@ def http_url_slash(value: str | None) -> str | None:
     return value
 
 
+def postgres_url(value: str | None) -> str | None:
+    if value is None:
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise ValueError(f"{value!r} is not a postgresql://USER@HOST[:PORT]/DATABASE URL")
+    if parts.password is not None:
+        # The URL shows up in logs and errors; a password belongs in store_password(_file).
+        raise ValueError("must not contain a password: set store_password or store_password_file")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:
+        raise ValueError(f"{value!r} has an invalid port") from None
+    if not parts.path.strip("/"):
+        raise ValueError(f"{value!r} names no database (postgresql://USER@HOST/DATABASE)")
+    return value
+
+
 def base_url(value: str) -> str:
     if not value.startswith("/"):
         value = "/" + value
