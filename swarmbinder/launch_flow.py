@@ -164,6 +164,8 @@ class LaunchFlow:
 
     async def _run(self, request: LaunchRequest) -> AsyncIterator[BuildEvent]:
         resolved = await self._resolve(request.path)
+        if resolved.notice:
+            yield BuildEvent.waiting(message=resolved.notice)
         image = resolved.build.image
         if await self._image_exists(image):
             if request.build_only:

@@ -13,6 +13,7 @@ import aiohttp
 
 from .buildjob import BuildRequest
 from .config import Config
+from .errors import RefNotFound
 from .naming import image_name
 from .outbound import OutboundPolicy, guarded_session
 from .policy.canonical import RepoIdentity
@@ -28,6 +29,17 @@ class Resolved:
     build: BuildRequest
     ref_url: str
     resolved_spec: str
+    #: Said to the client in a ``waiting`` event before anything else: today only that an
+    #: old link's default branch was missing and HEAD was used instead.
+    notice: str | None = None
+
+
+#: Default branch names of old links. A repository that renamed ``master`` to ``main`` (or
+#: back) breaks every badge pointing at the old name; BinderHub retries those with HEAD.
+DEFAULT_BRANCH_NAMES = frozenset({"master", "main"})
+#: Providers whose spec ends in ``/{ref}`` and whose HEAD is the default branch. BinderHub
+#: retries for GitHub only; GitLab and plain git links break the same way.
+HEAD_FALLBACK_PROVIDERS = frozenset({"gh", "gl", "git"})
 
 
 async def resolve(
@@ -43,7 +55,25 @@ async def resolve(
     # call; on the spec with and without its prefix and on the canonical repository URL, so
     # another spelling of a banned repository is banned too.
     policy.check(RepoIdentity(prefix, spec, provider.get_repo_url()))
-    ref = await provider.get_resolved_ref()
+    notice = None
+    try:
+        ref = await provider.get_resolved_ref()
+    except RefNotFound as missing:
+        old_ref = provider.unresolved_ref
+        if prefix not in HEAD_FALLBACK_PROVIDERS or old_ref not in DEFAULT_BRANCH_NAMES:
+            raise
+        head_spec = spec.rsplit("/", 1)[0] + "/HEAD"
+        provider = providers.get(prefix, head_spec)
+        policy.check(RepoIdentity(prefix, head_spec, provider.get_repo_url()))
+        try:
+            ref = await provider.get_resolved_ref()
+        except RefNotFound:
+            raise missing from None  # no repository at all: say what was asked for
+        # BinderHub's words, so clients and people who know them see the same notice.
+        notice = (
+            f"{missing.user_message}\n"
+            f"Trying again with HEAD instead of {old_ref}. Please update your links.\n"
+        )
     slug = provider.get_build_slug()
     request = BuildRequest(
         provider=prefix,
@@ -57,6 +87,7 @@ async def resolve(
         build=request,
         ref_url=await provider.get_resolved_ref_url(),
         resolved_spec=await provider.get_resolved_spec(),
+        notice=notice,
     )
 
 

@@ -7,6 +7,7 @@ flow is pinned: which events, in which order, and what is left running when it s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
@@ -114,6 +115,7 @@ def make_flow(
     quota_error: QuotaExceeded | None = None,
     resolve_error: Exception | None = None,
     observer: Observer | None = None,
+    resolved: Resolved = RESOLVED,
 ) -> tuple[LaunchFlow, FakeBuilds, list[str]]:
     quota_checks: list[str] = []
     builds = FakeBuilds(build or FakeBuild([]))
@@ -122,7 +124,7 @@ def make_flow(
         if resolve_error is not None:
             raise resolve_error
         assert path == LAUNCH.path
-        return RESOLVED
+        return resolved
 
     async def image_exists(image: str) -> bool:
         return exists
@@ -169,6 +171,17 @@ async def test_found_image_goes_straight_to_launch() -> None:
     assert builds.requests == []
     assert quota == [REQUEST.repo_url]  # once, before the launch
     assert observer.launches == ["success"] and observer.launched_paths == [LAUNCH.path]
+
+
+async def test_a_resolution_notice_is_the_first_event() -> None:
+    """An old link's HEAD fallback is told in a ``waiting`` event before the launch goes on."""
+    notice = "Could not resolve ref for x.\nTrying again with HEAD instead of master.\n"
+    flow, _, _ = make_flow(
+        exists=True, launcher=FakeLauncher(), resolved=dataclasses.replace(RESOLVED, notice=notice)
+    )
+    events = await collect(flow)
+    assert phases(events) == ["waiting", "built", "launching", "launching", "ready"]
+    assert events[0].to_wire() == {"phase": "waiting", "message": notice}
 
 
 async def test_build_only_with_found_image_is_ready_without_launch() -> None:
