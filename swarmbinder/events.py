@@ -202,6 +202,7 @@ class BuildEvent:
         binder_launch_host: str,
         binder_request: str,
         binder_persistent_request: str,
+        binder_client_ip: str = "",
         message: str | None = None,
     ) -> BuildEvent:
         """The server runs at ``url``; fields in the order BinderHub's launcher sends them."""
@@ -213,6 +214,7 @@ class BuildEvent:
             "binder_launch_host": binder_launch_host,
             "binder_request": binder_request,
             "binder_persistent_request": binder_persistent_request,
+            "binder_client_ip": binder_client_ip,
             "url": url,
         }
         text = f"server running at {url}\n" if message is None else _line(message)

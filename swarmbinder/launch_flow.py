@@ -120,6 +120,9 @@ class LaunchRequest:
     origin: str = ""
     request_origin: str = ""
     have_build_token: bool = False
+    #: The client's address as admission saw it (trusted proxies applied), for BinderHub's
+    #: ``binder_client_ip``; never a header value taken as is.
+    client_ip: str = ""
 
     @property
     def path(self) -> str:
@@ -239,6 +242,7 @@ class LaunchFlow:
                 binder_request=f"v2/{request.path}",
                 binder_persistent_request=f"v2/{build.provider}/{resolved.resolved_spec}",
                 binder_launch_host=request.launch_host,
+                binder_client_ip=request.client_ip,
                 username=request.username,
                 server_name=request.server_name,
             )

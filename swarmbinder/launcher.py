@@ -62,6 +62,7 @@ class ServerRequest(TypedDict):
     binder_request: str
     binder_persistent_request: str
     binder_launch_host: str
+    binder_client_ip: NotRequired[str]
     username: NotRequired[str | None]
     server_name: NotRequired[str]
 
@@ -169,6 +170,7 @@ class Launcher:
             "binder_launch_host": request["binder_launch_host"],
             "binder_request": request["binder_request"],
             "binder_persistent_request": request["binder_persistent_request"],
+            "binder_client_ip": request.get("binder_client_ip", ""),
         }
         options = {
             "image": image,

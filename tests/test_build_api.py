@@ -93,6 +93,8 @@ async def test_build_then_launch_reaches_a_running_server(
         assert ready["url"].startswith(testground["hub_url"]) and ready["url"].endswith("/")
         for field in ("token", "repo_url", "binder_ref_url", "binder_launch_host"):
             assert ready[field], field
+        # The test client connects over loopback; BinderHub sends the client's address too.
+        assert ready["binder_client_ip"] == "127.0.0.1"
         # (the test client re-escapes ':' in the path, so compare unescaped)
         assert unquote(ready["binder_request"]) == unquote(f"v2/{path.removeprefix('/build/')}")
         # Our own messages are whole lines (repo2docker's log lines are passed on as they are).

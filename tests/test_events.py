@@ -33,6 +33,7 @@ READY = BuildEvent.ready(
     binder_launch_host="http://binder.local/",
     binder_request="v2/gh/binder-examples/requirements/HEAD",
     binder_persistent_request="v2/gh/binder-examples/requirements/50533eb4e8c6b5fab2a14e4a2f0eb1ea0f67e6e6",
+    binder_client_ip="203.0.113.7",
 )
 
 # repo2docker --json-logs output, as python-json-logger writes it
@@ -150,6 +151,7 @@ def test_ready_carries_what_binderhub_client_reads() -> None:
         "binder_launch_host",
         "binder_request",
         "binder_persistent_request",
+        "binder_client_ip",
     }
     assert wire["message"] == f"server running at {wire['url']}\n"
 

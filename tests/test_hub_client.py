@@ -192,6 +192,7 @@ async def run_launch(launcher: Launcher) -> list[Any]:
         binder_request="v2/gh/org/repo/main",
         binder_persistent_request="v2/gh/org/repo/abc",
         binder_launch_host="https://binder.example/",
+        binder_client_ip="2001:db8::7",
     )
     return [event async for event in events]
 
@@ -222,6 +223,8 @@ async def test_progress_messages_become_launching_events_then_ready(
     assert options["token"] == ready.fields["token"] and len(options["token"]) >= 16
     assert options["image"] == "reg/binder-x:1"
     assert options["binder_persistent_request"] == "v2/gh/org/repo/abc"
+    # BinderHub's binder_client_ip reaches the spawner's user options and the ready event.
+    assert options["binder_client_ip"] == ready.fields["binder_client_ip"] == "2001:db8::7"
     assert hub.count("DELETE", ".*") == 0 and swarm.removed == []
 
 

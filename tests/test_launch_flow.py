@@ -35,7 +35,10 @@ RESOLVED = Resolved(
     resolved_spec="http%3A%2F%2Fgit%2Frepo.git/" + "a" * 40,
 )
 LAUNCH = LaunchRequest(
-    provider_prefix="git", spec=REQUEST.spec, launch_host="http://binder.example/"
+    provider_prefix="git",
+    spec=REQUEST.spec,
+    launch_host="http://binder.example/",
+    client_ip="198.51.100.4",
 )
 
 
@@ -86,6 +89,7 @@ class FakeLauncher:
                 binder_launch_host=kwargs["binder_launch_host"],
                 binder_request=kwargs["binder_request"],
                 binder_persistent_request=kwargs["binder_persistent_request"],
+                binder_client_ip=kwargs["binder_client_ip"],
             )
         finally:
             self.closed = True
@@ -168,6 +172,7 @@ async def test_found_image_goes_straight_to_launch() -> None:
     assert ready["binder_request"] == f"v2/{LAUNCH.path}"
     assert ready["binder_persistent_request"] == f"v2/git/{RESOLVED.resolved_spec}"
     assert ready["binder_launch_host"] == "http://binder.example/"
+    assert ready["binder_client_ip"] == "198.51.100.4"
     assert builds.requests == []
     assert quota == [REQUEST.repo_url]  # once, before the launch
     assert observer.launches == ["success"] and observer.launched_paths == [LAUNCH.path]

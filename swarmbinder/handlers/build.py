@@ -124,6 +124,7 @@ async def build(request: web.Request) -> web.StreamResponse:
         origin=request.host,
         request_origin=request.headers.get("Origin") or request.headers.get("Sec-Fetch-Site") or "",
         have_build_token=admitted.have_build_token,
+        client_ip=admitted.client_ip,
     )
     # BinderHub's X-RateLimit-* headers: how many launches this client has left, and when
     # its window resets.
