@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Serve the bare repositories under ROOT over git's smart HTTP protocol on 127.0.0.1.
 
-Usage: gitserver.py ROOT PORT
+Usage: gitserver.py ROOT PORT [--basic-auth USER:PASSWORD]
+
+With --basic-auth every repository is private: a request without that login gets 401 and
+HTTP basic authentication's challenge, as a private repository on a git host does.
 
 Each request runs ``git http-backend`` as a CGI program (http.server's CGI handler is deprecated
 and cannot pass the request body of a push through reliably). Clones work from the host and from
@@ -10,6 +13,8 @@ containers on the host network.
 
 from __future__ import annotations
 
+import base64
+import hmac
 import os
 import shutil
 import subprocess
@@ -21,6 +26,8 @@ from urllib.parse import urlsplit
 class GitHandler(BaseHTTPRequestHandler):
     server_version = "swarmbinder-testground-git/1"
     project_root = "."
+    #: "user:password" every request must send (HTTP basic authentication); None: public.
+    basic_auth: str | None = None
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self._backend()
@@ -28,7 +35,20 @@ class GitHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         self._backend()
 
+    def _authorized(self) -> bool:
+        if self.basic_auth is None:
+            return True
+        expected = "Basic " + base64.b64encode(self.basic_auth.encode()).decode()
+        given = self.headers.get("Authorization", "")
+        return hmac.compare_digest(given.encode(), expected.encode())
+
     def _backend(self) -> None:
+        if not self._authorized():
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="private repositories"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         url = urlsplit(self.path)
         if ".." in url.path.split("/"):
             self.send_error(400, "bad path")
@@ -79,12 +99,16 @@ class GitHandler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    if len(sys.argv) != 3:
-        sys.exit("usage: gitserver.py ROOT PORT")
+    args = sys.argv[1:]
+    if len(args) == 4 and args[2] == "--basic-auth":
+        GitHandler.basic_auth = args.pop()
+        args.pop()
+    if len(args) != 2:
+        sys.exit("usage: gitserver.py ROOT PORT [--basic-auth USER:PASSWORD]")
     if not shutil.which("git"):
         sys.exit("git is not installed")
-    GitHandler.project_root = os.path.abspath(sys.argv[1])
-    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), GitHandler)
+    GitHandler.project_root = os.path.abspath(args[0])
+    server = ThreadingHTTPServer(("127.0.0.1", int(args[1])), GitHandler)
     server.daemon_threads = True
     server.serve_forever()
 

@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from .admin import AdminService, ConfigQuotas
-from .buildjob import BuildSettings
+from .buildjob import BuildSettings, git_logins_from_config
 from .buildlogs import BuildLogRecorder, prune_build_logs, recording_manager
 from .builds import BuildManager
 from .buildstatus import BuildStatus
@@ -138,7 +138,9 @@ def _own_tokens(issuer: TokenIssuer) -> Callable[[list[str]], tuple[str, float]]
 def config_secrets(config: Config) -> list[str]:
     """The values of every option marked secret: a new secret option is scrubbed unasked."""
     found = (config.value(option.name) for option in iter_options() if option.secret)
-    return [value for value in found if isinstance(value, str) and value]
+    values = [value for value in found if isinstance(value, str) and value]
+    # A git login's password is inside its option's text: scrubbed on its own too.
+    return list(dict.fromkeys(values + git_logins_from_config(config).secrets()))
 
 
 async def scrub_config_secrets(app: web.Application) -> AsyncIterator[None]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from .buildstatus import BuildStatus
 from .config import Config
+from .gitcredentials import GitCredentials, GitLogin, builder_env
 from .labels import (
     DOCKER_SOCKET,
     KIND_BUILD,
@@ -117,6 +118,8 @@ class BuildSettings:
     #: Every secret the process knows; log lines are scrubbed as they are read, and each
     #: build's own login joins it while the build runs.
     scrubber: Scrubber = field(default=DEFAULT_SCRUBBER, repr=False, compare=False)
+    #: Logins for private repositories, by host (:mod:`swarmbinder.gitcredentials`).
+    git_logins: GitCredentials = field(default_factory=GitCredentials, repr=False, compare=False)
 
     @classmethod
     def from_config(cls, config: Config, issuer: TokenIssuer | None = None) -> BuildSettings:
@@ -145,6 +148,7 @@ class BuildSettings:
             registry_url=registry.registry_url,
             registry_username=registry.registry_username,
             registry_password=registry.registry_password,
+            git_logins=git_logins_from_config(config),
         )
 
     @property
@@ -213,6 +217,7 @@ def job_spec(
     build_nodes_only: bool,
     secret: SecretMount | None = None,
     login: BuildCredential | None = None,
+    git_login: GitLoginMount | None = None,
 ) -> JobSpec:
     """The build's service: queued (held back), pinned to ``node``, or placed by Swarm.
     ``build_nodes_only``: some node carries the build node label, so builds run only there."""
@@ -234,8 +239,33 @@ def job_spec(
         constraints=constraints,
         networks=[settings.network] if settings.network else [],
         memory_limit=settings.memory_limit or None,
-        secrets=[secret] if secret is not None else [],
-        env={"DOCKER_CONFIG": BUILDER_DOCKER_CONFIG} if secret is not None else {},
+        secrets=([secret] if secret is not None else [])
+        + ([git_login.mount] if git_login is not None else []),
+        env=({"DOCKER_CONFIG": BUILDER_DOCKER_CONFIG} if secret is not None else {})
+        | (builder_env(git_login.login) if git_login is not None else {}),
+    )
+
+
+@dataclass(frozen=True)
+class GitLoginMount:
+    """A private repository's git login, as its build mounts it."""
+
+    login: GitLogin
+    mount: SecretMount
+
+
+def git_logins_from_config(config: Config) -> GitCredentials:
+    """The git logins of the providers' options (BinderHub's defaults from tokens included)."""
+    providers = config.providers
+    return GitCredentials.from_options(
+        github_hostname=providers.github.hostname,
+        github_credentials=providers.github.git_credentials,
+        github_access_token=providers.github.access_token,
+        github_client_id=providers.github.client_id,
+        gitlab_hostname=providers.gitlab.hostname,
+        gitlab_credentials=providers.gitlab.git_credentials,
+        gitlab_token=providers.gitlab.private_token or providers.gitlab.access_token,
+        git_credentials=providers.git.git_credentials,
     )
 
 

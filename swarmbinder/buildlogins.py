@@ -22,6 +22,7 @@ from .buildjob import (
     REGISTRY_AUTH_LABELS,
     BuildRequest,
     BuildSettings,
+    GitLoginMount,
     build_login_labels,
     build_login_secret,
     docker_config_json,
@@ -30,7 +31,8 @@ from .buildjob import (
     registry_hosts,
 )
 from .errors import BuildFailed, SwarmbinderError, SwarmRequestFailed
-from .labels import KIND_BUILD, KIND_BUILD_AUTH, LABEL_BUILD, LABEL_KIND
+from .gitcredentials import BUILDER_GIT_LOGIN, GitLogin, readable_anonymously
+from .labels import KIND_BUILD, KIND_BUILD_AUTH, KIND_GIT_LOGIN, LABEL_BUILD, LABEL_KIND
 from .registrytokens import BuildCredential, image_repository
 from .swarm import SecretMount, SwarmClient
 
@@ -56,6 +58,8 @@ class BuildLogins:
         self._clock = clock
         #: The configured login's secret name by content: the name is slow to compute.
         self._secret_names: dict[bytes, str] = {}
+        self._git_secret_names: dict[GitLogin, str] = {}
+        self._settings.scrubber.update(settings.git_logins.secrets())
 
     async def for_build(
         self, request: BuildRequest, *, own_login: bool
@@ -105,6 +109,28 @@ class BuildLogins:
             self._secret_names[content] = name
         info = await self._swarm.ensure_secret(name, content, REGISTRY_AUTH_LABELS)
         return login_mount(info)
+
+    async def git_login(self, request: BuildRequest) -> GitLoginMount | None:
+        """The git login the build of a private repository clones with; none for a repository
+        anyone can read, or on a host without a login."""
+        login = self._settings.git_logins.for_url(request.repo_url)
+        if login is None or await readable_anonymously(request.repo_url):
+            return None
+        name = self._git_secret_names.get(login)
+        if name is None:
+            name = await asyncio.to_thread(login.secret_name)
+            self._git_secret_names[login] = name
+        try:
+            info = await self._swarm.ensure_secret(
+                name, login.credential_text(), {LABEL_KIND: KIND_GIT_LOGIN}
+            )
+        except SwarmbinderError as exc:
+            raise BuildFailed(
+                f"could not give the build its git login: {exc}",
+                user_message="Could not start the build: the login for its private repository "
+                "could not be stored in the swarm. Try again later.",
+            ) from exc
+        return GitLoginMount(login, SecretMount(info.id, info.name, BUILDER_GIT_LOGIN, 0o400))
 
     async def discard(self, secret: SecretMount | None, credential: BuildCredential | None) -> None:
         """Undo :meth:`for_build` for a build service that was never made."""

@@ -22,7 +22,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from .buildjob import BuildRequest, BuildSettings, job_spec, request_from_labels
+from .buildjob import (
+    BuildRequest,
+    BuildSettings,
+    GitLoginMount,
+    job_spec,
+    request_from_labels,
+)
 from .buildlogins import BuildLogins
 from .buildstatus import BuildStatus
 from .buildwatch import Build, BuildWatcher
@@ -226,9 +232,16 @@ class BuildManager:
         status = BuildStatus.QUEUED if queued else BuildStatus.RUNNING
         # A queued build gets its own login when it leaves the queue, so the login's lifetime
         # (build_max_age) counts from when it runs.
+        git_login = await self._logins.git_login(request)
         secret, credential = await self._logins.for_build(request, own_login=not queued)
         spec = self._job_spec(
-            request, status=status, node=node, now=now, secret=secret, login=credential
+            request,
+            status=status,
+            node=node,
+            now=now,
+            secret=secret,
+            login=credential,
+            git_login=git_login,
         )
         build = Build(request, status, tail_size=self._settings.log_tail_lines, created=now)
         build.node = node
@@ -281,6 +294,7 @@ class BuildManager:
         now: float,
         secret: SecretMount | None = None,
         login: BuildCredential | None = None,
+        git_login: GitLoginMount | None = None,
     ) -> JobSpec:
         return job_spec(
             request,
@@ -291,6 +305,7 @@ class BuildManager:
             build_nodes_only=self._build_label_in_use,
             secret=secret,
             login=login,
+            git_login=git_login,
         )
 
     async def _choose_node(self, request: BuildRequest) -> str:
@@ -320,6 +335,9 @@ class BuildManager:
                 continue
             node = await self._choose_node(build.request)
             try:
+                # The git login is asked again: the secrets the service is updated with
+                # replace the ones it was made with.
+                git_login = await self._logins.git_login(build.request)
                 secret, credential = await self._logins.for_build(build.request, own_login=True)
             except SwarmbinderError as exc:
                 build.finish(
@@ -333,6 +351,7 @@ class BuildManager:
                 now=build.created,
                 secret=secret,
                 login=credential,
+                git_login=git_login,
             )
             try:
                 await self._swarm.update_job(

@@ -24,6 +24,9 @@ KIND_BUILD = "build"
 KIND_REGISTRY_AUTH = "registry-auth"
 #: A secret with one build's own registry login, removed with its build service.
 KIND_BUILD_AUTH = "build-auth"
+#: A login for private repositories on one git host (content-addressed, shared by the builds
+#: of that host's private repositories).
+KIND_GIT_LOGIN = "git-login"
 #: A prebuild job, and the secret it reads.
 KIND_PREBUILD = "prebuild"
 #: A service removing a finished job's containers from one node.

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from .buildjob import BuildRequest
+from .buildjob import BuildRequest, git_logins_from_config
 from .config import Config
 from .errors import RefNotFound
 from .naming import image_name
@@ -115,6 +115,7 @@ def providers_from_config(config: Config, session: aiohttp.ClientSession) -> Pro
         gitlab_access_token=gitlab.access_token or None,
         gitlab_private_token=gitlab.private_token or None,
         git_ref_cache_ttl=config.providers.git.ref_cache_ttl,
+        git_logins=git_logins_from_config(config),
         zenodo_doi_resolver_url=config.providers.zenodo.doi_resolver_url,
         figshare_doi_resolver_url=config.providers.figshare.doi_resolver_url,
         figshare_api_base_url=config.providers.figshare.api_base_url,

@@ -27,6 +27,15 @@ class GitHubConfig(Section):
     )
     client_id: str = opt("", "GitHub OAuth client id, for use with client_secret.")
     client_secret: str = opt("", "GitHub OAuth client secret, for use with client_id.", secret=True)
+    git_credentials: str = opt(
+        "",
+        "The login builds of private repositories on hostname clone with, in BinderHub's form "
+        "'username=...\\npassword=...'. Empty: made from access_token as BinderHub does "
+        "(with client_id, username=client_id and password=access_token; without, "
+        "username=access_token and password=x-oauth-basic). Only builds of repositories that "
+        "cannot be read without it get it (docs/security.md).",
+        secret=True,
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.api_base_url, str) and isinstance(self.hostname, str):
@@ -44,6 +53,14 @@ class GitLabConfig(Section):
     hostname: str = opt("gitlab.com", "The host of the GitLab instance.")
     access_token: str = opt("", "GitLab OAuth2 access token for the GitLab API.", secret=True)
     private_token: str = opt("", "GitLab private token for the GitLab API.", secret=True)
+    git_credentials: str = opt(
+        "",
+        "The login builds of private repositories on hostname clone with, in BinderHub's form "
+        "'username=...\\npassword=...'. Empty: username=binderhub and password=private_token "
+        "(or access_token), as BinderHub makes it. Only builds of repositories that cannot be "
+        "read without it get it.",
+        secret=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -59,6 +76,17 @@ class GitConfig(Section):
         "a push is seen at most this late. Concurrent lookups of one ref always share one "
         "`git ls-remote`. 0: reuse nothing but concurrent lookups.",
         minimum=0,
+    )
+    git_credentials: str = opt(
+        "",
+        "Logins for private repositories, one per host: git credential descriptions "
+        "(lines protocol=https, host=git.example.org[:port], username=..., password=...) "
+        "separated by blank lines. Each is given only to its own host and protocol (never to "
+        "a submodule's or a redirect's host), when resolving a ref and to the builds of "
+        "repositories that cannot be read without it. A login without host= is refused: "
+        "BinderHub's hands one login to every host.",
+        secret=True,
+        check=values.git_credentials,
     )
 
 

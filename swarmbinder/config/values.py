@@ -16,6 +16,9 @@ from collections.abc import Mapping
 from typing import Any, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
+from ..errors import ConfigError
+from ..gitcredentials import parse_descriptions
+
 # --- value checks: each takes an already type-checked value, returns it normalised -----------
 
 
@@ -51,6 +54,14 @@ def postgres_url(value: str | None) -> str | None:
         raise ValueError(f"{value!r} has an invalid port") from None
     if not parts.path.strip("/"):
         raise ValueError(f"{value!r} names no database (postgresql://USER@HOST/DATABASE)")
+    return value
+
+
+def git_credentials(value: str) -> str:
+    try:
+        parse_descriptions("git.git_credentials", value)
+    except ConfigError as e:
+        raise ValueError(e.problem) from None  # the option is named once, by the caller
     return value
 
 

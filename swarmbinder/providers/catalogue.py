@@ -9,6 +9,7 @@ from functools import partial
 import aiohttp
 
 from ..errors import SpecError, UnknownProvider
+from ..gitcredentials import GitCredentials
 from ..outbound import session_policy
 from .base import DEFAULT_TIMEOUT, HttpOptions, RepoProvider, check_decoded_spec, check_text
 from .cache import SharedLookups
@@ -119,6 +120,7 @@ def default_registry(
     git_allowed_protocols: Collection[str] = ALLOWED_PROTOCOLS,
     git_ls_remote_timeout: float = LS_REMOTE_TIMEOUT,
     git_ref_cache_ttl: float = 0,
+    git_logins: GitCredentials | None = None,
     zenodo_doi_resolver_url: str = DOI_RESOLVER_URL,
     figshare_doi_resolver_url: str = DOI_RESOLVER_URL,
     figshare_api_base_url: str = FIGSHARE_API_BASE_URL,
@@ -190,6 +192,7 @@ def default_registry(
                 ls_remote_timeout=git_ls_remote_timeout,
                 lookups=SharedLookups[dict[str, str]](git_ref_cache_ttl),
                 outbound=outbound,
+                logins=git_logins,
             ),
         ),
         (

@@ -10,6 +10,7 @@ from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError, ProviderUnavailable, RefNotFound, SpecError
+from ..gitcredentials import GitCredentials, helper_env
 from ..outbound import OutboundPolicy, parse_address, resolve_checked
 from .base import RepoProvider, check_ref, check_text, is_full_sha
 from .cache import SharedLookups
@@ -84,9 +85,11 @@ class GitRepoProvider(RepoProvider):
         git: str = "git",
         lookups: SharedLookups[dict[str, str]] | None = None,
         outbound: OutboundPolicy | None = None,
+        logins: GitCredentials | None = None,
     ) -> None:
         super().__init__(spec, outbound=outbound)
         self._lookups = lookups
+        self._logins = logins
         self.allowed_protocols = check_protocols(allowed_protocols)
         self.ls_remote_timeout = ls_remote_timeout
         self._git = git
@@ -182,6 +185,12 @@ class GitRepoProvider(RepoProvider):
         env["GIT_TERMINAL_PROMPT"] = "0"
         env["GIT_ALLOW_PROTOCOL"] = ":".join(sorted(self.allowed_protocols))
         env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+        login = self._logins.for_url(self.repo) if self._logins is not None else None
+        if login is not None:
+            # A private repository's login, given to its own host only; it lives in this
+            # process's child for the length of one ls-remote.
+            env |= helper_env(login, 'printf "%s" "$SWARMBINDER_GIT_LOGIN"')
+            env["SWARMBINDER_GIT_LOGIN"] = login.credential_text().decode()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *command,
