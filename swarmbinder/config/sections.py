@@ -337,6 +337,17 @@ class BuildConfig(Section):
         minimum=1,
     )
     concurrent_build_limit: int = opt(32, "The number of concurrent builds to allow.", minimum=0)
+    build_queue_limit: int = opt(
+        100,
+        "How many builds may wait for a slot (beyond concurrent_build_limit) at once, across "
+        "every replica: queued builds are counted in Swarm by their labels. Past it, a launch "
+        "that needs a new build gets a 'failed' event saying the build queue is full and to "
+        "try again later; launches of images already built and requests that join a running "
+        "or queued build are never refused. Stops a client (or many) from queueing an "
+        "unbounded number of builds of distinct refs, each a Swarm service. Replicas that "
+        "queue at the same instant can overshoot by one build each. 0: no cap.",
+        minimum=0,
+    )
     log_tail_lines: int = opt(
         100,
         "Limit number of log lines to show when connecting to an already running build.",
