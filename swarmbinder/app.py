@@ -44,6 +44,7 @@ from .keys import (
     BANS,
     BUILD_TOKENS,
     BUILDS,
+    CLIENT_IP,
     CONFIG,
     FLOW,
     HEALTH,
@@ -54,6 +55,7 @@ from .keys import (
     REGISTRY_TOKENS,
     SCRUBBER,
     STORE,
+    STREAM_SLOTS,
     SWARM,
 )
 from .launch_flow import LaunchFlow
@@ -66,6 +68,7 @@ from .policy.buildtokens import BuildTokens, build_audience, token_origin
 from .policy.clientip import ClientIP
 from .policy.quotas import Quotas
 from .policy.ratelimit import RateLimiter
+from .policy.streamcap import StreamSlots
 from .prebuild import jobs as prebuild_jobs
 from .registry import RegistryClient
 from .registrytokens import TokenIssuer, issuer_from_config
@@ -90,14 +93,16 @@ def create_app(config: Config) -> web.Application:
     """The application for ``config``."""
     base = config.server.base_url
     allow_origin = config.server.cors_allow_origin
+    client_ip = ClientIP(config.server.trusted_proxies)
     app = web.Application(
         middlewares=[
             # First: BinderHub refuses a banned network before anything else is looked at.
-            guard.network_bans(ClientIP(config.server.trusted_proxies), base),
+            guard.network_bans(client_ip, base),
             ops.cors_preflight(allow_origin, base),
         ]
     )
     app[CONFIG] = config
+    app[CLIENT_IP] = client_ip
     app[SCRUBBER] = DEFAULT_SCRUBBER
     # First of the contexts: the secrets are known before anything can log them.
     app.cleanup_ctx.append(scrub_config_secrets)
@@ -154,8 +159,15 @@ async def scrub_config_secrets(app: web.Application) -> AsyncIterator[None]:
 
 
 def add_build_routes(app: web.Application) -> None:
-    """``/build/<provider>/<spec>``; the handler needs FLOW and ADMISSION on the app."""
-    base = app[CONFIG].server.base_url
+    """``/build/<provider>/<spec>``; the handler needs FLOW and ADMISSION on the app.
+
+    The client finder and the open-stream cap are made here unless the app has them."""
+    config = app[CONFIG]
+    if CLIENT_IP not in app:
+        app[CLIENT_IP] = ClientIP(config.server.trusted_proxies)
+    if STREAM_SLOTS not in app:
+        app[STREAM_SLOTS] = StreamSlots(config.quotas.max_streams_per_ip)
+    base = config.server.base_url
     app.router.add_get(f"{base}build/{{provider}}/{{spec:.+}}", build.build)
 
 

@@ -35,6 +35,7 @@ in the module named before the dot; the rest live here::
     │   ├── BuildTokenExpired (403)
     │   └── BuildTokenOriginMismatch (403)     issued for another site
     ├── policy.ratelimit.RateLimitExceeded (429)
+    ├── policy.streamcap.TooManyStreams (429)  max_streams_per_ip event streams open already
     ├── policy.quotas.InvalidQuota (400)       an admin's quota override cannot work
     ├── hubauth.HubAuthError (403)             logging a user in through the hub failed
     │   ├── OAuthCallbackInvalid (400)

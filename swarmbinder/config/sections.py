@@ -429,6 +429,17 @@ class QuotaConfig(Section):
         minimum=1,
     )
 
+    max_streams_per_ip: int = opt(
+        20,
+        "Open /build event streams allowed per client (an IPv4 address or an IPv6 /64) at "
+        "once; the next one gets a 429 and a 'failed' event saying so. A stream's slot is "
+        "freed when it ends, also when the client drops the connection. Counted in each "
+        "replica's memory, so behind N replicas a client may hold up to N times this. "
+        "Stops one client from tying up sockets, tasks and build-log subscriptions by the "
+        "thousand. 0: no cap.",
+        minimum=0,
+    )
+
 
 @dataclass(frozen=True)
 class BanConfig(Section):
