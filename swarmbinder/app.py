@@ -52,6 +52,7 @@ from .keys import (
     HUB_AUTH,
     METRICS,
     QUOTAS,
+    RATE_LIMITER,
     REGISTRY_TOKENS,
     SCRUBBER,
     STORE,
@@ -69,6 +70,7 @@ from .policy.clientip import ClientIP
 from .policy.quotas import Quotas
 from .policy.ratelimit import RateLimiter
 from .policy.streamcap import StreamSlots
+from .policy.tokenmint import SpentTokens
 from .prebuild import jobs as prebuild_jobs
 from .registry import RegistryClient
 from .registrytokens import TokenIssuer, issuer_from_config
@@ -216,7 +218,12 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         app[FLOW] = await make_launch_flow(
             config, stack, bans, quotas, registry, builds, launcher, running_servers, observer
         )
-        app[ADMISSION] = make_admission(config, bans, app[BUILD_TOKENS], app.get(HUB_AUTH))
+        # One limiter for /build and for the loading page's build tokens (policy.tokenmint).
+        limiter = RateLimiter(config.quotas.rate_limit, config.quotas.rate_limit_period)
+        app[RATE_LIMITER] = limiter
+        app[ADMISSION] = make_admission(
+            config, bans, app[BUILD_TOKENS], app.get(HUB_AUTH), limiter, app[CLIENT_IP]
+        )
         if ADMIN not in app:
             app[ADMIN] = make_admin(
                 config, swarm, store, builds, bans, quotas, hub, running_servers
@@ -405,18 +412,27 @@ async def make_launch_flow(
 
 
 def make_admission(
-    config: Config, bans: BanList, tokens: BuildTokens, hub_auth: HubAuth | None
+    config: Config,
+    bans: BanList,
+    tokens: BuildTokens,
+    hub_auth: HubAuth | None,
+    limiter: RateLimiter,
+    client_ip: ClientIP,
 ) -> Admission:
     """Who may start a /build: network bans, build token, rate limit, and (with
-    ``auth_enabled``) a hub login."""
+    ``auth_enabled``) a hub login.
+
+    A token's first use is free, since the page that minted it was charged; a reuse is not
+    (:mod:`~swarmbinder.policy.tokenmint`)."""
+    spent = SpentTokens()
 
     def verify_token(token: str, path: str, headers: Any) -> bool:
         provider, _, spec = path.partition("/")
-        return tokens.check(token, build_audience(provider, spec), token_origin(headers))
+        claims = tokens.verify(token, build_audience(provider, spec), token_origin(headers))
+        return spent.first_use(claims)
 
-    limiter = RateLimiter(config.quotas.rate_limit, config.quotas.rate_limit_period)
     return Admission(
-        client_ip=ClientIP(config.server.trusted_proxies),
+        client_ip=client_ip,
         check_network=bans.check_network,
         verify_token=verify_token,
         rate_limit=limiter.check if config.quotas.rate_limit > 0 else None,

@@ -21,6 +21,7 @@ from .policy.bans import BanList
 from .policy.buildtokens import BuildTokens
 from .policy.clientip import ClientIP
 from .policy.quotas import Quotas
+from .policy.ratelimit import RateLimiter
 from .policy.streamcap import StreamSlots
 from .registrytokens import TokenIssuer
 from .scrub import Scrubber
@@ -66,5 +67,7 @@ REGISTRY_TOKENS = web.AppKey("registry_tokens", TokenIssuer)
 #: Finds a request's client address (``trusted_proxies``) and the key per-client limits count
 #: it under: one instance for the bans, the rate limit and the event-stream cap.
 CLIENT_IP = web.AppKey("client_ip", ClientIP)
+#: The per-client rate limit on launches, which the loading page's build tokens are charged to.
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 #: The open /build event streams per client (``max_streams_per_ip``), in this process.
 STREAM_SLOTS = web.AppKey("stream_slots", StreamSlots)

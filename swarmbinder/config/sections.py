@@ -418,8 +418,13 @@ class QuotaConfig(Section):
     )
     rate_limit: int = opt(
         10,
-        "Build requests allowed per client IP within rate_limit_period (BinderHub's "
-        "RateLimiter.limit). 0 disables the limit.",
+        "Launches allowed per client within rate_limit_period (BinderHub's "
+        "RateLimiter.limit). A client is an IPv4 address or an IPv6 /64 network (a host "
+        "picks any address in its /64 at will). Every /build without a build token counts, "
+        "and so does every build token the /v2/ loading page mints; the first /build with "
+        "a fresh token is then not counted again, a reuse of the token is. Over the limit "
+        "/build answers 429 with Retry-After, and the loading page is shown with the "
+        "limit's message and no token. 0 disables the limit.",
         minimum=0,
     )
     rate_limit_period: int = opt(
@@ -428,7 +433,6 @@ class QuotaConfig(Section):
         "RateLimiter.period_seconds).",
         minimum=1,
     )
-
     max_streams_per_ip: int = opt(
         20,
         "Open /build event streams allowed per client (an IPv4 address or an IPv6 /64) at "
