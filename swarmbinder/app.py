@@ -44,6 +44,7 @@ from .keys import (
     BANS,
     BUILD_TOKENS,
     BUILDS,
+    CLIENT_IP,
     CONFIG,
     FLOW,
     HEALTH,
@@ -51,9 +52,11 @@ from .keys import (
     HUB_AUTH,
     METRICS,
     QUOTAS,
+    RATE_LIMITER,
     REGISTRY_TOKENS,
     SCRUBBER,
     STORE,
+    STREAM_SLOTS,
     SWARM,
 )
 from .launch_flow import LaunchFlow
@@ -66,6 +69,8 @@ from .policy.buildtokens import BuildTokens, build_audience, token_origin
 from .policy.clientip import ClientIP
 from .policy.quotas import Quotas
 from .policy.ratelimit import RateLimiter
+from .policy.streamcap import StreamSlots
+from .policy.tokenmint import SpentTokens
 from .prebuild import jobs as prebuild_jobs
 from .registry import RegistryClient
 from .registrytokens import TokenIssuer, issuer_from_config
@@ -90,14 +95,16 @@ def create_app(config: Config) -> web.Application:
     """The application for ``config``."""
     base = config.server.base_url
     allow_origin = config.server.cors_allow_origin
+    client_ip = ClientIP(config.server.trusted_proxies)
     app = web.Application(
         middlewares=[
             # First: BinderHub refuses a banned network before anything else is looked at.
-            guard.network_bans(ClientIP(config.server.trusted_proxies), base),
+            guard.network_bans(client_ip, base),
             ops.cors_preflight(allow_origin, base),
         ]
     )
     app[CONFIG] = config
+    app[CLIENT_IP] = client_ip
     app[SCRUBBER] = DEFAULT_SCRUBBER
     # First of the contexts: the secrets are known before anything can log them.
     app.cleanup_ctx.append(scrub_config_secrets)
@@ -156,8 +163,15 @@ async def scrub_config_secrets(app: web.Application) -> AsyncIterator[None]:
 
 
 def add_build_routes(app: web.Application) -> None:
-    """``/build/<provider>/<spec>``; the handler needs FLOW and ADMISSION on the app."""
-    base = app[CONFIG].server.base_url
+    """``/build/<provider>/<spec>``; the handler needs FLOW and ADMISSION on the app.
+
+    The client finder and the open-stream cap are made here unless the app has them."""
+    config = app[CONFIG]
+    if CLIENT_IP not in app:
+        app[CLIENT_IP] = ClientIP(config.server.trusted_proxies)
+    if STREAM_SLOTS not in app:
+        app[STREAM_SLOTS] = StreamSlots(config.quotas.max_streams_per_ip)
+    base = config.server.base_url
     app.router.add_get(f"{base}build/{{provider}}/{{spec:.+}}", build.build)
 
 
@@ -206,7 +220,12 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         app[FLOW] = await make_launch_flow(
             config, stack, bans, quotas, registry, builds, launcher, running_servers, observer
         )
-        app[ADMISSION] = make_admission(config, bans, app[BUILD_TOKENS], app.get(HUB_AUTH))
+        # One limiter for /build and for the loading page's build tokens (policy.tokenmint).
+        limiter = RateLimiter(config.quotas.rate_limit, config.quotas.rate_limit_period)
+        app[RATE_LIMITER] = limiter
+        app[ADMISSION] = make_admission(
+            config, bans, app[BUILD_TOKENS], app.get(HUB_AUTH), limiter, app[CLIENT_IP]
+        )
         if ADMIN not in app:
             app[ADMIN] = make_admin(
                 config, swarm, store, builds, bans, quotas, hub, running_servers
@@ -395,18 +414,27 @@ async def make_launch_flow(
 
 
 def make_admission(
-    config: Config, bans: BanList, tokens: BuildTokens, hub_auth: HubAuth | None
+    config: Config,
+    bans: BanList,
+    tokens: BuildTokens,
+    hub_auth: HubAuth | None,
+    limiter: RateLimiter,
+    client_ip: ClientIP,
 ) -> Admission:
     """Who may start a /build: network bans, build token, rate limit, and (with
-    ``auth_enabled``) a hub login."""
+    ``auth_enabled``) a hub login.
+
+    A token's first use is free, since the page that minted it was charged; a reuse is not
+    (:mod:`~swarmbinder.policy.tokenmint`)."""
+    spent = SpentTokens()
 
     def verify_token(token: str, path: str, headers: Any) -> bool:
         provider, _, spec = path.partition("/")
-        return tokens.check(token, build_audience(provider, spec), token_origin(headers))
+        claims = tokens.verify(token, build_audience(provider, spec), token_origin(headers))
+        return spent.first_use(claims)
 
-    limiter = RateLimiter(config.quotas.rate_limit, config.quotas.rate_limit_period)
     return Admission(
-        client_ip=ClientIP(config.server.trusted_proxies),
+        client_ip=client_ip,
         check_network=bans.check_network,
         verify_token=verify_token,
         rate_limit=limiter.check if config.quotas.rate_limit > 0 else None,

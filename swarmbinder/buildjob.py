@@ -95,6 +95,8 @@ class BuildSettings:
     cleanup_interval: float = 60
     pending_timeout: float = 300
     concurrent_limit: int = 32
+    #: At most this many builds queued across every replica (``build_queue_limit``); 0: any.
+    queue_limit: int = 100
     log_tail_lines: int = 100
     #: Failed build services are kept this long so their log can be read with docker.
     keep_failed_for: float = 600
@@ -140,6 +142,7 @@ class BuildSettings:
             cleanup_interval=builds.build_cleanup_interval,
             pending_timeout=builds.build_pending_timeout,
             concurrent_limit=builds.concurrent_build_limit,
+            queue_limit=builds.build_queue_limit,
             log_tail_lines=builds.log_tail_lines,
             keep_failed_for=builds.build_keep_failed_for,
             image_prefix=registry.image_prefix,

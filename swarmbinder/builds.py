@@ -9,9 +9,12 @@ queue survives restarts and shows in ``docker service ls``.
 
 The :class:`BuildManager` here owns the builds of this process: it joins requests to running
 builds, queues builds beyond ``concurrent_build_limit`` and starts them as slots free, and
-removes finished services. What it asks Swarm for is :mod:`swarmbinder.buildjob`'s; following
-a build to its end is :mod:`swarmbinder.buildwatch`'s (one watcher task per build, owned
-here); the registry login each build pushes with is :mod:`swarmbinder.buildlogins`'.
+removes finished services. The queue has a cap across replicas (``build_queue_limit``):
+queued services are counted in Swarm by their labels, and a build that would queue past it
+is refused with :class:`BuildQueueFull`. What it asks Swarm for is
+:mod:`swarmbinder.buildjob`'s; following a build to its end is
+:mod:`swarmbinder.buildwatch`'s (one watcher task per build, owned here); the registry
+login each build pushes with is :mod:`swarmbinder.buildlogins`'.
 """
 
 from __future__ import annotations
@@ -48,6 +51,18 @@ from .sticky import BUILD_NODE_LABEL, Node, NodeAvailability, NodeState, rank_no
 from .swarm import JobSpec, NodeInfo, SecretMount, ServiceInfo, SwarmClient
 
 log = logging.getLogger(__name__)
+
+
+class BuildQueueFull(SwarmbinderError, status=503):
+    """``build_queue_limit`` builds are waiting for a slot already: no new one joins them."""
+
+    def __init__(self, queued: int, limit: int) -> None:
+        super().__init__(
+            f"the build queue is full: {queued} builds queued, build_queue_limit is {limit}",
+            user_message="The build queue is full. Please try again later.",
+        )
+        self.queued = queued
+        self.limit = limit
 
 
 def to_sticky_node(node: NodeInfo) -> Node:
@@ -228,6 +243,8 @@ class BuildManager:
             self._settings.concurrent_limit > 0
             and self._running_count() >= self._settings.concurrent_limit
         )
+        if queued:
+            await self._check_queue_room()
         node = "" if queued else await self._choose_node(request)
         status = BuildStatus.QUEUED if queued else BuildStatus.RUNNING
         # A queued build gets its own login when it leaves the queue, so the login's lifetime
@@ -266,6 +283,23 @@ class BuildManager:
         self._notify_started(build)
         self._start_watcher(build, log_tail="all")
         return build
+
+    async def _check_queue_room(self) -> None:
+        """:class:`BuildQueueFull` when ``build_queue_limit`` builds wait already.
+
+        Counted in Swarm, not in memory: every replica's queued builds carry the queued status
+        label until they are promoted, so the cap holds across replicas (up to one build per
+        replica that queues at the same instant)."""
+        limit = self._settings.queue_limit
+        if limit == 0:
+            return
+        waiting = await self._swarm.list_services(
+            {LABEL_KIND: KIND_BUILD, LABEL_STATUS: BuildStatus.QUEUED.value}
+        )
+        queued = sum(1 for service in waiting if self._is_ours(service))
+        if queued >= limit:
+            log.warning("refused a new build: %d builds queued (limit %d)", queued, limit)
+            raise BuildQueueFull(queued, limit)
 
     def _revoke_login(self, build: Build) -> None:
         self._logins.revoke(build.login_username, build.credential)

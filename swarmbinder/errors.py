@@ -19,6 +19,7 @@ in the module named before the dot; the rest live here::
     │   └── ServiceNameConflict (502)          a service of that name exists (builds: join it)
     ├── BuildFailed (500)                      a build ran and failed (carries the reason)
     │   └── builds._StopBuild (500)            a build is ended by us (overdue, never placed)
+    ├── builds.BuildQueueFull (503)            build_queue_limit builds wait already
     ├── LaunchFailed (500)                     JupyterHub could not start the server
     │   ├── hubclient.HubRequestFailed (500)   the hub answered with an error status
     │   ├── hubclient.HubUnavailable (503)     the hub did not answer, even after retries
@@ -34,6 +35,7 @@ in the module named before the dot; the rest live here::
     │   ├── BuildTokenExpired (403)
     │   └── BuildTokenOriginMismatch (403)     issued for another site
     ├── policy.ratelimit.RateLimitExceeded (429)
+    ├── policy.streamcap.TooManyStreams (429)  max_streams_per_ip event streams open already
     ├── policy.quotas.InvalidQuota (400)       an admin's quota override cannot work
     ├── hubauth.HubAuthError (403)             logging a user in through the hub failed
     │   ├── OAuthCallbackInvalid (400)

@@ -19,7 +19,10 @@ from .pages import PageSite
 from .policy.admission import Admission
 from .policy.bans import BanList
 from .policy.buildtokens import BuildTokens
+from .policy.clientip import ClientIP
 from .policy.quotas import Quotas
+from .policy.ratelimit import RateLimiter
+from .policy.streamcap import StreamSlots
 from .registrytokens import TokenIssuer
 from .scrub import Scrubber
 from .store import Store
@@ -61,3 +64,10 @@ SCRUBBER = web.AppKey("scrubber", Scrubber)
 #: The registry's token issuer (Binder is the realm of a registry with ``auth: token``); only
 #: with ``registry_token_key``.
 REGISTRY_TOKENS = web.AppKey("registry_tokens", TokenIssuer)
+#: Finds a request's client address (``trusted_proxies``) and the key per-client limits count
+#: it under: one instance for the bans, the rate limit and the event-stream cap.
+CLIENT_IP = web.AppKey("client_ip", ClientIP)
+#: The per-client rate limit on launches, which the loading page's build tokens are charged to.
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+#: The open /build event streams per client (``max_streams_per_ip``), in this process.
+STREAM_SLOTS = web.AppKey("stream_slots", StreamSlots)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from . import __version__
 from .config import Config
 from .errors import SpecError, SwarmbinderError
 from .policy.buildtokens import BuildTokens, build_audience
+from .policy.tokenmint import Charge
 from .providers import (
     CKANProvider,
     DataverseProvider,
@@ -203,9 +204,18 @@ class LaunchPage:
     provider: str
     display_name: str
     spec: str
+    #: ``/build`` with the token; empty when the client was over its rate limit.
     build_url: str
     build_token: str
     url_path: str
+    #: What the rate limit said to this page's token (:mod:`~swarmbinder.policy.tokenmint`).
+    charge: Charge = field(default_factory=Charge)
+
+    @property
+    def refusal(self) -> str:
+        """The message the page shows instead of following a build, or ``""``."""
+        refusal = self.charge.refusal
+        return refusal.user_message if refusal is not None else ""
 
     @property
     def provider_spec(self) -> str:
@@ -334,12 +344,21 @@ class PageSite:
         ]
 
     def launch_page(
-        self, provider: str, raw_spec: str, query: Mapping[str, str], origin: str
+        self,
+        provider: str,
+        raw_spec: str,
+        query: Mapping[str, str],
+        origin: str,
+        *,
+        pay: Callable[[], Charge] | None = None,
     ) -> LaunchPage:
-        """Check a ``/v2/`` request and issue its build token.
+        """Check a ``/v2/`` request and issue its build token, once ``pay`` allows it.
 
-        Raises :class:`~swarmbinder.errors.UnknownProvider` (404), :class:`SpecError` or
-        :class:`BadLaunchParameter` (400): no page, no token, no build for bad input.
+        ``pay`` charges the token to the client's rate limit (None: free); a refused charge
+        gives the page without a token, to show the refusal. Raises
+        :class:`~swarmbinder.errors.UnknownProvider` (404), :class:`SpecError` or
+        :class:`BadLaunchParameter` (400): no page, no token, no build for bad input, and
+        nothing charged for it.
         """
         # parse_spec also refuses escaped control characters and '.'/'..' segments.
         prefix, spec = parse_spec(f"{provider}/{raw_spec}")
@@ -348,8 +367,11 @@ class PageSite:
         url_path = launch_url_path(query)
         check_url_path(url_path)
         audience = build_audience(prefix, spec)
-        token = self.tokens.issue(audience, origin)
-        build_url = f"{self.base_url}build/{audience}?{urlencode({'build_token': token})}"
+        charge = pay() if pay is not None else Charge()
+        token = build_url = ""
+        if charge.allowed:
+            token = self.tokens.issue(audience, origin)
+            build_url = f"{self.base_url}build/{audience}?{urlencode({'build_token': token})}"
         return LaunchPage(
             provider=prefix,
             display_name=str(provider_class.display_config.get("displayName", provider_class.name)),
@@ -357,4 +379,5 @@ class PageSite:
             build_url=build_url,
             build_token=token,
             url_path=url_path,
+            charge=charge,
         )

@@ -116,6 +116,7 @@ def providers_from_config(config: Config, session: aiohttp.ClientSession) -> Pro
         gitlab_private_token=gitlab.private_token or None,
         git_ref_cache_ttl=config.providers.git.ref_cache_ttl,
         git_logins=git_logins_from_config(config),
+        git_max_concurrent_ls_remote=config.providers.git.max_concurrent_ls_remote,
         zenodo_doi_resolver_url=config.providers.zenodo.doi_resolver_url,
         figshare_doi_resolver_url=config.providers.figshare.doi_resolver_url,
         figshare_api_base_url=config.providers.figshare.api_base_url,

@@ -158,24 +158,36 @@ async def test_rate_limit_refuses_the_second_build_with_binderhubs_message(
     assert (await binder.get("/", headers=HTML)).status == 200
 
 
-async def test_build_token_from_the_loading_page_skips_the_limit(
+async def test_the_loading_page_pays_for_its_token_from_the_rate_limit(
     make_binder: Any, testground: dict[str, Any]
 ) -> None:
-    binder = await make_binder(rate_limit=1, rate_limit_period=600)
+    """A script that loads the /v2/ page to get tokens is held to the limit of /build; a
+    person's launch from the page counts once; a replayed token counts again."""
+    binder = await make_binder(rate_limit=3, rate_limit_period=600)
     launch = spec(testground)
-    await build_events(binder, f"/build/{launch}")  # uses up the allowance
-    status, _, _ = await build_events(binder, f"/build/{launch}")
-    assert status == 429
+    build_url = await page_build_url(binder, launch)  # 1 of 3
+    other = await page_build_url(binder, spec(testground, "binder-two-commits"))  # 2 of 3
 
-    build_url = await page_build_url(binder, launch)
     status, headers, events = await build_events(binder, build_url)
-    # Past the limit and on to resolution, which fails for the missing ref (no build).
+    # The page paid: on to resolution, which fails for the missing ref (no build), uncounted.
     assert status == 200, events
     assert "X-RateLimit-Remaining" not in headers
     assert events[-1]["status_code"] == 404, events
+    status, headers, _ = await build_events(binder, f"/build/{launch}")  # 3 of 3
+    assert status == 200 and headers["X-RateLimit-Remaining"] == "0"
+
+    # Over the limit: the page is still shown, with the limit's message and without a token.
+    page = await binder.get(f"/v2/{launch}", headers=HTML)
+    body = await page.text()
+    assert page.status == 429
+    assert 0 < int(page.headers["Retry-After"]) <= 600
+    assert "Rate limit exceeded. Try again in 600 seconds." in body
+    assert "build_token" not in body
+    # The token already used is not free twice.
+    status, _, events = await build_events(binder, build_url)
+    assert status == 429 and events[-1]["status_code"] == 429
 
     # A token for another repository is refused outright, not ignored.
-    other = await page_build_url(binder, spec(testground, "binder-two-commits"))
     foreign = f"/build/{launch}?{other.split('?', 1)[1]}"
     status, _, events = await build_events(binder, foreign)
     assert status == 403

@@ -31,3 +31,18 @@ async def test_an_operator_is_not_rate_limited() -> None:
             peer="10.0.0.1", headers={}, path="gh/a/b/c", build_token=None, operator=True
         )
         assert admitted.rate_limit is None
+
+
+async def test_ipv6_clients_are_counted_per_64() -> None:
+    """A host that takes a new address from its /64 for each request is one client."""
+    admission = make_admission(limit=2)
+    for peer in ("2001:db8:a:b::1", "2001:db8:a:b::2"):
+        await admission.admit(peer=peer, headers={}, path="gh/a/b/c", build_token=None)
+    with pytest.raises(RateLimitExceeded):
+        await admission.admit(
+            peer="2001:db8:a:b:1:2:3:4", headers={}, path="gh/a/b/c", build_token=None
+        )
+    other = await admission.admit(
+        peer="2001:db8:a:c::1", headers={}, path="gh/a/b/c", build_token=None
+    )
+    assert other.rate_limit is not None and other.rate_limit.remaining == 1

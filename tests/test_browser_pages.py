@@ -19,9 +19,10 @@ from playwright.async_api import Page, expect
 from swarmbinder.config import Config, PagesConfig, ServerConfig
 from swarmbinder.events import BuildEvent, Phase, sse_frame
 from swarmbinder.handlers.pages import add_page_routes
-from swarmbinder.keys import BUILD_TOKENS
+from swarmbinder.keys import BUILD_TOKENS, RATE_LIMITER
 from swarmbinder.pages import jupyter_redirect_url
 from swarmbinder.policy.buildtokens import build_audience, token_origin
+from swarmbinder.policy.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.swarm
 
@@ -250,6 +251,28 @@ async def test_refused_build_request_shows_status_and_reason(page: Page) -> None
         await expect(page.locator("#failure")).to_contain_text(
             "Failed to connect to event stream: 403 - Invalid build token: it has expired."
         )
+
+
+async def test_over_the_rate_limit_the_page_says_so_and_opens_no_stream(
+    page: Page,  # noqa: F811
+) -> None:
+    """A person who has used up the allowance sees why and when to come back; the page
+    carries no token and its script asks /build for nothing."""
+    fake = FakeBuild()
+    app = make_app(Config(), fake)
+    app[RATE_LIMITER] = RateLimiter(1, 600)
+    async with serve_app(app) as base:
+        first = await page.request.get(f"{base}v2/gh/{SPEC}")  # the one launch allowed
+        assert first.status == 200
+        response = await page.goto(f"{base}v2/gh/{SPEC}")
+        assert response is not None and response.status == 429
+        await expect(page.locator("#failure")).to_have_text(
+            "Rate limit exceeded. Try again in 600 seconds."
+        )
+        await expect(page.locator("#status")).to_have_text("Launch refused")
+        await expect(page.locator("body")).to_have_attribute("data-phase", "failed")
+        await screenshot(page, "rate-limited")
+    assert fake.requests == []
 
 
 async def test_escaped_spec_reaches_build_unchanged(page: Page) -> None:  # noqa: F811

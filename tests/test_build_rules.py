@@ -25,7 +25,7 @@ from swarmbinder.buildjob import (
     BuildRequest,
     BuildSettings,
 )
-from swarmbinder.builds import BuildManager, to_sticky_node
+from swarmbinder.builds import BuildManager, BuildQueueFull, to_sticky_node
 from swarmbinder.buildstatus import BuildStatus
 from swarmbinder.buildwatch import Build
 from swarmbinder.events import BuildEvent, Phase
@@ -196,6 +196,44 @@ async def test_queue_builds_beyond_the_concurrency_limit_wait(
     waiting = [e for e in events if e.phase is Phase.WAITING]
     assert waiting and "position 1" in waiting[0].message
     assert events[-1].phase is Phase.BUILT
+
+
+async def test_queue_is_capped_across_replicas_but_joining_never_is(
+    fake: FakeSwarm, managers: Managers
+) -> None:
+    """Mirrors test_build_queue_limit.py::test_the_queue_cap_holds_in_swarm. Two replicas, one
+    build slot each, build_queue_limit 2: the queued services in Swarm are what is counted."""
+    replica_a = managers(fake, concurrent_limit=1, queue_limit=2)
+    replica_b = managers(fake, concurrent_limit=1, queue_limit=2)
+    running_a = await replica_a.request(request("run-a"))
+    queued_a = await replica_a.request(request("queued-a"))
+    await replica_b.request(request("run-b"))
+    queued_b = await replica_b.request(request("queued-b"))
+    assert (queued_a.status, queued_b.status) == (BuildStatus.QUEUED, BuildStatus.QUEUED)
+
+    with pytest.raises(BuildQueueFull) as full:
+        await replica_a.request(request("one-too-many"))
+    assert full.value.status_code == 503
+    assert full.value.user_message == "The build queue is full. Please try again later."
+    assert (full.value.queued, full.value.limit) == (2, 2)
+    assert not fake.has_service(request("one-too-many").service_name)  # nothing half-made
+    # Joining a queued build is not a new build: at its own replica and at the other one.
+    assert await replica_a.request(request("queued-a")) is queued_a
+    joined = await replica_b.request(request("queued-a"))
+    assert joined.name == queued_a.name and joined.status is BuildStatus.QUEUED
+
+    # A slot frees, the queued build leaves the queue, and there is room for one more.
+    await build_and_push(fake, running_a)
+    await collect(running_a)
+    await fake.until(lambda: queued_a.status is BuildStatus.RUNNING)
+    assert (await replica_a.request(request("one-too-many"))).status is BuildStatus.QUEUED
+
+
+async def test_queue_limit_zero_queues_without_a_cap(fake: FakeSwarm, managers: Managers) -> None:
+    manager = managers(fake, concurrent_limit=1, queue_limit=0)
+    await manager.request(request("running"))
+    queued = [await manager.request(request(f"queued-{n}")) for n in range(5)]
+    assert all(build.status is BuildStatus.QUEUED for build in queued)
 
 
 # -- join ----------------------------------------------------------------------------------------

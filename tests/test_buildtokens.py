@@ -41,7 +41,16 @@ def test_issued_token_has_binderhubs_claims() -> None:
         audience=AUD,
         options={"verify_exp": False},
     )
+    # BinderHub's three claims, plus a random id that tells a token's first use from a replay.
+    token_id = claims.pop("jti")
     assert claims == {"exp": 1_700_000_300, "aud": AUD, "origin": "binder.example.org"}
+    assert len(token_id) >= 16 and token_id != claims_of(tokens.issue(AUD, "x"))["jti"]
+    assert tokens.verify(token, AUD, "binder.example.org").token_id == token_id
+
+
+def claims_of(token: str) -> dict[str, object]:
+    decoded: dict[str, object] = jwt.decode(token, options={"verify_signature": False})
+    return decoded
 
 
 def test_valid_token_verifies() -> None:

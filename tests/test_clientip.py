@@ -3,7 +3,14 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from swarmbinder.policy.clientip import ClientIP, InvalidNetwork, parse_ip, parse_network
+from swarmbinder.policy.clientip import (
+    ClientIP,
+    InvalidNetwork,
+    limit_key,
+    parse_ip,
+    parse_network,
+)
+from swarmbinder.policy.ratelimit import RateLimiter, RateLimitExceeded
 
 PROXIES = ("10.0.0.0/8", "fd00::/8")
 
@@ -91,3 +98,45 @@ def test_parse_ip_refuses_non_addresses() -> None:
     assert parse_ip("localhost") is None
     assert parse_ip("[::1") is None
     assert str(parse_ip(" 192.0.2.1 ")) == "192.0.2.1"
+
+
+# -- the key per-client limits count by -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("2001:DB8:1:2:0:0:0:9", "2001:db8:1:2::/64"),  # one network, however it is spelled
+        ("[2001:db8:1:2::7]:443", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),  # the next /64 is another client
+        ("::ffff:203.0.113.7", "203.0.113.7"),  # a dual-stack socket's IPv4 client
+        ("::1", "::/64"),
+        ("not an address", "not an address"),
+        ("", ""),
+    ],
+)
+def test_limit_key_counts_ipv6_by_its_64(address: str, key: str) -> None:
+    assert limit_key(address) == key
+
+
+def test_a_client_cycling_through_its_64_shares_one_allowance() -> None:
+    """What a hostile IPv6 host tries: a fresh address from its own /64 for every request."""
+    limiter = RateLimiter(3, 3600)
+    client_ip = ClientIP()
+    for host in range(1, 4):
+        limiter.check(client_ip.limit_key(f"2001:db8:5:6::{host:x}", {}))
+    with pytest.raises(RateLimitExceeded):
+        limiter.check(client_ip.limit_key("2001:db8:5:6:abcd::99", {}))
+    # A neighbour in another /64 has an allowance of its own.
+    assert limiter.check(client_ip.limit_key("2001:db8:5:7::1", {})) is not None
+
+
+def test_limit_key_of_a_forwarded_client() -> None:
+    client_ip = ClientIP(PROXIES)
+    headers = {"X-Forwarded-For": "2001:db8:9:9::42"}
+    assert client_ip.limit_key("10.0.0.2", headers) == "2001:db8:9:9::/64"
+    # The proxy's own address when the peer is not trusted.
+    assert client_ip.limit_key("2001:db8:1:1::5", headers) == "2001:db8:1:1::/64"

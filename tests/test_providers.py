@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -619,6 +621,71 @@ async def test_git_burst_of_one_link_runs_one_ls_remote(
     )
     assert await other.get_resolved_ref() == git_server.first
     assert len(calls.read_text().splitlines()) == 3
+
+
+def max_overlap(log: Path) -> int:
+    """The most ``start`` lines without their ``end`` at any point of a wrapper's log."""
+    running = peak = 0
+    for line in log.read_text().splitlines():
+        running += 1 if line.startswith("start") else -1
+        peak = max(peak, running)
+    return peak
+
+
+async def test_ls_remote_processes_are_capped_and_the_rest_wait_their_turn(
+    git_server: GitServer,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a hostile client tries: launches of many distinct refs at once, each its own
+    lookup. Through the registry as the app makes it (git.max_concurrent_ls_remote: 2), the
+    real git found first on PATH is a wrapper that logs when each process starts and ends."""
+    real_git = shutil.which("git")
+    assert real_git is not None
+    log = tmp_path / "processes"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "git"
+    wrapper.write_text(
+        f'#!/bin/sh\necho start >> {log}\nsleep 0.3\n{real_git} "$@"\nstatus=$?\n'
+        f"echo end >> {log}\nexit $status\n"
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    registry = default_registry(session, git_max_concurrent_ls_remote=2)
+    escaped = f"{git_server.url}/repo.git".replace(":", "%3A").replace("/", "%2F")
+    refs = ["main", "v1", "light", "feature%2Fmain", "HEAD"]  # distinct: no shared lookup
+
+    resolved = await asyncio.gather(
+        *(registry.get("git", f"{escaped}/{ref}").get_resolved_ref() for ref in refs)
+    )
+
+    first, second = git_server.first, git_server.second
+    assert resolved == [second, first, first, first, second]
+    assert len(log.read_text().splitlines()) == 2 * len(refs)  # every lookup ran, in turn
+    assert max_overlap(log) == 2
+
+
+async def test_a_lookup_that_gets_no_turn_in_time_is_told_to_come_back(
+    git_server: GitServer,
+) -> None:
+    slots = asyncio.Semaphore(1)
+    await slots.acquire()  # every turn taken, by a slow server elsewhere
+    escaped = f"{git_server.url}/repo.git".replace(":", "%3A").replace("/", "%2F")
+    provider = GitRepoProvider(
+        f"{escaped}/main", outbound=LOOPBACK, ls_remote_slots=slots, ls_remote_timeout=0.3
+    )
+    started = time.monotonic()
+    with pytest.raises(ProviderUnavailable) as info:
+        await provider.get_resolved_ref()
+    assert time.monotonic() - started < 2
+    assert info.value.status_code == 503
+    assert info.value.user_message == (
+        "This Binder is busy looking up other git repositories. Try again in a minute."
+    )
+    slots.release()  # a turn comes free: the next lookup runs
+    assert await provider.get_resolved_ref() == git_server.second
 
 
 async def test_shared_lookups_share_failures_only_while_they_run() -> None:

@@ -88,6 +88,15 @@ class GitConfig(Section):
         secret=True,
         check=values.git_credentials,
     )
+    max_concurrent_ls_remote: int = opt(
+        8,
+        "How many `git ls-remote` processes this replica runs at once. Lookups beyond it "
+        "wait their turn, and give up with 'try again later' (503) when no turn comes "
+        "within the 30 s ls-remote timeout, which waiting and running share. Stops a "
+        "burst of launches of distinct git URLs or refs (each its own lookup) from forking "
+        "git without bound.",
+        minimum=1,
+    )
 
 
 _DOI_RESOLVER_HELP = (

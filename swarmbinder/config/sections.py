@@ -337,6 +337,17 @@ class BuildConfig(Section):
         minimum=1,
     )
     concurrent_build_limit: int = opt(32, "The number of concurrent builds to allow.", minimum=0)
+    build_queue_limit: int = opt(
+        100,
+        "How many builds may wait for a slot (beyond concurrent_build_limit) at once, across "
+        "every replica: queued builds are counted in Swarm by their labels. Past it, a launch "
+        "that needs a new build gets a 'failed' event saying the build queue is full and to "
+        "try again later; launches of images already built and requests that join a running "
+        "or queued build are never refused. Stops a client (or many) from queueing an "
+        "unbounded number of builds of distinct refs, each a Swarm service. Replicas that "
+        "queue at the same instant can overshoot by one build each. 0: no cap.",
+        minimum=0,
+    )
     log_tail_lines: int = opt(
         100,
         "Limit number of log lines to show when connecting to an already running build.",
@@ -407,8 +418,13 @@ class QuotaConfig(Section):
     )
     rate_limit: int = opt(
         10,
-        "Build requests allowed per client IP within rate_limit_period (BinderHub's "
-        "RateLimiter.limit). 0 disables the limit.",
+        "Launches allowed per client within rate_limit_period (BinderHub's "
+        "RateLimiter.limit). A client is an IPv4 address or an IPv6 /64 network (a host "
+        "picks any address in its /64 at will). Every /build without a build token counts, "
+        "and so does every build token the /v2/ loading page mints; the first /build with "
+        "a fresh token is then not counted again, a reuse of the token is. Over the limit "
+        "/build answers 429 with Retry-After, and the loading page is shown with the "
+        "limit's message and no token. 0 disables the limit.",
         minimum=0,
     )
     rate_limit_period: int = opt(
@@ -416,6 +432,16 @@ class QuotaConfig(Section):
         "The rate limit window in seconds; counts reset at its end (BinderHub's "
         "RateLimiter.period_seconds).",
         minimum=1,
+    )
+    max_streams_per_ip: int = opt(
+        20,
+        "Open /build event streams allowed per client (an IPv4 address or an IPv6 /64) at "
+        "once; the next one gets a 429 and a 'failed' event saying so. A stream's slot is "
+        "freed when it ends, also when the client drops the connection. Counted in each "
+        "replica's memory, so behind N replicas a client may hold up to N times this. "
+        "Stops one client from tying up sockets, tasks and build-log subscriptions by the "
+        "thousand. 0: no cap.",
+        minimum=0,
     )
 
 

@@ -1,8 +1,9 @@
 """``GET /build/<provider>/<spec>``: BinderHub's EventSource protocol over :mod:`launch_flow`.
 
-The handler parses, admits (network bans, build token, rate limit), and writes what the flow
-yields as ``data: <json>`` frames, with a ``:keepalive`` comment whenever nothing else was
-written for :data:`~swarmbinder.events.KEEPALIVE_INTERVAL` seconds.
+The handler parses, takes one of the client's open-stream slots (``max_streams_per_ip``),
+admits (network bans, build token, rate limit), and writes what the flow yields as
+``data: <json>`` frames, with a ``:keepalive`` comment whenever nothing else was written for
+:data:`~swarmbinder.events.KEEPALIVE_INTERVAL` seconds.
 
 Errors found before the stream starts are answered with their HTTP status *and* a ``failed``
 event in an event-stream body, as BinderHub does: an EventSource client never sees the status,
@@ -33,11 +34,12 @@ from ..events import (
     Phase,
     sse_frame,
 )
-from ..keys import ADMISSION, CONFIG, FLOW
+from ..keys import ADMISSION, CLIENT_IP, CONFIG, FLOW, STREAM_SLOTS
 from ..launch_flow import LaunchRequest
 from ..policy.admintoken import AdminAccess, check_admin_token
 from ..policy.admission import Admitted
 from ..policy.ratelimit import RateLimitExceeded
+from ..policy.streamcap import TooManyStreams
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,13 @@ HOLD_OPEN_SECONDS = 600.0
 def _error_stream(status: int, message: str, headers: dict[str, str]) -> web.Response:
     body = sse_frame(BuildEvent.failed(message, status))
     return web.Response(status=status, body=body, headers={**SSE_HEADERS, **headers})
+
+
+def _refusal(error: SwarmbinderError, cors: dict[str, str]) -> web.Response:
+    status = error.status_code if 400 <= error.status_code < 600 else 400
+    # BinderHub's Retry-After and X-RateLimit-Limit on a 429.
+    limited = error.headers() if isinstance(error, RateLimitExceeded) else {}
+    return _error_stream(status, error.user_message, {**cors, **limited})
 
 
 def _spec_path(request: web.Request) -> str:
@@ -94,25 +103,42 @@ async def build(request: web.Request) -> web.StreamResponse:
     if "text/event-stream" not in accept:
         return _error_stream(400, "Missing Accept header: text/event-stream", cors)
 
-    path = _spec_path(request)
     # The admin token is looked at first: an operator's build_only request (a prebuild) is
     # not a browser and has no hub login to be sent to. It opens nothing else: a launch
     # with the token is admitted like anyone's.
     admin = _admin(request)
     try:
         build_only = _build_only(request, admin)
+    except SwarmbinderError as error:
+        return _refusal(error, cors)
+    operator = admin and build_only
+    # The slot is taken before admission: a client at its cap is refused without being
+    # charged a launch, and it is held until this handler ends, however the stream ends.
+    # An operator's prebuild of many specs at once is not capped.
+    key = request.app[CLIENT_IP].limit_key(request.remote, request.headers)
+    slots = request.app[STREAM_SLOTS]
+    try:
+        with contextlib.nullcontext() if operator else slots.hold(key):
+            return await _admitted_stream(request, cors, build_only, operator)
+    except TooManyStreams as error:
+        log.info("refused an event stream: %s", error)
+        return _refusal(error, cors)
+
+
+async def _admitted_stream(
+    request: web.Request, cors: dict[str, str], build_only: bool, operator: bool
+) -> web.StreamResponse:
+    path = _spec_path(request)
+    try:
         admitted: Admitted = await request.app[ADMISSION].admit(
             peer=request.remote or "",
             headers=request.headers,
             path=path,
             build_token=request.query.get("build_token"),
-            operator=admin and build_only,
+            operator=operator,
         )
     except SwarmbinderError as error:
-        status = error.status_code if 400 <= error.status_code < 600 else 400
-        # BinderHub's Retry-After and X-RateLimit-Limit on a 429.
-        limited = error.headers() if isinstance(error, RateLimitExceeded) else {}
-        return _error_stream(status, error.user_message, {**cors, **limited})
+        return _refusal(error, cors)
 
     provider_prefix, _, spec = path.partition("/")
     launch = LaunchRequest(

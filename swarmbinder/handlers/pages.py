@@ -24,9 +24,11 @@ from aiohttp import web
 
 from ..config import Config
 from ..errors import SwarmbinderError
-from ..keys import BUILD_TOKENS, PAGE_SITE
+from ..keys import BUILD_TOKENS, CLIENT_IP, PAGE_SITE, RATE_LIMITER
 from ..pages import PageSite, legacy_redirect_target, raw_path_after
 from ..policy.buildtokens import BuildTokens, token_origin
+from ..policy.clientip import ClientIP
+from ..policy.tokenmint import Charge, charge
 from ..providers import ProviderRegistry
 from .hubauth import login_required
 
@@ -67,17 +69,39 @@ async def home(request: web.Request) -> web.Response:
     return _page(site, "index.html", repo_providers=site.repo_providers())
 
 
+def _token_charge(request: web.Request, site: PageSite) -> Callable[[], Charge] | None:
+    """How the page pays for its build token: one request from the client's rate limit, as
+    ``/build`` counts it. Free with ``auth_enabled``: the page needs a login, and a logged-in
+    user is not rate limited at ``/build`` either."""
+    limiter = request.app.get(RATE_LIMITER)
+    if limiter is None or site.config.hub.auth_enabled:
+        return None
+    client_ip = request.app.get(CLIENT_IP) or ClientIP(site.config.server.trusted_proxies)
+    key = client_ip.limit_key(request.remote, request.headers)
+    return lambda: charge(limiter.check, key)
+
+
 async def loading(request: web.Request) -> web.Response:
     site = request.app[PAGE_SITE]
     provider = request.match_info["provider"]
     raw_spec = raw_path_after(request.raw_path, f"{site.base_url}v2/{provider}/")
     try:
         launch = site.launch_page(
-            provider, raw_spec, dict(request.query), token_origin(request.headers)
+            provider,
+            raw_spec,
+            dict(request.query),
+            token_origin(request.headers),
+            pay=_token_charge(request, site),
         )
     except SwarmbinderError as e:
         return _user_error(site, e)
-    response = _page(site, "loading.html", launch=launch, repo_providers=site.repo_providers())
+    # Over the limit the page is still shown, without a token and with the limit's message,
+    # so a person sees when to come back; a script reads the 429 and Retry-After.
+    status = 429 if launch.refusal else 200
+    response = _page(
+        site, "loading.html", status=status, launch=launch, repo_providers=site.repo_providers()
+    )
+    response.headers.update(launch.charge.headers())
     # the page carries a build token: neither proxies nor the back button should replay it
     response.headers["Cache-Control"] = "no-store"
     return response

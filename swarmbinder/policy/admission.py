@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from .clientip import limit_key
 from .ratelimit import RateLimitStatus
 
 
@@ -19,7 +20,8 @@ class Admitted:
     """A request that may go on."""
 
     client_ip: str
-    #: A valid build token came with it: the rate limit does not apply (BinderHub's rule).
+    #: A valid build token, used for the first time, came with it: the loading page that minted
+    #: it already counted this launch against the rate limit (see :mod:`.tokenmint`).
     have_build_token: bool
     #: The JupyterHub user when ``auth_enabled``; ``None`` means a temporary user.
     username: str | None = None
@@ -75,7 +77,8 @@ class Admission:
             have_token = self._verify_token(build_token, path, headers)
         # An operator (admin token, e.g. a prebuild of many specs) is not rate limited either.
         if not (have_token or operator) and username is None and self._rate_limit is not None:
-            limit = self._rate_limit(ip)
+            # Counted per /64 for IPv6: a host picks its own address within one.
+            limit = self._rate_limit(limit_key(ip))
         return Admitted(
             client_ip=ip, have_build_token=have_token, username=username, rate_limit=limit
         )

@@ -1,15 +1,18 @@
 """Build tokens: short-lived proof that a ``/build`` request comes from our own loading page.
 
 The loading page ``/v2/<provider>/<spec>`` embeds a token; the page's EventSource sends it back
-as ``/build/<provider>/<spec>?build_token=...``. A request with a valid token is exempt from the
-per-IP rate limit; a request with an invalid one is refused (403); a request without one is
-treated as an anonymous API client. The token is BinderHub's HS256 JWT with the same claims::
+as ``/build/<provider>/<spec>?build_token=...``. The page paid for the token from the per-IP
+rate limit, so the token's first use is not counted again (:mod:`.tokenmint`); a request with an
+invalid one is refused (403); a request without one is treated as an anonymous API client.
+The token is BinderHub's HS256 JWT with the same claims, and one more::
 
-    {"exp": <unix time>, "aud": "<provider>/<spec>", "origin": "<host[:port]>"}
+    {"exp": <unix time>, "aud": "<provider>/<spec>", "origin": "<host[:port]>", "jti": "<id>"}
 
 ``aud`` is the launch path exactly as it appears in the URL (percent-escapes kept), so a token
 issued for one repository is useless for another. ``origin`` is the ``Origin`` header's
 ``host[:port]`` when the browser sent one, else the ``Host`` header (:func:`token_origin`).
+``jti`` (ours; BinderHub's tokens have none) names one token, so that its first use can be told
+from a replay (:mod:`.tokenmint`).
 
 Without a configured ``build_token_secret`` a random secret is drawn per process: tokens then die
 with the process and differ between replicas, which is logged loudly once.
@@ -90,6 +93,8 @@ class BuildTokenClaims:
     audience: str
     origin: str
     expires_at: int
+    #: The ``jti`` claim; empty for a token without one (issued by another implementation).
+    token_id: str = ""
 
 
 def build_audience(provider: str, spec: str) -> str:
@@ -169,6 +174,7 @@ class BuildTokens:
             "exp": int(self._clock()) + self.expires_seconds,
             "aud": audience,
             "origin": origin,
+            "jti": secrets.token_urlsafe(12),
         }
         return jwt.encode(payload, self._key, algorithm=_ALGORITHM)
 
@@ -212,7 +218,13 @@ class BuildTokens:
                 origin,
                 claimed_origin,
             )
-        return BuildTokenClaims(audience=audience, origin=claimed_origin, expires_at=expires_at)
+        token_id = claims.get("jti")
+        return BuildTokenClaims(
+            audience=audience,
+            origin=claimed_origin,
+            expires_at=expires_at,
+            token_id=token_id if isinstance(token_id, str) else "",
+        )
 
     def check(self, token: str | None, audience: str, origin: str) -> bool:
         """BinderHub's check: False without a token, True for a valid one, raises otherwise."""

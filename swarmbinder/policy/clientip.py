@@ -10,6 +10,10 @@ implementations do) would let any client choose its own address and step around 
 
 BinderHub gets this from Tornado's ``xheaders=True``, which believes the last entry of the
 header from any peer; here a deployment without ``trusted_proxies`` trusts no header at all.
+
+Per-client limits (the rate limit, the open event streams) count by :func:`limit_key`, not by
+address: one IPv6 host is normally given a whole /64 and can pick a fresh address from it for
+every request, so counting per address would let it step around any limit.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 FORWARDED_FOR = "X-Forwarded-For"
+#: The IPv6 prefix one client is counted by: RFC 6177 assigns end sites a /64 at the least
+#: (SLAAC hosts make their own addresses inside it), so a /64 is one client, never less.
+IPV6_CLIENT_PREFIX = 64
 
 
 class InvalidNetwork(SwarmbinderError, status=400):
@@ -87,6 +94,23 @@ def parse_ip(text: str) -> IPAddress | None:
     return ip
 
 
+def limit_key(address: str) -> str:
+    """The key every per-client limit counts ``address`` under.
+
+    IPv4 as is; IPv6 as its /64 network (``2001:db8:1:2::/64``), since a host chooses its own
+    address within it; IPv4-mapped IPv6 (``::ffff:192.0.2.1``) as the IPv4 address it is.
+    Text that is no address (a test's peer name, an odd socket) is its own key.
+    """
+    ip = parse_ip(address)
+    if ip is None:
+        return address
+    if isinstance(ip, ipaddress.IPv4Address):
+        return str(ip)
+    # Masking the integer is a quarter of the cost of building an IPv6Network.
+    host_bits = 128 - IPV6_CLIENT_PREFIX
+    return f"{ipaddress.IPv6Address(int(ip) >> host_bits << host_bits)}/{IPV6_CLIENT_PREFIX}"
+
+
 def in_networks(ip: IPAddress, networks: Iterable[IPNetwork]) -> IPNetwork | None:
     """The first of ``networks`` holding ``ip`` (IPv4 never matches an IPv6 network)."""
     for network in networks:
@@ -128,6 +152,10 @@ class ClientIP:
                 break
             current = hop
         return str(current)
+
+    def limit_key(self, peer: str | None, headers: Mapping[str, str]) -> str:
+        """:func:`limit_key` of the request's client address."""
+        return limit_key(self(peer, headers))
 
 
 def _forwarded_for(headers: Mapping[str, str]) -> list[str]:

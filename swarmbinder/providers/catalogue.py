@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Collection, Mapping
 from functools import partial
@@ -17,7 +18,13 @@ from .ckan import CKANProvider
 from .datarepo import DOI_RESOLVER_URL, DataCache
 from .dataverse import DataverseProvider
 from .figshare import FIGSHARE_API_BASE_URL, FigshareProvider
-from .git import ALLOWED_PROTOCOLS, LS_REMOTE_TIMEOUT, GitRepoProvider, check_protocols
+from .git import (
+    ALLOWED_PROTOCOLS,
+    LS_REMOTE_TIMEOUT,
+    MAX_CONCURRENT_LS_REMOTE,
+    GitRepoProvider,
+    check_protocols,
+)
 from .github import (
     GIST_HOSTNAME,
     GITHUB_HOSTNAME,
@@ -121,6 +128,7 @@ def default_registry(
     git_ls_remote_timeout: float = LS_REMOTE_TIMEOUT,
     git_ref_cache_ttl: float = 0,
     git_logins: GitCredentials | None = None,
+    git_max_concurrent_ls_remote: int = MAX_CONCURRENT_LS_REMOTE,
     zenodo_doi_resolver_url: str = DOI_RESOLVER_URL,
     figshare_doi_resolver_url: str = DOI_RESOLVER_URL,
     figshare_api_base_url: str = FIGSHARE_API_BASE_URL,
@@ -193,6 +201,7 @@ def default_registry(
                 lookups=SharedLookups[dict[str, str]](git_ref_cache_ttl),
                 outbound=outbound,
                 logins=git_logins,
+                ls_remote_slots=asyncio.Semaphore(git_max_concurrent_ls_remote),
             ),
         ),
         (

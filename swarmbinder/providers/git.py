@@ -19,6 +19,8 @@ from .form import form_display_config, form_labels
 ALLOWED_PROTOCOLS = frozenset({"http", "https", "git", "ssh"})
 _DEFAULT_PORTS = {"http": 80, "https": 443, "git": 9418, "ssh": 22}
 LS_REMOTE_TIMEOUT = 30.0
+#: ``git.max_concurrent_ls_remote``'s default: git processes one replica runs at once.
+MAX_CONCURRENT_LS_REMOTE = 8
 _SCP_FORM = re.compile(r"([\w.-]+@[\w.-]+):(.+)")
 # what curl's error says when http.followRedirects=false stopped git at a redirect
 _REDIRECTED = re.compile(r"returned error: 30[12378]\b")
@@ -60,6 +62,10 @@ class GitRepoProvider(RepoProvider):
     follow redirects and curl is pinned to the checked addresses (``http.curloptResolve``), so
     a second DNS answer cannot send it elsewhere; over git:// and ssh:// git and ssh resolve
     the name again themselves, a window docs/security.md names.
+
+    ``ls_remote_slots``, shared by every provider of one registry, caps the ``git ls-remote``
+    processes running at once: a burst of launches of distinct URLs waits for turns instead of
+    forking git without bound. Waiting and running share the one ``ls_remote_timeout``.
     """
 
     prefix: ClassVar[str] = "git"
@@ -85,10 +91,12 @@ class GitRepoProvider(RepoProvider):
         git: str = "git",
         lookups: SharedLookups[dict[str, str]] | None = None,
         outbound: OutboundPolicy | None = None,
+        ls_remote_slots: asyncio.Semaphore | None = None,
         logins: GitCredentials | None = None,
     ) -> None:
         super().__init__(spec, outbound=outbound)
         self._lookups = lookups
+        self._slots = ls_remote_slots
         self._logins = logins
         self.allowed_protocols = check_protocols(allowed_protocols)
         self.ls_remote_timeout = ls_remote_timeout
@@ -191,6 +199,27 @@ class GitRepoProvider(RepoProvider):
             # process's child for the length of one ls-remote.
             env |= helper_env(login, 'printf "%s" "$SWARMBINDER_GIT_LOGIN"')
             env["SWARMBINDER_GIT_LOGIN"] = login.credential_text().decode()
+        deadline = asyncio.get_running_loop().time() + self.ls_remote_timeout
+        if self._slots is None:
+            return await self._run_ls_remote(command, env, deadline)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        except TimeoutError as e:
+            raise ProviderUnavailable(
+                f"no git ls-remote slot for {self.repo} within {self.ls_remote_timeout:g} s",
+                user_message=(
+                    "This Binder is busy looking up other git repositories. Try again in a minute."
+                ),
+            ) from e
+        try:
+            return await self._run_ls_remote(command, env, deadline)
+        finally:
+            self._slots.release()
+
+    async def _run_ls_remote(
+        self, command: list[str], env: dict[str, str], deadline: float
+    ) -> dict[str, str]:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *command,
@@ -202,7 +231,7 @@ class GitRepoProvider(RepoProvider):
         except OSError as e:
             raise ProviderUnavailable(f"Could not run git: {e}") from e
         try:
-            async with asyncio.timeout(self.ls_remote_timeout):
+            async with asyncio.timeout_at(deadline):
                 stdout, stderr = await proc.communicate()
         except TimeoutError as e:
             await _kill(proc)

@@ -3,6 +3,12 @@
   "use strict";
   var B = window.SwarmBinder;
   var config = B.readJson("launch-config");
+  if (!config.buildUrl) {
+    // over the rate limit: the page came without a build token and says why
+    document.body.dataset.phase = "failed";
+    document.getElementById("phases").classList.add("failed");
+    return;
+  }
   var buildUrl = new URL(config.buildUrl, window.location.href);
   var urlPath = B.launchUrlPath(new URLSearchParams(window.location.search));
   var ORDER = ["waiting", "fetching", "building", "pushing", "launching", "ready"];
