@@ -13,26 +13,26 @@ class Clock:
         return self.now
 
 
-def test_limit_per_window_with_binderhubs_message() -> None:
+async def test_limit_per_window_with_binderhubs_message() -> None:
     clock = Clock()
     limiter = RateLimiter(3, 60, clock=clock)
-    statuses = [limiter.check("198.51.100.1") for _ in range(3)]
+    statuses = [await limiter.check("198.51.100.1") for _ in range(3)]
     assert [s.remaining for s in statuses if s] == [2, 1, 0]
     clock.now += 20
     with pytest.raises(RateLimitExceeded) as info:
-        limiter.check("198.51.100.1")
+        await limiter.check("198.51.100.1")
     error = info.value
     assert error.status_code == 429
     assert error.user_message == "Rate limit exceeded. Try again in 60 seconds."
     assert error.retry_after == 40
     assert error.headers()["Retry-After"] == "40"
     # Another address has its own allowance.
-    assert limiter.check("198.51.100.2") is not None
+    assert await limiter.check("198.51.100.2") is not None
 
 
-def test_headers_of_an_allowed_request() -> None:
+async def test_headers_of_an_allowed_request() -> None:
     clock = Clock(5000.7)
-    status = RateLimiter(10, 3600, clock=clock).check("a")
+    status = await RateLimiter(10, 3600, clock=clock).check("a")
     assert status is not None
     assert status.headers() == {
         "X-RateLimit-Remaining": "9",
@@ -41,58 +41,58 @@ def test_headers_of_an_allowed_request() -> None:
     }
 
 
-def test_refused_requests_keep_counting_and_the_window_does_not_slide() -> None:
+async def test_refused_requests_keep_counting_and_the_window_does_not_slide() -> None:
     clock = Clock()
     limiter = RateLimiter(1, 100, clock=clock)
-    limiter.check("a")
+    await limiter.check("a")
     for excess in (1, 2, 3):
         clock.now += 10
         with pytest.raises(RateLimitExceeded) as info:
-            limiter.check("a")
+            await limiter.check("a")
         assert info.value.excess == excess
     # The window started at the first request, so it resets 100 s after it, not after the last.
     clock.now += 71
-    status = limiter.check("a")
+    status = await limiter.check("a")
     assert status is not None and status.remaining == 0
 
 
-def test_build_token_and_zero_limit_skip_the_limit() -> None:
+async def test_build_token_and_zero_limit_skip_the_limit() -> None:
     limiter = RateLimiter(1, 100, clock=Clock())
-    limiter.check("a")
-    assert limiter.check("a", have_build_token=True) is None
+    await limiter.check("a")
+    assert await limiter.check("a", have_build_token=True) is None
     off = RateLimiter(0, 100, clock=Clock())
-    assert all(off.check("a") is None for _ in range(50))
+    assert [await off.check("a") for _ in range(50)] == [None] * 50
     assert len(off) == 0
 
 
-def test_call_form_raises_like_check() -> None:
+async def test_call_form_raises_like_check() -> None:
     limiter = RateLimiter(1, 100, clock=Clock())
-    limiter("a")
+    await limiter("a")
     with pytest.raises(RateLimitExceeded):
-        limiter("a")
+        await limiter("a")
 
 
-def test_memory_is_bounded_by_max_keys_oldest_windows_first() -> None:
+async def test_memory_is_bounded_by_max_keys_oldest_windows_first() -> None:
     clock = Clock()
     limiter = RateLimiter(1, 1000, clock=clock, max_keys=3)
     for key in ("a", "b", "c", "d"):
         clock.now += 1
-        limiter.check(key)
+        await limiter.check(key)
     assert len(limiter) == 3
     # "a" was forgotten, so it is allowed again; "d" is still limited.
-    assert limiter.check("a") is not None
+    assert await limiter.check("a") is not None
     with pytest.raises(RateLimitExceeded):
-        limiter.check("d")
+        await limiter.check("d")
 
 
-def test_expired_windows_are_cleaned() -> None:
+async def test_expired_windows_are_cleaned() -> None:
     clock = Clock()
     limiter = RateLimiter(5, 60, clock=clock, clean_seconds=120)
     for i in range(100):
-        limiter.check(f"10.0.0.{i}")
+        await limiter.check(f"10.0.0.{i}")
     assert len(limiter) == 100
     clock.now += 200
-    limiter.check("new")
+    await limiter.check("new")
     assert len(limiter) == 1
 
 
