@@ -160,19 +160,21 @@ class PostgresBackend(Backend):
                     raise ConfigError(
                         "store_url", f"cannot use the database at {url}: {_describe(exc)}"
                     ) from None
-                if time.monotonic() + RETRY_SECONDS > deadline:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     raise ConfigError(
                         "store_url",
                         f"no database answered at {url} within {wait_seconds:.0f} s"
                         f" ({_describe(exc)})",
                     ) from None
+                pause = min(RETRY_SECONDS, left)
                 log.warning(
                     "waiting for the database at store_url %s (%s); retrying in %.0f s",
                     url,
                     _describe(exc),
-                    RETRY_SECONDS,
+                    pause,
                 )
-                await asyncio.sleep(RETRY_SECONDS)
+                await asyncio.sleep(pause)
                 continue
             return cls(url, password, pool)
 
