@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from loop_watch import event_loop_never_blocked, pytest_runtest_call, watched_event_loop
-from pg_support import pg_server, pg_url
+from pg_support import pg_server, pg_url, store_where
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +33,7 @@ __all__ = [
     "event_loop_never_blocked",
     "pg_server",
     "pg_url",
+    "store_where",
     "pytest_runtest_call",
     "watched_event_loop",
 ]

@@ -19,13 +19,14 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from swarmbinder import hostsetup
+from swarmbinder.store import Store
 
 USER = "binder"
 PASSWORD = "pg-test-" + uuid.uuid4().hex[:12]
@@ -49,6 +50,8 @@ class PgServer:
     bin_dir: Path
     base: Path
     port: int
+    #: fsync and synchronous commits on, as in production (benchmarks); off for tests.
+    durable: bool = False
 
     @property
     def data(self) -> Path:
@@ -91,10 +94,10 @@ class PgServer:
         )
 
     def start(self) -> None:
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base} -c fsync=off"
-            " -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
-        )
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base}"
+        options += " -c max_connections=300"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             [
                 str(self.bin_dir / "pg_ctl"),
@@ -127,7 +130,7 @@ class PgServer:
         self.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def start_server() -> PgServer:
+def start_server(*, durable: bool = False) -> PgServer:
     """initdb and start a server of our own; :func:`remove_server` when done."""
     bin_dir = hostsetup.postgres_bin_dir()
     base = Path(tempfile.mkdtemp(prefix="swarmbinder-pg-"))
@@ -137,7 +140,7 @@ def start_server() -> PgServer:
     if os.geteuid() == 0:
         shutil.chown(base, "postgres", "postgres")
         shutil.chown(pwfile, "postgres", "postgres")
-    server = PgServer(bin_dir, base, _free_port())
+    server = PgServer(bin_dir, base, _free_port(), durable)
     server._run(
         [
             str(bin_dir / "initdb"),
@@ -183,6 +186,22 @@ def pg_server() -> Iterator[PgServer]:
     server = start_server()
     yield server
     remove_server(server)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_where(request: pytest.FixtureRequest) -> str:
+    """Where a test's store lives, once per backend: a private SQLite store (``:memory:``), or
+    a fresh PostgreSQL database's URL. Open it with :func:`open_store_at`."""
+    if request.param == "sqlite":
+        return ":memory:"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+async def open_store_at(where: str, clock: Callable[[], float] = time.time) -> Store:
+    if where.startswith("postgresql://"):
+        return await Store.connect_postgres(where, PASSWORD, clock=clock, wait_seconds=0)
+    return await Store.open(where, clock=clock)
 
 
 @pytest.fixture

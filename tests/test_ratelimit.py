@@ -1,8 +1,12 @@
 from __future__ import annotations
 
-import pytest
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
-from swarmbinder.policy.ratelimit import RateLimiter, RateLimitExceeded
+import pytest
+from pg_support import open_store_at
+
+from swarmbinder.policy.ratelimit import RateLimiter, RateLimitExceeded, StoreWindows
 
 
 class Clock:
@@ -13,9 +17,36 @@ class Clock:
         return self.now
 
 
-async def test_limit_per_window_with_binderhubs_message() -> None:
+MakeLimiter = Callable[..., RateLimiter]
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def windows_where(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("pg_url")
+        return url
+    return ":memory:" if request.param == "sqlite" else "memory"
+
+
+@pytest.fixture
+async def make_limiter(windows_where: str) -> AsyncIterator[MakeLimiter]:
+    """Limiters counting in memory, and in the store (SQLite, and a real PostgreSQL): the
+    semantics are the same wherever the windows are kept."""
+    if windows_where == "memory":
+        yield RateLimiter
+        return
+    store = await open_store_at(windows_where)
+
+    def make(*args: Any, **kwargs: Any) -> RateLimiter:
+        return RateLimiter(*args, windows=StoreWindows(store), **kwargs)
+
+    yield make
+    await store.close()
+
+
+async def test_limit_per_window_with_binderhubs_message(make_limiter: MakeLimiter) -> None:
     clock = Clock()
-    limiter = RateLimiter(3, 60, clock=clock)
+    limiter = make_limiter(3, 60, clock=clock)
     statuses = [await limiter.check("198.51.100.1") for _ in range(3)]
     assert [s.remaining for s in statuses if s] == [2, 1, 0]
     clock.now += 20
@@ -30,9 +61,9 @@ async def test_limit_per_window_with_binderhubs_message() -> None:
     assert await limiter.check("198.51.100.2") is not None
 
 
-async def test_headers_of_an_allowed_request() -> None:
+async def test_headers_of_an_allowed_request(make_limiter: MakeLimiter) -> None:
     clock = Clock(5000.7)
-    status = await RateLimiter(10, 3600, clock=clock).check("a")
+    status = await make_limiter(10, 3600, clock=clock).check("a")
     assert status is not None
     assert status.headers() == {
         "X-RateLimit-Remaining": "9",
@@ -41,9 +72,11 @@ async def test_headers_of_an_allowed_request() -> None:
     }
 
 
-async def test_refused_requests_keep_counting_and_the_window_does_not_slide() -> None:
+async def test_refused_requests_keep_counting_and_the_window_does_not_slide(
+    make_limiter: MakeLimiter,
+) -> None:
     clock = Clock()
-    limiter = RateLimiter(1, 100, clock=clock)
+    limiter = make_limiter(1, 100, clock=clock)
     await limiter.check("a")
     for excess in (1, 2, 3):
         clock.now += 10
@@ -56,8 +89,8 @@ async def test_refused_requests_keep_counting_and_the_window_does_not_slide() ->
     assert status is not None and status.remaining == 0
 
 
-async def test_build_token_and_zero_limit_skip_the_limit() -> None:
-    limiter = RateLimiter(1, 100, clock=Clock())
+async def test_build_token_and_zero_limit_skip_the_limit(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(1, 100, clock=Clock())
     await limiter.check("a")
     assert await limiter.check("a", have_build_token=True) is None
     off = RateLimiter(0, 100, clock=Clock())
@@ -65,8 +98,8 @@ async def test_build_token_and_zero_limit_skip_the_limit() -> None:
     assert len(off) == 0
 
 
-async def test_call_form_raises_like_check() -> None:
-    limiter = RateLimiter(1, 100, clock=Clock())
+async def test_call_form_raises_like_check(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(1, 100, clock=Clock())
     await limiter("a")
     with pytest.raises(RateLimitExceeded):
         await limiter("a")

@@ -616,3 +616,36 @@ async def test_a_call_waiting_on_the_database_does_not_block_the_loop(db_path: P
     assert waiting
     assert ticks > 100
     assert ban.pattern == "^gh/x/.*"
+
+
+# -- shared state -----------------------------------------------------------------------------
+
+
+async def test_rate_windows_count_down_reset_and_are_forgotten(store: Store) -> None:
+    first = await store.count_request("10.0.0.1", 2, 60, 1000)
+    assert (first.remaining, first.reset) == (1, 1060)
+    assert (await store.count_request("10.0.0.1", 2, 60, 1030)).remaining == 0
+    # Refused requests keep counting; the window does not slide.
+    assert (await store.count_request("10.0.0.1", 2, 60, 1060)).remaining == -1
+    fresh = await store.count_request("10.0.0.1", 2, 60, 1061)
+    assert (fresh.remaining, fresh.reset) == (1, 1121)
+    await store.count_request("10.0.0.2", 2, 60, 1000)
+    assert await store.forget_rate_windows(1100) == 1
+    assert (await store.count_request("10.0.0.2", 2, 60, 1101)).remaining == 1
+
+
+async def test_the_counters_skip_postgresqls_write_ahead_log(place: Place) -> None:
+    await (await place.open()).close()
+    if place.backend == "sqlite":
+        pytest.skip("SQLite has no unlogged tables")
+    persistence = place.sql(
+        "SELECT relname, relpersistence FROM pg_class WHERE relname IN"
+        " ('rate_windows', 'launch_claims', 'bans', 'policy_version') ORDER BY relname"
+    )
+    # Per-request counters need no disk flush; bans and the policy version do.
+    assert persistence == [
+        ("bans", "p"),
+        ("launch_claims", "u"),
+        ("policy_version", "p"),
+        ("rate_windows", "u"),
+    ]

@@ -61,4 +61,10 @@ async def follow_changes(
                 failing = True
             # Reload everything on the first read that succeeds again.
             seen = None
+        except Exception:
+            # Never let one surprise end the following for good: this replica would enforce
+            # stale bans until it restarts.
+            log.exception("reloading bans and quotas failed unexpectedly; trying again")
+            failing = True
+            seen = None
         await store.wait_for_change(poll_seconds)

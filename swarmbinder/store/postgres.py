@@ -24,6 +24,7 @@ The password is passed to asyncpg apart from the URL and appears in no message w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -59,6 +60,16 @@ _REFUSED = (
 )
 
 
+#: What asyncpg raises: the server's errors, the client's, and the transport's.
+_DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+
+
 def _unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means the server did not answer, as opposed to refusing a query."""
     if isinstance(exc, ValueError):  # asyncpg's client-side DataError: a bad argument, our bug
@@ -68,6 +79,7 @@ def _unavailable(exc: BaseException) -> bool:
         OSError
         | TimeoutError
         | asyncpg.InterfaceError  # "connection is closed", "pool is closing"
+        | asyncpg.InternalClientError  # a connection left in a broken state by a cut
         | asyncpg.PostgresConnectionError
         # Shutting down, starting up, crashed, or a statement cancelled by the server.
         | asyncpg.OperatorInterventionError
@@ -189,8 +201,8 @@ class PostgresBackend(Backend):
         conn = await self._acquire(what)
         try:
             yield _PgTx(conn)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            raise translate(self.where, what, exc) from exc
+        except _DRIVER_ERRORS as exc:
+            raise self._failed(conn, what, exc) from exc
         finally:
             await self._release(conn)
 
@@ -200,10 +212,20 @@ class PostgresBackend(Backend):
         try:
             async with conn.transaction():
                 yield _PgTx(conn)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            raise translate(self.where, what, exc) from exc
+        except _DRIVER_ERRORS as exc:
+            raise self._failed(conn, what, exc) from exc
         finally:
             await self._release(conn)
+
+    def _failed(self, conn: Any, what: str, exc: BaseException) -> StoreError:
+        error = translate(self.where, what, exc)
+        if isinstance(error, StoreUnavailable):
+            # A connection cut mid-operation can come back to the pool in a state asyncpg
+            # no longer knows ("another operation is in progress", MagicStack/asyncpg#1069):
+            # close it here, and the pool opens a fresh one for the next call.
+            with contextlib.suppress(asyncpg.InterfaceError):  # already given back by the pool
+                conn.terminate()
+        return error
 
     async def _release(self, conn: Any) -> None:
         try:

@@ -45,6 +45,10 @@ class Dialect:
     xact_lock: str | None
     #: Tells other replicas the bans or quotas changed (SQLite: None, they poll).
     notify_policy: str | None
+    #: A table whose writes skip the write-ahead log: counters that may be lost in a crash of
+    #: the database, and that every request writes (PostgreSQL: a commit then need not wait
+    #: for the disk; SQLite has no such table, and its single replica counts in one file).
+    unlogged: str
 
 
 SQLITE = Dialect(
@@ -58,6 +62,7 @@ SQLITE = Dialect(
     for_update="",
     xact_lock=None,
     notify_policy=None,
+    unlogged="",
 )
 
 #: The channel replicas LISTEN on for ban and quota changes.
@@ -76,6 +81,7 @@ POSTGRES = Dialect(
     for_update=" FOR UPDATE",
     xact_lock="SELECT pg_advisory_xact_lock(?)",
     notify_policy=f"SELECT pg_notify('{POLICY_CHANNEL}', '')",
+    unlogged=" UNLOGGED",
 )
 
 #: ``MIGRATIONS[n]`` brings the schema from version ``n`` to ``n + 1``. Append only.
@@ -141,11 +147,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
-    # Version 2: the state replicas share. Plain SQL both databases read the same way.
+    # Version 2: the state replicas share. Both counters are written by every request or
+    # launch and are worth less than a disk flush each: a crash of PostgreSQL forgives the
+    # rate limits (as a restart of BinderHub does) and forgets the claims of launches then in
+    # flight.
     (
         # BinderHub's fixed window per client address: requests left, and when it resets.
         """
-        CREATE TABLE rate_windows (
+        CREATE{unlogged} TABLE rate_windows (
             key       TEXT PRIMARY KEY,
             remaining BIGINT NOT NULL,
             reset_at  BIGINT NOT NULL
@@ -154,7 +163,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX rate_windows_by_reset ON rate_windows (reset_at)",
         # Launches in progress, each holding a place under the quotas (see Store.claim_launch).
         """
-        CREATE TABLE launch_claims (
+        CREATE{unlogged} TABLE launch_claims (
             reservation_id TEXT PRIMARY KEY,
             repo_key       TEXT NOT NULL,
             image          TEXT NOT NULL,
@@ -180,4 +189,5 @@ def render(statement: str, dialect: Dialect) -> str:
         bytewise=dialect.bytewise,
         build_order=dialect.build_order,
         for_update=dialect.for_update,
+        unlogged=dialect.unlogged,
     )

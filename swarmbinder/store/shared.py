@@ -7,6 +7,9 @@
   servers plus the claims of other launches and adds its own claim in one transaction that
   every replica takes in turn (PostgreSQL: an advisory lock; SQLite: ``BEGIN IMMEDIATE``), so
   a quota of 1 lets one of many concurrent launches through, whichever replica they reach.
+* Both are ``UNLOGGED`` tables in PostgreSQL: written by every request or launch, they are not
+  worth a disk flush each (a crash of the database forgives the rate limits, as a restart of
+  BinderHub does, and forgets the claims of the launches then in flight).
 * **The policy version**: bumped in the transaction of every ban or quota change (and, with
   PostgreSQL, announced by ``NOTIFY``); a replica that sees it move reloads its bans and quotas.
 
