@@ -68,15 +68,16 @@ from .policy.bans import BanList
 from .policy.buildtokens import BuildTokens, build_audience, token_origin
 from .policy.clientip import ClientIP
 from .policy.quotas import Quotas
-from .policy.ratelimit import RateLimiter
+from .policy.ratelimit import RateLimiter, StoreWindows
 from .policy.streamcap import StreamSlots
+from .policy.sync import follow_changes
 from .policy.tokenmint import SpentTokens
 from .prebuild import jobs as prebuild_jobs
 from .registry import RegistryClient
 from .registrytokens import TokenIssuer, issuer_from_config
 from .resolve import Resolved, policy_from_config, provider_session, providers_from_config, resolve
 from .scrub import DEFAULT_SCRUBBER, Scrubber
-from .store import Store
+from .store import Store, open_store
 from .swarm import SwarmClient
 from .userservers import UserServer, list_user_servers, reap_forever
 
@@ -84,6 +85,8 @@ log = logging.getLogger(__name__)
 
 #: How long to wait between attempts to pick up builds while the engine does not answer.
 ENGINE_RETRY_SECONDS = 5.0
+#: How much longer than launch_timeout a launch's claim on the quotas lasts if nothing ends it.
+LAUNCH_CLAIM_MARGIN = 60.0
 #: How often persisted build logs past build_log_retention are deleted.
 BUILD_LOG_PRUNE_INTERVAL = 3600.0
 #: How often the swarm's nodes and user servers are read again: the Swarm gauges of /metrics
@@ -189,7 +192,9 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         session = await stack.enter_async_context(aiohttp.ClientSession())
         swarm = await stack.enter_async_context(SwarmClient.connect(config.builds.docker_host))
         app[SWARM] = swarm
-        store = await Store.open(config.server.store_path)
+        # The one outside system waited for at start-up: without it there are no bans to
+        # enforce. A PostgreSQL that refuses us is a ConfigError naming store_url (exit 2).
+        store = await open_store(config.server)
         stack.push_async_callback(store.close)
         app[STORE] = store
         issuer = app.get(REGISTRY_TOKENS)
@@ -205,6 +210,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
 
         bans, quotas = await load_policy(config, store)
         app[BANS], app[QUOTAS] = bans, quotas
+        tasks.start(follow_changes(store, [quotas.load, bans.load]), "policy-sync")
 
         hub, launcher = connect_hub(config, session, swarm, registry, stack, tasks)
         if hub is not None:
@@ -220,8 +226,13 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         app[FLOW] = await make_launch_flow(
             config, stack, bans, quotas, registry, builds, launcher, running_servers, observer
         )
-        # One limiter for /build and for the loading page's build tokens (policy.tokenmint).
-        limiter = RateLimiter(config.quotas.rate_limit, config.quotas.rate_limit_period)
+        # One limiter for /build and for the loading page's build tokens (policy.tokenmint);
+        # it counts in the store, so it holds across replicas.
+        limiter = RateLimiter(
+            config.quotas.rate_limit,
+            config.quotas.rate_limit_period,
+            windows=StoreWindows(store),
+        )
         app[RATE_LIMITER] = limiter
         app[ADMISSION] = make_admission(
             config, bans, app[BUILD_TOKENS], app.get(HUB_AUTH), limiter, app[CLIENT_IP]
@@ -231,7 +242,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
                 config, swarm, store, builds, bans, quotas, hub, running_servers
             )
         checker = HealthChecker(
-            _health_checks(config, swarm, registry, hub, builds, running_servers)
+            _health_checks(config, swarm, registry, hub, builds, running_servers, store)
         )
         stack.push_async_callback(checker.aclose)
         app[HEALTH] = checker
@@ -289,7 +300,8 @@ async def connect_builds(
 
 
 async def load_policy(config: Config, store: Store) -> tuple[BanList, Quotas]:
-    """The bans and quotas in force: the config's, with the admin's changes from the store."""
+    """The bans and quotas in force: the config's, with the admin's changes from the store,
+    and the launches in progress (through any replica) held against the quotas."""
     policy = policy_from_config(config)
     bans = BanList(ban_networks=config.bans.ban_networks, policy=policy, store=store)
     await bans.load()
@@ -299,6 +311,9 @@ async def load_policy(config: Config, store: Store) -> tuple[BanList, Quotas]:
         per_repo_quota_higher=config.quotas.per_repo_quota_higher,
         policy=policy,
         store=store,
+        budget=store,
+        # A launch that outlives this is ended by the launcher; a claim must not end sooner.
+        claim_seconds=config.hub.launch_timeout + LAUNCH_CLAIM_MARGIN,
     )
     await quotas.load()
     return bans, quotas
@@ -409,6 +424,7 @@ async def make_launch_flow(
         builds=builds,
         launcher=launcher,
         check_quota=quotas.gate(running_servers, on_refused=observer.quota_refused),
+        launch_budget=quotas.launch_gate(running_servers, on_refused=observer.quota_refused),
         observer=observer,
     )
 
@@ -486,9 +502,18 @@ def _health_checks(
     hub: HubClient | None,
     builds: BuildManager,
     running_servers: Callable[[], Awaitable[list[UserServer]]],
+    store: Store,
 ) -> dict[str, Callable[[], Awaitable[Any]]]:
-    """BinderHub's /health checks (names as BinderHub shows them), plus the swarm's."""
+    """BinderHub's /health checks (names as BinderHub shows them), plus the swarm's, and the
+    shared database's when the store is PostgreSQL (a local SQLite file has no outage)."""
     checks: dict[str, Callable[[], Awaitable[Any]]] = {}
+
+    if store.backend == "postgresql":
+
+        async def database() -> dict[str, Any]:
+            return {"ok": True, "policy_version": await store.policy_version()}
+
+        checks["Store database"] = database
 
     async def swarm_manager() -> dict[str, Any]:
         """The manager answers; each node's state, availability and running builds. A lost

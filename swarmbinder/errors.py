@@ -49,8 +49,9 @@ in the module named before the dot; the rest live here::
     │   └── AdminUnavailable (503)
     ├── handlers.admin._BadRequest (400)       an admin API request body or parameter is bad
     ├── pages.BadLaunchParameter (400)         urlpath/labpath/filepath would leave the server
-    ├── store.StoreError (500)                 the embedded store failed
-    │   └── StoreClosed (500)
+    ├── store.StoreError (500)                 the store's database failed a query
+    │   ├── StoreClosed (500)
+    │   └── StoreUnavailable (503)             the database server did not answer (PostgreSQL)
     ├── stackctl.StackError (500)              swarmbinder up/down could not do its work
     │   └── StackInputError (500)              it was asked for something impossible
     ├── hostsetup.SetupError (500)             a host setup step failed

@@ -132,6 +132,25 @@ def ensure_engine(log: Log = _quiet, state_dir: Path | None = None) -> str:
     raise SetupError(f"dockerd did not answer within 90 s (see {log_dir / 'dockerd.log'})")
 
 
+def postgres_bin_dir(log: Log = _quiet) -> Path:
+    """The directory of Debian's PostgreSQL server programs (``initdb``, ``pg_ctl``,
+    ``postgres``), installing the ``postgresql`` package first when there is none (root on
+    Debian). The tests run a throwaway server from it to test the PostgreSQL store for real."""
+    found = _postgres_bin_dirs()
+    if not found:
+        _install_debian_packages(["postgresql"], log)
+        found = _postgres_bin_dirs()
+    if not found:
+        raise SetupError("PostgreSQL's initdb is not under /usr/lib/postgresql/*/bin")
+    return found[-1]
+
+
+def _postgres_bin_dirs() -> list[Path]:
+    dirs = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb")]
+    # The newest major version last; "9.6" < "15" compares as numbers.
+    return sorted(dirs, key=lambda d: [int(x) for x in d.parent.name.split(".") if x.isdigit()])
+
+
 def _install_debian_packages(packages: list[str], log: Log) -> None:
     missing = [p for p in packages if not _deb_installed(p)]
     if not missing:

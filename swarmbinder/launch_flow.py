@@ -9,7 +9,9 @@ The order is BinderHub's (``binderhub/builder.py``), so clients see the same con
 4. not found: check the launch quota (no point building what cannot be launched), ``waiting``,
    then join or start the build and relay its events until ``built`` or ``failed``;
 5. launch: check the quota again (servers may have started meanwhile), ``launching``, the hub's
-   progress as ``launching`` events, and ``ready`` with the server's URL and token.
+   progress as ``launching`` events, and ``ready`` with the server's URL and token. With a
+   ``launch_budget`` that second check also claims a place under the quotas, held until the
+   launch ends, so concurrent launches (through any replica) cannot all squeeze under a quota.
 
 Every error becomes one ``failed`` event with a ``status_code`` and the error's user-facing
 message, and the iterator ends right after it. The flow does not know about HTTP: the
@@ -25,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, Unpack
 
@@ -141,12 +143,17 @@ class LaunchFlow:
         launcher: ServerLauncher | None,
         check_quota: Callable[[Resolved], Awaitable[None]],
         observer: FlowObserver | None = None,
+        launch_budget: Callable[[Resolved], AbstractAsyncContextManager[None]] | None = None,
     ) -> None:
+        """``check_quota`` refuses a build whose launch would be refused; ``launch_budget``
+        (when given, instead of ``check_quota`` before the launch) checks and holds a place
+        under the quotas for as long as its block runs."""
         self._resolve = resolve
         self._image_exists = image_exists
         self._builds = builds
         self._launcher = launcher
         self._check_quota = check_quota
+        self._launch_budget = launch_budget
         self._observer: FlowObserver = observer or _NoObserver()
 
     async def run(self, request: LaunchRequest) -> AsyncGenerator[BuildEvent, None]:
@@ -227,14 +234,28 @@ class LaunchFlow:
                 "no hub configured",
                 user_message="This Binder has no JupyterHub to launch servers on.",
             )
-        await self._check_quota(resolved)
+        budget: AbstractAsyncContextManager[None]
+        if self._launch_budget is not None:
+            budget = self._launch_budget(resolved)
+        else:
+            await self._check_quota(resolved)
+            budget = nullcontext()
+        async with budget:
+            held = self._launch_held(self._launcher, request, resolved)
+            async with _closing(held) as events:
+                async for event in events:
+                    yield event
+
+    async def _launch_held(
+        self, launcher: ServerLauncher, request: LaunchRequest, resolved: Resolved
+    ) -> AsyncIterator[BuildEvent]:
         build = resolved.build
         finished = self._observer.launch_started(build)
         status = "failure"
         started = time.monotonic()
         try:
             yield BuildEvent.launching()
-            launch = self._launcher.launch(
+            launch = launcher.launch(
                 build.image,
                 repo_url=build.repo_url,
                 provider_spec=request.path,

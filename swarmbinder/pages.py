@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,14 +343,14 @@ class PageSite:
             ("Python", platform.python_version()),
         ]
 
-    def launch_page(
+    async def launch_page(
         self,
         provider: str,
         raw_spec: str,
         query: Mapping[str, str],
         origin: str,
         *,
-        pay: Callable[[], Charge] | None = None,
+        pay: Callable[[], Awaitable[Charge]] | None = None,
     ) -> LaunchPage:
         """Check a ``/v2/`` request and issue its build token, once ``pay`` allows it.
 
@@ -367,7 +367,7 @@ class PageSite:
         url_path = launch_url_path(query)
         check_url_path(url_path)
         audience = build_audience(prefix, spec)
-        charge = pay() if pay is not None else Charge()
+        charge = await pay() if pay is not None else Charge()
         token = build_url = ""
         if charge.allowed:
             token = self.tokens.issue(audience, origin)

@@ -24,10 +24,19 @@ from typing import Any
 
 import pytest
 from loop_watch import event_loop_never_blocked, pytest_runtest_call, watched_event_loop
+from pg_support import pg_server, pg_url, store_where
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["event_loop_never_blocked", "pytest_runtest_call", "watched_event_loop"]  # for pytest
+# for pytest
+__all__ = [
+    "event_loop_never_blocked",
+    "pg_server",
+    "pg_url",
+    "store_where",
+    "pytest_runtest_call",
+    "watched_event_loop",
+]
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from pg_support import open_store_at
 
 from swarmbinder.errors import ConfigError, SpecBanned, SwarmbinderError
 from swarmbinder.policy.bans import BanList, InvalidBan, NetworkBanned, validate_ban
@@ -11,8 +12,9 @@ from swarmbinder.store import Store
 
 
 @pytest.fixture
-async def store() -> AsyncIterator[Store]:
-    async with await Store.open(":memory:") as s:
+async def store(store_where: str) -> AsyncIterator[Store]:
+    """The admin's bans in a store: SQLite, and a real PostgreSQL database."""
+    async with await open_store_at(store_where) as s:
         yield s
 
 

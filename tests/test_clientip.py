@@ -122,16 +122,16 @@ def test_limit_key_counts_ipv6_by_its_64(address: str, key: str) -> None:
     assert limit_key(address) == key
 
 
-def test_a_client_cycling_through_its_64_shares_one_allowance() -> None:
+async def test_a_client_cycling_through_its_64_shares_one_allowance() -> None:
     """What a hostile IPv6 host tries: a fresh address from its own /64 for every request."""
     limiter = RateLimiter(3, 3600)
     client_ip = ClientIP()
     for host in range(1, 4):
-        limiter.check(client_ip.limit_key(f"2001:db8:5:6::{host:x}", {}))
+        await limiter.check(client_ip.limit_key(f"2001:db8:5:6::{host:x}", {}))
     with pytest.raises(RateLimitExceeded):
-        limiter.check(client_ip.limit_key("2001:db8:5:6:abcd::99", {}))
+        await limiter.check(client_ip.limit_key("2001:db8:5:6:abcd::99", {}))
     # A neighbour in another /64 has an allowance of its own.
-    assert limiter.check(client_ip.limit_key("2001:db8:5:7::1", {})) is not None
+    assert await limiter.check(client_ip.limit_key("2001:db8:5:7::1", {})) is not None
 
 
 def test_limit_key_of_a_forwarded_client() -> None:

@@ -113,7 +113,7 @@ async def test_no_login_is_refused_before_the_rate_limit_counts() -> None:
     async def alice(headers: Mapping[str, str]) -> str:
         return "alice"
 
-    def rate_limit(ip: str) -> None:
+    async def rate_limit(ip: str) -> None:
         counted.append(ip)
 
     def admission(authenticate: Any) -> Admission:

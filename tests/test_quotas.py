@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from pg_support import open_store_at
 
 from swarmbinder.errors import QuotaExceeded
 from swarmbinder.policy.canonical import RepoIdentity
@@ -40,8 +41,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def store(clock: Clock) -> AsyncIterator[Store]:
-    async with await Store.open(":memory:", clock=clock) as s:
+async def store(clock: Clock, store_where: str) -> AsyncIterator[Store]:
+    """Quota overrides in a store: SQLite, and a real PostgreSQL database."""
+    async with await open_store_at(store_where, clock) as s:
         yield s
 
 

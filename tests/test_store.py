@@ -1,14 +1,20 @@
+"""The store's API, on both backends: every test that takes ``place`` or ``store`` runs against
+an SQLite file and against a real PostgreSQL server (``pg_support``); the rest are about SQLite's
+file in particular."""
+
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pg_support import PASSWORD, PgServer
 
 from swarmbinder.errors import SwarmbinderError
 from swarmbinder.store import (
@@ -20,7 +26,7 @@ from swarmbinder.store import (
     StoreClosed,
     StoreError,
 )
-from swarmbinder.storeschema import SCHEMA_VERSION
+from swarmbinder.store.schema import SCHEMA_VERSION
 
 
 class Clock:
@@ -37,13 +43,6 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def store(clock: Clock) -> AsyncIterator[Store]:
-    s = await Store.open(":memory:", clock=clock)
-    yield s
-    await s.close()
-
-
-@pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "swarmbinder.sqlite"
 
@@ -56,6 +55,56 @@ def side_connection(path: Path) -> Iterator[sqlite3.Connection]:
         yield conn
     finally:
         conn.close()
+
+
+@dataclasses.dataclass
+class Place:
+    """Where a store lives, reopened as often as a test likes: an SQLite file, or a
+    PostgreSQL database. ``sql`` runs a statement from the side, as another process would."""
+
+    backend: str
+    where: str
+    sql: Callable[[str], list[tuple[str, ...]]]
+
+    async def open(self, clock: Callable[[], float] = time.time) -> Store:
+        if self.backend == "sqlite":
+            return await Store.open(self.where, clock=clock)
+        return await Store.connect_postgres(self.where, PASSWORD, clock=clock, wait_seconds=0)
+
+
+def _sqlite_sql(path: Path) -> Callable[[str], list[tuple[str, ...]]]:
+    def run(statement: str) -> list[tuple[str, ...]]:
+        with side_connection(path) as conn:
+            return [tuple(str(v) for v in row) for row in conn.execute(statement).fetchall()]
+
+    return run
+
+
+def _pg_sql(server: PgServer, database: str) -> Callable[[str], list[tuple[str, ...]]]:
+    def run(statement: str) -> list[tuple[str, ...]]:
+        out = server.psql(statement, database)
+        return [tuple(line.split("|")) for line in out.splitlines() if line]
+
+    return run
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def place(request: pytest.FixtureRequest, db_path: Path) -> Place:
+    if request.param == "sqlite":
+        return Place("sqlite", str(db_path), _sqlite_sql(db_path))
+    server: PgServer = request.getfixturevalue("pg_server")
+    url: str = request.getfixturevalue("pg_url")
+    return Place("postgresql", url, _pg_sql(server, url.rsplit("/", 1)[1]))
+
+
+@pytest.fixture
+async def store(place: Place, clock: Clock) -> AsyncIterator[Store]:
+    if place.backend == "sqlite":
+        s = await Store.open(":memory:", clock=clock)
+    else:
+        s = await place.open(clock)
+    yield s
+    await s.close()
 
 
 def build(build_id: str = "b1", **changes: object) -> BuildRecord:
@@ -84,18 +133,18 @@ async def test_open_creates_parent_dirs_wal_and_schema_version(db_path: Path) ->
     with side_connection(db_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-    assert SCHEMA_VERSION == 1
+    assert SCHEMA_VERSION == 2
 
 
-async def test_ban_build_and_log_survive_a_restart(db_path: Path, clock: Clock) -> None:
-    store = await Store.open(db_path, clock=clock)
+async def test_ban_build_and_log_survive_a_restart(place: Place, clock: Clock) -> None:
+    store = await place.open(clock)
     ban = await store.add_ban("spec", "^gh/evil/.*", "crypto mining", "alice")
     await store.record_build(build("b1", status="built", finished_at=150.0))
     await store.append_build_log("b1", ["one", "two"])
     await store.set_quota("pod", "", 40, None, "alice")
     await store.close()
 
-    store = await Store.open(db_path, clock=clock)
+    store = await place.open(clock)
     try:
         assert await store.list_bans() == [ban]
         assert await store.get_build("b1") == build("b1", status="built", finished_at=150.0)
@@ -106,20 +155,48 @@ async def test_ban_build_and_log_survive_a_restart(db_path: Path, clock: Clock) 
         await store.close()
 
 
-async def test_reopen_does_not_migrate_again(db_path: Path) -> None:
-    await (await Store.open(db_path)).close()
-    await (await Store.open(db_path)).close()
-    with side_connection(db_path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone() == (1,)
+async def test_reopen_does_not_migrate_again(place: Place) -> None:
+    await (await place.open()).close()
+    await (await place.open()).close()
+    assert place.sql("SELECT COUNT(*), MAX(version) FROM schema_version") == [
+        ("1", str(SCHEMA_VERSION))
+    ]
 
 
-async def test_a_newer_schema_is_refused(db_path: Path) -> None:
-    await (await Store.open(db_path)).close()
-    with side_connection(db_path) as conn:
-        conn.execute("UPDATE schema_version SET version = 99")
+def _everything(place: Place) -> list[Any]:
+    tables = ["schema_version", "bans", "quotas", "audit", "builds", "rate_windows"]
+    return [place.sql(f"SELECT * FROM {table} ORDER BY 1") for table in tables]
+
+
+async def test_a_newer_schema_is_refused_and_nothing_is_written(place: Place) -> None:
+    store = await place.open()
+    await store.add_ban("spec", "^gh/kept/.*", "", "alice")
+    await store.close()
+    place.sql("UPDATE schema_version SET version = 99")
+    before = _everything(place)
     with pytest.raises(StoreError, match="schema version 99") as info:
-        await Store.open(db_path)
-    assert str(db_path) in str(info.value)
+        await place.open()
+    assert place.where in str(info.value)
+    assert "refusing to touch it" in str(info.value)
+    assert _everything(place) == before
+
+
+async def test_a_database_of_version_1_is_migrated_and_keeps_its_rows(place: Place) -> None:
+    store = await place.open()
+    ban = await store.add_ban("spec", "^gh/old/.*", "", "alice")
+    await store.close()
+    # As swarmbinder left it before version 2: without the tables replicas share.
+    for table in ("rate_windows", "launch_claims", "policy_version"):
+        place.sql(f"DROP TABLE {table}")
+    place.sql("UPDATE schema_version SET version = 1")
+    store = await place.open()
+    try:
+        assert await store.list_bans() == [ban]
+        assert (await store.count_request("10.0.0.1", 3, 60, 1000)).remaining == 2
+        assert await store.policy_version() == 0
+    finally:
+        await store.close()
+    assert place.sql("SELECT version FROM schema_version") == [(str(SCHEMA_VERSION),)]
 
 
 async def test_a_directory_is_not_a_store(tmp_path: Path) -> None:
@@ -145,25 +222,24 @@ async def test_a_parent_that_is_a_file_is_refused(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
 
 
-async def test_close_twice_and_use_after_close(clock: Clock) -> None:
-    store = await Store.open(":memory:", clock=clock)
+async def test_close_twice_and_use_after_close(store: Store) -> None:
     await store.close()
     await store.close()
     assert store.closed
     with pytest.raises(StoreClosed, match="used after close") as info:
         await store.list_bans()
-    assert ":memory:" in str(info.value)
+    assert store.path in str(info.value)
     assert isinstance(info.value, StoreError)
 
 
-async def test_close_finishes_calls_already_made(db_path: Path) -> None:
-    store = await Store.open(db_path)
+async def test_close_finishes_calls_already_made(place: Place) -> None:
+    store = await place.open()
     await store.record_build(build("b1"))
     append = asyncio.create_task(store.append_build_log("b1", ["last words"]))
     await asyncio.sleep(0)  # let the task submit its call
     await asyncio.gather(store.close(), store.close())
     await append
-    async with await Store.open(db_path) as reopened:
+    async with await place.open() as reopened:
         assert await reopened.build_log("b1") == ["last words"]
     assert reopened.closed
 
@@ -254,13 +330,14 @@ async def test_append_build_log_needs_a_record_and_a_sequence(store: Store) -> N
     assert await store.build_log("b1") == []
 
 
-async def test_ten_thousand_lines_append_in_one_transaction(db_path: Path) -> None:
+async def test_ten_thousand_lines_append_in_one_transaction(place: Place) -> None:
     lines = [f'{{"phase": "building", "message": "line {i}"}}' for i in range(10_000)]
-    async with await Store.open(db_path) as store:
+    bad_line = "Error binding parameter" if place.backend == "sqlite" else "invalid input"
+    async with await place.open() as store:
         await store.record_build(build("big"))
         # A batch whose last line cannot be stored leaves nothing behind: the lines before it
         # were not committed one by one (a commit per line takes seconds for a build's log).
-        with pytest.raises(StoreError, match="Error binding parameter"):
+        with pytest.raises(StoreError, match=bad_line):
             await store.append_build_log("big", [*lines, object()])  # type: ignore[list-item]
         assert await store.build_log("big") == []
         await store.append_build_log("big", lines)
@@ -451,29 +528,39 @@ async def test_a_detail_that_is_not_json_writes_nothing(store: Store) -> None:
 
 
 @contextmanager
-def failing_audit(path: Path) -> Iterator[None]:
-    """Make every audit insert fail inside SQLite, after the change it records has run."""
-    with side_connection(path) as conn:
-        conn.execute(
+def failing_audit(place: Place) -> Iterator[None]:
+    """Make every audit insert fail inside the database, after the change it records has run."""
+    if place.backend == "sqlite":
+        place.sql(
             "CREATE TRIGGER audit_fails BEFORE INSERT ON audit"
             " BEGIN SELECT RAISE(ABORT, 'audit disk on fire'); END"
+        )
+    else:
+        place.sql(
+            "CREATE FUNCTION audit_fails() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'audit disk on fire'; END $$;"
+            " CREATE TRIGGER audit_fails BEFORE INSERT ON audit"
+            " FOR EACH ROW EXECUTE FUNCTION audit_fails()"
         )
     try:
         yield
     finally:
-        with side_connection(path) as conn:
-            conn.execute("DROP TRIGGER audit_fails")
+        if place.backend == "sqlite":
+            place.sql("DROP TRIGGER audit_fails")
+        else:
+            place.sql("DROP TRIGGER audit_fails ON audit; DROP FUNCTION audit_fails()")
 
 
-async def test_a_failed_audit_row_undoes_the_change(db_path: Path, clock: Clock) -> None:
-    store = await Store.open(db_path, clock=clock)
+async def test_a_failed_audit_row_undoes_the_change(place: Place, clock: Clock) -> None:
+    store = await place.open(clock)
     try:
         kept_ban = await store.add_ban("spec", "^gh/keep/.*", "", "alice")
         await store.set_quota("pod", "", 10, None, "alice")
-        with failing_audit(db_path):
+        version = await store.policy_version()
+        with failing_audit(place):
             with pytest.raises(StoreError, match="audit disk on fire") as info:
                 await store.add_ban("spec", "^gh/new/.*", "", "mallory")
-            assert str(db_path) in str(info.value)
+            assert place.where in str(info.value)
             with pytest.raises(StoreError):
                 await store.remove_ban(kept_ban.ban_id, "mallory")
             with pytest.raises(StoreError):
@@ -486,20 +573,21 @@ async def test_a_failed_audit_row_undoes_the_change(db_path: Path, clock: Clock)
         assert await store.list_bans() == [kept_ban]
         assert [q.quota for q in await store.list_quotas(clock.now)] == [10]
         assert [e.actor for e in await store.audit()] == ["alice", "alice"]
+        # Nor did the other replicas hear of a change.
+        assert await store.policy_version() == version
         # The store is still usable after the rollbacks.
         assert (await store.add_ban("spec", "^gh/new/.*", "", "alice")).pattern == "^gh/new/.*"
     finally:
         await store.close()
 
 
-async def test_a_failed_expiry_audit_keeps_the_quota(db_path: Path, clock: Clock) -> None:
-    store = await Store.open(db_path, clock=clock)
+async def test_a_failed_expiry_audit_keeps_the_quota(place: Place, clock: Clock) -> None:
+    store = await place.open(clock)
     try:
         await store.set_quota("repo", "^gh/x/.*", 3, 1e6 + 1, "alice")
-        with failing_audit(db_path), pytest.raises(StoreError):
+        with failing_audit(place), pytest.raises(StoreError):
             await store.list_quotas(1e6 + 2)
-        with side_connection(db_path) as conn:
-            assert conn.execute("SELECT COUNT(*) FROM quotas").fetchone() == (1,)
+        assert place.sql("SELECT COUNT(*) FROM quotas") == [("1",)]
         assert await store.list_quotas(1e6 + 2) == []
     finally:
         await store.close()
@@ -528,3 +616,36 @@ async def test_a_call_waiting_on_the_database_does_not_block_the_loop(db_path: P
     assert waiting
     assert ticks > 100
     assert ban.pattern == "^gh/x/.*"
+
+
+# -- shared state -----------------------------------------------------------------------------
+
+
+async def test_rate_windows_count_down_reset_and_are_forgotten(store: Store) -> None:
+    first = await store.count_request("10.0.0.1", 2, 60, 1000)
+    assert (first.remaining, first.reset) == (1, 1060)
+    assert (await store.count_request("10.0.0.1", 2, 60, 1030)).remaining == 0
+    # Refused requests keep counting; the window does not slide.
+    assert (await store.count_request("10.0.0.1", 2, 60, 1060)).remaining == -1
+    fresh = await store.count_request("10.0.0.1", 2, 60, 1061)
+    assert (fresh.remaining, fresh.reset) == (1, 1121)
+    await store.count_request("10.0.0.2", 2, 60, 1000)
+    assert await store.forget_rate_windows(1100) == 1
+    assert (await store.count_request("10.0.0.2", 2, 60, 1101)).remaining == 1
+
+
+async def test_the_counters_skip_postgresqls_write_ahead_log(place: Place) -> None:
+    await (await place.open()).close()
+    if place.backend == "sqlite":
+        pytest.skip("SQLite has no unlogged tables")
+    persistence = place.sql(
+        "SELECT relname, relpersistence FROM pg_class WHERE relname IN"
+        " ('rate_windows', 'launch_claims', 'bans', 'policy_version') ORDER BY relname"
+    )
+    # Per-request counters need no disk flush; bans and the policy version do.
+    assert persistence == [
+        ("bans", "p"),
+        ("launch_claims", "u"),
+        ("policy_version", "p"),
+        ("rate_windows", "u"),
+    ]

@@ -67,14 +67,14 @@ def test_spent_tokens_are_forgotten_when_they_expire_and_are_bounded() -> None:
     assert len(spent) == 3
 
 
-def test_charge_says_what_the_limiter_said() -> None:
+async def test_charge_says_what_the_limiter_said() -> None:
     limiter = RateLimiter(1, 60, clock=lambda: 1_000)
-    first = charge(limiter.check, "203.0.113.7")
+    first = await charge(limiter.check, "203.0.113.7")
     assert first.allowed and first.headers()["X-RateLimit-Remaining"] == "0"
-    second = charge(limiter.check, "203.0.113.7")
+    second = await charge(limiter.check, "203.0.113.7")
     assert not second.allowed
     assert second.headers() == {"Retry-After": "60", "X-RateLimit-Limit": "1"}
-    free = charge(None, "203.0.113.7")
+    free = await charge(None, "203.0.113.7")
     assert free.allowed and free.headers() == {}
 
 

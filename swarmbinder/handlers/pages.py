@@ -69,7 +69,7 @@ async def home(request: web.Request) -> web.Response:
     return _page(site, "index.html", repo_providers=site.repo_providers())
 
 
-def _token_charge(request: web.Request, site: PageSite) -> Callable[[], Charge] | None:
+def _token_charge(request: web.Request, site: PageSite) -> Callable[[], Awaitable[Charge]] | None:
     """How the page pays for its build token: one request from the client's rate limit, as
     ``/build`` counts it. Free with ``auth_enabled``: the page needs a login, and a logged-in
     user is not rate limited at ``/build`` either."""
@@ -86,7 +86,7 @@ async def loading(request: web.Request) -> web.Response:
     provider = request.match_info["provider"]
     raw_spec = raw_path_after(request.raw_path, f"{site.base_url}v2/{provider}/")
     try:
-        launch = site.launch_page(
+        launch = await site.launch_page(
             provider,
             raw_spec,
             dict(request.query),

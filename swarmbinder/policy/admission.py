@@ -45,7 +45,7 @@ class Admission:
         client_ip: Callable[[str, Mapping[str, str]], str],
         check_network: Callable[[str], None],
         verify_token: Callable[[str, str, Mapping[str, str]], bool] | None = None,
-        rate_limit: Callable[[str], RateLimitStatus | None] | None = None,
+        rate_limit: Callable[[str], Awaitable[RateLimitStatus | None]] | None = None,
         authenticate: Callable[[Mapping[str, str]], Awaitable[str | None]] | None = None,
     ) -> None:
         self._client_ip = client_ip
@@ -78,7 +78,7 @@ class Admission:
         # An operator (admin token, e.g. a prebuild of many specs) is not rate limited either.
         if not (have_token or operator) and username is None and self._rate_limit is not None:
             # Counted per /64 for IPv6: a host picks its own address within one.
-            limit = self._rate_limit(limit_key(ip))
+            limit = await self._rate_limit(limit_key(ip))
         return Admitted(
             client_ip=ip, have_build_token=have_token, username=username, rate_limit=limit
         )

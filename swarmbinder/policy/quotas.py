@@ -21,6 +21,12 @@ and servers count against a repository's quota under any spelling of its URL.
 Overrides are kept in memory, so a check never waits on the store; an expired override stops
 applying at its expiry even before :meth:`Quotas.load` removes it from the store.
 
+Replicas share the quotas through the store: :meth:`Quotas.launch_gate` holds a claim for each
+launch in progress (see :mod:`swarmbinder.store.shared`), counted with the running servers by
+every replica's check, so concurrent launches through several replicas cannot all squeeze under
+one quota. A claim ends with its launch, or expires ``claim_seconds`` after it was made when its
+replica died mid-launch.
+
 The running servers come from whoever lists them (the Swarm side): any objects with a
 ``repo_url`` and an ``image``. A server counts for a repository when either matches (the image
 compared without its tag, as BinderHub does, since every ref of a repo shares the image name).
@@ -32,13 +38,15 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ..errors import QuotaExceeded, SwarmbinderError
-from ..store import QuotaOverride, QuotaScope
-from .canonical import RepoIdentity, Subject, same_repository, subjects_of
+from ..store import LaunchClaim, QuotaOverride, QuotaScope
+from .canonical import RepoIdentity, Subject, canonical_repo_url, same_repository, subjects_of
 from .specpolicy import SpecPolicy
 
 log = logging.getLogger(__name__)
@@ -50,6 +58,8 @@ REPO_QUOTA_MESSAGE = "Too many users running {repo}! Try again soon."
 
 #: An upper bound on any quota an admin sets: a typo of 10000000 should not read as "no cap".
 MAX_QUOTA = 1_000_000
+#: How long a launch's claim lasts when nothing ends it (its replica died): a launch timeout.
+DEFAULT_CLAIM_SECONDS = 660.0
 
 
 class RunningServer(Protocol):
@@ -91,6 +101,16 @@ class QuotaStore(Protocol):
     async def clear_quota(self, scope: QuotaScope, key: str, actor: str) -> bool: ...
 
     async def list_quotas(self, now: float) -> list[QuotaOverride]: ...
+
+
+class LaunchBudget(Protocol):
+    """The part of :class:`~swarmbinder.store.Store` that keeps launch claims."""
+
+    async def claim_launch(
+        self, claim: LaunchClaim, *, listed_at: float, check: Callable[[int, int], None]
+    ) -> None: ...
+
+    async def release_launch(self, reservation_id: str) -> None: ...
 
 
 class InvalidQuota(SwarmbinderError, status=400):
@@ -176,15 +196,21 @@ class Quotas:
         policy: SpecPolicy | None = None,
         store: QuotaStore | None = None,
         clock: Callable[[], float] = time.time,
+        budget: LaunchBudget | None = None,
+        claim_seconds: float = DEFAULT_CLAIM_SECONDS,
     ) -> None:
         """The config's quotas; ``policy`` carries ``high_quota_specs`` and ``spec_config``
-        (:func:`swarmbinder.resolve.policy_from_config`); ``store`` keeps admin overrides."""
+        (:func:`swarmbinder.resolve.policy_from_config`); ``store`` keeps admin overrides;
+        ``budget`` keeps the claims of launches in progress (``None``: no claims, each check
+        counts the running servers alone)."""
         self._config_pod_quota = pod_quota
         self._per_repo_quota = per_repo_quota
         self._per_repo_quota_higher = per_repo_quota_higher
         self._policy = policy or SpecPolicy()
         self._store = store
         self._clock = clock
+        self._budget = budget
+        self._claim_seconds = claim_seconds
         self._overrides: tuple[_Override, ...] = ()
         self._lock = asyncio.Lock()
 
@@ -219,13 +245,16 @@ class Quotas:
         """Raise :class:`~swarmbinder.errors.QuotaExceeded` if one more server for this repo
         would go over a quota; ``scope`` is BinderHub's status, ``pod_quota`` or ``repo_quota``.
         """
-        total = len(servers)
+        return self._check_counts(
+            spec, repo_url, len(servers), count_matching(servers, repo_url, image)
+        )
+
+    def _check_counts(self, spec: Subject, repo_url: str, total: int, matching: int) -> QuotaCheck:
         pod_quota = self.pod_quota
         if pod_quota is not None and total >= pod_quota:
             log.error("BinderHub is full: %d/%d", total, pod_quota)
             raise QuotaExceeded(POD_QUOTA_MESSAGE, quota=pod_quota, used=total, scope="pod_quota")
         repo_quota = self.quota_for(spec).quota
-        matching = count_matching(servers, repo_url, image)
         if repo_quota and matching >= repo_quota:
             log.error(
                 "%s has exceeded quota: %d/%d (%d total)", repo_url, matching, repo_quota, total
@@ -266,6 +295,66 @@ class Quotas:
                 raise
 
         return check_quota
+
+    def launch_gate(
+        self,
+        list_servers: Callable[[], Awaitable[Sequence[RunningServer]]],
+        *,
+        on_refused: Callable[[_Build, QuotaExceeded], None] | None = None,
+    ) -> Callable[[_Resolved], AbstractAsyncContextManager[None]]:
+        """The launch flow's ``launch_budget``: :meth:`gate`'s check, and then (with a
+        ``budget``) a claim on a place under the quotas, checked against the running servers
+        plus the other launches' claims in one atomic step and held while the block runs."""
+
+        @asynccontextmanager
+        async def launch_budget(resolved: _Resolved) -> AsyncIterator[None]:
+            build = resolved.build
+            identity = RepoIdentity(build.provider, build.spec, build.repo_url)
+            if not self.needs_servers(identity):
+                yield
+                return
+            listed_at = self._clock()
+            servers = await list_servers()
+            claim: LaunchClaim | None = None
+            try:
+                running = self.check(identity, build.repo_url, build.image, servers)
+                if self._budget is not None:
+                    claim = LaunchClaim(
+                        reservation_id=uuid.uuid4().hex,
+                        repo_key=canonical_repo_url(build.repo_url).casefold()
+                        if build.repo_url
+                        else "",
+                        image=image_without_tag(build.image) if build.image else "",
+                        expires_at=listed_at + self._claim_seconds,
+                    )
+
+                    def with_claims(claimed: int, claimed_matching: int) -> None:
+                        self._check_counts(
+                            identity,
+                            build.repo_url,
+                            running.total + claimed,
+                            running.matching + claimed_matching,
+                        )
+
+                    await self._budget.claim_launch(claim, listed_at=listed_at, check=with_claims)
+            except QuotaExceeded as refusal:
+                if on_refused is not None:
+                    on_refused(build, refusal)
+                raise
+            try:
+                yield
+            finally:
+                if claim is not None and self._budget is not None:
+                    await self._release(self._budget, claim)
+
+        return launch_budget
+
+    async def _release(self, budget: LaunchBudget, claim: LaunchClaim) -> None:
+        try:
+            await budget.release_launch(claim.reservation_id)
+        except SwarmbinderError as error:
+            # The claim expires by itself; until then it only makes the quota stricter.
+            log.warning("cannot release launch claim %s: %s", claim.reservation_id, error)
 
     def snapshot(
         self, servers: Sequence[RunningServer], specs: Mapping[str, str] | None = None

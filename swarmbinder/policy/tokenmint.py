@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .buildtokens import BuildTokenClaims
@@ -53,12 +53,15 @@ class Charge:
         return self.status.headers() if self.status is not None else {}
 
 
-def charge(rate_limit: Callable[[str], RateLimitStatus | None] | None, key: str) -> Charge:
-    """Count one token for the client ``key`` (:func:`~.clientip.limit_key`); never raises."""
+async def charge(
+    rate_limit: Callable[[str], Awaitable[RateLimitStatus | None]] | None, key: str
+) -> Charge:
+    """Count one token for the client ``key`` (:func:`~.clientip.limit_key`); never raises
+    but for a store that does not answer (503, as at ``/build``)."""
     if rate_limit is None:
         return Charge()
     try:
-        return Charge(status=rate_limit(key))
+        return Charge(status=await rate_limit(key))
     except RateLimitExceeded as refusal:
         return Charge(refusal=refusal)
 
