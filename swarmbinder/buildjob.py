@@ -57,6 +57,10 @@ BUILDER_DOCKER_CONFIG = "/etc/swarmbinder/docker"
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
 REGISTRY_AUTH_PREFIX = "swarmbinder-registry-auth-"
 BUILD_AUTH_PREFIX = "swarmbinder-build-auth-"
+#: The default of ``build_log_memory_bytes``: how much log text a build holds in memory, in its
+#: replay ring and in each watcher's queue. 16 of repo2docker's longest lines (64 KiB), or about
+#: 5,000 ordinary ones; a watcher who keeps up never comes near it.
+DEFAULT_LOG_MEMORY_BYTES = 1024 * 1024
 #: The labels of the secret with the configured registry login.
 REGISTRY_AUTH_LABELS: Mapping[str, str] = {LABEL_KIND: KIND_REGISTRY_AUTH}
 
@@ -95,6 +99,8 @@ class BuildSettings:
     pending_timeout: float = 300
     concurrent_limit: int = 32
     log_tail_lines: int = 100
+    #: Log text a build holds in memory: its replay ring, and each watcher's queue.
+    log_memory_bytes: int = DEFAULT_LOG_MEMORY_BYTES
     #: Failed build services are kept this long so their log can be read with docker.
     keep_failed_for: float = 600
     extra_args: Sequence[str] = ()
@@ -138,6 +144,7 @@ class BuildSettings:
             pending_timeout=builds.build_pending_timeout,
             concurrent_limit=builds.concurrent_build_limit,
             log_tail_lines=builds.log_tail_lines,
+            log_memory_bytes=builds.build_log_memory_bytes,
             keep_failed_for=builds.build_keep_failed_for,
             image_prefix=registry.image_prefix,
             engine_grace=builds.build_engine_grace,
