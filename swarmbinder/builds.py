@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -404,20 +405,25 @@ class BuildManager:
                 await self._remove_service(name)
 
     def _start_watcher(self, build: Build, *, log_tail: int | str) -> None:
-        self._watchers[build.name] = asyncio.create_task(
+        watcher = asyncio.create_task(
             self._watcher.watch(build, log_tail), name=f"watch-{build.name}"
         )
+        self._watchers[build.name] = watcher
+        # Owned until it ends, stopping included: close() cancels and awaits it.
+        watcher.add_done_callback(functools.partial(self._watcher_ended, build.name))
+
+    def _watcher_ended(self, name: str, watcher: asyncio.Task[None]) -> None:
+        if self._watchers.get(name) is watcher:
+            del self._watchers[name]
 
     async def _release(self, build: Build) -> None:
         """The build's result is out: its slot goes to the next queued build."""
         async with self._lock:
-            self._watchers.pop(build.name, None)
             await self._promote_queued_locked()
 
     async def _stop(self, build: Build) -> None:
         """The build was failed early (overdue, never placed): stop it and let it go."""
         async with self._lock:
-            self._watchers.pop(build.name, None)
             # Stop it: the builder container goes with the service, and the daemon drops
             # the image build whose client went away.
             try:

@@ -298,6 +298,9 @@ class BuildWatcher:
         except _StopBuild as exc:
             reason = str(exc)
             build.finish(BuildStatus.FAILED, BuildEvent.failed(f"Build failed: {reason}\n"), reason)
+            # Reported before the service is removed, which takes seconds: a shutdown
+            # meanwhile must not lose the end.
+            await self.report_finished(build)
             await self._stop(build)
         except SwarmUnavailable as exc:
             # Only reached after engine_grace: the engine is gone, not blinking.
@@ -542,4 +545,5 @@ class BuildWatcher:
                 failure_reason(lines, task) if task is not None else "the build service was removed"
             )
             build.finish(BuildStatus.FAILED, BuildEvent.failed(f"Build failed: {reason}\n"), reason)
+        await self.report_finished(build)
         await self._release(build)

@@ -417,6 +417,35 @@ async def test_a_stopped_build_that_prints_as_it_stops_still_stores_its_end(
     assert any("Step 1/2" in line for line in lines)  # what it printed before the stop
 
 
+async def test_a_shutdown_while_a_stopped_build_is_removed_keeps_its_end(
+    fake: FakeSwarm,
+    recorded: Callable[..., tuple[BuildManager, Store, BuildLogRecorder]],
+    clock: FakeClock,
+) -> None:
+    """Removing a stopped build's service takes the engine seconds (its containers settle).
+    A shutdown meanwhile cancels the watcher, which the manager still owns, and the build's
+    end is in the store already, before the recorder closes."""
+    manager, store, recorder = recorded(fake, max_age=15)
+    build = await manager.request(request("slow-removal"))
+    await start_building(fake, build)
+    removing = asyncio.Event()
+
+    async def never_settles(name: str, **kwargs: Any) -> bool:
+        removing.set()
+        await asyncio.Event().wait()  # released only by cancellation
+        return True
+
+    fake.remove_service = never_settles  # type: ignore[method-assign]
+    clock.advance(16)
+    async with asyncio.timeout(5):
+        await removing.wait()
+        await manager.close()
+    await recorder.close()
+    stored = await store.get_build(record_id(build))
+    assert stored is not None and stored.status == BuildStatus.FAILED
+    assert "build_max_age" in stored.reason
+
+
 @pytest.mark.parametrize("watched", [True, False], ids=["watched", "watcher-not-started"])
 async def test_a_cancelled_build_stores_its_end(
     fake: FakeSwarm,
