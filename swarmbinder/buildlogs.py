@@ -65,12 +65,18 @@ def line_bytes(line: str) -> int:
     return len(line.encode("utf-8", "surrogatepass")) + 1
 
 
-def _clip(line: str, limit: int) -> str:
-    """``line`` cut to at most ``limit`` bytes (with its newline)."""
+#: What a line kept in the tail ring starts with when its start was cut to fit.
+CLIPPED = "[...] "
+
+
+def _keep_end(line: str, limit: int) -> str:
+    """``line`` cut to at most ``limit`` bytes (with its newline) by dropping its start:
+    repo2docker passes Docker's output on in chunks of many lines, and an error ends its chunk."""
     if line_bytes(line) <= limit:
         return line
-    data = line.encode("utf-8", "surrogatepass")[: max(limit - 1, 0)]
-    return data.decode("utf-8", "ignore")
+    room = max(limit - 1 - len(CLIPPED), 0)
+    data = line.encode("utf-8", "surrogatepass")[-room:] if room else b""
+    return CLIPPED + data.decode("utf-8", "ignore")
 
 
 @dataclass
@@ -321,7 +327,7 @@ class BuildLogRecorder:
                     "the lines after this point are left out, but for the last ones, which "
                     "follow when the build ends]"
                 )
-            self._keep_in_tail(capped, _clip(line, self._half))
+            self._keep_in_tail(capped, _keep_end(line, self._half))
         if stored:
             await self._store.append_build_log(build_id, stored)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ from build_fixtures import (
     build_settings,
     cleanup_builds,
     collect,
+    git_repo,
     ground_request,
+    make_request,
     run_id,
     swarm,
     wait_until_gone,
@@ -22,6 +25,7 @@ from build_fixtures import (
 
 from swarmbinder.buildjob import BuildRequest
 from swarmbinder.buildlogs import (
+    CLIPPED,
     CUT_MARK,
     BuildLogRecorder,
     line_bytes,
@@ -219,6 +223,24 @@ async def test_a_long_log_is_stored_as_head_mark_and_tail_within_the_cap(
     assert int(counted.group(3)) == len(tail)
 
 
+async def test_a_last_line_larger_than_the_tail_keeps_its_end(store: Store) -> None:
+    """Docker's output comes in chunks of many lines; the error ends the last chunk."""
+    cap = 64 * 1024
+    recorder = BuildLogRecorder(store, max_bytes=cap)
+    await recorder.start()
+    build = fake_build()
+    recorder.started(build)
+    recorder.log_lines(build.name, numbered(400))
+    recorder.log_lines(build.name, ["é" * 30_000 + " returned a non-zero code: 2"])  # 60 KB
+    build.finish(BuildStatus.FAILED, BuildEvent.failed("Build failed\n"), "code 2")
+    recorder.finished(build)
+    await recorder.flush()
+    await recorder.close()
+    lines = await store.build_log(record_id(build))
+    assert stored_bytes(lines) <= cap
+    assert lines[-1].startswith(CLIPPED) and lines[-1].endswith("returned a non-zero code: 2")
+
+
 async def test_a_log_within_the_cap_is_stored_whole(store: Store) -> None:
     recorder = BuildLogRecorder(store, max_bytes=64 * 1024)
     await recorder.start()
@@ -335,6 +357,55 @@ async def test_logs_of_cleaned_up_builds_can_be_read_back(
         assert "non-zero code: 3" in failed.record.reason
         assert any("fails on purpose" in line for line in failed.lines)
         assert recorder.failed_writes == 0 and recorder.dropped_lines == 0
+
+
+@pytest.mark.swarm
+async def test_a_real_build_that_prints_a_lot_is_stored_cut_with_its_error_kept(
+    testground: dict[str, Any],
+    swarm: SwarmClient,
+    run_id: str,
+    cleanup_builds: None,
+    tmp_path: Path,
+) -> None:
+    """repo2docker builds a Dockerfile that prints 40,000 lines (about 1.5 MB of log) and then
+    fails: the SQLite store keeps 64 KiB of it, its start, the cut and its end with the error,
+    and the record says failed."""
+    cap = 64 * 1024
+    dockerfile = (
+        f"FROM {testground['images']['singleuser']}\n"
+        f"RUN echo {uuid.uuid4().hex} && seq -f 'printed line %g' 1 40000 && "
+        "echo the error is at the end && exit 3\n"
+    )
+    files = {"Dockerfile": dockerfile, "README.md": "A build that prints a lot, then fails\n"}
+    with git_repo(testground, files, "sbtest-loud") as repo:
+        req = make_request(
+            run_id, repo.url, repo.sha, registry=testground["registry"], label="loud"
+        )
+        async with await Store.open(str(tmp_path / "store.sqlite")) as store:
+            recorder = BuildLogRecorder(store, max_bytes=cap)
+            await recorder.start()
+            manager = recording_manager(swarm, build_settings(testground), recorder)
+            try:
+                build = await manager.request(req)
+                events = await collect(build, within=180)
+            finally:
+                await manager.close()
+                await recorder.close()
+            stored = await read_build_log(store, service_name=req.service_name)
+    assert events[-1].phase is Phase.FAILED and "non-zero code: 3" in events[-1].message
+    assert stored is not None and stored.record.status == "failed"
+    assert "non-zero code: 3" in stored.record.reason
+    lines = stored.lines
+    assert stored_bytes(lines) <= cap
+    cut = next(i for i, line in enumerate(lines) if line.startswith(CUT_MARK))
+    assert any("Step 1/" in line for line in lines[:cut])  # what was built
+    counted = LEFT_OUT.match(lines[cut + 1])
+    # repo2docker passes Docker's output on in chunks of many lines: count the bytes
+    assert counted is not None and int(counted.group(2)) > 500_000
+    tail = "\n".join(lines[cut + 2 :])
+    assert "printed line 40000" in tail and "the error is at the end" in tail
+    assert "non-zero code: 3" in tail
+    assert recorder.failed_writes == 0 and recorder.dropped_lines == 0
 
 
 @pytest.mark.swarm
