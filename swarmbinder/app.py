@@ -111,7 +111,9 @@ def create_app(config: Config) -> web.Application:
     app[SCRUBBER] = DEFAULT_SCRUBBER
     # First of the contexts: the secrets are known before anything can log them.
     app.cleanup_ctx.append(scrub_config_secrets)
-    app[METRICS] = Metrics(scrub=app[SCRUBBER].scrub)
+    app[METRICS] = Metrics(
+        scrub=app[SCRUBBER].scrub, repo_label_limit=config.server.metrics_repo_label_limit
+    )
     app[BUILD_TOKENS] = BuildTokens(
         config.tokens.build_token_secret,
         expires_seconds=config.tokens.build_token_expires_seconds,
@@ -284,7 +286,10 @@ async def connect_builds(
     builds: BuildManager
     if config.builds.persist_build_logs:
         recorder = BuildLogRecorder(
-            store, replay_tail=config.builds.log_tail_lines, scrubber=scrubber
+            store,
+            replay_tail=config.builds.log_tail_lines,
+            max_bytes=config.builds.build_log_max_bytes,
+            scrubber=scrubber,
         )
         await recorder.start()
         stack.push_async_callback(recorder.close)

@@ -58,6 +58,10 @@ BUILDER_DOCKER_CONFIG = "/etc/swarmbinder/docker"
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
 REGISTRY_AUTH_PREFIX = "swarmbinder-registry-auth-"
 BUILD_AUTH_PREFIX = "swarmbinder-build-auth-"
+#: The default of ``build_log_memory_bytes``: how much log text a build holds in memory, in its
+#: replay ring and in each watcher's queue. 16 of repo2docker's longest lines (64 KiB), or about
+#: 5,000 ordinary ones; a watcher who keeps up never comes near it.
+DEFAULT_LOG_MEMORY_BYTES = 1024 * 1024
 #: The labels of the secret with the configured registry login.
 REGISTRY_AUTH_LABELS: Mapping[str, str] = {LABEL_KIND: KIND_REGISTRY_AUTH}
 
@@ -98,6 +102,8 @@ class BuildSettings:
     #: At most this many builds queued across every replica (``build_queue_limit``); 0: any.
     queue_limit: int = 100
     log_tail_lines: int = 100
+    #: Log text a build holds in memory: its replay ring, and each watcher's queue.
+    log_memory_bytes: int = DEFAULT_LOG_MEMORY_BYTES
     #: Failed build services are kept this long so their log can be read with docker.
     keep_failed_for: float = 600
     extra_args: Sequence[str] = ()
@@ -144,6 +150,7 @@ class BuildSettings:
             concurrent_limit=builds.concurrent_build_limit,
             queue_limit=builds.build_queue_limit,
             log_tail_lines=builds.log_tail_lines,
+            log_memory_bytes=builds.build_log_memory_bytes,
             keep_failed_for=builds.build_keep_failed_for,
             image_prefix=registry.image_prefix,
             engine_grace=builds.build_engine_grace,

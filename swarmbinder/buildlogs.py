@@ -13,6 +13,13 @@ Each run of a build is one record. Its id is the service name plus the run's cre
 (the ``swarmbinder.created`` label), so a retried build keeps the failed run's log apart, and a
 build adopted after a restart continues the record its first manager started.
 
+A build's stored log is capped at ``build_log_max_bytes`` (UTF-8, a newline counted per
+line): the first half is stored as it comes; past it a line marks the cut, and the lines after
+it wait in a ring of the other half's size, which is stored, after a line counting what was
+left out, when the build ends. A failed build's error is at the end of its log, and its start
+says what was built; the middle of a runaway log is what a reader can do without. If this
+process stops before the build ends, the ring is lost and the stored log ends at the mark.
+
 An adopted build's watcher replays the last lines of the service log, most of which the
 previous manager already stored. The recorder drops the longest run of replayed lines that
 repeats the end of the stored log; repeated identical lines at the seam can still make it
@@ -27,7 +34,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .buildjob import BuildSettings
 from .builds import BuildManager
@@ -40,6 +47,48 @@ log = logging.getLogger(__name__)
 
 #: Log lines waiting for the store before new ones are dropped.
 DEFAULT_MAX_PENDING_LINES = 100_000
+#: Characters of log lines waiting for the store before new ones are dropped (lines are up
+#: to 64 KiB each, so the line count alone would allow gigabytes).
+DEFAULT_MAX_PENDING_CHARS = 64 * 1024 * 1024
+#: The default of ``build_log_max_bytes``. A repo2docker build's whole log is typically tens to
+#: a few hundred KiB (a conda solve and pip installs included), so 1 MiB keeps ordinary logs
+#: whole and still bounds the store at about 1 MiB per build over build_log_retention.
+DEFAULT_MAX_LOG_BYTES = 1024 * 1024
+#: Bytes of the cap kept for the two lines that mark a cut.
+_MARKS_ROOM = 1024
+#: How the line that marks the cut starts (a reader can look for it).
+CUT_MARK = "[build log cut:"
+
+
+def line_bytes(line: str) -> int:
+    """What a stored line counts against ``build_log_max_bytes``: its UTF-8 and a newline."""
+    return len(line.encode("utf-8", "surrogatepass")) + 1
+
+
+#: What a line kept in the tail ring starts with when its start was cut to fit.
+CLIPPED = "[...] "
+
+
+def _keep_end(line: str, limit: int) -> str:
+    """``line`` cut to at most ``limit`` bytes (with its newline) by dropping its start:
+    repo2docker passes Docker's output on in chunks of many lines, and an error ends its chunk."""
+    if line_bytes(line) <= limit:
+        return line
+    room = max(limit - 1 - len(CLIPPED), 0)
+    data = line.encode("utf-8", "surrogatepass")[-room:] if room else b""
+    return CLIPPED + data.decode("utf-8", "ignore")
+
+
+@dataclass
+class _Capped:
+    """How much of one build's log is stored, and the ring of lines past the cut."""
+
+    stored: int = 0
+    cut: bool = False
+    tail: deque[str] = field(default_factory=deque)
+    tail_bytes: int = 0
+    left_out: int = 0
+    left_out_bytes: int = 0
 
 
 def record_id(build: Build) -> str:
@@ -96,19 +145,28 @@ class BuildLogRecorder:
         store: Store,
         *,
         replay_tail: int = 100,
+        max_bytes: int = DEFAULT_MAX_LOG_BYTES,
         max_pending_lines: int = DEFAULT_MAX_PENDING_LINES,
+        max_pending_chars: int = DEFAULT_MAX_PENDING_CHARS,
         scrubber: Scrubber = DEFAULT_SCRUBBER,
     ) -> None:
         """``replay_tail`` is the manager's ``log_tail_lines``: how many lines an adopted
-        build's watcher replays."""
+        build's watcher replays; ``max_bytes`` is ``build_log_max_bytes``."""
+        if max_bytes < 4 * _MARKS_ROOM:
+            raise ValueError(f"max_bytes must be at least {4 * _MARKS_ROOM}, not {max_bytes}")
         self._store = store
+        self._max_bytes = max_bytes
+        self._half = (max_bytes - _MARKS_ROOM) // 2
+        self._capped: dict[str, _Capped] = {}
         self._scrubber = scrubber
         self._replay_tail = replay_tail
         # Records always queue (few and small); lines queue up to max_pending_lines.
         self._queue: deque[_Record | _Lines | _Flush | None] = deque()
         self._wake = asyncio.Event()
         self._pending_lines = 0
+        self._pending_chars = 0
         self._max_pending_lines = max_pending_lines
+        self._max_pending_chars = max_pending_chars
         self._writer: asyncio.Task[None] | None = None
         #: service name -> record id of the run being watched
         self._current: dict[str, str] = {}
@@ -166,12 +224,17 @@ class BuildLogRecorder:
         build_id = self._current.get(service_name)
         if build_id is None:  # a build this recorder was never told about
             return
-        if self._pending_lines + len(lines) > self._max_pending_lines:
+        chars = sum(map(len, lines))
+        if (
+            self._pending_lines + len(lines) > self._max_pending_lines
+            or self._pending_chars + chars > self._max_pending_chars
+        ):
             if self.dropped_lines == 0:
                 log.warning("the store is falling behind: dropping build log lines")
             self.dropped_lines += len(lines)
             return
         self._pending_lines += len(lines)
+        self._pending_chars += chars
         self._put(_Lines(build_id, tuple(lines)))
 
     def finished(self, build: Build) -> None:
@@ -200,6 +263,7 @@ class BuildLogRecorder:
                 continue
             if isinstance(item, _Lines):
                 self._pending_lines -= len(item.lines)
+                self._pending_chars -= sum(map(len, item.lines))
             try:
                 if isinstance(item, _Record):
                     await self._write_record(item)
@@ -218,13 +282,21 @@ class BuildLogRecorder:
             record = replace(record, reason=self._scrubber.scrub(record.reason))
         await self._store.record_build(record)
         if item.replay_tail and existing is not None:
-            stored = await self._store.build_log(build_id, tail=item.replay_tail)
+            # Read whole once: it is within the cap, and its size goes on counting against it.
+            stored = await self._store.build_log(build_id)
+            self._capped[build_id] = _Capped(
+                stored=sum(map(line_bytes, stored)),
+                cut=any(line.startswith(CUT_MARK) for line in stored),
+            )
             if stored:
-                self._replays[build_id] = _Replay(stored, [])
+                self._replays[build_id] = _Replay(stored[-item.replay_tail :], [])
         if record.finished_at is not None:
             pending = self._replays.pop(build_id, None)
             if pending is not None and pending.buffer:
-                await self._store.append_build_log(build_id, _new_part(pending))
+                await self._append(build_id, _new_part(pending))
+            capped = self._capped.pop(build_id, None)
+            if capped is not None and capped.cut:
+                await self._store.append_build_log(build_id, self._ending(capped))
 
     async def _write_lines(self, item: _Lines) -> None:
         # Scrubbed before the replay is compared with the stored tail, which was scrubbed too.
@@ -236,8 +308,46 @@ class BuildLogRecorder:
                 return  # the replay has not reached the end of what we stored yet
             del self._replays[item.build_id]
             lines = _new_part(replay)
-        if lines:
-            await self._store.append_build_log(item.build_id, lines)
+        await self._append(item.build_id, lines)
+
+    async def _append(self, build_id: str, lines: Sequence[str]) -> None:
+        """Store ``lines`` within the build's head budget; keep the rest in its tail ring."""
+        capped = self._capped.setdefault(build_id, _Capped())
+        stored: list[str] = []
+        for line in lines:
+            size = line_bytes(line)
+            if not capped.cut and capped.stored + size <= self._half:
+                capped.stored += size
+                stored.append(line)
+                continue
+            if not capped.cut:
+                capped.cut = True
+                stored.append(
+                    f"{CUT_MARK} it passed build_log_max_bytes ({self._max_bytes} bytes); "
+                    "the lines after this point are left out, but for the last ones, which "
+                    "follow when the build ends]"
+                )
+            self._keep_in_tail(capped, _keep_end(line, self._half))
+        if stored:
+            await self._store.append_build_log(build_id, stored)
+
+    def _keep_in_tail(self, capped: _Capped, line: str) -> None:
+        capped.tail.append(line)
+        capped.tail_bytes += line_bytes(line)
+        while capped.tail_bytes > self._half:
+            gone = capped.tail.popleft()
+            capped.tail_bytes -= line_bytes(gone)
+            capped.left_out += 1
+            capped.left_out_bytes += line_bytes(gone)
+
+    @staticmethod
+    def _ending(capped: _Capped) -> list[str]:
+        """The line counting what was left out, then the tail ring."""
+        mark = (
+            f"[build log: {capped.left_out} lines ({capped.left_out_bytes} bytes) were left out "
+            f"here; the last {len(capped.tail)} lines follow]"
+        )
+        return [mark, *capped.tail]
 
 
 def _new_part(replay: _Replay) -> list[str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -103,6 +104,7 @@ class BuildManager:
         self._lock = asyncio.Lock()
         self._housekeeper: asyncio.Task[None] | None = None
         self._on_started = on_started
+        self._stores_logs = on_log_lines is not None
         self._clock = clock
         self._logins = BuildLogins(swarm, settings, clock=clock)
         self._watcher = BuildWatcher(
@@ -153,10 +155,9 @@ class BuildManager:
         """Watch a build service this process did not create (a restart, another replica)."""
         labels = service.labels
         status = BuildStatus(labels.get(LABEL_STATUS, "running"))
-        build = Build(
+        build = self._new_build(
             request_from_labels(labels),
             status,
-            tail_size=self._settings.log_tail_lines,
             created=float(labels.get(LABEL_CREATED, "0") or 0),
         )
         build.node = labels.get(LABEL_NODE, "")
@@ -167,7 +168,7 @@ class BuildManager:
         self._notify_started(build)
         if status is BuildStatus.QUEUED and service.name not in self._queue:
             self._queue.append(service.name)
-            build.fanout.publish(self._waiting_event(service.name))
+            build.publish(self._waiting_event(service.name))
         # A re-attached watcher replays the last log_tail_lines, as BinderHub does on attach.
         self._start_watcher(build, log_tail=self._settings.log_tail_lines)
         return build
@@ -260,7 +261,7 @@ class BuildManager:
             login=credential,
             git_login=git_login,
         )
-        build = Build(request, status, tail_size=self._settings.log_tail_lines, created=now)
+        build = self._new_build(request, status, created=now)
         build.node = node
         build.credential = credential
         build.login_username = credential.username if credential is not None else ""
@@ -279,7 +280,7 @@ class BuildManager:
         self._builds[spec.name] = build
         if queued:
             self._queue.append(spec.name)
-            build.fanout.publish(self._waiting_event(spec.name))
+            build.publish(self._waiting_event(spec.name))
         self._notify_started(build)
         self._start_watcher(build, log_tail="all")
         return build
@@ -300,6 +301,22 @@ class BuildManager:
         if queued >= limit:
             log.warning("refused a new build: %d builds queued (limit %d)", queued, limit)
             raise BuildQueueFull(queued, limit)
+
+    def _new_build(self, request: BuildRequest, status: BuildStatus, *, created: float) -> Build:
+        # With on_log_lines a recorder keeps the whole log: late watchers are told where.
+        whole_log = (
+            f"The whole log is kept for the operators (admin API: builds/{request.service_name})."
+            if self._stores_logs
+            else ""
+        )
+        return Build(
+            request,
+            status,
+            tail_size=self._settings.log_tail_lines,
+            created=created,
+            memory_bytes=self._settings.log_memory_bytes,
+            whole_log=whole_log,
+        )
 
     def _revoke_login(self, build: Build) -> None:
         self._logins.revoke(build.login_username, build.credential)
@@ -410,11 +427,11 @@ class BuildManager:
             build.node = node
             build.started = self._clock()
             self._notify_started(build)
-            build.fanout.publish(BuildEvent.waiting(None, "Build slot free, starting the build.\n"))
+            build.publish(BuildEvent.waiting(None, "Build slot free, starting the build.\n"))
         for name in self._queue:
             build = self._builds.get(name)
             if build is not None:
-                build.fanout.publish(self._waiting_event(name))
+                build.publish(self._waiting_event(name))
 
     def _waiting_event(self, name: str) -> BuildEvent:
         position = self.queue_position(name)
@@ -430,7 +447,10 @@ class BuildManager:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        self._builds.pop(name, None)
+        build = self._builds.pop(name, None)
+        if build is not None:
+            # A watcher cancelled before it ever ran has no finally: the end is reported here.
+            await self._watcher.report_finished(build)
         if name in self._queue:
             self._queue.remove(name)
         if remove_service:
@@ -438,20 +458,25 @@ class BuildManager:
                 await self._remove_service(name)
 
     def _start_watcher(self, build: Build, *, log_tail: int | str) -> None:
-        self._watchers[build.name] = asyncio.create_task(
+        watcher = asyncio.create_task(
             self._watcher.watch(build, log_tail), name=f"watch-{build.name}"
         )
+        self._watchers[build.name] = watcher
+        # Owned until it ends, stopping included: close() cancels and awaits it.
+        watcher.add_done_callback(functools.partial(self._watcher_ended, build.name))
+
+    def _watcher_ended(self, name: str, watcher: asyncio.Task[None]) -> None:
+        if self._watchers.get(name) is watcher:
+            del self._watchers[name]
 
     async def _release(self, build: Build) -> None:
         """The build's result is out: its slot goes to the next queued build."""
         async with self._lock:
-            self._watchers.pop(build.name, None)
             await self._promote_queued_locked()
 
     async def _stop(self, build: Build) -> None:
         """The build was failed early (overdue, never placed): stop it and let it go."""
         async with self._lock:
-            self._watchers.pop(build.name, None)
             # Stop it: the builder container goes with the service, and the daemon drops
             # the image build whose client went away.
             try:

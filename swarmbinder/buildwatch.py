@@ -7,6 +7,17 @@ repo2docker's JSON lines into events, publishes them to the :class:`Build`'s
 decides success or failure from the task state and exit code. What happens to the build's slot
 and service afterwards is the manager's: the watcher hands the ended build back to it.
 
+Memory is bounded whatever a repository prints: the watcher keeps a count and a
+:class:`LogSummary` of the log (its first ``failed`` line and its last few lines), and the
+fan-out keeps a ring of the last ``log_tail_lines`` events within ``build_log_memory_bytes``
+for watchers who join later; they are told how many lines they missed and where the whole
+log is. The whole log goes to the manager's ``on_log_lines`` callback as it is read.
+
+A build ends exactly once (:meth:`Build.finish`). Its log reader is stopped before the watcher
+ends the build, and anything published after the end (a late line, a queue position) is
+dropped, so the end is always the last event and ``on_finished`` (which stores the final state)
+always runs.
+
 When the engine stops answering, a watcher keeps trying for ``BuildSettings.engine_grace``
 seconds (a restarting manager or a network blip should not fail a build), then fails the build
 with a message that names the engine and stops. Its service cannot be removed while the engine
@@ -22,9 +33,10 @@ import contextlib
 import enum
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-from .buildjob import BuildRequest, BuildSettings
+from .buildjob import DEFAULT_LOG_MEMORY_BYTES, BuildRequest, BuildSettings
 from .buildstatus import BuildStatus
 from .errors import BuildFailed, SwarmbinderError, SwarmUnavailable
 from .events import BuildEvent, Phase, parse_repo2docker_line
@@ -41,6 +53,25 @@ NODE_CHECK_INTERVAL = 1.0
 #: 0.2 s, then the largest part of the time from the builder's exit to ``built``
 #: (bench/build.py).
 LOG_DRAIN_QUIET = 0.05
+#: Lines of a failed build's log read again when its stream showed no repo2docker error.
+FAILURE_REREAD_LINES = 200
+
+
+#: What an event weighs beyond its message: the event and its small objects, roughly.
+EVENT_OVERHEAD = 200
+
+
+def event_size(event: BuildEvent) -> int:
+    """An event's weight against ``build_log_memory_bytes``."""
+    return len(event.message) + EVENT_OVERHEAD
+
+
+def skipped_lines_event(count: int, phase: Phase, why: str, whole_log: str) -> BuildEvent:
+    """The line a watcher reads where ``count`` lines of the build's output are left out."""
+    if phase in (Phase.BUILT, Phase.FAILED):
+        phase = Phase.BUILDING  # a marker never ends a client's stream
+    where = f" {whole_log}" if whole_log else ""
+    return BuildEvent.log(phase, f"[{count} lines of the build log are not shown: {why}.{where}]")
 
 
 class _StopBuild(BuildFailed):
@@ -51,7 +82,10 @@ def as_log_event(line: str) -> BuildEvent:
     """repo2docker's line as a log event for watchers. Its own ``failed`` lines are shown as
     build log: BinderHub's clients close the stream at the first ``failed``, and the one that
     ends a build must be ours, which carries the reason and the status code."""
-    event = parse_repo2docker_line(line)
+    return _shown(parse_repo2docker_line(line))
+
+
+def _shown(event: BuildEvent) -> BuildEvent:
     if event.phase is Phase.FAILED:
         return BuildEvent.log(Phase.BUILDING, event.message)
     return event
@@ -74,6 +108,36 @@ class _Pushed(enum.Enum):
     PUSHED = "pushed"
 
 
+class LogSummary:
+    """What a watcher keeps of a build's log, however long it is: how many lines were read,
+    repo2docker's first ``failed`` line, and the last few non-empty lines (for the failure
+    reason)."""
+
+    RECENT = 3
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first_failure: str | None = None
+        self.recent: deque[str] = deque(maxlen=self.RECENT)
+
+    def add(self, line: str, event: BuildEvent) -> None:
+        """``event`` is ``line`` as :func:`parse_repo2docker_line` reads it."""
+        self.count += 1
+        if event.phase is Phase.FAILED and self.first_failure is None:
+            self.first_failure = line
+        if line.strip():
+            self.recent.append(line)
+
+    @property
+    def has_failure(self) -> bool:
+        return self.first_failure is not None
+
+    def lines(self) -> list[str]:
+        """The lines :func:`failure_reason` needs, in the order it reads them."""
+        first = [] if self.first_failure is None else [self.first_failure]
+        return first + list(self.recent)
+
+
 def failure_reason(lines: Sequence[str], task: TaskState | None) -> str:
     """Why a build failed, in words: repo2docker's own error, else the task's, else its code."""
     for line in lines:
@@ -93,8 +157,19 @@ class Build:
     """One build as this process sees it: a service, its watcher, and the events fan-out."""
 
     def __init__(
-        self, request: BuildRequest, status: BuildStatus, *, tail_size: int, created: float
+        self,
+        request: BuildRequest,
+        status: BuildStatus,
+        *,
+        tail_size: int,
+        created: float,
+        memory_bytes: int = DEFAULT_LOG_MEMORY_BYTES,
+        whole_log: str = "",
     ) -> None:
+        """``tail_size`` lines (``log_tail_lines``) within ``memory_bytes``
+        (``build_log_memory_bytes``) are replayed to a watcher who joins late; ``whole_log``
+        says where the whole log can be read, for the line that tells such a watcher what it
+        missed."""
         self.request = request
         self.status = status
         self.created = created
@@ -112,8 +187,15 @@ class Build:
         self.login_username = ""
         #: Called as it ends, before any watcher hears of it.
         self.on_end: Callable[[Build], None] | None = None
-        self.fanout: Fanout[BuildEvent] = Fanout(tail_size=max(tail_size, 1) + 8)
+        self.fanout: Fanout[BuildEvent] = Fanout(
+            tail_size=max(tail_size, 1) + 8, size_of=event_size, max_size=memory_bytes
+        )
+        self.whole_log = whole_log
         self.done = asyncio.Event()
+        #: Events published after the build ended, and so dropped.
+        self.late_events = 0
+        #: ``on_finished`` was called for its end.
+        self.end_reported = False
 
     @property
     def name(self) -> str:
@@ -123,21 +205,48 @@ class Build:
     def image(self) -> str:
         return self.request.image
 
+    def publish(self, event: BuildEvent) -> bool:
+        """Send ``event`` to the build's watchers; after the build ended it is dropped (False):
+        its end is the last event they read."""
+        if self.done.is_set():
+            self.late_events += 1
+            return False
+        self.fanout.publish(event)
+        return True
+
     def finish(self, status: BuildStatus, final: BuildEvent, reason: str = "") -> None:
+        """End the build, once; later calls are ignored."""
         if self.done.is_set():
             return
         self.status = status
         self.reason = reason
         self.finished = time.time()
-        if self.on_end is not None:
-            self.on_end(self)
-        self.fanout.finish(final)
+        # Done first: whatever on_end does, nothing is published after this point.
         self.done.set()
+        try:
+            if self.on_end is not None:
+                self.on_end(self)
+        except Exception:
+            log.exception("ending build %s: its on_end callback failed", self.name)
+        finally:
+            self.fanout.finish(final)
 
     async def events(self) -> AsyncIterator[BuildEvent]:
-        """The log tail, then live events, ending with ``built`` or ``failed``."""
+        """The log tail, then live events, ending with ``built`` or ``failed``. Where lines
+        are left out (they left the replay ring before this watcher came, or it fell behind)
+        a line says how many, and where the whole log is."""
         async with self.fanout.subscribe() as subscription:
+            told = 0
             async for event in subscription:
+                missed = subscription.missed + subscription.dropped - told
+                if missed > 0:
+                    why = (
+                        "they were printed before you connected"
+                        if told == 0 and subscription.missed
+                        else "this connection fell behind"
+                    )
+                    yield skipped_lines_event(missed, event.phase, why, self.whole_log)
+                    told += missed
                 yield event
 
 
@@ -168,22 +277,30 @@ class BuildWatcher:
 
     async def watch(self, build: Build, log_tail: int | str) -> None:
         """Follow one build's log and task until it is terminal, then publish the result."""
-        lines: list[str] = []
+        summary = LogSummary()
         pushed = asyncio.Event()
         reader = asyncio.create_task(
-            self._read_logs(build, log_tail, lines, pushed), name=f"logs-{build.name}"
+            self._read_logs(build, log_tail, summary, pushed), name=f"logs-{build.name}"
         )
         try:
-            task = await self._wait_terminal_or_pushed(build, pushed)
-            if not isinstance(task, _Pushed):
-                # The log stream never ends by itself; give it a moment for the last lines.
-                await self._drain(reader, lines)
-            await self._conclude(build, task, lines)
+            try:
+                task = await self._wait_terminal_or_pushed(build, pushed)
+                if not isinstance(task, _Pushed):
+                    # The log stream never ends by itself; give it a moment for the last lines.
+                    await self._drain(reader, summary)
+            finally:
+                # Before the build ends, whichever way: its lines all go out (and to the
+                # store) ahead of its end, and none come after it.
+                await self._stop_reader(build, reader)
+            await self._conclude(build, task, summary)
         except asyncio.CancelledError:
             raise
         except _StopBuild as exc:
             reason = str(exc)
             build.finish(BuildStatus.FAILED, BuildEvent.failed(f"Build failed: {reason}\n"), reason)
+            # Reported before the service is removed, which takes seconds: a shutdown
+            # meanwhile must not lose the end.
+            await self.report_finished(build)
             await self._stop(build)
         except SwarmUnavailable as exc:
             # Only reached after engine_grace: the engine is gone, not blinking.
@@ -205,16 +322,37 @@ class BuildWatcher:
                 str(exc),
             )
         finally:
+            try:
+                await self._stop_reader(build, reader)
+            finally:
+                await self.report_finished(build)
+
+    async def report_finished(self, build: Build) -> None:
+        """Call ``on_finished`` for an ended build, once. The watcher does as it ends; the
+        manager calls it too after cancelling a watcher, which may not have started yet."""
+        if self._on_finished is None or not build.done.is_set() or build.end_reported:
+            return
+        build.end_reported = True
+        try:
+            result = self._on_finished(build)
+            if asyncio.iscoroutine(result):
+                await result
+        except Exception:
+            log.exception("the on_finished callback failed for build %s", build.name)
+
+    @staticmethod
+    async def _stop_reader(build: Build, reader: asyncio.Task[None]) -> None:
+        """Stop the log reader and wait for it. Its failure is logged, never raised, so it
+        cannot keep a build from ending or its end from being stored; a cancellation of the
+        watcher itself still goes through."""
+        if not reader.done():
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, SwarmbinderError):
-                await reader
-            if self._on_finished is not None and build.done.is_set():
-                try:
-                    result = self._on_finished(build)
-                    if asyncio.iscoroutine(result):
-                        await result
-                except Exception:
-                    log.exception("the on_finished callback failed for build %s", build.name)
+            await asyncio.wait((reader,))
+        if reader.cancelled():
+            return
+        error = reader.exception()
+        if error is not None and not isinstance(error, SwarmbinderError):
+            log.error("the log reader of build %s failed", build.name, exc_info=error)
 
     async def _wait_terminal_or_pushed(
         self, build: Build, pushed: asyncio.Event
@@ -237,7 +375,7 @@ class BuildWatcher:
         return _Pushed.PUSHED
 
     async def _read_logs(
-        self, build: Build, tail: int | str, lines: list[str], pushed: asyncio.Event
+        self, build: Build, tail: int | str, summary: LogSummary, pushed: asyncio.Event
     ) -> None:
         """Publish the service's log lines; follow it again if the engine drops the stream.
 
@@ -258,10 +396,11 @@ class BuildWatcher:
                         # The one place a repository's words enter: scrubbed here, they are
                         # clean in every event, stored line and failure reason after.
                         line = self._settings.scrubber.scrub(raw)
-                        lines.append(line)
+                        parsed = parse_repo2docker_line(line)
+                        summary.add(line, parsed)
                         batch.append(line)
-                        event = as_log_event(line)
-                        build.fanout.publish(event)
+                        event = _shown(parsed)
+                        build.publish(event)
                         if announces_push_of(event, build.image):
                             pushed.set()
                         if len(batch) >= 50:
@@ -275,7 +414,7 @@ class BuildWatcher:
                 batch = []
                 await asyncio.sleep(max(self._settings.poll_interval, 0.5))
                 if tail == "all":
-                    skip = len(lines)
+                    skip = summary.count
                 else:
                     tail = 0
         finally:
@@ -289,7 +428,7 @@ class BuildWatcher:
         except Exception:
             log.exception("the on_log_lines callback failed for build %s", name)
 
-    async def _drain(self, reader: asyncio.Task[None], lines: list[str]) -> None:
+    async def _drain(self, reader: asyncio.Task[None], summary: LogSummary) -> None:
         """Wait until the log has been quiet for :data:`LOG_DRAIN_QUIET` seconds.
 
         By the time Swarm reports the task terminal its last lines are normally delivered
@@ -297,8 +436,8 @@ class BuildWatcher:
         short (a failed build's reason is read again in full if a line is missing).
         """
         seen = -1
-        while seen != len(lines) and not reader.done():
-            seen = len(lines)
+        while seen != summary.count and not reader.done():
+            seen = summary.count
             await asyncio.sleep(LOG_DRAIN_QUIET)
 
     async def _wait_terminal(self, build: Build) -> TaskState | None:
@@ -386,7 +525,7 @@ class BuildWatcher:
         return ""
 
     async def _conclude(
-        self, build: Build, task: TaskState | None | _Pushed, lines: list[str]
+        self, build: Build, task: TaskState | None | _Pushed, summary: LogSummary
     ) -> None:
         # Pushed: the builder exits on its own right after; the next cleanup removes its
         # finished service like any other.
@@ -395,15 +534,16 @@ class BuildWatcher:
                 BuildStatus.BUILT, BuildEvent.built(build.image, "Built image, launching...\n")
             )
         else:
-            if (
-                task is not None
-                and task.exit_code is not None
-                and not any(parse_repo2docker_line(ln).phase is Phase.FAILED for ln in lines)
-            ):
+            lines = summary.lines()
+            if task is not None and task.exit_code is not None and not summary.has_failure:
+                # A line the stream missed: repo2docker's error is at the end of its log.
                 with contextlib.suppress(SwarmbinderError, TimeoutError):
-                    lines = await self._swarm.read_logs(build.name, max_seconds=5)
+                    lines = await self._swarm.read_logs(
+                        build.name, max_seconds=5, tail=FAILURE_REREAD_LINES
+                    )
             reason = self._settings.scrubber.scrub(
                 failure_reason(lines, task) if task is not None else "the build service was removed"
             )
             build.finish(BuildStatus.FAILED, BuildEvent.failed(f"Build failed: {reason}\n"), reason)
+        await self.report_finished(build)
         await self._release(build)

@@ -6,6 +6,12 @@ A build has one log reader and any number of browsers watching it. The reader ca
 queue of at most ``queue_size`` items. A subscriber that falls behind loses its oldest items,
 counted in :attr:`Subscription.dropped`; it never slows the reader or the other watchers.
 
+Items can also be weighed (``size_of``, e.g. a log line's length): then the ring and each
+queue also hold at most ``max_size`` of weight, so a source of few but huge items (64 KiB log
+lines) is bounded in memory too, not only in count. One item heavier than ``max_size`` is still
+kept, alone. What left the ring is counted in :attr:`Subscription.missed`, so a late
+subscriber can say that it starts in the middle.
+
 :meth:`Fanout.finish` ends the stream with an optional final item (``built`` or ``failed``) that
 is kept apart from the queues and so is never dropped. Subscribing is a context manager: leaving
 it, by cancellation or a client hanging up, unsubscribes at once.
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Generic, TypeVar
 
@@ -27,14 +33,28 @@ T = TypeVar("T")
 class Subscription(Generic[T]):
     """One watcher's view: the tail at subscribe time, then live items, then the final item."""
 
-    def __init__(self, backlog: list[T], queue_size: int) -> None:
+    def __init__(
+        self,
+        backlog: list[T],
+        queue_size: int,
+        *,
+        missed: int = 0,
+        size_of: Callable[[T], int] | None = None,
+        max_size: int = 0,
+    ) -> None:
         self._queue: deque[T] = deque()
         self._queue_size = queue_size
+        self._size_of = size_of
+        self._max_size = max_size
+        self._size = 0
         self._final: list[T] = []
         self._ended = False
         self._wakeup = asyncio.Event()
+        self.missed = missed
+        """Items published before this subscriber came that had already left the tail."""
         self.dropped = 0
-        """Items this subscriber lost because it fell ``queue_size`` behind."""
+        """Items this subscriber lost because it fell ``queue_size`` (or ``max_size``)
+        behind."""
         for item in backlog:
             self._put(item)
 
@@ -45,10 +65,19 @@ class Subscription(Generic[T]):
 
     def _put(self, item: T) -> None:
         if len(self._queue) >= self._queue_size:
-            self._queue.popleft()
-            self.dropped += 1
+            self._pop_oldest()
         self._queue.append(item)
+        if self._size_of is not None:
+            self._size += self._size_of(item)
+            while self._size > self._max_size and len(self._queue) > 1:
+                self._pop_oldest()
         self._wakeup.set()
+
+    def _pop_oldest(self) -> None:
+        item = self._queue.popleft()
+        if self._size_of is not None:
+            self._size -= self._size_of(item)
+        self.dropped += 1
 
     def _end(self, final: list[T]) -> None:
         self._final = final
@@ -57,6 +86,7 @@ class Subscription(Generic[T]):
 
     def _close(self) -> None:
         self._queue.clear()
+        self._size = 0
         self._final = []
         self._ended = True
 
@@ -66,7 +96,10 @@ class Subscription(Generic[T]):
     async def __anext__(self) -> T:
         while True:
             if self._queue:
-                return self._queue.popleft()
+                item = self._queue.popleft()
+                if self._size_of is not None:
+                    self._size -= self._size_of(item)
+                return item
             if self._final:
                 return self._final.pop()
             if self._ended:
@@ -79,13 +112,30 @@ class Subscription(Generic[T]):
 class Fanout(Generic[T]):
     """Broadcast items from one synchronous publisher to many asynchronous subscribers."""
 
-    def __init__(self, *, tail_size: int, queue_size: int = 2000) -> None:
+    def __init__(
+        self,
+        *,
+        tail_size: int,
+        queue_size: int = 2000,
+        size_of: Callable[[T], int] | None = None,
+        max_size: int = 0,
+    ) -> None:
+        """``size_of`` and ``max_size`` (> 0) go together: the weight of an item, and the most
+        weight the tail and each subscriber's queue hold."""
         if tail_size < 0:
             raise ValueError(f"tail_size must be >= 0, not {tail_size}")
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, not {queue_size}")
-        self._tail: deque[T] = deque(maxlen=tail_size)
+        if (size_of is None) != (max_size <= 0):
+            raise ValueError("size_of and a max_size > 0 go together")
+        self._tail: deque[T] = deque()
+        self._tail_size = tail_size
+        self._tail_weight = 0
+        self._size_of = size_of
+        self._max_size = max_size
         self._queue_size = queue_size
+        #: Items that left the tail: a subscriber arriving now has missed them.
+        self._evicted = 0
         self._subscribers: set[Subscription[T]] = set()
         self._final: list[T] = []
         self._finished = False
@@ -103,6 +153,15 @@ class Fanout(Generic[T]):
         if self._finished:
             raise RuntimeError("publish() after finish()")
         self._tail.append(item)
+        if self._size_of is not None:
+            self._tail_weight += self._size_of(item)
+        while len(self._tail) > self._tail_size or (
+            self._size_of is not None and self._tail_weight > self._max_size and len(self._tail) > 1
+        ):
+            evicted = self._tail.popleft()
+            if self._size_of is not None:
+                self._tail_weight -= self._size_of(evicted)
+            self._evicted += 1
         for subscriber in self._subscribers:
             subscriber._put(item)
 
@@ -123,7 +182,13 @@ class Fanout(Generic[T]):
         every item is seen exactly once: in the tail or live. A tail longer than ``queue_size``
         starts the subscriber with its oldest items counted as dropped.
         """
-        subscription = Subscription(list(self._tail), self._queue_size)
+        subscription = Subscription(
+            list(self._tail),
+            self._queue_size,
+            missed=self._evicted,
+            size_of=self._size_of,
+            max_size=self._max_size,
+        )
         if self._finished:
             subscription._end(self._final.copy())
         else:

@@ -18,8 +18,11 @@ binderhub_inprogress_launches       gauge
 ``status`` is ``success``/``failure`` for builds; for launches also ``pod_quota`` and
 ``repo_quota`` (a refused launch, counted but not timed), and ``retries`` is the number of
 retries of a successful launch or ``-1`` for a failed one, as in BinderHub. ``provider`` is the
-provider's name (``GitHub``), ``repo`` the repository URL; ``repo`` has no bound on its values,
-so it can be turned off (``repo_label=False`` sends ``""``, keeping the label set).
+provider's name (``GitHub``), ``repo`` the repository URL. BinderHub's ``repo`` has no bound on
+its values; here at most ``repo_label_limit`` repositories have one of their own at a time (the
+most recently counted, see :class:`RepoLabels`) and the others are counted under ``other``, so
+a flood of distinct repositories cannot grow the series without bound. A limit of 0 (or
+``repo_label=False``) sends ``""`` for every repository, keeping the label set.
 
 swarmbinder's own metrics use the ``swarmbinder_`` namespace: the build queue, the running
 builds and user servers, and the Swarm nodes by state and availability.
@@ -43,6 +46,7 @@ import logging
 import logging.handlers
 import queue
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import partial
@@ -76,6 +80,59 @@ PROVIDER_NAMES: Mapping[str, str] = {
     "dataverse": "Dataverse",
     "ckan": "CKAN",
 }
+
+
+#: The ``repo`` label of the repositories beyond ``repo_label_limit``.
+OTHER_REPOS = "other"
+#: The default ``repo_label_limit`` (the option ``metrics_repo_label_limit``).
+DEFAULT_REPO_LABEL_LIMIT = 1000
+
+
+class RepoLabels:
+    """Bounded values of the ``repo`` label: the ``limit`` repositories most recently counted
+    have one each, the others share :data:`OTHER_REPOS`.
+
+    While there is room a repository gets its own label at once. Once full, a repository is
+    counted under ``other`` when first seen and remembered as a candidate (the last ``limit``
+    candidates are remembered); counted again for the same ``kind`` (a second build, a second
+    launch: one request counts a build and a launch) while remembered, it takes the label of
+    the least recently counted repository, whose series ``on_evict`` removes (Prometheus sees
+    them end; their past samples stay). So a repository in use keeps its label, and a flood of
+    one-off repositories neither adds series nor pushes the used ones out.
+    """
+
+    def __init__(self, limit: int, on_evict: Callable[[str], None]) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, not {limit}")
+        self._limit = limit
+        self._on_evict = on_evict
+        self._labelled: OrderedDict[str, None] = OrderedDict()
+        self._candidates: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    @property
+    def labelled(self) -> list[str]:
+        """The repositories with a label of their own, least recently counted first."""
+        return list(self._labelled)
+
+    def label(self, repo: str, kind: str = "") -> str:
+        """The label to count ``repo`` under now, in a count of ``kind``."""
+        if repo in self._labelled:
+            self._labelled.move_to_end(repo)
+            return repo
+        if len(self._labelled) < self._limit:
+            self._labelled[repo] = None
+            return repo
+        candidate = (kind, repo)
+        if candidate in self._candidates:
+            del self._candidates[candidate]
+            evicted, _ = self._labelled.popitem(last=False)
+            self._on_evict(evicted)
+            self._labelled[repo] = None
+            return repo
+        self._candidates[candidate] = None
+        if len(self._candidates) > self._limit:
+            self._candidates.popitem(last=False)
+        return OTHER_REPOS
 
 
 class LaunchStatus(enum.StrEnum):
@@ -122,13 +179,21 @@ class Metrics:
         registry: CollectorRegistry | None = None,
         *,
         repo_label: bool = True,
+        repo_label_limit: int = DEFAULT_REPO_LABEL_LIMIT,
         clock: Callable[[], float] = time.monotonic,
         scrub: Callable[[str], str] = str,
     ) -> None:
         """``scrub`` cleans the ``repo`` label, the one label whose text a user chooses: a
-        repository URL can carry credentials."""
+        repository URL can carry credentials. ``repo_label_limit``: repositories with a
+        ``repo`` label of their own at a time (:class:`RepoLabels`); 0 turns the label off."""
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._repo_label = repo_label
+        self._repo_labels = (
+            RepoLabels(repo_label_limit, self._remove_repo)
+            if repo_label and repo_label_limit > 0
+            else None
+        )
+        #: Per labelled repository, the counters and (status, provider) it has series in.
+        self._repo_series: dict[str, set[tuple[Counter, str, str]]] = {}
         self._scrub = scrub
         self._clock = clock
         r = self.registry
@@ -197,28 +262,39 @@ class Metrics:
         self.launch_time.labels(status=LaunchStatus.SUCCESS, retries="0")
         self.launch_time.labels(status=LaunchStatus.FAILURE, retries="-1")
 
-    def _repo(self, repo: str) -> str:
-        return self._scrub(repo) if self._repo_label else ""
+    def _count(self, counter: Counter, status: str, provider: str, repo: str) -> None:
+        """One more in ``counter`` for ``repo``, under the label it has at this moment (a
+        build counts towards keeping a build label, a launch or refusal a launch label)."""
+        if self._repo_labels is None:
+            counter.labels(status=status, provider=provider, repo="").inc()
+            return
+        kind = "build" if counter is self.build_count else "launch"
+        label = self._repo_labels.label(self._scrub(repo), kind)
+        counter.labels(status=status, provider=provider, repo=label).inc()
+        if label != OTHER_REPOS:
+            self._repo_series.setdefault(label, set()).add((counter, status, provider))
+
+    def _remove_repo(self, repo: str) -> None:
+        for counter, status, provider in self._repo_series.pop(repo, ()):
+            counter.remove(status, provider, repo)
 
     def start_build(self, provider: str, repo: str) -> Tracker:
         """A build watched by one request; :meth:`Tracker.finish` with a
         :class:`~swarmbinder.buildstatus.BuildOutcome`."""
-        labels = {"provider": provider, "repo": self._repo(repo)}
 
         def done(status: str, elapsed: float, retries: int) -> None:
             self.build_time.labels(status=status).observe(elapsed)
-            self.build_count.labels(status=status, **labels).inc()
+            self._count(self.build_count, status, provider, repo)
 
         return Tracker(self.builds_inprogress, done, self._clock)
 
     def start_launch(self, provider: str, repo: str) -> Tracker:
         """A launch; finish with a :class:`LaunchStatus` and, on success, the retries made."""
-        labels = {"provider": provider, "repo": self._repo(repo)}
 
         def done(status: str, elapsed: float, retries: int) -> None:
             retries_label = str(retries) if status == LaunchStatus.SUCCESS else "-1"
             self.launch_time.labels(status=status, retries=retries_label).observe(elapsed)
-            self.launch_count.labels(status=status, **labels).inc()
+            self._count(self.launch_count, status, provider, repo)
 
         return Tracker(self.launches_inprogress, done, self._clock)
 
@@ -235,7 +311,7 @@ class Metrics:
     def count_quota_refusal(self, provider: str, repo: str, scope: str) -> None:
         """A launch refused by a quota (``scope`` of :class:`~swarmbinder.errors.QuotaExceeded`),
         counted as BinderHub does: in ``binderhub_launch_count`` with the quota as status."""
-        self.launch_count.labels(status=scope, provider=provider, repo=self._repo(repo)).inc()
+        self._count(self.launch_count, scope, provider, repo)
 
     def set_swarm_nodes(self, counts: Mapping[tuple[str, str], int]) -> None:
         """Replace the node counts: ``{(state, availability): n}``; combinations that are gone

@@ -644,9 +644,12 @@ class SwarmClient:
         if last:
             yield last
 
-    async def read_logs(self, service_name: str, *, max_seconds: float = 15) -> list[str]:
-        """All log lines so far, within max_seconds: a non-follow call has been seen to hang."""
-        params = {"follow": "0", "stdout": "1", "stderr": "1", "tail": "all"}
+    async def read_logs(
+        self, service_name: str, *, max_seconds: float = 15, tail: int | str = "all"
+    ) -> list[str]:
+        """The log lines so far (all, or the last ``tail``), within max_seconds: a non-follow
+        call has been seen to hang."""
+        params = {"follow": "0", "stdout": "1", "stderr": "1", "tail": str(tail)}
         splitter = LineSplitter()
         lines: list[str] = []
         async with self._translate(f"logs of {service_name}"):

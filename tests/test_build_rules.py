@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from swarmbinder.buildjob import (
     BuildRequest,
     BuildSettings,
 )
+from swarmbinder.buildlogs import BuildLogRecorder, record_id
 from swarmbinder.builds import BuildManager, BuildQueueFull, to_sticky_node
 from swarmbinder.buildstatus import BuildStatus
 from swarmbinder.buildwatch import Build
@@ -35,6 +37,7 @@ from swarmbinder.labels import LABEL_KIND as KIND_LABEL
 from swarmbinder.labels import LABEL_REGISTRY_LOGIN as LOGIN_LABEL
 from swarmbinder.registrytokens import TokenIssuer, image_repository
 from swarmbinder.sticky import rank_nodes
+from swarmbinder.store import Store
 from swarmbinder.swarm import TaskStateName
 
 REGISTRY = "registry.test:5000"
@@ -372,6 +375,152 @@ async def test_timeout_a_build_older_than_build_max_age_is_ended_with_its_reason
     # Stopped: its service (and with it the builder) is removed right away.
     await fake.until(lambda: not fake.has_service(build.name))
     assert (build.name, BUILDER) in fake.removed  # the builder image reaps other nodes
+
+
+@pytest.fixture
+async def recorded(
+    tmp_path: Path, clock: FakeClock
+) -> AsyncIterator[Callable[..., tuple[BuildManager, Store, BuildLogRecorder]]]:
+    """``recorded(fake, **settings)``: a build manager whose builds a recorder persists in a
+    real SQLite store, as the app wires them."""
+    async with await Store.open(str(tmp_path / "store.sqlite")) as store:
+        recorder = BuildLogRecorder(store)
+        await recorder.start()
+        made: list[BuildManager] = []
+
+        def make(
+            swarm: FakeSwarm, **overrides: Any
+        ) -> tuple[BuildManager, Store, BuildLogRecorder]:
+            manager = BuildManager(
+                swarm.client(), settings(**overrides), clock=clock, **recorder.callbacks()
+            )
+            made.append(manager)
+            return manager, store, recorder
+
+        yield make
+        for manager in made:
+            await manager.close()
+        await recorder.close()
+
+
+def printing_while_removed(fake: FakeSwarm) -> None:
+    """The builder goes on printing until its service is gone: each removal writes a line
+    and lets the log reader run before the engine removes the service."""
+    remove = fake.remove_service
+
+    async def remove_while_printing(name: str, **kwargs: Any) -> bool:
+        if fake.has_service(name):
+            fake.feed_log(name, r2d("building", "still printing as it is stopped\n"))
+            for _ in range(5):
+                await asyncio.sleep(0)
+        return await remove(name, **kwargs)
+
+    fake.remove_service = remove_while_printing  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("stop", ["build_max_age", "node lost"])
+async def test_a_stopped_build_that_prints_as_it_stops_still_stores_its_end(
+    three_nodes: FakeSwarm,
+    recorded: Callable[..., tuple[BuildManager, Store, BuildLogRecorder]],
+    clock: FakeClock,
+    stop: str,
+) -> None:
+    """The race of issue 16: the watcher published the failure, then removed the service
+    while its log reader still ran; a line read meanwhile was published after the end
+    ("publish() after finish()"), the watcher died of it and the stored record stayed
+    ``running`` for good. Now the reader is stopped before the end and late lines are dropped."""
+    fake = three_nodes
+    manager, store, recorder = recorded(fake, max_age=15, node_lost_grace=2)
+    build = await manager.request(request("chatty"))
+    await start_building(fake, build)
+    printing_while_removed(fake)
+    if stop == "build_max_age":
+        clock.advance(16)
+    else:
+        fake.set_node(build.node, state="down")
+    events = asyncio.create_task(collect(build))
+    await tick_until_done(fake, clock, build, step=1)
+    await fake.until(lambda: not fake.has_service(build.name))
+    final = (await events)[-1]
+    assert final.phase is Phase.FAILED
+    assert ("build_max_age" if stop == "build_max_age" else "node lost") in final.message
+
+    await fake.until(lambda: build.name not in [b.name for b in manager.builds])
+    await recorder.flush()
+    stored = await store.get_build(record_id(build))
+    assert stored is not None
+    assert stored.status == BuildStatus.FAILED and stored.finished_at == build.finished
+    assert stored.reason == build.reason
+    lines = await store.build_log(record_id(build))
+    assert any("Step 1/2" in line for line in lines)  # what it printed before the stop
+
+
+async def test_a_shutdown_while_a_stopped_build_is_removed_keeps_its_end(
+    fake: FakeSwarm,
+    recorded: Callable[..., tuple[BuildManager, Store, BuildLogRecorder]],
+    clock: FakeClock,
+) -> None:
+    """Removing a stopped build's service takes the engine seconds (its containers settle).
+    A shutdown meanwhile cancels the watcher, which the manager still owns, and the build's
+    end is in the store already, before the recorder closes."""
+    manager, store, recorder = recorded(fake, max_age=15)
+    build = await manager.request(request("slow-removal"))
+    await start_building(fake, build)
+    removing = asyncio.Event()
+
+    async def never_settles(name: str, **kwargs: Any) -> bool:
+        removing.set()
+        await asyncio.Event().wait()  # released only by cancellation
+        return True
+
+    fake.remove_service = never_settles  # type: ignore[method-assign]
+    clock.advance(16)
+    async with asyncio.timeout(5):
+        await removing.wait()
+        await manager.close()
+    await recorder.close()
+    stored = await store.get_build(record_id(build))
+    assert stored is not None and stored.status == BuildStatus.FAILED
+    assert "build_max_age" in stored.reason
+
+
+@pytest.mark.parametrize("watched", [True, False], ids=["watched", "watcher-not-started"])
+async def test_a_cancelled_build_stores_its_end(
+    fake: FakeSwarm,
+    recorded: Callable[..., tuple[BuildManager, Store, BuildLogRecorder]],
+    watched: bool,
+) -> None:
+    """An administrator's cancel ends the build while its log reader runs (a line read between
+    the end and the watcher's cancellation is dropped, never an error), or before its watcher
+    ever ran (a task cancelled before it starts runs no ``finally``): either way the end is
+    stored."""
+    manager, store, recorder = recorded(fake)
+    build = await manager.request(request("cancelled"))
+    if watched:
+        await start_building(fake, build)
+        await fake.polled("tasks", 2)
+        printing_while_removed(fake)
+    assert await manager.cancel(build.name, "too big")
+    events = await collect(build)
+    assert events[-1].phase is Phase.FAILED and "too big" in events[-1].message
+    await recorder.flush()
+    stored = await store.get_build(record_id(build))
+    assert stored is not None and stored.status == BuildStatus.CANCELLED
+    assert stored.reason == "too big"
+
+
+async def test_a_late_publish_is_dropped_and_the_end_stays_last(
+    fake: FakeSwarm, managers: Managers
+) -> None:
+    manager = managers(fake)
+    build = await manager.request(request("late"))
+    await start_building(fake, build)
+    build.finish(BuildStatus.FAILED, BuildEvent.failed("Build failed: stop\n"), "stop")
+    assert not build.publish(BuildEvent.log(Phase.BUILDING, "too late"))
+    assert build.late_events == 1
+    events = await collect(build)
+    assert events[-1].phase is Phase.FAILED
+    assert all("too late" not in e.message for e in events)
 
 
 # -- node loss -----------------------------------------------------------------------------------

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +15,9 @@ from build_fixtures import (
     build_settings,
     cleanup_builds,
     collect,
+    git_repo,
     ground_request,
+    make_request,
     run_id,
     swarm,
     wait_until_gone,
@@ -20,7 +25,10 @@ from build_fixtures import (
 
 from swarmbinder.buildjob import BuildRequest
 from swarmbinder.buildlogs import (
+    CLIPPED,
+    CUT_MARK,
     BuildLogRecorder,
+    line_bytes,
     prune_build_logs,
     read_build_log,
     record_id,
@@ -158,6 +166,141 @@ async def test_lines_beyond_the_queue_limit_are_dropped_not_blocked(store: Store
     assert await store.build_log(record_id(build)) == ["1", "2"]
 
 
+def numbered(count: int, start: int = 0, width: int = 90) -> list[str]:
+    return [f"line {i:06d} " + "x" * width for i in range(start, start + count)]
+
+
+def stored_bytes(lines: list[str]) -> int:
+    return sum(map(line_bytes, lines))
+
+
+LEFT_OUT = re.compile(
+    r"^\[build log: (\d+) lines \((\d+) bytes\) were left out here; the last (\d+)"
+)
+
+
+async def test_a_long_log_is_stored_as_head_mark_and_tail_within_the_cap(
+    tmp_path: Path,
+) -> None:
+    """A build that prints 20 MB: the store keeps its first and last parts (the error a
+    failed build ends with among them) within build_log_max_bytes, and says what it cut."""
+    cap = 64 * 1024
+    async with await Store.open(str(tmp_path / "store.sqlite")) as store:
+        recorder = BuildLogRecorder(store, max_bytes=cap)
+        await recorder.start()
+        build = fake_build()
+        recorder.started(build)
+        printed = numbered(200_000)
+        for start in range(0, len(printed), 500):
+            recorder.log_lines(build.name, printed[start : start + 500])
+            if start % 50_000 == 0:
+                await recorder.flush()  # a store that keeps up: nothing is dropped
+        recorder.log_lines(
+            build.name, ["The command '/bin/sh -c make' returned a non-zero code: 2"]
+        )
+        await recorder.flush()
+        midway = await store.build_log(record_id(build))
+        assert midway[-1].startswith(CUT_MARK)  # the cut is marked at once, not at the end
+        build.finish(BuildStatus.FAILED, BuildEvent.failed("Build failed\n"), "code 2")
+        recorder.finished(build)
+        await recorder.flush()
+        await recorder.close()
+        lines = await store.build_log(record_id(build))
+        record = await store.get_build(record_id(build))
+
+    assert record is not None and record.status == "failed"
+    assert recorder.dropped_lines == 0
+    assert stored_bytes(lines) <= cap
+    cut = next(i for i, line in enumerate(lines) if line.startswith(CUT_MARK))
+    assert "build_log_max_bytes (65536 bytes)" in lines[cut]
+    head, tail = lines[:cut], lines[cut + 2 :]
+    assert head == printed[: len(head)] and stored_bytes(head) > cap // 3
+    counted = LEFT_OUT.match(lines[cut + 1])
+    assert counted is not None, lines[cut + 1]
+    assert tail[-1].endswith("returned a non-zero code: 2")
+    assert tail[:-1] == printed[len(printed) - len(tail) + 1 :]
+    assert int(counted.group(1)) == len(printed) + 1 - len(head) - len(tail)
+    assert int(counted.group(3)) == len(tail)
+
+
+async def test_a_last_line_larger_than_the_tail_keeps_its_end(store: Store) -> None:
+    """Docker's output comes in chunks of many lines; the error ends the last chunk."""
+    cap = 64 * 1024
+    recorder = BuildLogRecorder(store, max_bytes=cap)
+    await recorder.start()
+    build = fake_build()
+    recorder.started(build)
+    recorder.log_lines(build.name, numbered(400))
+    recorder.log_lines(build.name, ["é" * 30_000 + " returned a non-zero code: 2"])  # 60 KB
+    build.finish(BuildStatus.FAILED, BuildEvent.failed("Build failed\n"), "code 2")
+    recorder.finished(build)
+    await recorder.flush()
+    await recorder.close()
+    lines = await store.build_log(record_id(build))
+    assert stored_bytes(lines) <= cap
+    assert lines[-1].startswith(CLIPPED) and lines[-1].endswith("returned a non-zero code: 2")
+
+
+async def test_a_log_within_the_cap_is_stored_whole(store: Store) -> None:
+    recorder = BuildLogRecorder(store, max_bytes=64 * 1024)
+    await recorder.start()
+    build = fake_build()
+    recorder.started(build)
+    printed = numbered(300)  # 30 KB: within the first half
+    recorder.log_lines(build.name, printed)
+    build.finish(BuildStatus.BUILT, BuildEvent.built(build.image, "done\n"))
+    recorder.finished(build)
+    await recorder.flush()
+    await recorder.close()
+    assert await store.build_log(record_id(build)) == printed
+
+
+async def test_an_adopted_build_goes_on_counting_against_the_cap(store: Store) -> None:
+    """A restarted process counts what its predecessor stored: the log is cut where the cap
+    says, not a cap later."""
+    cap = 64 * 1024
+    first = BuildLogRecorder(store, max_bytes=cap, replay_tail=5)
+    await first.start()
+    build = fake_build()
+    first.started(build)
+    first.log_lines(build.name, numbered(250))  # 25 KB of the 31.5 KB first half
+    await first.flush()
+    await first.close()
+
+    adopted = fake_build()
+    adopted.adopted = True
+    second = BuildLogRecorder(store, max_bytes=cap, replay_tail=5)
+    await second.start()
+    second.started(adopted)
+    second.log_lines(adopted.name, numbered(5, start=245))  # the replayed tail
+    second.log_lines(adopted.name, numbered(2000, start=250))
+    adopted.finish(BuildStatus.BUILT, BuildEvent.built(adopted.image, "done\n"))
+    second.finished(adopted)
+    await second.flush()
+    await second.close()
+    lines = await store.build_log(record_id(build))
+    cut = next(i for i, line in enumerate(lines) if line.startswith(CUT_MARK))
+    assert lines[:cut] == numbered(cut)  # no replayed line twice, the head ends at the cap
+    assert cap // 2 - 1024 < stored_bytes(lines[:cut]) <= cap // 2
+    assert lines[-1] == numbered(1, start=2249)[0] and stored_bytes(lines) <= cap
+
+
+async def test_lines_beyond_the_pending_size_are_dropped_not_queued(store: Store) -> None:
+    """The queue to the store is bounded in characters too: 64 KiB lines would make its line
+    count gigabytes."""
+    recorder = BuildLogRecorder(store, max_pending_chars=100_000)  # not started
+    build = fake_build()
+    recorder.started(build)
+    recorder.log_lines(build.name, ["x" * 60_000])
+    recorder.log_lines(build.name, ["y" * 60_000])
+    assert recorder.dropped_lines == 1
+
+
+def test_a_cap_too_small_for_its_marks_is_refused(store: Store) -> None:
+    with pytest.raises(ValueError, match="max_bytes"):
+        BuildLogRecorder(store, max_bytes=1000)
+
+
 async def test_prune_removes_old_finished_builds_only(
     store: Store, recorder: BuildLogRecorder
 ) -> None:
@@ -214,6 +357,55 @@ async def test_logs_of_cleaned_up_builds_can_be_read_back(
         assert "non-zero code: 3" in failed.record.reason
         assert any("fails on purpose" in line for line in failed.lines)
         assert recorder.failed_writes == 0 and recorder.dropped_lines == 0
+
+
+@pytest.mark.swarm
+async def test_a_real_build_that_prints_a_lot_is_stored_cut_with_its_error_kept(
+    testground: dict[str, Any],
+    swarm: SwarmClient,
+    run_id: str,
+    cleanup_builds: None,
+    tmp_path: Path,
+) -> None:
+    """repo2docker builds a Dockerfile that prints 40,000 lines (about 1.5 MB of log) and then
+    fails: the SQLite store keeps 64 KiB of it, its start, the cut and its end with the error,
+    and the record says failed."""
+    cap = 64 * 1024
+    dockerfile = (
+        f"FROM {testground['images']['singleuser']}\n"
+        f"RUN echo {uuid.uuid4().hex} && seq -f 'printed line %g' 1 40000 && "
+        "echo the error is at the end && exit 3\n"
+    )
+    files = {"Dockerfile": dockerfile, "README.md": "A build that prints a lot, then fails\n"}
+    with git_repo(testground, files, "sbtest-loud") as repo:
+        req = make_request(
+            run_id, repo.url, repo.sha, registry=testground["registry"], label="loud"
+        )
+        async with await Store.open(str(tmp_path / "store.sqlite")) as store:
+            recorder = BuildLogRecorder(store, max_bytes=cap)
+            await recorder.start()
+            manager = recording_manager(swarm, build_settings(testground), recorder)
+            try:
+                build = await manager.request(req)
+                events = await collect(build, within=180)
+            finally:
+                await manager.close()
+                await recorder.close()
+            stored = await read_build_log(store, service_name=req.service_name)
+    assert events[-1].phase is Phase.FAILED and "non-zero code: 3" in events[-1].message
+    assert stored is not None and stored.record.status == "failed"
+    assert "non-zero code: 3" in stored.record.reason
+    lines = stored.lines
+    assert stored_bytes(lines) <= cap
+    cut = next(i for i, line in enumerate(lines) if line.startswith(CUT_MARK))
+    assert any("Step 1/" in line for line in lines[:cut])  # what was built
+    counted = LEFT_OUT.match(lines[cut + 1])
+    # repo2docker passes Docker's output on in chunks of many lines: count the bytes
+    assert counted is not None and int(counted.group(2)) > 500_000
+    tail = "\n".join(lines[cut + 2 :])
+    assert "printed line 40000" in tail and "the error is at the end" in tail
+    assert "non-zero code: 3" in tail
+    assert recorder.failed_writes == 0 and recorder.dropped_lines == 0
 
 
 @pytest.mark.swarm

@@ -8,6 +8,7 @@ import contextlib
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,14 +33,30 @@ from build_fixtures import (
     wait_until_gone,
 )
 
+from swarmbinder.buildlogs import BuildLogRecorder, read_build_log, recording_manager
 from swarmbinder.builds import BuildManager
 from swarmbinder.buildstatus import BuildStatus
 from swarmbinder.events import Phase
+from swarmbinder.store import Store
 from swarmbinder.swarm import SwarmClient
 
 __all__ = ["cleanup_builds", "run_id", "swarm"]  # fixtures, imported for pytest
 
 pytestmark = pytest.mark.swarm
+
+
+@pytest.fixture
+def chatty_repo(testground: dict[str, Any]) -> Iterator[GitRepo]:
+    """A Dockerfile repository whose build prints a line every 0.1 s for a minute: it is
+    still printing when build_max_age stops it."""
+    dockerfile = (
+        f"FROM {testground['images']['singleuser']}\n"
+        f"RUN echo {uuid.uuid4().hex} && "
+        "for i in $(seq 1 600); do echo chatty line $i; sleep 0.1; done\n"
+    )
+    files = {"Dockerfile": dockerfile, "README.md": "A build that prints as it is stopped\n"}
+    with git_repo(testground, files, "sbtest-chatty") as repo:
+        yield repo
 
 
 @pytest.fixture
@@ -122,27 +139,39 @@ async def test_an_overdue_build_is_stopped_and_says_it_timed_out(
     testground: dict[str, Any],
     swarm: SwarmClient,
     run_id: str,
-    slow_repo: GitRepo,
+    chatty_repo: GitRepo,
     cleanup_builds: None,
+    tmp_path: Path,
 ) -> None:
-    # Long enough for the clone and the first build step even on a busy machine, far
-    # shorter than the repository's 60 s sleep.
-    manager = BuildManager(swarm, build_settings(testground, max_age=15))
+    """The build prints all the while, so lines are still read as it is stopped (the race
+    of issue 16 left such a build's record ``running``): its end reaches the store."""
     req = make_request(
-        run_id, slow_repo.url, slow_repo.sha, registry=testground["registry"], label="slow"
+        run_id, chatty_repo.url, chatty_repo.sha, registry=testground["registry"], label="slow"
     )
-    try:
-        build = await manager.request(req)
-        events = await collect(build, within=40)
-        # the service goes right after the failure event (removal is not instant)
-        await wait_until_gone(swarm, req.service_name, 20)
-    finally:
-        await manager.close()
+    async with await Store.open(str(tmp_path / "store.sqlite")) as store:
+        recorder = BuildLogRecorder(store)
+        await recorder.start()
+        # Long enough for the clone and the first build step even on a busy machine, far
+        # shorter than the repository's minute of printing.
+        manager = recording_manager(swarm, build_settings(testground, max_age=15), recorder)
+        try:
+            build = await manager.request(req)
+            events = await collect(build, within=40)
+            # the service goes right after the failure event (removal is not instant)
+            await wait_until_gone(swarm, req.service_name, 20)
+        finally:
+            await manager.close()
+            await recorder.close()
+        stored = await read_build_log(store, service_name=req.service_name)
     final = events[-1]
     assert final.phase is Phase.FAILED
     assert "timed out" in final.message and "build_max_age (15 s)" in final.message
     assert build.status is BuildStatus.FAILED
-    assert any(e.phase is Phase.BUILDING for e in events)  # it was stopped mid-build
+    assert any("chatty line" in e.message for e in events)  # stopped while it printed
+    assert stored is not None
+    assert stored.record.status == BuildStatus.FAILED and "build_max_age" in stored.record.reason
+    assert stored.record.finished_at == build.finished
+    assert any("chatty line" in line for line in stored.lines)
 
 
 @contextlib.contextmanager

@@ -307,3 +307,39 @@ async def test_joining_while_a_producer_task_runs_loses_and_repeats_nothing() ->
     assert len({joined for joined, _ in results}) > 20  # joins were spread over the run
     for joined, got in results:
         assert got == [*range(max(0, joined - 4), total), -1]
+
+
+async def test_a_size_budget_bounds_the_tail_and_each_queue_by_weight() -> None:
+    """Few but heavy items (64 KiB log lines) are bounded by weight as well as by count; one
+    item heavier than the budget is still kept, alone."""
+    fanout: Fanout[str] = Fanout(tail_size=100, queue_size=100, size_of=len, max_size=1000)
+    async with fanout.subscribe() as slow:
+        for i in range(50):
+            fanout.publish(str(i % 10) * 300)
+        assert slow.pending == 3 and slow.dropped == 47
+        async with fanout.subscribe() as late:
+            assert late.missed == 47 and late.pending == 3 and late.dropped == 0
+        fanout.publish("x" * 5000)
+        assert slow.pending == 1
+        async with fanout.subscribe() as later:
+            assert later.missed == 50 and [await anext(later)] == ["x" * 5000]
+
+
+async def test_missed_counts_what_left_the_tail_before_subscribing() -> None:
+    fanout: Fanout[int] = Fanout(tail_size=5)
+    for i in range(3):
+        fanout.publish(i)
+    async with fanout.subscribe() as early:
+        assert early.missed == 0
+    for i in range(3, 12):
+        fanout.publish(i)
+    async with fanout.subscribe() as late:
+        assert late.missed == 7
+        assert await drain_ready(late) == [7, 8, 9, 10, 11]
+
+
+def test_a_size_budget_needs_both_parts() -> None:
+    with pytest.raises(ValueError):
+        Fanout[str](tail_size=1, size_of=len)
+    with pytest.raises(ValueError):
+        Fanout[str](tail_size=1, max_size=10)

@@ -16,10 +16,12 @@ from swarmbinder.errors import QuotaExceeded
 from swarmbinder.launch_flow import LaunchRequest
 from swarmbinder.metrics import (
     LAUNCH_EVENT_LOGGER,
+    OTHER_REPOS,
     LaunchEventLog,
     LaunchStatus,
     Metrics,
     MetricsObserver,
+    RepoLabels,
 )
 from swarmbinder.resolve import Resolved
 
@@ -117,6 +119,77 @@ def test_repo_label_can_be_turned_off() -> None:
         scrape(metrics)['binderhub_build_count_total{provider="GitHub",repo="",status="success"}']
         == 1
     )
+
+
+def repo_values(metrics: Metrics) -> set[str]:
+    """The distinct values of the repo label in the exposition."""
+    return {
+        key.split('repo="', 1)[1].split('"', 1)[0] for key in scrape(metrics) if 'repo="' in key
+    }
+
+
+def test_a_flood_of_distinct_repos_leaves_the_series_bounded() -> None:
+    """A hostile script asks for 20,000 repositories, each once, each build failing and each
+    launch refused: the exposition keeps at most the limit's repositories plus ``other``, and
+    every request is still counted."""
+    metrics = Metrics(repo_label_limit=50)
+    flood = 20_000
+    for i in range(flood):
+        repo = f"https://github.com/flood/r{i}"
+        metrics.start_build("GitHub", repo).finish("failure")
+        metrics.count_quota_refusal("GitHub", repo, "repo_quota")
+    samples = scrape(metrics)
+    repos = repo_values(metrics)
+    assert len(repos) == 50 + 1 and OTHER_REPOS in repos
+    counted = [k for k in samples if re.match(r"binderhub_(build|launch)_count_total", k)]
+    assert len(counted) == 2 * (50 + 1)  # not 40,000 series
+    builds = sum(v for k, v in samples.items() if k.startswith("binderhub_build_count_total"))
+    refused = sum(v for k, v in samples.items() if k.startswith("binderhub_launch_count_total"))
+    assert builds == flood and refused == flood
+    assert count(metrics, "build", "failure", repo=OTHER_REPOS) == flood - 50
+
+
+def test_repos_in_use_keep_their_label_through_a_flood() -> None:
+    """The repositories counted again and again keep their own series while one-off ones
+    pass through ``other``; a one-off seen twice takes the label of the least recently used."""
+    metrics = Metrics(repo_label_limit=3)
+    popular = [f"https://github.com/org/p{i}" for i in range(3)]
+    for repo in popular:
+        metrics.start_build("GitHub", repo).finish("success")
+    for i in range(1000):
+        metrics.start_launch("GitHub", popular[i % 3]).finish("success", retries=0)
+        metrics.start_launch("GitHub", f"https://github.com/flood/r{i}").finish("success")
+    assert repo_values(metrics) == {*popular, OTHER_REPOS}
+    assert count(metrics, "launch", "success", repo=popular[0]) == 334
+
+    newcomer = "https://github.com/org/new"
+    metrics.start_build("GitHub", newcomer).finish("success")  # first sight: other
+    metrics.start_launch("GitHub", newcomer).finish("success")  # its launch: still other
+    metrics.start_build("GitHub", popular[1]).finish("success")
+    metrics.start_build("GitHub", popular[2]).finish("success")
+    metrics.start_launch("GitHub", newcomer).finish("success")  # launched again: p0 gives way
+    assert repo_values(metrics) == {popular[1], popular[2], newcomer, OTHER_REPOS}
+    assert count(metrics, "launch", "success", repo=newcomer) == 1
+    assert count(metrics, "launch", "success", repo=OTHER_REPOS) == 1000 + 1
+
+
+def test_repo_labels_remember_a_bounded_number_of_candidates() -> None:
+    evicted: list[str] = []
+    labels = RepoLabels(2, evicted.append)
+    assert [labels.label(r) for r in ("a", "b", "c", "d", "e")] == ["a", "b", *[OTHER_REPOS] * 3]
+    assert labels.label("c") == OTHER_REPOS  # forgotten: only the last 2 candidates are kept
+    assert labels.label("e") == "e" and evicted == ["a"]
+    assert labels.labelled == ["b", "e"]
+    assert labels.label("c", "launch") == OTHER_REPOS  # another kind of count: not "again"
+    assert labels.label("c") == "c" and evicted == ["a", "b"]
+    with pytest.raises(ValueError):
+        RepoLabels(0, evicted.append)
+
+
+def test_a_limit_of_zero_sends_an_empty_repo_label() -> None:
+    metrics = Metrics(repo_label_limit=0)
+    metrics.start_build("GitHub", REPO).finish("success")
+    assert repo_values(metrics) == {""}
 
 
 def test_context_form_returns_gauges_to_zero_on_error() -> None:

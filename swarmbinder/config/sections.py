@@ -55,6 +55,14 @@ class ServerConfig(Section):
         False,
         "Serve only the API (/build, /versions, /health, /metrics) and no HTML pages.",
     )
+    metrics_repo_label_limit: int = opt(
+        1000,
+        "Repositories that have a repo label of their own in binderhub_build_count and "
+        "binderhub_launch_count at a time: the most recently counted ones. Others are counted "
+        'under repo="other" until used again, so a flood of distinct repositories cannot '
+        'grow the metrics without bound. 0 sends repo="" for every repository.',
+        minimum=0,
+    )
     store_path: str = opt(
         "swarmbinder.sqlite",
         "SQLite file for swarmbinder's own state (build records, bans, quotas); a relative "
@@ -352,6 +360,25 @@ class BuildConfig(Section):
         100,
         "Limit number of log lines to show when connecting to an already running build.",
         minimum=0,
+    )
+    build_log_memory_bytes: int = opt(
+        1024 * 1024,
+        "Log text one build holds in memory, in bytes or as a size like '1M': the last "
+        "log_tail_lines lines replayed to a watcher who joins a running build are also cut to "
+        "this size, and so is the backlog of each watcher that falls behind. A watcher is told "
+        "how many lines it missed. Lines are cut at 64 KiB each.",
+        parse=values.byte_spec,
+        type_name="bytes",
+        minimum=64 * 1024,
+    )
+    build_log_max_bytes: int = opt(
+        1024 * 1024,
+        "Most bytes of one build's log kept in the store (persist_build_logs), as a size like "
+        "'1M': the first half and the last half of a longer log are kept (a failed build's "
+        "error is at its end), with a line saying how many lines were cut between them.",
+        parse=values.byte_spec,
+        type_name="bytes",
+        minimum=64 * 1024,
     )
     persist_build_logs: bool = opt(
         True,

@@ -425,14 +425,17 @@ class FakeSwarm:
             if self._logs.get(service_name) is not log:
                 return  # the service went away: the engine ends the stream
 
-    async def read_logs(self, service_name: str, *, max_seconds: float = 15) -> list[str]:
+    async def read_logs(
+        self, service_name: str, *, max_seconds: float = 15, tail: int | str = "all"
+    ) -> list[str]:
         await self._answer("read_logs", f"GET services/{service_name}/logs")
         log = self._logs.get(service_name)
         if log is None:
             raise SwarmRequestFailed(
                 f"logs of {service_name}", 404, f"service {service_name} not found"
             )
-        return [line for line in log if line]
+        start = 0 if tail == "all" else max(len(log) - int(tail), 0)
+        return [line for line in log[start:] if line]
 
     # -- the engine's inside --------------------------------------------------------------
 
