@@ -35,7 +35,9 @@ from aiohttp import web
 from . import __version__
 from .app import config_secrets, create_app
 from .config import Config, load_config
+from .config.binderhub import ignored_warning
 from .errors import ConfigError, SpecError, SwarmbinderError
+from .logsetup import configure_logging, effective_level
 from .scrub import DEFAULT_SCRUBBER, install_log_scrubbing
 
 PROG = "swarmbinder"
@@ -142,14 +144,18 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 def serve(args: argparse.Namespace) -> int:
     flags = {"port": args.port, "host": args.host}
     config = load_config(args.config, os.environ, {k: v for k, v in flags.items() if v is not None})
-    logging.basicConfig(
-        level=config.server.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    server = config.server
+    configure_logging(
+        effective_level(debug=server.debug, log_level=server.log_level),
+        server.log_format,
+        server.log_datefmt,
     )
     # Held for the whole process, not only while the app runs: its shutdown logs too.
     DEFAULT_SCRUBBER.update(config_secrets(config))
     install_log_scrubbing(DEFAULT_SCRUBBER)
+    if config.ignored_binderhub_options:
+        log.warning(ignored_warning(config.ignored_binderhub_options))
+    log.debug("options in effect: %s", json.dumps(config.as_dict(mask_secrets=True)))
     asyncio.run(_serve(config))
     return 0
 
@@ -209,7 +215,9 @@ def _check_config_arguments(parser: argparse.ArgumentParser) -> None:
     "'ok: FILE', or the first problem found and exits with code 2.",
 )
 def check_config(args: argparse.Namespace) -> int:
-    load_config(args.file, env={})
+    config = load_config(args.file, env={})
+    if config.ignored_binderhub_options:
+        print(f"warning: {ignored_warning(config.ignored_binderhub_options)}", file=sys.stderr)
     print(f"ok: {args.file}")
     return 0
 

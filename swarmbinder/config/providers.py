@@ -46,6 +46,17 @@ class GitLabConfig(Section):
     private_token: str = opt("", "GitLab private token for the GitLab API.", secret=True)
 
 
+_GIT_PROTOCOLS = ("http", "https", "git", "ssh")
+
+
+def _git_protocols(value: tuple[str, ...]) -> tuple[str, ...]:
+    """Operators may narrow the protocols git may use, never widen them."""
+    unsupported = sorted(set(value) - set(_GIT_PROTOCOLS))
+    if unsupported or not value:
+        raise ValueError(f"{unsupported} not supported; choose some of {list(_GIT_PROTOCOLS)}")
+    return value
+
+
 @dataclass(frozen=True)
 class GitConfig(Section):
     """The plain git repo provider, ``git/<url>/<ref>`` (YAML section ``git:``)."""
@@ -59,6 +70,11 @@ class GitConfig(Section):
         "a push is seen at most this late. Concurrent lookups of one ref always share one "
         "`git ls-remote`. 0: reuse nothing but concurrent lookups.",
         minimum=0,
+    )
+    allowed_protocols: tuple[str, ...] = opt(
+        _GIT_PROTOCOLS,
+        "The URL schemes a git/ spec may use (BinderHub's GitRepoProvider.allowed_protocols).",
+        check=_git_protocols,
     )
 
 
