@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from ..logsetup import DEFAULT_DATEFMT, DEFAULT_FORMAT, check_format
 from . import values
 from .base import MASK, OptionInfo, Section, build_options, opt, plain, sections_of
-from .binderhub import DEFAULT_REPO_PROVIDERS, repo_providers
+from .binderhub_traits import DEFAULT_REPO_PROVIDERS, repo_providers
 from .providers import NESTED_SECTIONS, ProvidersConfig
 
 _SPEC_MATCHING = (
