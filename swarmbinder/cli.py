@@ -34,10 +34,9 @@ from aiohttp import web
 
 from . import __version__
 from .app import config_secrets, create_app
-from .config import Config, load_config
-from .config.binderhub import ignored_warning
+from .config import Config, ignored_warning, load_config
 from .errors import ConfigError, SpecError, SwarmbinderError
-from .logsetup import configure_logging, effective_level
+from .logsetup import log_startup_notes, start_logging
 from .scrub import DEFAULT_SCRUBBER, install_log_scrubbing
 
 PROG = "swarmbinder"
@@ -144,18 +143,11 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 def serve(args: argparse.Namespace) -> int:
     flags = {"port": args.port, "host": args.host}
     config = load_config(args.config, os.environ, {k: v for k, v in flags.items() if v is not None})
-    server = config.server
-    configure_logging(
-        effective_level(debug=server.debug, log_level=server.log_level),
-        server.log_format,
-        server.log_datefmt,
-    )
+    start_logging(config.server)
     # Held for the whole process, not only while the app runs: its shutdown logs too.
     DEFAULT_SCRUBBER.update(config_secrets(config))
     install_log_scrubbing(DEFAULT_SCRUBBER)
-    if config.ignored_binderhub_options:
-        log.warning(ignored_warning(config.ignored_binderhub_options))
-    log.debug("options in effect: %s", json.dumps(config.as_dict(mask_secrets=True)))
+    log_startup_notes(config)
     asyncio.run(_serve(config))
     return 0
 

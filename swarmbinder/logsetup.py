@@ -9,9 +9,13 @@ and ``docker service logs``).
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:  # the config's checks use this module: no import of it at run time
+    from .config import Config, ServerConfig
 
 #: swarmbinder's own line: time, level, logger, message.
 DEFAULT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -49,8 +53,11 @@ def configure_logging(
     fmt: str = DEFAULT_FORMAT,
     datefmt: str = DEFAULT_DATEFMT,
     stream: TextIO | None = None,
+    *,
+    debug: bool = False,
 ) -> logging.Handler:
-    """Send every log record at ``level`` or above to ``stream`` (stderr) in ``fmt``.
+    """Send every log record at ``level`` (DEBUG with ``debug``) or above to ``stream``
+    (stderr) in ``fmt``.
 
     Returns the handler it adds to the root logger (a test removes it again).
     """
@@ -58,5 +65,23 @@ def configure_logging(
     handler.setFormatter(BinderHubFormatter(fmt, datefmt))
     root = logging.getLogger()
     root.addHandler(handler)
-    root.setLevel(level)
+    root.setLevel(effective_level(debug=debug, log_level=level))
     return handler
+
+
+def start_logging(server: ServerConfig) -> logging.Handler:
+    """``swarmbinder serve``'s logging, as the server section says."""
+    return configure_logging(
+        server.log_level, server.log_format, server.log_datefmt, debug=server.debug
+    )
+
+
+def log_startup_notes(config: Config) -> None:
+    """Once, at start-up: the BinderHub options that were ignored, and (at DEBUG) every option
+    in effect, secrets masked."""
+    from .config import ignored_warning
+
+    log = logging.getLogger("swarmbinder")
+    if config.ignored_binderhub_options:
+        log.warning(ignored_warning(config.ignored_binderhub_options))
+    log.debug("options in effect: %s", json.dumps(config.as_dict(mask_secrets=True)))

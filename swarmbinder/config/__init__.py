@@ -34,6 +34,7 @@ of single values live in :mod:`swarmbinder.config.values`.
 """
 
 from .base import ENV_PREFIX, MASK, OptionInfo, Section
+from .binderhub import ignored_warning
 from .docs import render_markdown
 from .loading import CONFIG_ENV, load_config
 from .providers import (
@@ -86,6 +87,7 @@ __all__ = [
     "ServerConfig",
     "TokenConfig",
     "ZenodoConfig",
+    "ignored_warning",
     "iter_options",
     "load_config",
     "render_markdown",
