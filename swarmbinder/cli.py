@@ -34,8 +34,9 @@ from aiohttp import web
 
 from . import __version__
 from .app import config_secrets, create_app
-from .config import Config, load_config
+from .config import Config, ignored_warning, load_config
 from .errors import ConfigError, SpecError, SwarmbinderError
+from .logsetup import log_startup_notes, start_logging
 from .scrub import DEFAULT_SCRUBBER, install_log_scrubbing
 
 PROG = "swarmbinder"
@@ -142,14 +143,11 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 def serve(args: argparse.Namespace) -> int:
     flags = {"port": args.port, "host": args.host}
     config = load_config(args.config, os.environ, {k: v for k, v in flags.items() if v is not None})
-    logging.basicConfig(
-        level=config.server.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    start_logging(config.server)
     # Held for the whole process, not only while the app runs: its shutdown logs too.
     DEFAULT_SCRUBBER.update(config_secrets(config))
     install_log_scrubbing(DEFAULT_SCRUBBER)
+    log_startup_notes(config)
     asyncio.run(_serve(config))
     return 0
 
@@ -209,7 +207,9 @@ def _check_config_arguments(parser: argparse.ArgumentParser) -> None:
     "'ok: FILE', or the first problem found and exits with code 2.",
 )
 def check_config(args: argparse.Namespace) -> int:
-    load_config(args.file, env={})
+    config = load_config(args.file, env={})
+    if config.ignored_binderhub_options:
+        print(f"warning: {ignored_warning(config.ignored_binderhub_options)}", file=sys.stderr)
     print(f"ok: {args.file}")
     return 0
 

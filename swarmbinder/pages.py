@@ -52,6 +52,8 @@ from .providers import (
 __all__ = [
     "PACKAGE_TEMPLATES",
     "PACKAGE_STATIC",
+    "ROBOTS_DISALLOWED",
+    "SOCIAL_IMAGE",
     "BadLaunchParameter",
     "LaunchPage",
     "PageSite",
@@ -72,6 +74,10 @@ PACKAGE_STATIC = Path(__file__).parent / "static"
 _ENCODE_URI_SAFE = ";,/?:@&=+$-_.!~*'()#"
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: The picture of social media previews (og:image), served at ``{base_url}logo_social.png``.
+SOCIAL_IMAGE = "logo_social.png"
+#: What crawlers are told: launch links start builds and servers, so none of them is followed.
+ROBOTS_DISALLOWED = ("v2/", "build/", "repo/")
 #: A launch parameter longer than this is a mistake or an attack, not a notebook path.
 MAX_URL_PATH = 2048
 
@@ -217,9 +223,18 @@ class LaunchPage:
         refusal = self.charge.refusal
         return refusal.user_message if refusal is not None else ""
 
+    #: the repository as people write it: decoded, never percent-escaped (a git URL, say)
+    repository: str = ""
+    #: the ref asked for, decoded ("" for providers without refs)
+    ref: str = ""
+
     @property
     def provider_spec(self) -> str:
         return f"{self.provider}/{self.spec}"
+
+    @property
+    def decoded_spec(self) -> str:
+        return unquote(self.spec)
 
 
 # --- static files and templates ----------------------------------------------------------------
@@ -306,9 +321,15 @@ class PageSite:
             config=config,
             env=make_template_env(config.pages.template_path),
             static=static,
-            providers=providers if providers is not None else class_registry(),
+            providers=(
+                providers
+                if providers is not None
+                else class_registry().restricted_to(config.server.repo_providers)
+            ),
             tokens=tokens,
-            badges={name: static.read(name) for name in ("badge.svg", "badge_logo.svg")},
+            badges={
+                name: static.read(name) for name in ("badge.svg", "badge_logo.svg", SOCIAL_IMAGE)
+            },
         )
 
     @property
@@ -327,6 +348,9 @@ class PageSite:
             "banner": pages.banner_message,
             "static_url": self.static.url,
             "extra_footer_scripts": dict(pages.extra_footer_scripts),
+            "extra_header_html": dict(pages.extra_header_html),
+            "default_opengraph_title": pages.default_opengraph_title,
+            "social_image_url": f"{pages.badge_base_url or self.base_url}{SOCIAL_IMAGE}",
             "google_analytics_code": pages.google_analytics_code,
             "google_analytics_domain": pages.google_analytics_domain,
             "version": __version__,
@@ -334,6 +358,11 @@ class PageSite:
         namespace.update(pages.template_variables)
         namespace.update(values)
         return self.env.get_template(name).render(namespace)
+
+    def robots_txt(self) -> str:
+        """``/robots.txt``: crawlers stay off launch links (each would start a build)."""
+        lines = ["User-agent: *", *(f"Disallow: {self.base_url}{p}" for p in ROBOTS_DISALLOWED)]
+        return "\n".join(lines) + "\n"
 
     def versions(self) -> list[tuple[str, str]]:
         """What the about page lists."""
@@ -363,7 +392,7 @@ class PageSite:
         # parse_spec also refuses escaped control characters and '.'/'..' segments.
         prefix, spec = parse_spec(f"{provider}/{raw_spec}")
         provider_class = self.providers.provider_class(prefix)
-        self.providers.get(prefix, spec)  # validates the spec's form, no network
+        repo = self.providers.get(prefix, spec)  # validates the spec's form, no network
         url_path = launch_url_path(query)
         check_url_path(url_path)
         audience = build_audience(prefix, spec)
@@ -380,4 +409,6 @@ class PageSite:
             build_token=token,
             url_path=url_path,
             charge=charge,
+            repository=repo.get_repo_url(),
+            ref=getattr(repo, "unresolved_ref", ""),
         )

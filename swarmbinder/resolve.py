@@ -104,7 +104,7 @@ def providers_from_config(config: Config, session: aiohttp.ClientSession) -> Pro
     """The configured providers; ``session`` comes from :func:`provider_session`."""
     github = config.providers.github
     gitlab = config.providers.gitlab
-    return default_registry(
+    registry = default_registry(
         session,
         github_hostname=github.hostname,
         github_api_base_url=github.api_base_url or None,
@@ -117,12 +117,14 @@ def providers_from_config(config: Config, session: aiohttp.ClientSession) -> Pro
         git_ref_cache_ttl=config.providers.git.ref_cache_ttl,
         git_logins=git_logins_from_config(config),
         git_max_concurrent_ls_remote=config.providers.git.max_concurrent_ls_remote,
+        git_allowed_protocols=config.providers.git.allowed_protocols,
         zenodo_doi_resolver_url=config.providers.zenodo.doi_resolver_url,
         figshare_doi_resolver_url=config.providers.figshare.doi_resolver_url,
         figshare_api_base_url=config.providers.figshare.api_base_url,
         hydroshare_base_url=config.providers.hydroshare.base_url,
         dataverse_doi_resolver_url=config.providers.dataverse.doi_resolver_url,
     )
+    return registry.restricted_to(config.server.repo_providers)
 
 
 def policy_from_config(config: Config) -> SpecPolicy:

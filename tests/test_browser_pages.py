@@ -153,7 +153,9 @@ async def test_home_form_updates_launch_link_and_badges(page: Page) -> None:  # 
 
         await page.click("#launch")
         await page.wait_for_url(f"{base}v2/gl/group%2Fsub%2Fproject/main")
-        await expect(page.locator("#spec")).to_have_text("group%2Fsub%2Fproject/main")
+        # the repository as people write it, not the escaped spec
+        await expect(page.locator("#spec")).to_have_text("https://gitlab.com/group/sub/project.git")
+        await expect(page.locator("#ref")).to_have_text("at main")
 
 
 async def test_badges_use_badge_base_url(page: Page) -> None:  # noqa: F811

@@ -15,6 +15,11 @@ closest valid name suggested. Environment values are parsed by the option's type
 optional option to null. ``SWARMBINDER_*`` variables that name no option are ignored (other tools
 share the prefix) unless they are one typo away from an option, which is an error.
 
+The file may also hold BinderHub's own config as it is: the ``config:`` block of a BinderHub Helm
+chart, or its sections (``BinderHub:``, ``GitHubRepoProvider:``, ``LaunchQuota:`` ...) at the top
+level, beside swarmbinder's options. The table at the end of docs/config.md says which option of
+ours each BinderHub option sets.
+
 Secrets (the options marked *secret* in docs/config.md) can also be read from a file, as Swarm
 mounts secrets under ``/run/secrets/``: ``hub_api_token_file: /run/secrets/hub_token`` in YAML, or
 ``SWARMBINDER_HUB_API_TOKEN_FILE``; a relative path is taken from the working directory and a
@@ -29,6 +34,7 @@ of single values live in :mod:`swarmbinder.config.values`.
 """
 
 from .base import ENV_PREFIX, MASK, OptionInfo, Section
+from .binderhub import ignored_warning
 from .docs import render_markdown
 from .loading import CONFIG_ENV, load_config
 from .providers import (
@@ -81,6 +87,7 @@ __all__ = [
     "ServerConfig",
     "TokenConfig",
     "ZenodoConfig",
+    "ignored_warning",
     "iter_options",
     "load_config",
     "render_markdown",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from . import binderhub
 from .base import OptionInfo, plain
 from .providers import NESTED_SECTIONS
 from .sections import FLAT_SECTIONS, OPTIONS
@@ -37,6 +38,7 @@ def render_markdown() -> str:
         if option.secret:
             facts.append(f"secret: also `{option.name}_file` / `{option.env}_FILE`")
         lines += [f"### `{option.name}`", "", "; ".join(facts), "", option.help, ""]
+    lines += [*binderhub.render_table(), ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

@@ -17,6 +17,7 @@ import yaml
 from ..errors import ConfigError
 from . import values
 from .base import ENV_PREFIX, OptionInfo, Section
+from .binderhub import Translation, split_file
 from .providers import NESTED_SECTIONS, ProvidersConfig
 from .sections import FLAT_SECTIONS, OPTIONS, Config
 
@@ -42,15 +43,25 @@ def load_config(
     if path is None:
         path = env.get(CONFIG_ENV) or None
     raw: dict[str, Any] = {}
+    binderhub = Translation()
     if path is not None:
-        raw.update(_file_layer(Path(path)))
-    raw.update(_env_layer(env))
+        file_options, binderhub = _file_layer(Path(path))
+        raw.update(file_options)
+    later = _env_layer(env)
     if overrides:
-        raw.update(_mapping_layer(overrides, dotted=True))
-    return _build(raw)
+        later.update(_mapping_layer(overrides, dotted=True))
+    raw.update(later)
+    try:
+        return _build(raw, tuple(binderhub.ignored))
+    except ConfigError as e:
+        # A value BinderHub's config gave is named by both its BinderHub key and our option.
+        where = binderhub.sources.get(e.option) if e.option not in later else None
+        if where is None:
+            raise
+        raise ConfigError(e.option, f"{e.problem} (set by BinderHub's {where})") from None
 
 
-def _build(raw: Mapping[str, Any]) -> Config:
+def _build(raw: Mapping[str, Any], ignored: tuple[str, ...] = ()) -> Config:
     def section(name: str, cls: type[Section]) -> Any:
         kwargs = {
             o.attr: raw[o.name] for o in OPTIONS.values() if o.section == name and o.name in raw
@@ -59,7 +70,7 @@ def _build(raw: Mapping[str, Any]) -> Config:
 
     flat = {name: section(name, cls) for name, cls in FLAT_SECTIONS}
     nested = {name: section(name, cls) for name, cls in NESTED_SECTIONS}
-    return Config(**flat, providers=ProvidersConfig(**nested))
+    return Config(**flat, providers=ProvidersConfig(**nested), ignored_binderhub_options=ignored)
 
 
 def _suggest(name: str, candidates: Iterator[str] | list[str]) -> str:
@@ -83,7 +94,8 @@ def _read_secret(option: str, path: Any) -> str:
     return text.rstrip("\r\n")
 
 
-def _file_layer(path: Path) -> dict[str, Any]:
+def _file_layer(path: Path) -> tuple[dict[str, Any], Translation]:
+    """The file's options (its BinderHub sections translated) and what those sections set."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -97,14 +109,17 @@ def _file_layer(path: Path) -> dict[str, Any]:
             "config_file", f"{str(path)!r} is not valid YAML: {_yaml_problem(e)}"
         ) from None
     if data is None:
-        return {}
+        return {}, Translation()
     if not isinstance(data, dict):
         raise ConfigError(
             "config_file",
             f"{str(path)!r} must hold a mapping of option names to values, "
             f"not {values.describe(data)}",
         )
-    return _mapping_layer(data, dotted=False)
+    ours, binderhub = split_file(data)
+    options = _mapping_layer(ours, dotted=False)
+    binderhub.merge_into(options)
+    return options, binderhub
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:

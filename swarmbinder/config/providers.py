@@ -63,6 +63,17 @@ class GitLabConfig(Section):
     )
 
 
+_GIT_PROTOCOLS = ("http", "https", "git", "ssh")
+
+
+def _git_protocols(value: tuple[str, ...]) -> tuple[str, ...]:
+    """Operators may narrow the protocols git may use, never widen them."""
+    unsupported = sorted(set(value) - set(_GIT_PROTOCOLS))
+    if unsupported or not value:
+        raise ValueError(f"{unsupported} not supported; choose some of {list(_GIT_PROTOCOLS)}")
+    return value
+
+
 @dataclass(frozen=True)
 class GitConfig(Section):
     """The plain git repo provider, ``git/<url>/<ref>`` (YAML section ``git:``)."""
@@ -96,6 +107,11 @@ class GitConfig(Section):
         "burst of launches of distinct git URLs or refs (each its own lookup) from forking "
         "git without bound.",
         minimum=1,
+    )
+    allowed_protocols: tuple[str, ...] = opt(
+        _GIT_PROTOCOLS,
+        "The URL schemes a git/ spec may use (BinderHub's GitRepoProvider.allowed_protocols).",
+        check=_git_protocols,
     )
 
 

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..logsetup import DEFAULT_DATEFMT, DEFAULT_FORMAT, check_format
 from . import values
 from .base import MASK, OptionInfo, Section, build_options, opt, plain, sections_of
+from .binderhub_traits import DEFAULT_REPO_PROVIDERS, repo_providers
 from .providers import NESTED_SECTIONS, ProvidersConfig
 
 _SPEC_MATCHING = (
@@ -39,6 +41,22 @@ class ServerConfig(Section):
         "INFO",
         "Logging level by name: DEBUG, INFO, WARNING, ERROR, CRITICAL.",
         check=values.log_level,
+    )
+    # BinderHub's logging and provider options (its config files are read as they are)
+    debug: bool = opt(False, "Turn on debugging: log at DEBUG whatever log_level says.")
+    log_format: str = opt(
+        DEFAULT_FORMAT,
+        "The logging format template (%-style). BinderHub's %(highlevel)s and JupyterHub's "
+        "%(color)s and %(end_color)s work too.",
+        check=check_format,
+    )
+    log_datefmt: str = opt(DEFAULT_DATEFMT, "The date format used for %(asctime)s in log_format.")
+    repo_providers: Mapping[str, str] = opt(
+        DEFAULT_REPO_PROVIDERS,
+        "The providers offered, as BinderHub's prefix: class mapping; a provider left out is "
+        "unknown (home page, /v2/, /build). Class names are BinderHub's, with or without "
+        "'binderhub.repoproviders.', each under its own prefix.",
+        check=repo_providers,
     )
     trusted_proxies: tuple[str, ...] = opt(
         (),
@@ -518,6 +536,16 @@ class PagesConfig(Section):
     )
     banner_message: str = opt("", "Message (raw HTML) to display in a banner on all pages.")
     about_message: str = opt("", "Additional message (raw HTML) to display on the about page.")
+    extra_header_html: Mapping[str, str] = opt(
+        {},
+        "Extra bits of HTML included as they are at the end of each page's <head>. Only the "
+        "values are used; keys sort them.",
+    )
+    default_opengraph_title: str = opt(
+        "The Binder Project",
+        "The og:title of pages that have no title of their own (a launch page's is the "
+        "provider and repository).",
+    )
     template_path: str = opt(
         "",
         "Path to search for custom jinja templates, before using the default templates.",
@@ -584,6 +612,8 @@ class Config:
     tokens: TokenConfig = field(default_factory=TokenConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     providers: ProvidersConfig = field(default_factory=ProvidersConfig)
+    #: BinderHub options the config file set that do nothing here, for one start-up warning.
+    ignored_binderhub_options: tuple[str, ...] = field(default=(), compare=False)
 
     def section(self, option: OptionInfo) -> Section:
         """The section object holding ``option``."""

@@ -7,11 +7,13 @@ Routes, all under ``base_url``::
     GET /repo/{org}/{repo}[/...]  the first Binder's links, redirected to /v2/gh/...
     GET /about                    versions and about_message
     GET /badge.svg, /badge_logo.svg, /assets/images/badge.svg
+    GET /logo_social.png          the picture of social media previews (og:image)
+    GET /robots.txt               keeps crawlers off launch links (also in API-only mode)
     GET /api/repoproviders        the providers, as BinderHub lists them (also in API-only mode)
     GET /static/...               this package's CSS, JS and images
 
-With ``enable_api_only_mode`` only ``/api/repoproviders`` is added. Unknown paths get a friendly
-404 page when the client asks for HTML.
+With ``enable_api_only_mode`` only ``/api/repoproviders`` and ``/robots.txt`` are added. Unknown
+paths get a friendly 404 page when the client asks for HTML.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from aiohttp import web
 from ..config import Config
 from ..errors import SwarmbinderError
 from ..keys import BUILD_TOKENS, CLIENT_IP, PAGE_SITE, RATE_LIMITER
-from ..pages import PageSite, legacy_redirect_target, raw_path_after
+from ..pages import SOCIAL_IMAGE, PageSite, legacy_redirect_target, raw_path_after
 from ..policy.buildtokens import BuildTokens, token_origin
 from ..policy.clientip import ClientIP
 from ..policy.tokenmint import Charge, charge
@@ -125,16 +127,24 @@ async def about(request: web.Request) -> web.Response:
     )
 
 
-def _badge(name: str) -> _Handler:
+def _badge(name: str, content_type: str = _SVG) -> _Handler:
     async def badge(request: web.Request) -> web.Response:
         body = request.app[PAGE_SITE].badges[name]
         return web.Response(
             body=body,
-            content_type=_SVG,
+            content_type=content_type,
             headers={"Cache-Control": "public, max-age=3600"},
         )
 
     return badge
+
+
+async def robots_txt(request: web.Request) -> web.Response:
+    return web.Response(
+        text=request.app[PAGE_SITE].robots_txt(),
+        content_type="text/plain",
+        headers={"Cache-Control": "public, max-age=3600"},
+    )
 
 
 async def repo_providers(request: web.Request) -> web.Response:
@@ -196,6 +206,8 @@ def add_page_routes(
     base = config.server.base_url
     router = app.router
     router.add_get(f"{base}api/repoproviders", repo_providers)
+    # crawlers must stay off /build in API-only mode too
+    router.add_get(f"{base}robots.txt", robots_txt)
     if config.server.enable_api_only_mode:
         return
 
@@ -214,6 +226,7 @@ def add_page_routes(
     router.add_get(f"{base}about", about)
     router.add_get(f"{base}badge.svg", _badge("badge.svg"))
     router.add_get(f"{base}badge_logo.svg", _badge("badge_logo.svg"))
+    router.add_get(f"{base}{SOCIAL_IMAGE}", _badge(SOCIAL_IMAGE, "image/png"))
     # mybinder.org's first badges pointed here
     router.add_get(f"{base}assets/images/badge.svg", _badge("badge.svg"))
     router.add_static(f"{base}static/", site.static.directory)

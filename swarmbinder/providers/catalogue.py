@@ -75,6 +75,15 @@ class ProviderRegistry:
         self._classes[cls.prefix] = cls
         self._factories[cls.prefix] = factory if factory is not None else cls
 
+    def restricted_to(self, prefixes: Collection[str]) -> ProviderRegistry:
+        """The same providers with only ``prefixes`` offered (BinderHub's ``repo_providers``);
+        the others are then unknown, as if they had never been written."""
+        restricted = ProviderRegistry()
+        for prefix in self._factories:
+            if prefix in prefixes:
+                restricted.register(self._classes[prefix], self._factories[prefix])
+        return restricted
+
     @property
     def prefixes(self) -> list[str]:
         return list(self._factories)

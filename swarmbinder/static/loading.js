@@ -15,12 +15,32 @@
   // repo2docker and docker colour their output; the log is plain text
   var ANSI = /\x1b\[[0-9;?]*[A-Za-z]/g;
   var MAX_RETRIES = 5;
+  // The tab's icon follows the build as BinderHub's does: one icon while the image is built,
+  // pushed and launched, one for success, one for failure. A custom template may leave the
+  // icons out; the page then keeps its one favicon.
+  var FAVICON_OF_PHASE = {
+    building: "building",
+    pushing: "building",
+    built: "building",
+    launching: "building",
+    ready: "success",
+    failed: "failed",
+  };
+  var favicons = document.getElementById("favicons") ? B.readJson("favicons") : {};
 
   var el = function (id) { return document.getElementById(id); };
   var log = el("log");
   var statusLine = el("status");
   var finished = false;
   var controller = null;
+
+  function setFavicon(phase) {
+    var link = document.getElementById("favicon");
+    var icon = favicons[FAVICON_OF_PHASE[phase]];
+    if (link && icon) {
+      link.href = icon;
+    }
+  }
 
   function appendLog(text) {
     var atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
@@ -31,6 +51,7 @@
   }
 
   function setPhase(phase) {
+    setFavicon(phase);
     // built is the step between pushing and launching
     var shown = phase === "built" ? "pushing" : phase;
     var index = ORDER.indexOf(shown);
@@ -61,6 +82,7 @@
       controller.abort();
     }
     document.body.dataset.phase = "failed";
+    setFavicon("failed");
     el("phases").classList.add("failed");
     statusLine.textContent = "Launch failed";
     statusLine.className = "status failed";
