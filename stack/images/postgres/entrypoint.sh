@@ -79,18 +79,24 @@ if [ ! -e "$INITIALISED" ]; then
         rm -f "$pwfile"
     fi
     write_access_rules
-    # The databases are made by a server on the socket only, before anything can connect.
-    as_postgres "$PGBIN/pg_ctl" -D "$PGDATA" -w -o "-c listen_addresses=''" start >/dev/null
+    # The databases are made by a server on a private socket only, before anything can
+    # connect (or the healthcheck, which asks the usual socket, calls it ready).
+    setup_socket=$(mktemp -d)
+    chown postgres "$setup_socket"
+    as_postgres "$PGBIN/pg_ctl" -D "$PGDATA" -w \
+        -o "-c listen_addresses='' -c unix_socket_directories=$setup_socket" start >/dev/null
     for db in $POSTGRES_DATABASES; do
-        exists=$(as_postgres "$PGBIN/psql" -U "$POSTGRES_USER" -d postgres -Atc \
-            "SELECT 1 FROM pg_database WHERE datname = '$db'")
+        exists=$(as_postgres "$PGBIN/psql" -h "$setup_socket" -U "$POSTGRES_USER" -d postgres \
+            -Atc "SELECT 1 FROM pg_database WHERE datname = '$db'")
         if [ "$exists" != 1 ]; then
-            as_postgres "$PGBIN/psql" -q -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d postgres \
+            as_postgres "$PGBIN/psql" -h "$setup_socket" -q -v ON_ERROR_STOP=1 \
+                -U "$POSTGRES_USER" -d postgres \
                 -c "CREATE DATABASE \"$db\" OWNER \"$POSTGRES_USER\""
             echo "postgres-entrypoint: created database $db"
         fi
     done
     as_postgres "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
+    rmdir "$setup_socket"
     touch "$INITIALISED"
 fi
 
