@@ -430,12 +430,7 @@ def _up_arguments(parser: argparse.ArgumentParser) -> None:
         ("--hub-port", "SWARMBINDER_HUB_PORT", 8000, "the hub's published port"),
         ("--registry-port", "SWARMBINDER_REGISTRY_PORT", 5000, "the registry's published port"),
     ):
-        parser.add_argument(
-            flag,
-            type=int,
-            default=None,
-            help=f"{what} (default: ${variable}, else {default})",
-        )
+        parser.add_argument(flag, type=int, help=f"{what} (default: ${variable}, else {default})")
     parser.add_argument(
         "--config",
         metavar="FILE",
@@ -468,6 +463,9 @@ def _up_arguments(parser: argparse.ArgumentParser) -> None:
         help="the SSH console's published port (default: $SWARMBINDER_SSH_PORT, else the "
         "running console's, else 2222)",
     )
+    from .stackctl import add_replica_arguments  # defined next to the rules they feed
+
+    add_replica_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="print only the URL")
 
 
@@ -480,7 +478,7 @@ def _up_arguments(parser: argparse.ArgumentParser) -> None:
     "secrets (made once, never overwritten), docker-stack.yml deployed, then a wait until "
     "Binder's /health is ok. Idempotent: a second run changes nothing and says so. With "
     "--ssh-console, the admin console over SSH (stack/ssh-console.yml) is deployed too; later "
-    "runs keep it until --no-ssh-console.",
+    "runs keep it until --no-ssh-console. --replicas N: Binder replicas sharing PostgreSQL.",
 )
 def up(args: argparse.Namespace) -> int:
     from . import stackctl
@@ -506,6 +504,8 @@ def up(args: argparse.Namespace) -> int:
         ssh_console_keys=Path(keys) if keys else None,
         no_ssh_console=args.no_ssh_console,
         ssh_port=ssh_port,
+        replicas=args.replicas,
+        store=args.store,
     )
     progress = _TerminalProgress(args.quiet)
     with _stack_input_errors():

@@ -312,6 +312,8 @@ def project_images(version: str) -> list[ImageSpec]:
         ImageSpec("builder", f"swarmbinder/builder:{version}"),
         ImageSpec("hub", f"swarmbinder/hub:{version}"),
         ImageSpec("registry", f"swarmbinder/registry:{version}", base="debian", common_setup=False),
+        ImageSpec("postgres", f"swarmbinder/postgres:{version}", base="debian", common_setup=False),
+        ImageSpec("front", f"swarmbinder/front:{version}", base="debian", common_setup=False),
         ImageSpec(
             "swarmbinder",
             f"swarmbinder/swarmbinder:{version}",

@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,12 @@ def docker(*args: str) -> str:
 
 @pytest.fixture
 def git_for_containers(testground: dict[str, Any]) -> Iterator[str]:
+    with serve_git_for_containers(testground) as url:
+        yield url
+
+
+@contextmanager
+def serve_git_for_containers(testground: dict[str, Any]) -> Iterator[str]:
     """The test ground's repositories over git smart HTTP on the host's address on
     docker_gwbridge, which containers on overlay networks reach the host by."""
     spec = importlib.util.spec_from_file_location("gitserver", REPO_ROOT / "stack" / "gitserver.py")

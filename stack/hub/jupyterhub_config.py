@@ -16,6 +16,10 @@ SWARMBINDER_HUB_ID                value of the ``swarmbinder.hub`` label on user
 SWARMBINDER_HUB_BASE_URL          JupyterHub's base URL (default ``/``)
 SWARMBINDER_HUB_DATA_DIR          volume for the database and cookie secret
                                   (default ``/srv/jupyterhub/data``)
+SWARMBINDER_HUB_DB_URL            the hub's database (default: SQLite in the data dir), e.g.
+                                  ``postgresql+psycopg2://binder@postgres/jupyterhub``, without
+                                  its password: that is read from
+SWARMBINDER_HUB_DB_PASSWORD_FILE  (a Swarm secret), so it is in no service's environment
 SWARMBINDER_HUB_DB_URL            database URL (default: SQLite in the data dir)
 SWARMBINDER_HUB_MEM_LIMIT         user server memory limit (``2G``; empty: none)
 SWARMBINDER_HUB_MEM_GUARANTEE     memory reservation (empty: none)
@@ -249,7 +253,24 @@ c.JupyterHub.port = 8000
 c.JupyterHub.hub_ip = "0.0.0.0"
 c.JupyterHub.hub_connect_ip = CONNECT_HOST
 DATA_DIR.mkdir(parents=True, exist_ok=True)
-c.JupyterHub.db_url = env("DB_URL", f"sqlite:///{DATA_DIR / 'jupyterhub.sqlite'}")
+
+
+def database_url() -> str:
+    """The hub's database URL, with the password from its file when one is named (JupyterHub
+    shows such a URL with the password redacted)."""
+    url = env("DB_URL", f"sqlite:///{DATA_DIR / 'jupyterhub.sqlite'}")
+    password_file = env("DB_PASSWORD_FILE")
+    if not password_file:
+        return url
+    from sqlalchemy.engine import make_url
+
+    password = Path(password_file).read_text().strip()
+    if not password:
+        sys.exit(f"SWARMBINDER_HUB_DB_PASSWORD_FILE={password_file} is empty")
+    return make_url(url).set(password=password).render_as_string(hide_password=False)
+
+
+c.JupyterHub.db_url = database_url()
 c.JupyterHub.cookie_secret_file = str(DATA_DIR / "jupyterhub_cookie_secret")
 # A hub restart (an update, a moved task) keeps users' servers: they are Swarm services, and
 # the database on the volume still knows them.

@@ -22,7 +22,8 @@ every step is a short CLI call, and the CLI works with whichever engine version 
 
 :mod:`.deploy` and :mod:`.teardown` are the two commands; :mod:`.options` names what a stack
 is made of, :mod:`.inputs` what a deploy is made from, :mod:`.console` and :mod:`.credentials`
-the SSH console and the secrets, :mod:`.state` what the engine says is deployed.
+the SSH console and the secrets, :mod:`.replicas` several replicas on PostgreSQL,
+:mod:`.state` what the engine says is deployed.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ from .options import (
     CONSOLE_SERVICE,
     DEFAULT_BINDER_CONFIG,
     DEFAULT_SSH_PORT,
+    FRONT_FILE,
+    FRONT_SERVICE,
+    MAX_REPLICAS,
+    POSTGRES_FILE,
+    POSTGRES_SECRETS,
+    POSTGRES_SERVICE,
     PULL_USER,
     SECRETS,
     SERVICES,
@@ -47,7 +54,16 @@ from .options import (
     StackError,
     StackInputError,
     StackOptions,
+    Store,
     UpResult,
+)
+from .replicas import (
+    STORE_URL,
+    add_replica_arguments,
+    binder_store_environment,
+    front_base,
+    plan_store,
+    store_inputs,
 )
 from .state import wait_healthy
 from .teardown import down
@@ -59,25 +75,38 @@ __all__ = [
     "DEFAULT_BINDER_CONFIG",
     "DEFAULT_SSH_PORT",
     "DownResult",
+    "FRONT_FILE",
+    "FRONT_SERVICE",
+    "MAX_REPLICAS",
+    "POSTGRES_FILE",
+    "POSTGRES_SECRETS",
+    "POSTGRES_SERVICE",
     "PULL_USER",
     "Progress",
     "SECRETS",
     "SERVICES",
     "STACK_FILE",
+    "STORE_URL",
     "StackError",
     "StackInputError",
     "StackOptions",
+    "Store",
     "TOKEN_PAIR",
     "UpResult",
+    "add_replica_arguments",
     "binder_environment",
+    "binder_store_environment",
     "changed_inputs",
     "check_binder_config",
     "console_from_spec",
     "down",
+    "front_base",
     "make_secrets",
     "plan_console",
+    "plan_store",
     "read_console_keys",
     "stack_variables",
+    "store_inputs",
     "up",
     "wait_healthy",
 ]

@@ -10,6 +10,7 @@ from ..registrytokens import make_signing_pair
 from .options import (
     CONSOLE_HOST_KEY,
     CONSOLE_KEYS,
+    POSTGRES_SECRETS,
     SECRETS,
     STACK_LABEL,
     TOKEN_PAIR,
@@ -34,9 +35,10 @@ def make_secrets(name: str) -> list[str]:
 def ensure_secrets(stack: str) -> list[str]:
     """Create the stack's secrets that do not exist; returns the names created."""
     created = []
-    for name in SECRETS:
+    for name in (*SECRETS, *POSTGRES_SECRETS):
         full = f"{stack}-{name}"
-        # Hex: build_token_secret must be hex, and none may hold a newline.
+        # Hex: build_token_secret and cookie-secret must be hex, none may hold a newline, and
+        # postgres-password goes into SQL and URLs as it is.
         if hs.ensure_secret(full, lambda: secrets.token_hex(32), {STACK_LABEL: stack}):
             created.append(full)
     return created + ensure_token_pair(stack)

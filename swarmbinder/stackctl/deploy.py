@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from .. import __version__
@@ -16,9 +18,8 @@ from .console import console_plan_line, plan_console, read_console_keys
 from .credentials import ensure_console_secrets, ensure_secrets, remove_unused_console_keys
 from .inputs import binder_environment, changed_inputs, check_binder_config, stack_variables
 from .options import (
-    CONSOLE_FILE,
     CONSOLE_SERVICE,
-    SERVICES,
+    POSTGRES_IMAGES,
     STACK_FILE,
     STACK_IMAGES,
     STATE_DIR,
@@ -28,6 +29,16 @@ from .options import (
     StackInputError,
     StackOptions,
     UpResult,
+)
+from .replicas import (
+    binder_store_environment,
+    deployed_store,
+    ensure_front_network,
+    plan_store,
+    remove_front_network,
+    stack_files,
+    store_inputs,
+    store_plan_line,
 )
 from .state import current_inputs, deployed_console, deployed_ports, stack_converged, wait_healthy
 
@@ -39,7 +50,11 @@ def up(options: StackOptions, progress: Progress | None = None) -> UpResult:
     report = progress or Silent()
     started = time.monotonic()
     options.check()
-    base_url = check_binder_config(options.config_file, binder_environment(options))
+    environment = {
+        **binder_environment(options),
+        **binder_store_environment(plan_store(options, None)),
+    }
+    base_url = check_binder_config(options.config_file, environment)
     options = dataclasses.replace(options, base_url=base_url)
     keys = read_console_keys(options.ssh_console_keys) if options.ssh_console_keys else None
     try:
@@ -51,7 +66,10 @@ def up(options: StackOptions, progress: Progress | None = None) -> UpResult:
 def _up(options: StackOptions, keys: str | None, report: Progress, started: float) -> UpResult:
     report.step("checking the Docker engine")
     hs.ensure_engine(report.step, STATE_DIR)
-    hs.ensure_swarm("127.0.0.1", report.step)
+    node_id = hs.ensure_swarm("127.0.0.1", report.step)
+    deployed_as = deployed_store(options.name)
+    store = plan_store(options, deployed_as)
+    report.step(store_plan_line(store, deployed_as))
     deployed = deployed_ports(options.name)
     running_console = deployed_console(options.name)
     console = plan_console(options, keys, running_console)
@@ -76,8 +94,9 @@ def _up(options: StackOptions, keys: str | None, report: Progress, started: floa
     bases = hs.ensure_bases(report.step, options.base)
     image_ids: dict[str, str] = {}
     rebuilt: list[str] = []
+    wanted = {*STACK_IMAGES, *(POSTGRES_IMAGES if store.postgres else ())}
     for spec in hs.project_images(__version__):
-        if spec.name not in STACK_IMAGES:
+        if spec.name not in wanted:
             continue
         build = functools.partial(hs.build_image, spec, bases, report.step)
         built = _with_ticker(report, f"building {spec.tag}", build)
@@ -93,8 +112,10 @@ def _up(options: StackOptions, keys: str | None, report: Progress, started: floa
         report.step(f"created secret {name}")
 
     report.step(console_plan_line(options, console, running_console))
-    variables = stack_variables(options, image_ids, console)
-    services = SERVICES + ((CONSOLE_SERVICE,) if console else ())
+    front_subnet = ensure_front_network(options) if store.postgres else ""
+    extra = store_inputs(store, node_id, front_subnet, options.config_file, image_ids)
+    variables = stack_variables(options, image_ids, console, extra)
+    services = store.services + ((CONSOLE_SERVICE,) if console else ())
     deployed_inputs = current_inputs(options.name)
     reasons = changed_inputs(deployed_inputs, variables["SWARMBINDER_STACK_INPUTS"])
     if running_console and not console:
@@ -102,29 +123,33 @@ def _up(options: StackOptions, keys: str | None, report: Progress, started: floa
         reasons = [r for r in reasons if not r.startswith("ssh-")] + ["ssh-console removed"]
     if deployed_inputs is None:
         reasons = ["not deployed"]
-    elif not reasons and not stack_converged(options.name, services):
+    elif not reasons and not stack_converged(options.name, services, {"binder": store.replicas}):
         reasons = ["a service is not running"]
     changed = bool(reasons)
     if changed:
-        files = [STACK_FILE, *([CONSOLE_FILE] if console else [])]
         report.step(f"deploying stack {options.name} ({', '.join(reasons)})")
-        hs.run(
-            [
-                "docker",
-                "stack",
-                "deploy",
-                *(arg for path in files for arg in ("--compose-file", str(path))),
-                # No registry has the project's images: use the engine's own.
-                "--resolve-image",
-                "never",
-                "--prune",
-                options.name,
-            ],
-            env={**_environ(), **variables},
-            cwd=STACK_FILE.parent,
-            timeout=300,
-        )
-    wait_healthy(options, report, console=console)
+        with tempfile.TemporaryDirectory(prefix="swarmbinder-stack-") as workdir:
+            files = stack_files(store, console is not None, Path(workdir))
+            hs.run(
+                [
+                    "docker",
+                    "stack",
+                    "deploy",
+                    *(arg for path in files for arg in ("--compose-file", str(path))),
+                    # No registry has the project's images: use the engine's own.
+                    "--resolve-image",
+                    "never",
+                    "--prune",
+                    options.name,
+                ],
+                env={**_environ(), **variables},
+                cwd=STACK_FILE.parent,
+                timeout=300,
+            )
+        if not store.postgres:
+            # Left by PostgreSQL mode: --prune removed the front, and with it the last user.
+            remove_front_network(options)
+    wait_healthy(options, report, console=console, store=store)
     if changed:
         for kind in ("binder", "hub"):
             prefix = f"{options.name}-{kind}-config-"
@@ -146,6 +171,7 @@ def _up(options: StackOptions, keys: str | None, report: Progress, started: floa
         created_secrets=created,
         seconds=time.monotonic() - started,
         console=console,
+        store=store,
     )
 
 

@@ -79,18 +79,24 @@ def check_binder_config(path: Path, environment: Mapping[str, str]) -> str:
         }
         copy = Path(tmp) / "binder.yaml"
         copy.write_text(json.dumps(checked))
+        # The stack's own secret files (SWARMBINDER_*_FILE) get stand-ins too.
+        env = {k: str(stand_in) if k.endswith("_FILE") else v for k, v in environment.items()}
         try:
-            config = load_config(copy, env=environment)
+            config = load_config(copy, env=env)
         except ConfigError as exc:
             raise StackInputError(f"{path}: {exc}") from None
     return config.server.base_url
 
 
 def stack_variables(
-    options: StackOptions, image_ids: Mapping[str, str], console: Console | None = None
+    options: StackOptions,
+    image_ids: Mapping[str, str],
+    console: Console | None = None,
+    store_inputs: tuple[Mapping[str, str], Mapping[str, str]] = ({}, {}),
 ) -> dict[str, str]:
     """Every variable of docker-stack.yml (and of stack/ssh-console.yml with a ``console``),
-    with config versions and the inputs label."""
+    with config versions and the inputs label; ``store_inputs`` are PostgreSQL mode's
+    variables and inputs-label parts (:func:`.replicas.store_inputs`)."""
     binder_config = options.config_file.read_bytes()
     variables = options.variables()
     variables["SWARMBINDER_BINDER_CONFIG"] = str(options.config_file.resolve())
@@ -107,6 +113,8 @@ def stack_variables(
         "hub-config": variables["SWARMBINDER_HUB_CONFIG_VERSION"],
         **{f"{name}-image": image_ids[name].removeprefix("sha256:")[:12] for name in STACK_IMAGES},
     }
+    variables.update(store_inputs[0])
+    parts.update(store_inputs[1])
     if console:
         # Absent without a console, so a stack that never had one keeps its label as it was.
         variables["SWARMBINDER_SSH_PORT"] = str(console.port)

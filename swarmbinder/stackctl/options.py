@@ -16,6 +16,9 @@ from ..registrytokens import TOKEN_PATH
 
 STACK_FILE = hs.REPO_ROOT / "docker-stack.yml"
 CONSOLE_FILE = hs.REPO_ROOT / "stack" / "ssh-console.yml"
+#: PostgreSQL mode (``--replicas N``, ``--store postgres``) and the front of several replicas.
+POSTGRES_FILE = hs.REPO_ROOT / "stack" / "postgres.yml"
+FRONT_FILE = hs.REPO_ROOT / "stack" / "front.yml"
 DEFAULT_BINDER_CONFIG = hs.REPO_ROOT / "stack" / "config" / "binder.yaml"
 HUB_CONFIG = hs.REPO_ROOT / "stack" / "hub" / "jupyterhub_config.py"
 STATE_DIR = Path("/var/tmp/swarmbinder")
@@ -30,6 +33,18 @@ SECRETS = (
     "build-token-secret",
     "admin-token",
 )
+#: Secrets of PostgreSQL mode (``{stack}-{name}``), made with the others so that ``swarmbinder
+#: secrets`` serves a cluster deployed with stack/postgres.yml too: the database password, and
+#: the key that signs Binder's login cookies alike at every replica.
+POSTGRES_SECRETS = ("postgres-password", "cookie-secret")
+#: Services (and images) PostgreSQL mode adds: the database and the front that spreads
+#: Binder's port over the replicas.
+POSTGRES_SERVICE = "postgres"
+FRONT_SERVICE = "front"
+POSTGRES_IMAGES = (POSTGRES_SERVICE, FRONT_SERVICE)
+#: Binder's replicas: more than one needs PostgreSQL; past this, a typo rather than a plan.
+MAX_REPLICAS = 16
+STORES = ("sqlite", "postgres")
 #: The registry token issuer's key and its certificate (``{stack}-{name}``): one pair, made
 #: together, since neither can be read back to make the other.
 TOKEN_PAIR = ("registry-token-key", "registry-token-certificate")
@@ -99,6 +114,10 @@ class StackOptions:
     ssh_port: int | None = None
     #: Binder's base_url, as its config file says (``up`` reads it): the token realm is under it
     base_url: str = "/"
+    #: Binder's replicas (None: as deployed, else 1); more than one means PostgreSQL
+    replicas: int | None = None
+    #: ``sqlite`` or ``postgres`` (None: as deployed, else sqlite; postgres with replicas > 1)
+    store: str | None = None
 
     @property
     def url(self) -> str:
@@ -124,6 +143,16 @@ class StackOptions:
         return f"{self.name}-users"
 
     @property
+    def db_network(self) -> str:
+        """PostgreSQL's network, with Binder and the hub only (PostgreSQL mode)."""
+        return f"{self.name}-db"
+
+    @property
+    def front_network(self) -> str:
+        """The front's and Binder's network; made by ``up``, not by the stack (PostgreSQL mode)."""
+        return f"{self.name}-front"
+
+    @property
     def image_prefix(self) -> str:
         return f"{self.registry_host}:{self.registry_port}/binder-"
 
@@ -142,6 +171,16 @@ class StackOptions:
         self.check_ports(ssh_port)
         if self.base not in ("auto", "dockerhub", "debootstrap"):
             raise StackInputError(f"unknown base {self.base!r} (auto, dockerhub or debootstrap)")
+        if self.replicas is not None and not 1 <= self.replicas <= MAX_REPLICAS:
+            raise StackInputError(
+                f"--replicas {self.replicas}: Binder runs 1 to {MAX_REPLICAS} replicas"
+            )
+        if self.store is not None and self.store not in STORES:
+            raise StackInputError(f"unknown store {self.store!r} (sqlite or postgres)")
+        if self.store == "sqlite" and (self.replicas or 1) > 1:
+            raise StackInputError(
+                f"--replicas {self.replicas} needs --store postgres: a SQLite file is one replica's"
+            )
 
     def check_ports(self, ssh_port: int | None) -> None:
         """Each port is a TCP port and none is used twice (the console's too, if any)."""
@@ -182,6 +221,28 @@ class Console:
         return f"{stack}-{CONSOLE_KEYS}{self.keys_version}"
 
 
+@dataclass(frozen=True)
+class Store:
+    """Where Binder keeps its state, and how many replicas share it."""
+
+    kind: str = "sqlite"
+    replicas: int = 1
+
+    @property
+    def postgres(self) -> bool:
+        return self.kind == "postgres"
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The stack's services in this mode, in the order they come up."""
+        return SERVICES + ((POSTGRES_SERVICE, FRONT_SERVICE) if self.postgres else ())
+
+    def describe(self) -> str:
+        if not self.postgres:
+            return "1 Binder replica on SQLite"
+        return f"{self.replicas} Binder replica(s) on PostgreSQL"
+
+
 @dataclass
 class UpResult:
     url: str
@@ -191,6 +252,8 @@ class UpResult:
     seconds: float = 0.0
     #: the SSH console the stack runs now, if any
     console: Console | None = None
+    #: where Binder keeps its state, and its replicas
+    store: Store = field(default_factory=Store)
 
 
 @dataclass

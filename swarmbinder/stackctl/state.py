@@ -12,12 +12,14 @@ from .. import hostsetup as hs
 from .console import console_from_spec
 from .options import (
     CONSOLE_SERVICE,
+    FRONT_SERVICE,
     INPUTS_LABEL,
     SERVICES,
     Console,
     Progress,
     StackError,
     StackOptions,
+    Store,
 )
 
 
@@ -67,19 +69,25 @@ def current_inputs(stack: str) -> str | None:
 
 
 def deployed_ports(stack: str) -> dict[str, int]:
-    """The published port of each of the stack's services that is deployed."""
+    """The published port of each of the stack's services that is deployed; Binder's is the
+    front's in PostgreSQL mode."""
     ports: dict[str, int] = {}
-    for service in ("binder", "proxy", "registry"):
+    for service in ("binder", FRONT_SERVICE, "proxy", "registry"):
         spec = service_spec(f"{stack}_{service}")
         endpoint = spec.get("EndpointSpec", {}) if spec else {}
         for port in endpoint.get("Ports", []) if isinstance(endpoint, dict) else []:
             if "PublishedPort" in port:
-                ports[service] = int(port["PublishedPort"])
+                ports["binder" if service == FRONT_SERVICE else service] = int(
+                    port["PublishedPort"]
+                )
     return ports
 
 
-def task_states(stack: str, services: tuple[str, ...] = SERVICES) -> dict[str, str]:
-    """service -> the state of its newest task that should be running ('' if none)."""
+def task_states(
+    stack: str, services: tuple[str, ...] = SERVICES, replicas: Mapping[str, int] | None = None
+) -> dict[str, str]:
+    """service -> the state of its newest task that should be running ('' if none); a service
+    with several ``replicas`` is running once that many of its tasks are."""
     proc = hs.run(
         [
             "docker",
@@ -95,16 +103,25 @@ def task_states(stack: str, services: tuple[str, ...] = SERVICES) -> dict[str, s
         timeout=30,
     )
     states = dict.fromkeys(services, "")
+    running = dict.fromkeys(services, 0)
     for line in proc.stdout.splitlines():
         task, _, state = line.partition("\t")
         service = task.removeprefix(f"{stack}_").split(".")[0]
         if service in states:
             states[service] = state.split(" ")[0].lower()
+            if states[service] == "running":
+                running[service] += 1
+    for service, wanted in (replicas or {}).items():
+        if service in states and 0 < running[service] < wanted:
+            states[service] = f"{running[service]}/{wanted} running"
     return states
 
 
-def stack_converged(stack: str, services: tuple[str, ...] = SERVICES) -> bool:
-    return all(state == "running" for state in task_states(stack, services).values())
+def stack_converged(
+    stack: str, services: tuple[str, ...] = SERVICES, replicas: Mapping[str, int] | None = None
+) -> bool:
+    states = task_states(stack, services, replicas)
+    return all(state == "running" for state in states.values())
 
 
 def _http_status(url: str) -> tuple[int, str]:
@@ -117,18 +134,25 @@ def _http_status(url: str) -> tuple[int, str]:
         return 0, str(exc)
 
 
-def wait_healthy(options: StackOptions, report: Progress, console: Console | None = None) -> None:
+def wait_healthy(
+    options: StackOptions,
+    report: Progress,
+    console: Console | None = None,
+    store: Store | None = None,
+) -> None:
     """Until every service runs (Swarm counts a task with a healthcheck as running once it is
-    healthy), the ``console``'s with its keys and port, Binder's /health says ok and the hub
-    answers through the proxy."""
-    services = SERVICES + ((CONSOLE_SERVICE,) if console else ())
+    healthy; Binder's, as many as the ``store`` has replicas), the ``console``'s with its keys
+    and port, Binder's /health says ok and the hub answers through the proxy."""
+    store = store or Store()
+    services = store.services + ((CONSOLE_SERVICE,) if console else ())
+    replicas = {"binder": store.replicas}
     started = time.monotonic()
     health = f"http://127.0.0.1:{options.port}/health"
     hub = f"http://127.0.0.1:{options.hub_port}/hub/api/"
     states: dict[str, str] = {}
     status, body = 0, ""
     while time.monotonic() - started < options.timeout:
-        states = task_states(options.name, services)
+        states = task_states(options.name, services, replicas)
         if console and states[CONSOLE_SERVICE] == "running":
             if not console_current(options.name, console):
                 states[CONSOLE_SERVICE] = "updating"

@@ -21,6 +21,7 @@ from ..labels import (
 from .credentials import console_secrets
 from .options import (
     NAMESPACE_LABEL,
+    POSTGRES_SECRETS,
     SECRETS,
     TOKEN_PAIR,
     DownResult,
@@ -136,7 +137,9 @@ def _wait_gone(name: str, extra_services: list[str], report: Progress, timeout: 
     for service in extra_services:
         for container in _containers({"com.docker.swarm.service.name": service}, every=True):
             hs.run(["docker", "rm", "-f", container], check=False)
-    for network in (options.network, options.user_network):
+    # PostgreSQL mode's too: the front's is made by up, outside the stack.
+    networks = (options.network, options.user_network, options.db_network, options.front_network)
+    for network in networks:
         while time.monotonic() - started < timeout:
             inspect = hs.run(["docker", "network", "inspect", network], check=False)
             if inspect.returncode != 0:
@@ -171,7 +174,8 @@ def _purge(name: str, report: Progress) -> list[str]:
             time.sleep(0.5)
         else:
             raise StackError(f"volume {volume} is still in use; remove it with docker volume rm")
-    for full in [f"{name}-{secret}" for secret in (*SECRETS, *TOKEN_PAIR)] + console_secrets(name):
+    made = (*SECRETS, *POSTGRES_SECRETS, *TOKEN_PAIR)
+    for full in [f"{name}-{secret}" for secret in made] + console_secrets(name):
         if hs.run(["docker", "secret", "rm", full], check=False).returncode == 0:
             purged.append(full)
     # The builder's registry credentials, made by Binder as builds need them and named by
