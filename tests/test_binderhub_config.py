@@ -357,6 +357,7 @@ def test_serve_with_a_helm_config_block(tmp_path: Path) -> None:
         providers = get_json(
             f"http://127.0.0.1:{port}/api/repoproviders", time.monotonic() + 5, proc
         )
+        blocked = _build_status(f"http://127.0.0.1:{port}/build/gh/org/repo/HEAD", "curl/8.5.0")
         proc.terminate()
         _, stderr = proc.communicate(timeout=30)
     finally:
@@ -377,6 +378,22 @@ def test_serve_with_a_helm_config_block(tmp_path: Path) -> None:
     assert '<meta name="x-test" content="head">' in page
     assert '<meta property="og:title" content="Our Binder">' in page
     assert [p["id"] for p in providers] == ["gh", "git"]
+    # BinderHub's block_build_user_agents: refused before anything else is looked at
+    assert blocked[0] == 403 and "Bots not allowed" in blocked[1]
+
+
+def _build_status(url: str, user_agent: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        url, headers={"User-Agent": user_agent, "Accept": "text/event-stream"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read(4096).decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
 
 
 def _get_text(url: str) -> str:

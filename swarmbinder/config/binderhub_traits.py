@@ -242,6 +242,7 @@ _BINDERHUB: dict[str, Trait] = {
     "ban_networks": _to("ban_networks"),
     "banner_message": _to("banner_message"),
     "base_url": _to("base_url"),
+    "block_build_user_agents": _to("block_build_user_agents"),
     "build_class": _na(_CLASS),
     "build_cleaner_class": _na(_CLASS),
     "build_cleanup_interval": _to("build_cleanup_interval"),
