@@ -58,6 +58,7 @@ from .keys import (
     STORE,
     STREAM_SLOTS,
     SWARM,
+    USER_AGENT_BLOCK,
 )
 from .launch_flow import LaunchFlow
 from .launcher import Launcher
@@ -72,6 +73,7 @@ from .policy.ratelimit import RateLimiter, StoreWindows
 from .policy.streamcap import StreamSlots
 from .policy.sync import follow_changes
 from .policy.tokenmint import SpentTokens
+from .policy.useragents import UserAgentBlock
 from .prebuild import jobs as prebuild_jobs
 from .registry import RegistryClient
 from .registrytokens import TokenIssuer, issuer_from_config
@@ -170,12 +172,14 @@ async def scrub_config_secrets(app: web.Application) -> AsyncIterator[None]:
 def add_build_routes(app: web.Application) -> None:
     """``/build/<provider>/<spec>``; the handler needs FLOW and ADMISSION on the app.
 
-    The client finder and the open-stream cap are made here unless the app has them."""
+    The client finder and the open-stream cap are made here unless the app has them, the
+    refused User-Agents always."""
     config = app[CONFIG]
     if CLIENT_IP not in app:
         app[CLIENT_IP] = ClientIP(config.server.trusted_proxies)
     if STREAM_SLOTS not in app:
         app[STREAM_SLOTS] = StreamSlots(config.quotas.max_streams_per_ip)
+    app[USER_AGENT_BLOCK] = UserAgentBlock(config.bans.block_build_user_agents)
     base = config.server.base_url
     app.router.add_get(f"{base}build/{{provider}}/{{spec:.+}}", build.build)
 

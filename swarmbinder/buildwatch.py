@@ -41,6 +41,7 @@ from .buildstatus import BuildStatus
 from .errors import BuildFailed, SwarmbinderError, SwarmUnavailable
 from .events import BuildEvent, Phase, parse_repo2docker_line
 from .fanout import Fanout
+from .gitcredentials import login_refused_message, refused_host
 from .registrytokens import BuildCredential
 from .sticky import NodeState
 from .swarm import SwarmClient, TaskState, TaskStateName
@@ -110,19 +111,22 @@ class _Pushed(enum.Enum):
 
 class LogSummary:
     """What a watcher keeps of a build's log, however long it is: how many lines were read,
-    repo2docker's first ``failed`` line, and the last few non-empty lines (for the failure
-    reason)."""
+    git's refusal of a login while fetching, repo2docker's first ``failed`` line, and the last
+    few non-empty lines (for the failure reason)."""
 
     RECENT = 3
 
     def __init__(self) -> None:
         self.count = 0
+        self.login_refused: str | None = None
         self.first_failure: str | None = None
         self.recent: deque[str] = deque(maxlen=self.RECENT)
 
     def add(self, line: str, event: BuildEvent) -> None:
         """``event`` is ``line`` as :func:`parse_repo2docker_line` reads it."""
         self.count += 1
+        if self.login_refused is None and _refused_login_host(event) is not None:
+            self.login_refused = line
         if event.phase is Phase.FAILED and self.first_failure is None:
             self.first_failure = line
         if line.strip():
@@ -134,12 +138,26 @@ class LogSummary:
 
     def lines(self) -> list[str]:
         """The lines :func:`failure_reason` needs, in the order it reads them."""
+        refused = [] if self.login_refused is None else [self.login_refused]
         first = [] if self.first_failure is None else [self.first_failure]
-        return first + list(self.recent)
+        return refused + first + list(self.recent)
+
+
+def _refused_login_host(event: BuildEvent) -> str | None:
+    """The host whose git server turned the clone's login down. Only the fetching phase's
+    lines count: that is git's own output, which a repository's build steps cannot write."""
+    if event.phase is not Phase.FETCHING:
+        return None
+    return refused_host(event.message)
 
 
 def failure_reason(lines: Sequence[str], task: TaskState | None) -> str:
-    """Why a build failed, in words: repo2docker's own error, else the task's, else its code."""
+    """Why a build failed, in words: a git server refusing the login, repo2docker's own
+    error, else the task's, else its code."""
+    for line in lines:
+        host = _refused_login_host(parse_repo2docker_line(line))
+        if host is not None:
+            return login_refused_message(host)
     for line in lines:
         event = parse_repo2docker_line(line)
         if event.phase is Phase.FAILED and event.message.strip():

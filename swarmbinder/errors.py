@@ -29,6 +29,8 @@ in the module named before the dot; the rest live here::
     ├── BuildOnlyRefused (400)                 build_only outside API-only mode, no admin token
     ├── policy.bans.NetworkBanned (403)        the request comes from a banned network
     ├── policy.bans.InvalidBan (400)           an admin's ban cannot work
+    ├── policy.useragents.UserAgentBlocked (403)  block_build_user_agents matched
+    ├── gitcredentials.GitLoginRefused (403)   a git server turned down the configured login
     ├── policy.clientip.InvalidNetwork (400)   not a network in CIDR notation
     ├── policy.buildtokens.BuildTokenError (403)
     │   ├── BuildTokenInvalid (403)            malformed, another secret's, another repo's

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from .errors import ConfigError, SwarmbinderError
 
 #: Where a build's git login is mounted in the builder.
 BUILDER_GIT_LOGIN = "/run/secrets/swarmbinder-git-login"
@@ -39,6 +39,42 @@ _PROTOCOLS = frozenset({"https", "http"})
 _NOT_SECRET = frozenset({"binderhub", "oauth2", "x-access-token", "x-oauth-basic"})
 #: How long the anonymous probe of a repository may take before it counts as unreadable.
 PROBE_TIMEOUT = 20.0
+#: What git says when the server turned down the login it sent (never the login itself).
+_GIT_AUTH_FAILED = re.compile(r"fatal: Authentication failed for '([^'\s]{1,2000})'")
+
+
+def login_refused_message(host: str, server: str = "the git server") -> str:
+    """What a launch is told when ``host`` turned down the login: the host, never the login."""
+    return (
+        f"authentication failed for {host}: {server} refused the login it was given. "
+        "Please tell the operators of this Binder."
+    )
+
+
+class GitLoginRefused(SwarmbinderError, status=403):
+    """A git server turned down the login configured for its host."""
+
+    def __init__(self, host: str, repo_url: str) -> None:
+        super().__init__(
+            f"{host} refused the configured git login for {repo_url}",
+            user_message=login_refused_message(host),
+        )
+        self.host = host
+
+
+def refused_host(git_output: str) -> str | None:
+    """The host of git's "Authentication failed for '<url>'" line, or None.
+
+    The host is read from the URL git names, without any user or password in it."""
+    found = _GIT_AUTH_FAILED.search(git_output)
+    if found is None:
+        return None
+    try:
+        netloc = urlsplit(found.group(1)).netloc
+    except ValueError:
+        return None
+    host = netloc.rpartition("@")[2]
+    return host if _HOST.fullmatch(host) else None
 
 
 @dataclass(frozen=True)

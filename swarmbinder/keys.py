@@ -23,6 +23,7 @@ from .policy.clientip import ClientIP
 from .policy.quotas import Quotas
 from .policy.ratelimit import RateLimiter
 from .policy.streamcap import StreamSlots
+from .policy.useragents import UserAgentBlock
 from .registrytokens import TokenIssuer
 from .scrub import Scrubber
 from .store import Store
@@ -71,3 +72,5 @@ CLIENT_IP = web.AppKey("client_ip", ClientIP)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 #: The open /build event streams per client (``max_streams_per_ip``), in this process.
 STREAM_SLOTS = web.AppKey("stream_slots", StreamSlots)
+#: The User-Agents refused at /build (``block_build_user_agents``).
+USER_AGENT_BLOCK = web.AppKey("user_agent_block", UserAgentBlock)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from test_cli import clean_env, free_port, get_json, one_error_line, swarmbinder
 
+from swarmbinder.buildjob import git_logins_from_config
 from swarmbinder.config import Config, load_config
 from swarmbinder.config.binderhub import (
     DEFAULT_REPO_PROVIDERS,
@@ -98,6 +99,61 @@ def test_hub_url_example() -> None:
 
 def test_gitlab_private_token_example() -> None:
     assert fixture("binderhub_gitlab.yaml").providers.gitlab.private_token == "gl-test-token"
+
+
+def test_private_repository_logins_land_on_their_own_hosts() -> None:
+    config = fixture("binderhub_private_repos.yaml")
+    github, gitlab = config.providers.github, config.providers.gitlab
+    assert (github.access_token, github.client_id) == ("ghp-test-token-1234", "binder-app")
+    assert github.client_secret == "gh-client-secret-5678"
+    assert github.api_base_url == "https://github.example.org/api/v3"
+    assert github.git_credentials == "username=binder-bot\npassword=ghp-clone-token-9012"
+    assert gitlab.private_token == "glpat-test-token-3456"
+    assert config.ignored_binderhub_options == ()
+
+    logins = git_logins_from_config(config)
+    cases = {
+        "https://github.example.org/org/private": ("binder-bot", "ghp-clone-token-9012"),
+        "https://gitlab.example.org/group/private.git": ("binderhub", "glpat-clone-token-7890"),
+        "https://git.example.org/team/repo.git": ("reader", "git-clone-secret-2468"),
+    }
+    for url, (username, password) in cases.items():
+        login = logins.for_url(url)
+        assert login is not None, url
+        assert (login.username, login.password) == (username, password)
+    # a login is its host's only: github.com, another host and plain http get none
+    for url in (
+        "https://github.com/org/private",
+        "https://evil.example.net/x.git",
+        "http://git.example.org/team/repo.git",
+    ):
+        assert logins.for_url(url) is None
+
+
+def test_without_git_credentials_the_tokens_make_the_login_as_binderhub() -> None:
+    config = fixture("binderhub_secret.yaml")  # GitHubRepoProvider.access_token only
+    login = git_logins_from_config(config).for_url("https://github.com/org/private")
+    assert login is not None
+    assert (login.username, login.password) == ("gh-test-token", "x-oauth-basic")
+    config = fixture("binderhub_gitlab.yaml")  # GitLabRepoProvider.private_token only
+    login = git_logins_from_config(config).for_url("https://gitlab.com/group/private")
+    assert login is not None
+    assert (login.username, login.password) == ("binderhub", "gl-test-token")
+
+
+def test_a_git_login_for_every_host_is_refused_naming_both_options(tmp_path: Path) -> None:
+    """BinderHub hands GitRepoProvider's login to whatever host a spec names; here it must
+    say which host it is for, and the refusal never repeats the password."""
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "config:\n  GitRepoProvider:\n"
+        '    git_credentials: "username=reader\\npassword=git-secret-1357"\n'
+    )
+    line = one_error_line(swarmbinder("check-config", str(path)))
+    assert line.startswith("swarmbinder: error: config option 'git.git_credentials': ")
+    assert "host=" in line
+    assert line.endswith("(set by BinderHub's config.GitRepoProvider.git_credentials)")
+    assert "git-secret-1357" not in line
 
 
 def test_mixed_file_of_binderhub_sections_and_our_options() -> None:
@@ -357,6 +413,7 @@ def test_serve_with_a_helm_config_block(tmp_path: Path) -> None:
         providers = get_json(
             f"http://127.0.0.1:{port}/api/repoproviders", time.monotonic() + 5, proc
         )
+        blocked = _build_status(f"http://127.0.0.1:{port}/build/gh/org/repo/HEAD", "curl/8.5.0")
         proc.terminate()
         _, stderr = proc.communicate(timeout=30)
     finally:
@@ -377,6 +434,22 @@ def test_serve_with_a_helm_config_block(tmp_path: Path) -> None:
     assert '<meta name="x-test" content="head">' in page
     assert '<meta property="og:title" content="Our Binder">' in page
     assert [p["id"] for p in providers] == ["gh", "git"]
+    # BinderHub's block_build_user_agents: refused before anything else is looked at
+    assert blocked[0] == 403 and "Bots not allowed" in blocked[1]
+
+
+def _build_status(url: str, user_agent: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        url, headers={"User-Agent": user_agent, "Accept": "text/event-stream"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read(4096).decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
 
 
 def _get_text(url: str) -> str:

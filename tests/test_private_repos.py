@@ -23,31 +23,46 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from build_fixtures import _git, collect, docker, free_port, service_json
 from hostile_support import Link
 
 from swarmbinder.buildjob import BuildRequest, BuildSettings, job_spec
 from swarmbinder.builds import BuildManager
 from swarmbinder.buildstatus import BuildStatus
+from swarmbinder.buildwatch import LogSummary, failure_reason
 from swarmbinder.config import load_config
-from swarmbinder.errors import ConfigError, RefNotFound
+from swarmbinder.errors import ConfigError, ProviderUnavailable, RefNotFound
+from swarmbinder.events import Phase, parse_repo2docker_line
 from swarmbinder.gitcredentials import (
     BUILDER_GIT_LOGIN,
     GitCredentials,
     GitLogin,
+    GitLoginRefused,
     helper_env,
     parse_descriptions,
     readable_anonymously,
+    refused_host,
 )
 from swarmbinder.labels import KIND_GIT_LOGIN, LABEL_KIND
-from swarmbinder.outbound import OutboundPolicy
-from swarmbinder.providers import GitRepoProvider
+from swarmbinder.launch_flow import LaunchFlow, LaunchRequest
+from swarmbinder.outbound import OutboundPolicy, guarded_session
+from swarmbinder.providers import GitHubRepoProvider, GitLabRepoProvider, GitRepoProvider
+from swarmbinder.resolve import (
+    Resolved,
+    policy_from_config,
+    provider_session,
+    providers_from_config,
+    resolve,
+)
 from swarmbinder.scrub import Scrubber
 from swarmbinder.swarm import SwarmClient
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = OutboundPolicy.from_cidrs(["127.0.0.0/8"])
 USER = "reader"
+#: The password the second git host refuses, in the builds' wrong-login case.
+WRONG_PASSWORD = f"wrong-{secrets.token_hex(8)}"
 
 
 # -- the login format -----------------------------------------------------------------------
@@ -120,6 +135,39 @@ def test_the_configs_logins_are_masked_and_scrubbed(tmp_path: Path) -> None:
     scrubber = Scrubber()
     scrubber.update(config_secrets(loaded))
     assert "hunter22" not in scrubber.scrub("fatal: auth failed for hunter22")
+
+
+def _r2d_line(message: str, phase: str) -> str:
+    return json.dumps({"message": message, "phase": phase})
+
+
+def test_a_refused_clone_login_is_the_builds_failure_reason() -> None:
+    """repo2docker's log of a clone whose login the server turned down, as the builder
+    printed it (the stack's builder image against stack/gitserver.py with a wrong password)."""
+    lines = [
+        _r2d_line("Cloning into '/tmp/repo2dockerx'...\n", "fetching"),
+        _r2d_line("fatal: Authentication failed for 'http://127.0.0.1:8480/p.git/'\n", "fetching"),
+        _r2d_line("Error during build: Failed to clone repository from http://127.0.0.1:8480/"
+                  "priv.git (ref main).", "failed"),
+    ]  # fmt: skip
+    summary = LogSummary()
+    for line in lines:
+        summary.add(line, parse_repo2docker_line(line))
+    reason = failure_reason(summary.lines(), None)
+    assert reason.startswith("authentication failed for 127.0.0.1:8480: ")
+    # A build step printing the same words is the repository talking, not git: not believed.
+    forged = _r2d_line("fatal: Authentication failed for 'https://victim.example/x'\n", "building")
+    assert parse_repo2docker_line(forged).phase is Phase.BUILDING
+    assert failure_reason([forged, lines[2]], None).startswith("Error during build")
+
+
+def test_the_refused_host_never_carries_a_login() -> None:
+    assert refused_host("fatal: Authentication failed for 'https://u:pw@git.example.org/r/'") == (
+        "git.example.org"
+    )
+    assert refused_host("fatal: Authentication failed for 'http://[::1]:8443/r'") == "[::1]:8443"
+    assert refused_host("fatal: Authentication failed for 'https://a b/<img>'") is None
+    assert refused_host("fatal: repository not found") is None
 
 
 # -- real git against real servers -----------------------------------------------------------
@@ -249,6 +297,94 @@ async def test_a_private_git_repository_resolves_with_its_hosts_login_only(
     assert not await readable_anonymously(mine.url(name))
 
 
+async def test_a_login_the_host_refuses_fails_the_launch_naming_the_host_only(
+    git_hosts: tuple[GitHost, GitHost],
+) -> None:
+    """Resolution (``git ls-remote``) with the operator's login for the host, and a wrong
+    password: the launch's ``failed`` event says whose authentication failed, and nothing of
+    the login."""
+    _, other = git_hosts
+    name = f"refused-{uuid.uuid4().hex[:8]}"
+    _bare_repo(other.root, name, {"README.md": "private\n"})
+    wrong = f"wrong-{secrets.token_hex(8)}"
+    config = load_config(
+        env={},
+        overrides={
+            "git.git_credentials": f"protocol=http\nhost={other.host}\n"
+            f"username={USER}\npassword={wrong}",
+            "allowed_outbound_networks": ["127.0.0.0/8"],
+        },
+    )
+    async with provider_session(config) as session:
+        providers = providers_from_config(config, session)
+
+        async def resolve_path(path: str) -> Resolved:
+            return await resolve(
+                path, providers=providers, policy=policy_from_config(config), image_prefix="r/"
+            )
+
+        async def never(*args: Any) -> Any:
+            raise AssertionError("nothing may happen after a refused resolve")
+
+        flow = LaunchFlow(
+            resolve=resolve_path,
+            image_exists=never,
+            builds=None,  # type: ignore[arg-type]
+            launcher=None,
+            check_quota=never,
+        )
+        # main: the login's refusal is not "no such branch", so no HEAD fallback either
+        request = LaunchRequest(
+            provider_prefix="git", spec=_spec(other.url(name)), launch_host="http://b/"
+        )
+        events = [event.to_wire() async for event in flow.run(request)]
+    assert [e["phase"] for e in events] == ["failed"]
+    assert events[0]["status_code"] == 403
+    assert events[0]["message"].startswith(f"authentication failed for {other.host}: ")
+    wire = json.dumps(events)
+    assert wrong not in wire and USER not in wire and str(other.password) not in wire
+    # the provider says the same, by type
+    provider = GitRepoProvider(
+        _spec(other.url(name)),
+        outbound=LOOPBACK,
+        logins=GitCredentials([GitLogin("http", other.host, USER, wrong)]),
+    )
+    with pytest.raises(GitLoginRefused):
+        await provider.get_resolved_ref()
+
+
+async def test_github_and_gitlab_refusing_their_token_say_whose_authentication_failed(
+    aiohttp_server: Any,
+) -> None:
+    """An API that answers 401 to the configured token, as GitHub and GitLab do for a revoked
+    one: the launch is told which host, and never the token."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"message": "Bad credentials"}, status=401)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", refuse)
+    api = str((await aiohttp_server(app)).make_url(""))
+    token = f"tok-{secrets.token_hex(8)}"
+    async with guarded_session(LOOPBACK) as session:
+        providers = [
+            GitHubRepoProvider(
+                "org/private/main", hostname="github.example.org", api_base_url=api,
+                access_token=token, session=session, outbound=LOOPBACK,
+            ),
+            GitLabRepoProvider(
+                "group%2Fprivate/main", hostname="gitlab.example.org", api_base_url=api,
+                private_token=token, session=session, outbound=LOOPBACK,
+            ),
+        ]  # fmt: skip
+        hosts = ("github.example.org", "gitlab.example.org")
+        for provider, host in zip(providers, hosts, strict=True):
+            with pytest.raises(ProviderUnavailable) as info:
+                await provider.get_resolved_ref()
+            assert info.value.user_message.startswith(f"authentication failed for {host}: ")
+            assert token not in info.value.user_message + str(info.value)
+
+
 # -- builds on the real swarm ----------------------------------------------------------------
 
 
@@ -311,7 +447,7 @@ async def _run_builds(
 def private_builds(
     testground: dict[str, Any], git_hosts: tuple[GitHost, GitHost]
 ) -> Iterator[dict[str, BuiltCase]]:
-    mine, _ = git_hosts
+    mine, other = git_hosts
     singleuser = testground["images"]["singleuser"]
     probe = "cat /run/secrets/* 2>&1; env; git credential fill </dev/null 2>&1; true"
     repos: dict[str, dict[str, str | Link]] = {
@@ -331,11 +467,16 @@ def private_builds(
         requests[label] = _request(testground, mine.url(name), sha, label)
     public = testground["repos"]["binder-dockerfile"]
     requests["public"] = _request(testground, public["url"], public["head"], "public")
+    # The other host's private repository, with a login its server refuses.
+    refused = f"refused-{uuid.uuid4().hex[:8]}"
+    refused_sha = _bare_repo(other.root, refused, {"Dockerfile": f"FROM {singleuser}\n"})
+    requests["wrong-login"] = _request(testground, other.url(refused), refused_sha, "wronglogin")
     private = requests["private"]
     requests["no-login"] = _request(testground, private.repo_url, private.ref, "nologin")
     # A login for the public repository's host too: the probe finds it readable without.
     public_host = GitLogin("http", public["url"].split("/")[2], USER, "never-sent-" + "x" * 8)
-    logins = GitCredentials([mine.login(), public_host])
+    wrong_login = GitLogin("http", other.host, USER, WRONG_PASSWORD)
+    logins = GitCredentials([mine.login(), public_host, wrong_login])
     try:
         yield asyncio.run(_run_builds(testground, requests, logins))
     finally:
@@ -373,6 +514,21 @@ def test_without_a_login_the_clone_fails_clearly(private_builds: dict[str, Built
     assert case.status is BuildStatus.FAILED
     assert '"phase": "failed"' in case.text
     assert _mounted_secrets(case.service) == []
+
+
+@pytest.mark.swarm
+def test_a_clone_whose_login_is_refused_fails_naming_the_host_only(
+    private_builds: dict[str, BuiltCase], git_hosts: tuple[GitHost, GitHost]
+) -> None:
+    case = private_builds["wrong-login"]
+    assert case.status is BuildStatus.FAILED
+    assert _mounted_secrets(case.service) == [BUILDER_GIT_LOGIN]  # it was sent, and refused
+    failed = [json.loads(line) for line in case.text.splitlines()][-1]
+    assert failed["phase"] == "failed"
+    assert failed["message"].startswith(
+        f"Build failed: authentication failed for {git_hosts[1].host}: "
+    )
+    assert WRONG_PASSWORD not in case.text + json.dumps(case.service)
 
 
 @pytest.mark.swarm

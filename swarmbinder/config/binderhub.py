@@ -33,7 +33,6 @@ from ..errors import ConfigError
 from .binderhub_traits import (
     CHART_OPTIONS,
     DEFAULT_REPO_PROVIDERS,
-    GIT_CREDENTIALS,
     HELM_CHART_VALUES,
     PROVIDER_CLASSES,
     SECTIONS,
@@ -85,8 +84,6 @@ class Translation:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(key, f"unknown {name} option{hint}")
             option = spec.option
-            if option == GIT_CREDENTIALS and not _have_option(option):
-                option = ""
             if not option:
                 self.ignored.append(key)
                 continue
@@ -138,12 +135,6 @@ class Translation:
                 ours[option] = [*previous, *value]
                 continue
             raise ConfigError(option, f"set twice: as {option} and by {self.sources[option]}")
-
-
-def _have_option(name: str) -> bool:
-    from .sections import OPTIONS
-
-    return name in OPTIONS
 
 
 def _kind(value: Any) -> str:
@@ -216,9 +207,7 @@ def render_table() -> list[str]:
     for name, info in SECTIONS.items():
         for trait, spec in sorted(info.own.items()):
             option = spec.option
-            if option == GIT_CREDENTIALS and not _have_option(option):
-                cell = "not applicable: no private-repository credentials yet"
-            elif option:
+            if option:
                 cell = f"`{option}`" + (f" ({spec.why})" if spec.why else "")
             else:
                 cell = f"not applicable: {spec.why}"

@@ -175,8 +175,11 @@ def _na(why: str) -> Trait:
 _K8S = "Kubernetes only"
 _CLASS = "a BinderHub Python class; swarmbinder's part is fixed"
 _SPEC_NOTE = "one list for every provider: each pattern is tied to {prefix}/ launches"
-#: Set when the private-repository credentials option exists; until then, not applicable.
-GIT_CREDENTIALS = "git_credentials"
+#: Logins belong to one host here: GitHub's, GitLab's and each of git.git_credentials' own.
+_NO_HOST_LOGIN = (
+    "a login handed to every host; github.git_credentials, gitlab.git_credentials and "
+    "git.git_credentials each give one to its own host"
+)
 
 
 def _provider_traits(prefix: str | None) -> dict[str, Trait]:
@@ -189,14 +192,17 @@ def _provider_traits(prefix: str | None) -> dict[str, Trait]:
             traits[name] = _to(
                 name, _SPEC_NOTE.format(prefix=prefix), convert=_scope_items(prefix), merge=True
             )
-    traits["git_credentials"] = _to(GIT_CREDENTIALS)
+    # GitHub's, GitLab's and git's own sections map theirs; the data providers clone nothing
+    traits["git_credentials"] = _na(
+        _NO_HOST_LOGIN if prefix is None else "this provider's records are not cloned with git"
+    )
     return traits
 
 
 _BUILD_EXECUTOR: dict[str, Trait] = {
     "appendix": _to("appendix"),
     "memory_limit": _to("build_memory_limit"),
-    "git_credentials": _to(GIT_CREDENTIALS),
+    "git_credentials": _na("set per build from the provider's git_credentials"),
     "push_secret": _na(
         f"{_K8S}: a Secret with push credentials; registry_token_key gives each "
         "build its own push login"
@@ -242,6 +248,7 @@ _BINDERHUB: dict[str, Trait] = {
     "ban_networks": _to("ban_networks"),
     "banner_message": _to("banner_message"),
     "base_url": _to("base_url"),
+    "block_build_user_agents": _to("block_build_user_agents"),
     "build_class": _na(_CLASS),
     "build_cleaner_class": _na(_CLASS),
     "build_cleanup_interval": _to("build_cleanup_interval"),
@@ -394,6 +401,9 @@ SECTIONS["GitHubRepoProvider"] = _provider(
         "access_token": _to("github.access_token"),
         "client_id": _to("github.client_id"),
         "client_secret": _to("github.client_secret"),
+        "git_credentials": _to(
+            "github.git_credentials", "for github.hostname only; unset, made from access_token"
+        ),
     },
 )
 SECTIONS["GistRepoProvider"] = _provider(
@@ -404,6 +414,7 @@ SECTIONS["GistRepoProvider"] = _provider(
             for name in ("hostname", "api_base_path", "access_token", "client_id", "client_secret")
         },
         "allow_secret_gist": _na("secret gists are always refused"),
+        "git_credentials": _na("public gists need no login, and secret gists are refused"),
     },
 )
 SECTIONS["GitLabRepoProvider"] = _provider(
@@ -412,10 +423,19 @@ SECTIONS["GitLabRepoProvider"] = _provider(
         "hostname": _to("gitlab.hostname"),
         "access_token": _to("gitlab.access_token"),
         "private_token": _to("gitlab.private_token"),
+        "git_credentials": _to(
+            "gitlab.git_credentials", "for gitlab.hostname only; unset, made from the token"
+        ),
     },
 )
 SECTIONS["GitRepoProvider"] = _provider(
-    "GitRepoProvider", {"allowed_protocols": _to("git.allowed_protocols")}
+    "GitRepoProvider",
+    {
+        "allowed_protocols": _to("git.allowed_protocols"),
+        "git_credentials": _to(
+            "git.git_credentials", "each login names its host=; protocol= is https unless set"
+        ),
+    },
 )
 for _name in (
     "ZenodoProvider",

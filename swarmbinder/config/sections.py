@@ -510,6 +510,14 @@ class BanConfig(Section):
         "private network here; docs/security.md.",
         check=values.cidr_list,
     )
+    block_build_user_agents: tuple[str, ...] = opt(
+        (".*bot.*", ".*gpt.*", ".*crawler.*", ".*spider.*"),
+        "Regexes of User-Agents that may not start builds: /build answers a match with 403. "
+        "Matched case-insensitively from the start of the header (BinderHub's re.match), "
+        "against its first 512 characters; a missing header is the empty string. The default "
+        "is BinderHub's (self-declared bots and crawlers); [] lets every client build.",
+        check=values.regex_list,
+    )
     banned_specs: tuple[values.BannedSpec, ...] = opt(
         (),
         "Specs that may not launch: regexes, or {pattern: regex, reason: text} to tell users "

@@ -1,9 +1,9 @@
 """``GET /build/<provider>/<spec>``: BinderHub's EventSource protocol over :mod:`launch_flow`.
 
-The handler parses, takes one of the client's open-stream slots (``max_streams_per_ip``),
-admits (network bans, build token, rate limit), and writes what the flow yields as
-``data: <json>`` frames, with a ``:keepalive`` comment whenever nothing else was written for
-:data:`~swarmbinder.events.KEEPALIVE_INTERVAL` seconds.
+The handler refuses ``block_build_user_agents``, parses, takes one of the client's
+open-stream slots (``max_streams_per_ip``), admits (network bans, build token, rate limit), and
+writes what the flow yields as ``data: <json>`` frames, with a ``:keepalive`` comment whenever
+nothing else was written for :data:`~swarmbinder.events.KEEPALIVE_INTERVAL` seconds.
 
 Errors found before the stream starts are answered with their HTTP status *and* a ``failed``
 event in an event-stream body, as BinderHub does: an EventSource client never sees the status,
@@ -34,12 +34,13 @@ from ..events import (
     Phase,
     sse_frame,
 )
-from ..keys import ADMISSION, CLIENT_IP, CONFIG, FLOW, STREAM_SLOTS
+from ..keys import ADMISSION, CLIENT_IP, CONFIG, FLOW, STREAM_SLOTS, USER_AGENT_BLOCK
 from ..launch_flow import LaunchRequest
 from ..policy.admintoken import AdminAccess, check_admin_token
 from ..policy.admission import Admitted
 from ..policy.ratelimit import RateLimitExceeded
 from ..policy.streamcap import TooManyStreams
+from ..policy.useragents import UserAgentBlocked
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,12 @@ def _launch_host(request: web.Request) -> str:
 async def build(request: web.Request) -> web.StreamResponse:
     # CORS headers are added by the app's response signal, to streams and errors alike.
     cors: dict[str, str] = {}
+    # BinderHub's order: a refused User-Agent first, then the Accept header.
+    try:
+        request.app[USER_AGENT_BLOCK].check(request.headers)
+    except UserAgentBlocked as error:
+        log.info("refused an event stream: %s", error)
+        return _refusal(error, cors)
     accept = {part.strip().lower() for part in request.headers.get("Accept", "").split(",")}
     accept |= {part.split(";")[0].strip() for part in accept}
     if "text/event-stream" not in accept:

@@ -10,7 +10,7 @@ from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError, ProviderUnavailable, RefNotFound, SpecError
-from ..gitcredentials import GitCredentials, helper_env
+from ..gitcredentials import GitCredentials, GitLogin, GitLoginRefused, helper_env
 from ..outbound import OutboundPolicy, parse_address, resolve_checked
 from .base import RepoProvider, check_ref, check_text, is_full_sha
 from .cache import SharedLookups
@@ -193,7 +193,7 @@ class GitRepoProvider(RepoProvider):
         env["GIT_TERMINAL_PROMPT"] = "0"
         env["GIT_ALLOW_PROTOCOL"] = ":".join(sorted(self.allowed_protocols))
         env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-        login = self._logins.for_url(self.repo) if self._logins is not None else None
+        login = self._login()
         if login is not None:
             # A private repository's login, given to its own host only; it lives in this
             # process's child for the length of one ls-remote.
@@ -252,6 +252,9 @@ class GitRepoProvider(RepoProvider):
                 refs.setdefault(name, sha)
         return refs
 
+    def _login(self) -> GitLogin | None:
+        return self._logins.for_url(self.repo) if self._logins is not None else None
+
     async def _pinned_destination(self) -> list[str]:
         """git options that keep ``ls-remote`` on the addresses the policy just checked."""
         try:
@@ -272,6 +275,11 @@ class GitRepoProvider(RepoProvider):
     def _ls_remote_failed(self, stderr: str) -> Exception:
         lines = [line.strip() for line in stderr.splitlines() if line.strip()]
         detail = lines[-1][:300] if lines else "no error message"
+        login = self._login()
+        if login is not None and "authentication failed" in stderr.lower():
+            # The operator's login for this host was sent and turned down: not the user's
+            # mistake, and not "does not exist". Only the host is named, never the login.
+            return GitLoginRefused(login.host, self.repo)
         if _REDIRECTED.search(stderr):
             return SpecError(
                 f"The git server of {self.repo} redirects elsewhere, and this Binder does not "

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, TypeVar, Unpack
 from urllib.parse import quote
 
 from ..errors import ProviderUnavailable, RefNotFound, SpecError
+from ..gitcredentials import login_refused_message
 from .base import (
     HttpOptions,
     HttpResponse,
@@ -147,7 +148,7 @@ class _GitHubAPI(RepoProvider):
         if response.status == 401:
             raise ProviderUnavailable(
                 f"GitHub rejected the configured credentials: {message}",
-                user_message="GitHub refused our credentials. Please tell the operators.",
+                user_message=login_refused_message(self.hostname, "GitHub"),
             )
         if response.status in (403, 451):
             # what is left of 403 here is "Repository access blocked" (terms of service, DMCA)

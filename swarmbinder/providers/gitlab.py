@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from typing import ClassVar, Unpack
 from urllib.parse import quote, unquote
 
-from ..errors import SpecError
+from ..errors import ProviderUnavailable, SpecError
+from ..gitcredentials import login_refused_message
 from .base import (
     HttpOptions,
     RepoProvider,
@@ -122,6 +123,11 @@ class GitLabRepoProvider(RepoProvider):
             raise self._not_found()
         if response.status == 429:
             raise rate_limit_exceeded("GitLab", retry_after(response.headers))
+        if response.status == 401:
+            raise ProviderUnavailable(
+                f"GitLab rejected the configured token for {url}",
+                user_message=login_refused_message(self.hostname, "GitLab"),
+            )
         if response.status != 200:
             raise answered_status("GitLab", response.status, url)
         data = response.json("GitLab")

@@ -12,8 +12,6 @@
   var buildUrl = new URL(config.buildUrl, window.location.href);
   var urlPath = B.launchUrlPath(new URLSearchParams(window.location.search));
   var ORDER = ["waiting", "fetching", "building", "pushing", "launching", "ready"];
-  // repo2docker and docker colour their output; the log is plain text
-  var ANSI = /\x1b\[[0-9;?]*[A-Za-z]/g;
   var MAX_RETRIES = 5;
   // The tab's icon follows the build as BinderHub's does: one icon while the image is built,
   // pushed and launched, one for success, one for failure. A custom template may leave the
@@ -30,6 +28,12 @@
 
   var el = function (id) { return document.getElementById(id); };
   var log = el("log");
+  // repo2docker and docker colour their output; ansi.js turns the colours into our own spans
+  // (a custom template that does not load ansi.js gets the text as it comes)
+  var ansiLog = B.AnsiLog ? new B.AnsiLog(log) : {
+    append: function (text) { log.appendChild(document.createTextNode(text)); },
+  };
+  var stripAnsi = B.stripAnsi || function (text) { return text; };
   var statusLine = el("status");
   var finished = false;
   var controller = null;
@@ -44,7 +48,7 @@
 
   function appendLog(text) {
     var atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-    log.appendChild(document.createTextNode(text.replace(ANSI, "")));
+    ansiLog.append(text);
     if (atBottom) {
       log.scrollTop = log.scrollHeight;
     }
@@ -87,7 +91,7 @@
     statusLine.textContent = "Launch failed";
     statusLine.className = "status failed";
     var box = el("failure");
-    box.textContent = message.replace(ANSI, "").trim() || "The launch failed.";
+    box.textContent = stripAnsi(message).trim() || "The launch failed.";
     box.classList.remove("hidden");
     log.classList.remove("hidden");
     el("toggle-log").textContent = "hide";
