@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Container
+from dataclasses import dataclass
 
 from .buildjob import (
     REGISTRY_AUTH_LABELS,
@@ -37,6 +38,18 @@ from .registrytokens import BuildCredential, image_repository
 from .swarm import SecretMount, SwarmClient
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobLogins:
+    """The logins one build service is made, or promoted from the queue, with."""
+
+    #: The secret the builder pushes with, and the build's own login in it (token issuer).
+    secret: SecretMount | None = None
+    credential: BuildCredential | None = None
+    #: The login the build of a private repository clones with.
+    git_login: GitLoginMount | None = None
+
 
 #: A build login younger than this is never swept: its service may be in the making by
 #: another replica.
@@ -60,6 +73,12 @@ class BuildLogins:
         self._secret_names: dict[bytes, str] = {}
         self._git_secret_names: dict[GitLogin, str] = {}
         self._settings.scrubber.update(settings.git_logins.secrets())
+
+    async def for_job(self, request: BuildRequest, *, own_login: bool) -> JobLogins:
+        """Every login the build's service mounts: :meth:`git_login` and :meth:`for_build`."""
+        git_login = await self.git_login(request)
+        secret, credential = await self.for_build(request, own_login=own_login)
+        return JobLogins(secret, credential, git_login)
 
     async def for_build(
         self, request: BuildRequest, *, own_login: bool
@@ -132,8 +151,9 @@ class BuildLogins:
             ) from exc
         return GitLoginMount(login, SecretMount(info.id, info.name, BUILDER_GIT_LOGIN, 0o400))
 
-    async def discard(self, secret: SecretMount | None, credential: BuildCredential | None) -> None:
-        """Undo :meth:`for_build` for a build service that was never made."""
+    async def discard(self, logins: JobLogins) -> None:
+        """Undo :meth:`for_job` for a build service that was never made."""
+        secret, credential = logins.secret, logins.credential
         if credential is None or secret is None:
             return
         if self._settings.issuer is not None:

@@ -29,11 +29,10 @@ from collections.abc import Callable, Sequence
 from .buildjob import (
     BuildRequest,
     BuildSettings,
-    GitLoginMount,
     job_spec,
     request_from_labels,
 )
-from .buildlogins import BuildLogins
+from .buildlogins import BuildLogins, JobLogins
 from .buildstatus import BuildStatus
 from .buildwatch import Build, BuildWatcher
 from .errors import ServiceNameConflict, SwarmbinderError
@@ -47,9 +46,8 @@ from .labels import (
     LABEL_REGISTRY_LOGIN,
     LABEL_STATUS,
 )
-from .registrytokens import BuildCredential
 from .sticky import BUILD_NODE_LABEL, Node, NodeAvailability, NodeState, rank_nodes
-from .swarm import JobSpec, NodeInfo, SecretMount, ServiceInfo, SwarmClient
+from .swarm import JobSpec, NodeInfo, ServiceInfo, SwarmClient
 
 log = logging.getLogger(__name__)
 
@@ -250,32 +248,23 @@ class BuildManager:
         status = BuildStatus.QUEUED if queued else BuildStatus.RUNNING
         # A queued build gets its own login when it leaves the queue, so the login's lifetime
         # (build_max_age) counts from when it runs.
-        git_login = await self._logins.git_login(request)
-        secret, credential = await self._logins.for_build(request, own_login=not queued)
-        spec = self._job_spec(
-            request,
-            status=status,
-            node=node,
-            now=now,
-            secret=secret,
-            login=credential,
-            git_login=git_login,
-        )
+        logins = await self._logins.for_job(request, own_login=not queued)
+        spec = self._job_spec(request, status=status, node=node, now=now, logins=logins)
         build = self._new_build(request, status, created=now)
         build.node = node
-        build.credential = credential
-        build.login_username = credential.username if credential is not None else ""
+        build.credential = logins.credential
+        build.login_username = logins.credential.username if logins.credential is not None else ""
         build.on_end = self._revoke_login
         try:
             await self._swarm.create_job(spec)
         except ServiceNameConflict:
-            await self._logins.discard(secret, credential)
+            await self._logins.discard(logins)
             # Another replica created it between our inspect and create: join it.
             await self.recover_locked_one(request.service_name)
             return self._builds[request.service_name]
         except BaseException:
             # No half-made build: the login made for a service that does not exist goes too.
-            await self._logins.discard(secret, credential)
+            await self._logins.discard(logins)
             raise
         self._builds[spec.name] = build
         if queued:
@@ -343,9 +332,7 @@ class BuildManager:
         status: BuildStatus,
         node: str,
         now: float,
-        secret: SecretMount | None = None,
-        login: BuildCredential | None = None,
-        git_login: GitLoginMount | None = None,
+        logins: JobLogins,
     ) -> JobSpec:
         return job_spec(
             request,
@@ -354,9 +341,9 @@ class BuildManager:
             node=node,
             now=now,
             build_nodes_only=self._build_label_in_use,
-            secret=secret,
-            login=login,
-            git_login=git_login,
+            secret=logins.secret,
+            login=logins.credential,
+            git_login=logins.git_login,
         )
 
     async def _choose_node(self, request: BuildRequest) -> str:
@@ -388,8 +375,7 @@ class BuildManager:
             try:
                 # The git login is asked again: the secrets the service is updated with
                 # replace the ones it was made with.
-                git_login = await self._logins.git_login(build.request)
-                secret, credential = await self._logins.for_build(build.request, own_login=True)
+                logins = await self._logins.for_job(build.request, own_login=True)
             except SwarmbinderError as exc:
                 build.finish(
                     BuildStatus.FAILED, BuildEvent.failed(f"{exc.user_message}\n"), str(exc)
@@ -400,10 +386,9 @@ class BuildManager:
                 status=BuildStatus.RUNNING,
                 node=node,
                 now=build.created,
-                secret=secret,
-                login=credential,
-                git_login=git_login,
+                logins=logins,
             )
+            credential = logins.credential
             try:
                 await self._swarm.update_job(
                     name,
@@ -416,7 +401,7 @@ class BuildManager:
                     build.credential = credential
                     build.login_username = credential.username
             except SwarmbinderError as exc:
-                await self._logins.discard(secret, credential)
+                await self._logins.discard(logins)
                 build.finish(
                     BuildStatus.FAILED,
                     BuildEvent.failed(f"Could not start the build: {exc}\n"),

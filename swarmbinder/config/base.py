@@ -51,6 +51,16 @@ def opt(
     return field(default=default, metadata=metadata)
 
 
+def url_opt(default: str, help: str) -> Any:
+    """An http(s) URL."""
+    return opt(default, help, check=values.http_url)
+
+
+def bytes_opt(default: int, help: str, *, minimum: int | None = None) -> Any:
+    """A size in bytes, given as a number or like '2G'."""
+    return opt(default, help, minimum=minimum, parse=values.byte_spec, type_name="bytes")
+
+
 @dataclass(frozen=True)
 class Section:
     """Base of every section: type-checks and validates each field on construction."""

@@ -318,6 +318,14 @@ _DOCKER_REGISTRY: dict[str, Trait] = {
     "not_found_401": _na("a 401 for a missing image is always read as 'not there'"),
 }
 
+_LAUNCHER: dict[str, Trait] = {
+    "allow_named_servers": _to("allow_named_servers"),
+    "named_server_limit_per_user": _to("named_server_limit_per_user"),
+    "launch_timeout": _to("launch_timeout"),
+    "retries": _na("the hub client retries with its own backoff"),
+    "retry_delay": _na("the hub client retries with its own backoff"),
+    "pre_launch_hook": _na("a Python callable"),
+}
 _LAUNCH_QUOTA: dict[str, Trait] = {"total_quota": _to("pod_quota")}
 
 
@@ -355,17 +363,7 @@ SECTIONS["KubernetesBuildExecutor"] = _section(
 )
 SECTIONS["LocalRepo2dockerBuild"] = _section("builds by a local repo2docker", {}, "BuildExecutor")
 SECTIONS["KubernetesCleaner"] = _section("removal of old builds", {"max_age": _to("build_max_age")})
-SECTIONS["Launcher"] = _section(
-    "launches at the hub",
-    {
-        "allow_named_servers": _to("allow_named_servers"),
-        "named_server_limit_per_user": _to("named_server_limit_per_user"),
-        "launch_timeout": _to("launch_timeout"),
-        "retries": _na("the hub client retries with its own backoff"),
-        "retry_delay": _na("the hub client retries with its own backoff"),
-        "pre_launch_hook": _na("a Python callable"),
-    },
-)
+SECTIONS["Launcher"] = _section("launches at the hub", _LAUNCHER)
 SECTIONS["LaunchQuota"] = _section("the launch quota", _LAUNCH_QUOTA)
 SECTIONS["KubernetesLaunchQuota"] = _section(
     "the launch quota on Kubernetes",

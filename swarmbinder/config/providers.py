@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from . import values
-from .base import Section, opt, sections_of
+from .base import Section, opt, sections_of, url_opt
+
+
+def _host_login(empty: str, *, see: str = "") -> Any:
+    """The ``git_credentials`` option of a git host with an API: one login for the host."""
+    return opt(
+        "",
+        "The login builds of private repositories on hostname clone with, in BinderHub's form "
+        f"'username=...\\npassword=...'. Empty: {empty}. Only builds of repositories that "
+        f"cannot be read without it get it{see}.",
+        secret=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -16,25 +27,20 @@ class GitHubConfig(Section):
     _prefix: ClassVar[str] = "github."
 
     hostname: str = opt("github.com", "The GitHub hostname; change it for GitHub Enterprise.")
-    api_base_url: str = opt(
+    api_base_url: str = url_opt(
         "https://api.{hostname}",
         "The base URL of the GitHub API; {hostname} is replaced by hostname, e.g. "
         "'https://{hostname}/api/v3' for GitHub Enterprise.",
-        check=values.http_url,
     )
     access_token: str = opt(
         "", "GitHub access token for the GitHub API (raises its rate limit).", secret=True
     )
     client_id: str = opt("", "GitHub OAuth client id, for use with client_secret.")
     client_secret: str = opt("", "GitHub OAuth client secret, for use with client_id.", secret=True)
-    git_credentials: str = opt(
-        "",
-        "The login builds of private repositories on hostname clone with, in BinderHub's form "
-        "'username=...\\npassword=...'. Empty: made from access_token as BinderHub does "
-        "(with client_id, username=client_id and password=access_token; without, "
-        "username=access_token and password=x-oauth-basic). Only builds of repositories that "
-        "cannot be read without it get it (docs/security.md).",
-        secret=True,
+    git_credentials: str = _host_login(
+        "made from access_token as BinderHub does (with client_id, username=client_id and "
+        "password=access_token; without, username=access_token and password=x-oauth-basic)",
+        see=" (docs/security.md)",
     )
 
     def __post_init__(self) -> None:
@@ -53,13 +59,8 @@ class GitLabConfig(Section):
     hostname: str = opt("gitlab.com", "The host of the GitLab instance.")
     access_token: str = opt("", "GitLab OAuth2 access token for the GitLab API.", secret=True)
     private_token: str = opt("", "GitLab private token for the GitLab API.", secret=True)
-    git_credentials: str = opt(
-        "",
-        "The login builds of private repositories on hostname clone with, in BinderHub's form "
-        "'username=...\\npassword=...'. Empty: username=binderhub and password=private_token "
-        "(or access_token), as BinderHub makes it. Only builds of repositories that cannot be "
-        "read without it get it.",
-        secret=True,
+    git_credentials: str = _host_login(
+        "username=binderhub and password=private_token (or access_token), as BinderHub makes it"
     )
 
 
@@ -115,10 +116,13 @@ class GitConfig(Section):
     )
 
 
-_DOI_RESOLVER_HELP = (
-    "Where {name} DOIs are resolved (the DOI is appended as a path). BinderHub always asks "
-    "https://doi.org; repo2docker, which fetches the files, always does too."
-)
+def _doi_resolver_url(name: str, more: str = "") -> Any:
+    """The ``doi_resolver_url`` option of a provider whose specs are DOIs."""
+    return url_opt(
+        "https://doi.org",
+        f"Where {name} DOIs are resolved (the DOI is appended as a path). BinderHub always asks "
+        "https://doi.org; repo2docker, which fetches the files, always does too." + more,
+    )
 
 
 @dataclass(frozen=True)
@@ -127,9 +131,7 @@ class ZenodoConfig(Section):
 
     _prefix: ClassVar[str] = "zenodo."
 
-    doi_resolver_url: str = opt(
-        "https://doi.org", _DOI_RESOLVER_HELP.format(name="Zenodo"), check=values.http_url
-    )
+    doi_resolver_url: str = _doi_resolver_url("Zenodo")
 
 
 @dataclass(frozen=True)
@@ -138,13 +140,10 @@ class FigshareConfig(Section):
 
     _prefix: ClassVar[str] = "figshare."
 
-    doi_resolver_url: str = opt(
-        "https://doi.org", _DOI_RESOLVER_HELP.format(name="Figshare"), check=values.http_url
-    )
-    api_base_url: str = opt(
+    doi_resolver_url: str = _doi_resolver_url("Figshare")
+    api_base_url: str = url_opt(
         "https://api.figshare.com/v2",
         "The Figshare API, asked for the latest version of an article given without one.",
-        check=values.http_url,
     )
 
 
@@ -154,11 +153,10 @@ class HydroshareConfig(Section):
 
     _prefix: ClassVar[str] = "hydroshare."
 
-    base_url: str = opt(
+    base_url: str = url_opt(
         "https://www.hydroshare.org",
         "The HydroShare site: its API dates resources, and its {base_url}/resource/{id} is "
         "the repo URL handed to repo2docker (which knows www.hydroshare.org only).",
-        check=values.http_url,
     )
 
 
@@ -168,11 +166,8 @@ class DataverseConfig(Section):
 
     _prefix: ClassVar[str] = "dataverse."
 
-    doi_resolver_url: str = opt(
-        "https://doi.org",
-        _DOI_RESOLVER_HELP.format(name="Dataverse")
-        + " The DOI's landing page names the Dataverse installation whose API is asked.",
-        check=values.http_url,
+    doi_resolver_url: str = _doi_resolver_url(
+        "Dataverse", " The DOI's landing page names the Dataverse installation whose API is asked."
     )
 
 

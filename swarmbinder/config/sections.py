@@ -13,7 +13,17 @@ from typing import Any
 from ..errors import ConfigError
 from ..logsetup import DEFAULT_DATEFMT, DEFAULT_FORMAT, check_format
 from . import values
-from .base import MASK, OptionInfo, Section, build_options, opt, plain, sections_of
+from .base import (
+    MASK,
+    OptionInfo,
+    Section,
+    build_options,
+    bytes_opt,
+    opt,
+    plain,
+    sections_of,
+    url_opt,
+)
 from .binderhub_traits import DEFAULT_REPO_PROVIDERS, repo_providers
 from .providers import NESTED_SECTIONS, ProvidersConfig
 
@@ -218,11 +228,10 @@ class RegistryConfig(Section):
         "engine reaches it, e.g. 127.0.0.1:5000/binder-. Lower case, no spaces.",
         check=values.image_prefix,
     )
-    registry_url: str = opt(
+    registry_url: str = url_opt(
         "http://registry:5000",
         "Registry API URL swarmbinder queries for existing images (on the stack's network, "
         "which may differ from the host in image_prefix).",
-        check=values.http_url,
     )
     registry_username: str | None = opt(
         None, "User name for the registry API, with registry_password. Null: anonymous."
@@ -266,29 +275,11 @@ class RegistryConfig(Section):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if (self.registry_username is None) != (self.registry_password is None):
-            missing = "registry_password" if self.registry_password is None else "registry_username"
-            raise ConfigError(missing, "registry_username and registry_password go together")
+        self._set_together("registry_username", "registry_password")
         if self.registry_username is not None and ":" in self.registry_username:
             raise ConfigError("registry_username", "cannot contain ':' (HTTP basic auth)")
-        if (self.registry_token_key is None) != (self.registry_token_certificate is None):
-            missing = (
-                "registry_token_certificate"
-                if self.registry_token_certificate is None
-                else "registry_token_key"
-            )
-            raise ConfigError(
-                missing, "registry_token_key and registry_token_certificate go together"
-            )
-        if (self.registry_pull_username is None) != (self.registry_pull_password is None):
-            missing = (
-                "registry_pull_password"
-                if self.registry_pull_password is None
-                else "registry_pull_username"
-            )
-            raise ConfigError(
-                missing, "registry_pull_username and registry_pull_password go together"
-            )
+        self._set_together("registry_token_key", "registry_token_certificate")
+        self._set_together("registry_pull_username", "registry_pull_password")
         if self.registry_pull_username is not None:
             if self.registry_token_key is None:
                 raise ConfigError(
@@ -304,6 +295,12 @@ class RegistryConfig(Section):
             from ..registrytokens import check_signing_pair
 
             check_signing_pair(self.registry_token_key, self.registry_token_certificate or "")
+
+    def _set_together(self, first: str, second: str) -> None:
+        """Both options set, or neither; the error names the one missing."""
+        if (getattr(self, first) is None) != (getattr(self, second) is None):
+            missing = second if getattr(self, second) is None else first
+            raise ConfigError(missing, f"{first} and {second} go together")
 
 
 @dataclass(frozen=True)
@@ -321,12 +318,10 @@ class BuildConfig(Section):
         "quay.io/jupyterhub/repo2docker:2024.07.0",
         "The repo2docker image to be used for doing builds.",
     )
-    build_memory_limit: int = opt(
+    build_memory_limit: int = bytes_opt(
         0,
         "Max amount of memory for each image build, in bytes or as a size like '2G'; applied "
         "to the build service and passed to repo2docker. 0 sets no limit.",
-        parse=values.byte_spec,
-        type_name="bytes",
     )
     build_node_selector: Mapping[str, str] = opt(
         {},
@@ -379,23 +374,19 @@ class BuildConfig(Section):
         "Limit number of log lines to show when connecting to an already running build.",
         minimum=0,
     )
-    build_log_memory_bytes: int = opt(
+    build_log_memory_bytes: int = bytes_opt(
         1024 * 1024,
         "Log text one build holds in memory, in bytes or as a size like '1M': the last "
         "log_tail_lines lines replayed to a watcher who joins a running build are also cut to "
         "this size, and so is the backlog of each watcher that falls behind. A watcher is told "
         "how many lines it missed. Lines are cut at 64 KiB each.",
-        parse=values.byte_spec,
-        type_name="bytes",
         minimum=64 * 1024,
     )
-    build_log_max_bytes: int = opt(
+    build_log_max_bytes: int = bytes_opt(
         1024 * 1024,
         "Most bytes of one build's log kept in the store (persist_build_logs), as a size like "
         "'1M': the first half and the last half of a longer log are kept (a failed build's "
         "error is at its end), with a line saying how many lines were cut between them.",
-        parse=values.byte_spec,
-        type_name="bytes",
         minimum=64 * 1024,
     )
     persist_build_logs: bool = opt(

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Any, ClassVar, Unpack
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from ..errors import SpecError
 from .base import check_text
-from .datarepo import (
-    DataOptions,
-    DataRepoProvider,
-    check_tag,
-    epoch_seconds,
-)
-from .form import form_display_config, form_labels
+from .datarepo import DataOptions, DataRepoProvider, check_tag, epoch_seconds
+from .form import launch_form
 
 # CKAN dataset names are [a-z0-9_-] (2-100 characters), ids are UUIDs; both end up in the tag
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
@@ -31,13 +25,11 @@ class CKANProvider(DataRepoProvider):
 
     prefix: ClassVar[str] = "ckan"
     name: ClassVar[str] = "CKAN"
-    labels: ClassVar[Mapping[str, object]] = form_labels(
-        "CKAN dataset URL (https://demo.ckan.org/dataset/my-sample-dataset-001)", has_ref=False
-    )
-    display_config: ClassVar[Mapping[str, object]] = form_display_config(
+    labels, display_config = launch_form(
         "ckan",
         "CKAN dataset",
         label="CKAN dataset URL",
+        text="CKAN dataset URL (https://demo.ckan.org/dataset/my-sample-dataset-001)",
         placeholder="https://demo.ckan.org/dataset/my-sample-dataset-001",
         validate_regex=r"[^/]+",
         url_encode=True,

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import escapism
 
 from ..errors import RefNotFound
-from .datarepo import (
-    DOI_FORM_REGEX,
-    DoiRepoProvider,
-    check_tag,
-)
-from .form import form_display_config, form_labels
+from .datarepo import DOI_FORM_REGEX, DoiRepoProvider, check_tag
+from .form import launch_form
 
 
 @dataclass(frozen=True)
@@ -39,13 +34,11 @@ class DataverseProvider(DoiRepoProvider):
 
     prefix: ClassVar[str] = "dataverse"
     name: ClassVar[str] = "Dataverse"
-    labels: ClassVar[Mapping[str, object]] = form_labels(
-        "Dataverse DOI (10.7910/DVN/TJCLKP)", has_ref=False
-    )
-    display_config: ClassVar[Mapping[str, object]] = form_display_config(
+    labels, display_config = launch_form(
         "dataverse",
         "Dataverse DOI",
         label="Dataverse DOI",
+        text="Dataverse DOI (10.7910/DVN/TJCLKP)",
         placeholder="example: 10.7910/DVN/TJCLKP",
         validate_regex=DOI_FORM_REGEX,
         has_ref=False,

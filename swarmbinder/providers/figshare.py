@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, ClassVar, Unpack
 
 from ..errors import RefNotFound, SpecError
-from .datarepo import (
-    DOI_FORM_REGEX,
-    DOI_RESOLVER_URL,
-    DataOptions,
-    DoiRepoProvider,
-)
-from .form import form_display_config, form_labels
+from .datarepo import DOI_FORM_REGEX, DOI_RESOLVER_URL, DataOptions, DoiRepoProvider
+from .form import launch_form
 
 FIGSHARE_API_BASE_URL = "https://api.figshare.com/v2"
 
@@ -27,13 +21,11 @@ class FigshareProvider(DoiRepoProvider):
 
     prefix: ClassVar[str] = "figshare"
     name: ClassVar[str] = "Figshare"
-    labels: ClassVar[Mapping[str, object]] = form_labels(
-        "Figshare DOI (10.6084/m9.figshare.9782777.v1)", has_ref=False
-    )
-    display_config: ClassVar[Mapping[str, object]] = form_display_config(
+    labels, display_config = launch_form(
         "figshare",
         "FigShare DOI",
         label="FigShare DOI",
+        text="Figshare DOI (10.6084/m9.figshare.9782777.v1)",
         placeholder="example: 10.6084/m9.figshare.9782777.v1",
         validate_regex=DOI_FORM_REGEX,
         has_ref=False,

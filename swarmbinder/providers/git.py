@@ -14,7 +14,7 @@ from ..gitcredentials import GitCredentials, GitLogin, GitLoginRefused, helper_e
 from ..outbound import OutboundPolicy, parse_address, resolve_checked
 from .base import RepoProvider, check_ref, check_text, is_full_sha
 from .cache import SharedLookups
-from .form import form_display_config, form_labels
+from .form import launch_form
 
 ALLOWED_PROTOCOLS = frozenset({"http", "https", "git", "ssh"})
 _DEFAULT_PORTS = {"http": 80, "https": 443, "git": 9418, "ssh": 22}
@@ -70,13 +70,11 @@ class GitRepoProvider(RepoProvider):
 
     prefix: ClassVar[str] = "git"
     name: ClassVar[str] = "Git"
-    labels: ClassVar[Mapping[str, object]] = form_labels(
-        "Arbitrary git repository URL (http://git.example.com/repo)"
-    )
-    display_config: ClassVar[Mapping[str, object]] = form_display_config(
+    labels, display_config = launch_form(
         "git",
         "Git repository",
         label="Arbitrary git repository URL",
+        text="Arbitrary git repository URL (http://git.example.com/repo)",
         placeholder="example: https://git.example.com/repo.git",
         validate_regex=r"[^/]+/.+",
         url_encode=True,

@@ -25,7 +25,7 @@ from .base import (
     unexpected,
 )
 from .cache import EtagCache, NegativeCache
-from .form import form_display_config, form_labels
+from .form import launch_form
 
 T = TypeVar("T")
 
@@ -233,8 +233,7 @@ class GitHubRepoProvider(_GitHubAPI):
 
     prefix: ClassVar[str] = "gh"
     name: ClassVar[str] = "GitHub"
-    labels: ClassVar[Mapping[str, object]] = form_labels("GitHub repository name or URL")
-    display_config: ClassVar[Mapping[str, object]] = form_display_config(
+    labels, display_config = launch_form(
         "gh",
         "GitHub",
         label="GitHub repository name or URL",
@@ -299,13 +298,11 @@ class GistRepoProvider(_GitHubAPI):
 
     prefix: ClassVar[str] = "gist"
     name: ClassVar[str] = "Gist"
-    labels: ClassVar[Mapping[str, object]] = form_labels(
-        "Gist ID (username/gistId) or URL", tag_text="Git commit SHA"
-    )
-    display_config: ClassVar[Mapping[str, object]] = form_display_config(
+    labels, display_config = launch_form(
         "gist",
         "GitHub Gist",
         label="Gist ID (username/gistId) or URL",
+        tag_text="Git commit SHA",
         placeholder="",
         validate_regex=r"[^/]+/[^/]+(/[^/]+)?",
         detect_regex="^(https?://gist.github.com/)?(?<repo>.*[^/])/?",

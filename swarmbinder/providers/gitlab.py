@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
 from typing import ClassVar, Unpack
 from urllib.parse import quote, unquote
 
@@ -21,7 +20,7 @@ from .base import (
     retry_after,
     unexpected,
 )
-from .form import form_display_config, form_labels
+from .form import launch_form
 
 GITLAB_HOSTNAME = "gitlab.com"
 _SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
@@ -35,11 +34,11 @@ class GitLabRepoProvider(RepoProvider):
 
     prefix: ClassVar[str] = "gl"
     name: ClassVar[str] = "GitLab"
-    labels: ClassVar[Mapping[str, object]] = form_labels("GitLab.com repository or URL")
-    display_config: ClassVar[Mapping[str, object]] = form_display_config(
+    labels, display_config = launch_form(
         "gl",
         "GitLab",
         label="GitLab repository name or URL",
+        text="GitLab.com repository or URL",
         placeholder="example: https://gitlab.com/group/project or group/project",
         validate_regex=r"[^/]+/.+",
         url_encode=True,

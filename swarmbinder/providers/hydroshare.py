@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Any, ClassVar, Unpack
 
 from ..errors import SpecError
-from .datarepo import (
-    DataOptions,
-    DataRepoProvider,
-    epoch_seconds,
-)
-from .form import form_display_config, form_labels
+from .datarepo import DataOptions, DataRepoProvider, epoch_seconds
+from .form import launch_form
 
 HYDROSHARE_BASE_URL = "https://www.hydroshare.org"
 # BinderHub's rule: the resource id is the (last) 32 hex digits anywhere in the spec, so a bare
@@ -29,13 +24,11 @@ class HydroshareProvider(DataRepoProvider):
 
     prefix: ClassVar[str] = "hydroshare"
     name: ClassVar[str] = "Hydroshare"
-    labels: ClassVar[Mapping[str, object]] = form_labels(
-        "Hydroshare resource id or URL", has_ref=False
-    )
-    display_config: ClassVar[Mapping[str, object]] = form_display_config(
+    labels, display_config = launch_form(
         "hydroshare",
         "Hydroshare resource",
         label="Hydroshare resource id",
+        text="Hydroshare resource id or URL",
         placeholder="example: 8f7c2f0341ef4180b0dbe97f59130756",
         validate_regex=r"[^/]+",
         url_encode=True,

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import ClassVar
 
 from ..errors import RefNotFound
-from .datarepo import (
-    DOI_FORM_REGEX,
-    DoiRepoProvider,
-    check_tag,
-)
-from .form import form_display_config, form_labels
+from .datarepo import DOI_FORM_REGEX, DoiRepoProvider, check_tag
+from .form import launch_form
 
 
 class ZenodoProvider(DoiRepoProvider):
@@ -24,13 +19,11 @@ class ZenodoProvider(DoiRepoProvider):
 
     prefix: ClassVar[str] = "zenodo"
     name: ClassVar[str] = "Zenodo"
-    labels: ClassVar[Mapping[str, object]] = form_labels(
-        "Zenodo DOI (10.5281/zenodo.3242074)", has_ref=False
-    )
-    display_config: ClassVar[Mapping[str, object]] = form_display_config(
+    labels, display_config = launch_form(
         "zenodo",
         "Zenodo DOI",
         label="Zenodo DOI",
+        text="Zenodo DOI (10.5281/zenodo.3242074)",
         placeholder="example: 10.5281/zenodo.3242074",
         validate_regex=DOI_FORM_REGEX,
         has_ref=False,
