@@ -15,6 +15,7 @@ from ..logsetup import DEFAULT_DATEFMT, DEFAULT_FORMAT, check_format
 from . import values
 from .base import MASK, OptionInfo, Section, build_options, opt, plain, sections_of
 from .binderhub_traits import DEFAULT_REPO_PROVIDERS, repo_providers
+from .pools import PoolConfig
 from .providers import NESTED_SECTIONS, ProvidersConfig
 
 _SPEC_MATCHING = (
@@ -611,6 +612,7 @@ class Config:
     pages: PagesConfig = field(default_factory=PagesConfig)
     tokens: TokenConfig = field(default_factory=TokenConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    pools: PoolConfig = field(default_factory=PoolConfig)
     providers: ProvidersConfig = field(default_factory=ProvidersConfig)
     #: BinderHub options the config file set that do nothing here, for one start-up warning.
     ignored_binderhub_options: tuple[str, ...] = field(default=(), compare=False)
