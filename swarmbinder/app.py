@@ -60,7 +60,7 @@ from .keys import (
     SWARM,
     USER_AGENT_BLOCK,
 )
-from .launch_flow import LaunchFlow
+from .launch_flow import LaunchFlow, ServerLauncher
 from .launcher import Launcher
 from .launchslots import LaunchSlots, auto_limit
 from .metrics import LaunchEventLog, Metrics, MetricsObserver
@@ -74,6 +74,8 @@ from .policy.streamcap import StreamSlots
 from .policy.sync import follow_changes
 from .policy.tokenmint import SpentTokens
 from .policy.useragents import UserAgentBlock
+from .pools import PooledLauncher
+from .pools.setup import counted_servers, pools_from_config
 from .prebuild import jobs as prebuild_jobs
 from .registry import RegistryClient
 from .registrytokens import TokenIssuer, issuer_from_config
@@ -230,7 +232,16 @@ async def services(app: web.Application) -> AsyncIterator[None]:
             config, app[METRICS], swarm, builds, launcher, running_servers, stack, tasks
         )
         app[FLOW] = await make_launch_flow(
-            config, stack, bans, quotas, registry, builds, launcher, running_servers, observer
+            config,
+            stack,
+            bans,
+            quotas,
+            registry,
+            builds,
+            launcher,
+            running_servers,
+            observer,
+            pools=(hub, swarm, tasks.start) if hub is not None else None,
         )
         # One limiter for /build and for the loading page's build tokens (policy.tokenmint);
         # it counts in the store, so it holds across replicas.
@@ -407,8 +418,11 @@ async def make_launch_flow(
     launcher: Launcher | None,
     running_servers: Callable[[], Awaitable[list[UserServer]]],
     observer: MetricsObserver,
+    *,
+    pools: tuple[HubClient, SwarmClient, Callable[[Awaitable[None], str], None]] | None = None,
 ) -> LaunchFlow:
-    """What runs each /build request: resolve the spec, find or build the image, launch."""
+    """What runs each /build request: resolve the spec, find or build the image, launch
+    (with ``warm_pools``, from a pool when one holds a server of the image)."""
     # Specs choose where the providers connect, so they get a session of their own that
     # holds them to allowed_outbound_networks; the hub and registry use the plain one.
     provider_http = await stack.enter_async_context(provider_session(config))
@@ -427,13 +441,24 @@ async def make_launch_flow(
         name, _, tag = image.rpartition(":")
         return await registry.manifest_exists(name, tag)
 
+    flow_launcher: ServerLauncher | None = launcher
+    counted = running_servers
+    if pools is not None and launcher is not None:
+        hub, swarm, start_task = pools
+        found = image_exists
+        manager = pools_from_config(config, hub, swarm, launcher, builds, resolve_path, found)
+        if manager is not None:
+            flow_launcher = PooledLauncher(launcher, manager)
+            counted = counted_servers(running_servers)
+            stack.push_async_callback(manager.aclose)
+            start_task(manager.run(), "warm-pools")
     return LaunchFlow(
         resolve=resolve_path,
         image_exists=image_exists,
         builds=builds,
-        launcher=launcher,
-        check_quota=quotas.gate(running_servers, on_refused=observer.quota_refused),
-        launch_budget=quotas.launch_gate(running_servers, on_refused=observer.quota_refused),
+        launcher=flow_launcher,
+        check_quota=quotas.gate(counted, on_refused=observer.quota_refused),
+        launch_budget=quotas.launch_gate(counted, on_refused=observer.quota_refused),
         observer=observer,
     )
 

@@ -244,6 +244,22 @@ class HubClient:
             raise
         return True
 
+    async def create_token(
+        self, name: str, *, scopes: list[str], note: str, expires_in: int | None = None
+    ) -> str:
+        """A new API token of user ``name`` holding only ``scopes`` (``POST /users/{name}/tokens``).
+
+        Never retried: a retry after a lost answer would make a second token nobody knows.
+        """
+        body: dict[str, Any] = {"scopes": scopes, "note": note}
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        _, data = await self._once("POST", f"/users/{quote(name, safe='')}/tokens", body=body)
+        token = (data or {}).get("token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise HubUnavailable(f"POST /users/{name}/tokens", ValueError("no token in answer"))
+        return token
+
     # -- servers -----------------------------------------------------------------------
 
     def _server_path(self, name: str, server_name: str) -> str:

@@ -77,6 +77,17 @@ LABEL_HUB = "swarmbinder.hub"
 LABEL_USER = "swarmbinder.user"
 LABEL_SERVER_NAME = "swarmbinder.server-name"
 
+# -- warm pools (swarmbinder.pools) --------------------------------------------------------------
+
+#: The server name of every warm-pool server (a named server of its own temporary user), so a
+#: pool server is known as one from the moment its service exists, by the hub's own label.
+SERVER_NAME_POOL = "pool"
+#: Set by swarmbinder on a pool server's service when it is taken out of its pool: the epoch
+#: time it was handed out, or ``retiring`` while it is being stopped. Absent: it waits. Set
+#: with the service's version, so two replicas never take the same server.
+LABEL_POOL_CLAIMED = "swarmbinder.pool-claimed"
+POOL_RETIRING = "retiring"
+
 # -- the stack -----------------------------------------------------------------------------------
 
 #: On the secrets ``swarmbinder up`` makes: the stack they belong to.

@@ -435,6 +435,41 @@ class SwarmClient:
             f"services/{raw['ID']}/update", "POST", params={"version": str(version)}, data=spec
         )
 
+    async def claim_service_label(self, name_or_id: str, key: str, value: str) -> bool:
+        """Set the service label ``key`` to ``value`` if the service has no such label yet;
+        False if it has one (or the service is gone). The update names the version it read, so
+        of two callers racing for one service exactly one wins, whichever replica each is in.
+        Only the service's own labels change: its task keeps running.
+        """
+        for _ in range(5):
+            try:
+                raw = await self._json(f"services/{name_or_id}")
+            except SwarmRequestFailed as exc:
+                if exc.status == 404:
+                    return False
+                raise
+            spec = copy.deepcopy(raw["Spec"])
+            labels = spec.setdefault("Labels", {})
+            if key in labels:
+                return False
+            labels[key] = value
+            version = raw["Version"]["Index"]
+            try:
+                await self._json(
+                    f"services/{raw['ID']}/update",
+                    "POST",
+                    params={"version": str(version)},
+                    data=spec,
+                )
+                return True
+            except SwarmRequestFailed as exc:
+                # Someone else updated it first ("update out of sequence"): read it again.
+                if exc.status == 404:
+                    return False
+                if "out of sequence" not in exc.detail:
+                    raise
+        return False
+
     async def list_services(self, labels: Mapping[str, str | None]) -> list[ServiceInfo]:
         """Services carrying every label (value None: any value)."""
         wanted = [k if v is None else f"{k}={v}" for k, v in labels.items()]

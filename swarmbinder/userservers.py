@@ -22,12 +22,14 @@ from .errors import SwarmbinderError
 from .labels import (
     LABEL_HUB,
     LABEL_IMAGE,
+    LABEL_POOL_CLAIMED,
     LABEL_REPO_URL,
     LABEL_ROLE,
     LABEL_SERVER_NAME,
     LABEL_SPEC,
     LABEL_USER,
     ROLE_USER_SERVER,
+    SERVER_NAME_POOL,
 )
 from .swarm import ServiceInfo, SwarmClient
 
@@ -50,6 +52,13 @@ class UserServer:
     repo_url: str
     spec: str
     created: datetime | None
+    #: A warm-pool server's :data:`~swarmbinder.labels.LABEL_POOL_CLAIMED` (``""``: unclaimed).
+    pool_claim: str = ""
+
+    @property
+    def waiting_in_pool(self) -> bool:
+        """A warm-pool server nobody has been handed yet: it counts against no quota."""
+        return self.server_name == SERVER_NAME_POOL and not self.pool_claim
 
     @classmethod
     def from_service(cls, service: ServiceInfo) -> UserServer | None:
@@ -67,6 +76,7 @@ class UserServer:
             repo_url=labels.get(LABEL_REPO_URL, ""),
             spec=labels.get(LABEL_SPEC, ""),
             created=parse_swarm_time(service.created_at),
+            pool_claim=labels.get(LABEL_POOL_CLAIMED, ""),
         )
 
 

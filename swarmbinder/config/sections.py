@@ -25,6 +25,7 @@ from .base import (
     url_opt,
 )
 from .binderhub_traits import DEFAULT_REPO_PROVIDERS, repo_providers
+from .pools import PoolConfig
 from .providers import NESTED_SECTIONS, ProvidersConfig
 
 _SPEC_MATCHING = (
@@ -610,6 +611,7 @@ class Config:
     pages: PagesConfig = field(default_factory=PagesConfig)
     tokens: TokenConfig = field(default_factory=TokenConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    pools: PoolConfig = field(default_factory=PoolConfig)
     providers: ProvidersConfig = field(default_factory=ProvidersConfig)
     #: BinderHub options the config file set that do nothing here, for one start-up warning.
     ignored_binderhub_options: tuple[str, ...] = field(default=(), compare=False)
