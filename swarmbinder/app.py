@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from .admin import AdminService, ConfigQuotas
-from .buildjob import BuildSettings, git_logins_from_config
+from .buildjob import BuildSettings, connect_swarm, git_logins_from_config
 from .buildlogs import BuildLogRecorder, prune_build_logs, recording_manager
 from .builds import BuildManager
 from .buildstatus import BuildStatus
@@ -192,7 +192,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     async with contextlib.AsyncExitStack() as stack:
         session = await stack.enter_async_context(aiohttp.ClientSession())
-        swarm = await stack.enter_async_context(SwarmClient.connect(config.builds.docker_host))
+        swarm = await stack.enter_async_context(connect_swarm(config))
         app[SWARM] = swarm
         # The one outside system waited for at start-up: without it there are no bans to
         # enforce. A PostgreSQL that refuses us is a ConfigError naming store_url (exit 2).

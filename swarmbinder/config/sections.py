@@ -398,6 +398,22 @@ class BuildConfig(Section):
         type_name="bytes",
         minimum=64 * 1024,
     )
+    service_log_max_size: int = opt(
+        10 * 1024 * 1024,
+        "Largest log file of each container of a service Binder creates (builds, prebuild "
+        "jobs, reapers), as a size like '10M', before Docker's json-file driver rotates it. "
+        "The stack passes the same limit to the hub for user servers and uses it for its own "
+        "services. Without rotation, a build printing forever fills the node's disk.",
+        parse=values.byte_spec,
+        type_name="bytes",
+        minimum=64 * 1024,
+    )
+    service_log_max_files: int = opt(
+        3,
+        "How many rotated log files of service_log_max_size each such container keeps.",
+        minimum=1,
+        maximum=100,
+    )
     persist_build_logs: bool = opt(
         True,
         "Keep each build's log in the store after its service is removed, for the admin API.",
