@@ -263,9 +263,22 @@ class RegistryConfig(Section):
     registry_pull_password: str | None = opt(
         None, "Password of registry_pull_username.", secret=True
     )
+    image_retention_days: int | None = opt(
+        None,
+        "Delete images under image_prefix from the registry when no launch has used them for "
+        "this many days (an image is first counted from when the sweep first sees it; one a "
+        "Swarm service runs or builds is never deleted). Deleting frees no disk until the "
+        "registry's garbage collection runs. Needs use_registry. Null: keep every image.",
+        minimum=1,
+    )
+    image_retention_interval: int = opt(
+        3600, "Seconds between sweeps of image_retention_days.", minimum=60
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.image_retention_days is not None and not self.use_registry:
+            raise ConfigError("image_retention_days", "needs use_registry (it deletes from it)")
         if (self.registry_username is None) != (self.registry_password is None):
             missing = "registry_password" if self.registry_password is None else "registry_username"
             raise ConfigError(missing, "registry_username and registry_password go together")
