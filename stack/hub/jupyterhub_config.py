@@ -40,8 +40,6 @@ SWARMBINDER_HUB_OAUTH_REDIRECT_URI with auth: swarmbinder's OAuth callback as br
 SWARMBINDER_HUB_OAUTH_CLIENT_ID   with auth: swarmbinder's OAuth client id (default
                                   ``service-swarmbinder``, swarmbinder's ``oauth_client_id``)
 SWARMBINDER_HUB_SERVER_PREFIX     user server service names start ``{prefix}-`` (``jupyter``)
-SWARMBINDER_HUB_LOG_MAX_SIZE      user servers' json-file log rotation: largest file (``10m``)
-SWARMBINDER_HUB_LOG_MAX_FILE      and how many files are kept (``3``)
 SWARMBINDER_HUB_CONSTRAINTS       comma-separated placement constraints for user servers
 SWARMBINDER_HUB_CORS_ALLOW_ORIGIN Access-Control-Allow-Origin of user servers (empty: none)
 SWARMBINDER_HUB_PROXY_API_URL     API URL of a configurable-http-proxy run as its own service
@@ -68,7 +66,7 @@ import os
 import sys
 from pathlib import Path
 
-from docker.types import DriverConfig, RestartPolicy
+from docker.types import RestartPolicy
 from dockerspawner import SwarmSpawner
 from tornado import web
 
@@ -314,14 +312,7 @@ c.SwarmSpawner.extra_endpoint_spec = {"mode": "dnsrr"}
 c.SwarmSpawner.cmd = ["jupyterhub-singleuser"]
 c.SwarmSpawner.allowed_images = allowed_images
 c.SwarmSpawner.prefix = env("SERVER_PREFIX", "jupyter")
-c.SwarmSpawner.extra_task_spec = {
-    "restart_policy": RestartPolicy(condition="none"),
-    # A repository's code can print without end: rotate, or it fills the node's disk.
-    "log_driver": DriverConfig(
-        "json-file",
-        {"max-size": env("LOG_MAX_SIZE", "10m"), "max-file": env("LOG_MAX_FILE", "3")},
-    ),
-}
+c.SwarmSpawner.extra_task_spec = {"restart_policy": RestartPolicy(condition="none")}
 constraints = [item.strip() for item in env("CONSTRAINTS").split(",") if item.strip()]
 if constraints:
     c.SwarmSpawner.extra_placement_spec = {"constraints": constraints}
