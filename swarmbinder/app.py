@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -25,7 +26,7 @@ import aiohttp
 from aiohttp import web
 
 from .admin import AdminService, ConfigQuotas
-from .buildjob import BuildSettings, git_logins_from_config
+from .buildjob import BuildSettings, connect_swarm, git_logins_from_config
 from .buildlogs import BuildLogRecorder, prune_build_logs, recording_manager
 from .builds import BuildManager
 from .buildstatus import BuildStatus
@@ -80,6 +81,7 @@ from .prebuild import jobs as prebuild_jobs
 from .registry import RegistryClient
 from .registrytokens import TokenIssuer, issuer_from_config
 from .resolve import Resolved, policy_from_config, provider_session, providers_from_config, resolve
+from .retention import IMAGE_USE_FLUSH_SECONDS, ImageUse, sweep_forever
 from .scrub import DEFAULT_SCRUBBER, Scrubber
 from .store import Store, open_store
 from .swarm import SwarmClient
@@ -198,7 +200,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     async with contextlib.AsyncExitStack() as stack:
         session = await stack.enter_async_context(aiohttp.ClientSession())
-        swarm = await stack.enter_async_context(SwarmClient.connect(config.builds.docker_host))
+        swarm = await stack.enter_async_context(connect_swarm(config))
         app[SWARM] = swarm
         # The one outside system waited for at start-up: without it there are no bans to
         # enforce. A PostgreSQL that refuses us is a ConfigError naming store_url (exit 2).
@@ -231,6 +233,9 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         observer = wire_metrics(
             config, app[METRICS], swarm, builds, launcher, running_servers, stack, tasks
         )
+        image_use = start_retention(config, swarm, registry, store, tasks)
+        if image_use is not None:
+            observer.listen_launched(image_use.note)
         app[FLOW] = await make_launch_flow(
             config,
             stack,
@@ -337,6 +342,35 @@ async def load_policy(config: Config, store: Store) -> tuple[BanList, Quotas]:
     )
     await quotas.load()
     return bans, quotas
+
+
+def start_retention(
+    config: Config,
+    swarm: SwarmClient,
+    registry: RegistryClient | None,
+    store: Store,
+    tasks: _Tasks,
+) -> ImageUse | None:
+    """The registry's retention sweep, when image_retention_days is set, and the record of
+    launched images it reads (flushed to the store every few seconds)."""
+    days = config.registry.image_retention_days
+    if days is None or registry is None:
+        return None
+    image_use = ImageUse(store, time.time)
+    tasks.start(image_use.flush_forever(IMAGE_USE_FLUSH_SECONDS), "image-use")
+    tasks.start(
+        sweep_forever(
+            swarm=swarm,
+            registry=registry,
+            store=store,
+            image_prefix=config.registry.image_prefix,
+            keep_days=days,
+            interval=config.registry.image_retention_interval,
+            clock=time.time,
+        ),
+        "registry-retention",
+    )
+    return image_use
 
 
 def connect_hub(

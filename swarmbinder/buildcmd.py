@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from .buildjob import BuildSettings
+from .buildjob import BuildSettings, connect_swarm
 from .builds import BuildManager, to_sticky_node
 from .config import Config
 from .errors import SwarmbinderError
@@ -15,7 +15,6 @@ from .events import BuildEvent, Phase
 from .registry import RegistryClient
 from .resolve import policy_from_config, provider_session, providers_from_config, resolve
 from .sticky import rank_nodes
-from .swarm import SwarmClient
 
 
 async def run_build(
@@ -57,7 +56,7 @@ async def run_build(
         if config.registry.use_registry and await _in_registry(registry, request.image):
             _emit(BuildEvent.built(request.image, "Found built image\n"), as_json, out)
             return 0
-        async with SwarmClient.connect(config.builds.docker_host) as swarm:
+        async with connect_swarm(config) as swarm:
             manager = BuildManager(swarm, BuildSettings.from_config(config))
             try:
                 build = await manager.request(request)
@@ -89,7 +88,7 @@ async def _in_registry(registry: RegistryClient, image: str) -> bool:
 async def _sticky_node(config: Config, repo_url: str) -> str | None:
     """The node sticky placement would pick; None when no engine answers."""
     try:
-        async with SwarmClient.connect(config.builds.docker_host) as swarm:
+        async with connect_swarm(config) as swarm:
             async with asyncio.timeout(10):
                 nodes = [to_sticky_node(n) for n in await swarm.nodes()]
     except (SwarmbinderError, TimeoutError):

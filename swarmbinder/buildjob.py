@@ -49,7 +49,7 @@ from .naming import build_service_name
 from .registrytokens import BuildCredential, TokenIssuer, issuer_from_config
 from .scrub import DEFAULT_SCRUBBER, Scrubber
 from .sticky import BUILD_NODE_LABEL, parse_label
-from .swarm import BindMount, JobSpec, SecretInfo, SecretMount
+from .swarm import BindMount, JobSpec, LogRotation, SecretInfo, SecretMount, SwarmClient
 
 #: A constraint no node satisfies: queued builds wait behind it until a slot is free.
 QUEUED_CONSTRAINT = f"node.labels.{LABEL_QUEUED}==never"
@@ -262,6 +262,14 @@ class GitLoginMount:
 
     login: GitLogin
     mount: SecretMount
+
+
+def connect_swarm(config: Config) -> SwarmClient:
+    """The engine client every service of Binder's is created through, with the configured
+    log rotation (service_log_max_size, service_log_max_files)."""
+    builds = config.builds
+    rotation = LogRotation(builds.service_log_max_size, builds.service_log_max_files)
+    return SwarmClient.connect(builds.docker_host, rotation)
 
 
 def git_logins_from_config(config: Config) -> GitCredentials:

@@ -431,6 +431,9 @@ class _Build(_Repo, Protocol):
     @property
     def ref(self) -> str: ...
 
+    @property
+    def image(self) -> str: ...
+
 
 class _Resolved(Protocol):
     @property
@@ -465,6 +468,11 @@ class MetricsObserver:
         self.metrics = metrics
         self.events = events
         self._names = provider_names
+        self._launch_listeners: list[Callable[[str], None]] = []
+
+    def listen_launched(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(image)`` for each launch that reaches ``ready``."""
+        self._launch_listeners.append(listener)
 
     def provider_name(self, prefix: str) -> str:
         return self._names.get(prefix, prefix)
@@ -481,6 +489,8 @@ class MetricsObserver:
         self.metrics.count_quota_refusal(name, build.repo_url, refusal.scope)
 
     def launched(self, request: _Request, resolved: _Resolved) -> None:
+        for listener in self._launch_listeners:
+            listener(resolved.build.image)
         if self.events is None:
             return
         self.events.emit(

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from .buildjob import connect_swarm
 from .config import Config
 from .errors import SpecError, SwarmbinderError
 from .prebuild.backends import ServiceBackend, SwarmBackend
@@ -127,9 +128,8 @@ async def _main_job(options: Options, out: TextIO) -> int:
         target = JobTarget(url=options.url, token=options.token)
     else:
         target = JobTarget(config=config)
-    docker_host = config.builds.docker_host if config is not None else None
     network = options.job_network or (config.builds.build_network if config else "host")
-    async with SwarmClient.connect(docker_host) as swarm:
+    async with connect_swarm(config) if config is not None else SwarmClient.connect() as swarm:
         with contextlib.suppress(SwarmbinderError):
             await remove_old_jobs(swarm)
         service = await start_job(

@@ -235,25 +235,37 @@ class RegistryClient:
     async def list_tags(self, image: str) -> list[str]:
         """All tags of a repository, following pagination; [] if the repository is unknown."""
         name = self._repository(image)
-        url: URL | None = self._url(f"/v2/{name}/tags/list")
-        tags: list[str] = []
-        while url is not None:
-            reply = await self._send("GET", url, scope=_pull_scope(name))
+        return await self._paged_list(
+            self._url(f"/v2/{name}/tags/list"), "tags", _pull_scope(name), f"{name}'s tags"
+        )
+
+    async def list_repositories(self) -> list[str]:
+        """Every repository in the registry (its catalog), following pagination."""
+        return await self._paged_list(
+            self._url("/v2/_catalog").with_query(n=1000),
+            "repositories",
+            "registry:catalog:*",
+            "its catalog",
+        )
+
+    async def _paged_list(self, url: URL, key: str, scope: str, what: str) -> list[str]:
+        items: list[str] = []
+        next_url: URL | None = url
+        while next_url is not None:
+            reply = await self._send("GET", next_url, scope=scope)
             if reply.status == 404:
-                return tags
+                return items
             if reply.status != 200:
-                raise self._unexpected(reply, "GET", url.path)
+                raise self._unexpected(reply, "GET", next_url.path)
             try:
                 page = json.loads(reply.body)
-                tags.extend(page.get("tags") or [])
+                items.extend(str(item) for item in page.get(key) or [])
             except (ValueError, AttributeError, TypeError) as exc:
-                raise self._error(
-                    f"registry {self.url} returned an unreadable tag list for {name}"
-                ) from exc
-            url = reply.next_link
-            if url is not None and url.origin() != self._base.origin():
-                raise self._error(f"registry {self.url} paginated {name}'s tags to another host")
-        return tags
+                raise self._error(f"registry {self.url} returned an unreadable {what}") from exc
+            next_url = reply.next_link
+            if next_url is not None and next_url.origin() != self._base.origin():
+                raise self._error(f"registry {self.url} paginated {what} to another host")
+        return items
 
     async def delete_tag(self, image: str, tag: str) -> bool:
         """Delete the manifest ``image:tag`` points to; False if it was not there.

@@ -256,6 +256,29 @@ def _engine_time(value: str) -> float:
 
 
 @dataclass(frozen=True)
+class LogRotation:
+    """Docker's json-file driver with rotation, for every service swarmbinder creates.
+
+    Without it a build's (or a hostile repository's) endless output grows one file on the
+    node's disk until the disk is full: the engine's default json-file driver never rotates.
+    """
+
+    max_bytes: int
+    max_files: int
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "Name": "json-file",
+            "Options": {"max-size": str(self.max_bytes), "max-file": str(self.max_files)},
+        }
+
+
+#: Rotation when nothing else is configured (the defaults of service_log_max_size and
+#: service_log_max_files).
+DEFAULT_LOG_ROTATION = LogRotation(max_bytes=10 * 1024 * 1024, max_files=3)
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """A one-shot Swarm service: ``replicated-job`` mode, one completion, never restarted."""
 
@@ -321,13 +344,25 @@ def _secrets_api(secrets: Sequence[SecretMount]) -> list[dict[str, Any]]:
 class SwarmClient:
     """Typed access to the parts of the Engine API swarmbinder uses."""
 
-    def __init__(self, docker: aiodocker.Docker) -> None:
+    def __init__(
+        self, docker: aiodocker.Docker, log_rotation: LogRotation = DEFAULT_LOG_ROTATION
+    ) -> None:
         self._docker = docker
+        self._log_rotation = log_rotation
 
     @classmethod
-    def connect(cls, url: str | None = None) -> SwarmClient:
-        """A client for ``url`` (else DOCKER_HOST, else the local socket)."""
-        return cls(aiodocker.Docker(url=url, timeout=API_TIMEOUT))
+    def connect(
+        cls, url: str | None = None, log_rotation: LogRotation = DEFAULT_LOG_ROTATION
+    ) -> SwarmClient:
+        """A client for ``url`` (else DOCKER_HOST, else the local socket); every service it
+        creates logs through ``log_rotation``."""
+        return cls(aiodocker.Docker(url=url, timeout=API_TIMEOUT), log_rotation)
+
+    def _service_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` as sent to ``services/create``: the one place every service we create
+        passes, so none escapes log rotation."""
+        body["TaskTemplate"]["LogDriver"] = self._log_rotation.to_api()
+        return body
 
     async def close(self) -> None:
         await self._docker.close()
@@ -387,7 +422,7 @@ class SwarmClient:
         wins, and the other learns it lost by finding the service under that name (Swarm
         reports the conflict as 409 or, on some versions, as a 500).
         """
-        body = copy.deepcopy(spec.to_api())
+        body = self._service_body(copy.deepcopy(spec.to_api()))
         try:
             created = await self._json("services/create", "POST", data=body)
         except SwarmRequestFailed as exc:
@@ -546,7 +581,7 @@ class SwarmClient:
             "Mode": {"Replicated": {"Replicas": 1}},
         }
         try:
-            await self._json("services/create", "POST", data=body)
+            await self._json("services/create", "POST", data=self._service_body(body))
         except SwarmRequestFailed as exc:
             if await self.inspect_service(reaper) is None:
                 log.warning("could not reap %s on node %s: %s", service_name, node_id, exc)

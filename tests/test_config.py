@@ -171,6 +171,11 @@ def test_unknown_override_is_rejected() -> None:
         ("spec_config: [{pattern: 1, config: {}}]", "spec_config", "pattern must be a string"),
         ("spec_config: [{pattern: x, config: 1}]", "spec_config", "config must be a mapping"),
         ("github: {hostname: [a]}", "github.hostname", "expected a string"),
+        ("service_log_max_size: 1k", "service_log_max_size", "must be 65536 or more"),
+        ("service_log_max_files: 0", "service_log_max_files", "must be 1 or more"),
+        ("image_retention_days: 0", "image_retention_days", "must be 1 or more"),
+        ("image_retention_days: -3", "image_retention_days", "must be 1 or more"),
+        ("image_retention_days: 1.5", "image_retention_days", "expected an integer"),
     ],
 )
 def test_wrong_types_are_rejected(tmp_path: Path, text: str, option: str, problem: str) -> None:

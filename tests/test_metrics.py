@@ -298,7 +298,10 @@ def test_observer_fits_the_launch_flow(tmp_path: Path) -> None:
         request_origin="",
         have_build_token=True,
     )
+    launched_images: list[str] = []
+    observer.listen_launched(launched_images.append)  # the retention's record of use
     observer.launched(request, Resolved(build=build, ref_url="", resolved_spec=""))
+    assert launched_images == ["registry/org-repo:" + "b" * 40]
     assert observer.events is not None
     observer.events.close()
     event = json.loads(path.read_text())

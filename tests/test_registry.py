@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from docker_cli import adocker as docker
 from fakes.fake_registry import (
     DOCKER_MANIFEST_LIST,
     DOCKER_MANIFEST_V2,
@@ -530,19 +531,6 @@ async def test_owned_session_is_closed(serve: Serve) -> None:
 
 
 # -- against the real registry of the test ground ------------------------------------------------
-
-
-async def docker(*args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        "docker",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} failed: {err.decode(errors='replace')}")
-    return out.decode()
 
 
 @pytest.fixture

@@ -446,3 +446,39 @@ def test_console_options_bad_input_is_one_line(tmp_path: Path) -> None:
     # The environment variable stands for the flag.
     proc = run_cli("up", env={"SWARMBINDER_SSH_CONSOLE_KEYS": str(no_keys)})
     assert proc.returncode == 2 and "no public keys in the authorized keys file" in proc.stderr
+
+
+def test_every_service_of_every_stack_file_rotates_its_logs() -> None:
+    """json-file with max-size/max-file on each service of the stack and its fragments, and
+    the same limits handed to Binder (builds) and the hub (user servers)."""
+    if not shutil.which("docker"):
+        pytest.skip("the docker CLI is not installed")
+    files = [stackctl.STACK_FILE] + [
+        stackctl.STACK_FILE.parent / "stack" / name
+        for name in ("postgres.yml", "front.yml", "ssh-console.yml")
+    ]
+    variables = StackOptions(name="lab").variables()
+    variables |= {"SWARMBINDER_LOG_MAX_SIZE": "5m", "SWARMBINDER_LOG_MAX_FILE": "4"}
+    variables["SWARMBINDER_POSTGRES_NODE"] = "node-id"
+    variables["SWARMBINDER_TRUSTED_PROXIES"] = "10.9.0.0/24"
+    proc = subprocess.run(
+        ["docker", "stack", "config"] + [arg for f in files for arg in ("-c", str(f))],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], **variables},
+        cwd=stackctl.STACK_FILE.parent,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    assert {"binder", "hub", "proxy", "registry", "postgres", "front"} <= set(services)
+    for name, service in services.items():
+        assert service["logging"] == {
+            "driver": "json-file",
+            "options": {"max-size": "5m", "max-file": "4"},
+        }, name
+    assert services["binder"]["environment"]["SWARMBINDER_SERVICE_LOG_MAX_SIZE"] == "5m"
+    assert services["binder"]["environment"]["SWARMBINDER_SERVICE_LOG_MAX_FILES"] == "4"
+    assert services["hub"]["environment"]["SWARMBINDER_HUB_LOG_MAX_SIZE"] == "5m"
+    assert services["hub"]["environment"]["SWARMBINDER_HUB_LOG_MAX_FILE"] == "4"

@@ -133,7 +133,7 @@ async def test_open_creates_parent_dirs_wal_and_schema_version(db_path: Path) ->
     with side_connection(db_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
 
 
 async def test_ban_build_and_log_survive_a_restart(place: Place, clock: Clock) -> None:
@@ -185,8 +185,9 @@ async def test_a_database_of_version_1_is_migrated_and_keeps_its_rows(place: Pla
     store = await place.open()
     ban = await store.add_ban("spec", "^gh/old/.*", "", "alice")
     await store.close()
-    # As swarmbinder left it before version 2: without the tables replicas share.
-    for table in ("rate_windows", "launch_claims", "policy_version"):
+    # As swarmbinder left it before version 2: without the tables replicas share (nor the
+    # later ones).
+    for table in ("rate_windows", "launch_claims", "policy_version", "image_use"):
         place.sql(f"DROP TABLE {table}")
     place.sql("UPDATE schema_version SET version = 1")
     store = await place.open()
@@ -194,6 +195,7 @@ async def test_a_database_of_version_1_is_migrated_and_keeps_its_rows(place: Pla
         assert await store.list_bans() == [ban]
         assert (await store.count_request("10.0.0.1", 3, 60, 1000)).remaining == 2
         assert await store.policy_version() == 0
+        assert await store.images_last_used() == {}
     finally:
         await store.close()
     assert place.sql("SELECT version FROM schema_version") == [(str(SCHEMA_VERSION),)]
@@ -649,3 +651,19 @@ async def test_the_counters_skip_postgresqls_write_ahead_log(place: Place) -> No
         ("policy_version", "p"),
         ("rate_windows", "u"),
     ]
+
+
+async def test_image_use_never_moves_back_and_is_forgotten(place: Place) -> None:
+    store = await place.open()
+    try:
+        await store.touch_images(["reg/binder-a:1"], 700.0)
+        await store.touch_images(["reg/binder-a:1", "reg/binder-b:2"], 500.0)
+        assert await store.images_last_used() == {
+            "reg/binder-a:1": 700.0,  # an older time never replaces a later one
+            "reg/binder-b:2": 500.0,
+        }
+        await store.touch_images(["reg/binder-b:2"], 900.0)
+        await store.forget_images(["reg/binder-a:1"])
+        assert await store.images_last_used() == {"reg/binder-b:2": 900.0}
+    finally:
+        await store.close()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from docker_cli import adocker, adocker_json
 
 from swarmbinder.errors import ServiceNameConflict, SwarmRequestFailed, SwarmUnavailable
-from swarmbinder.swarm import JobSpec, SecretMount, SwarmClient, TaskStateName
+from swarmbinder.swarm import JobSpec, LogRotation, SecretMount, SwarmClient, TaskStateName
 
 pytestmark = pytest.mark.swarm
 
@@ -178,3 +180,34 @@ async def test_a_job_reads_its_secret_as_a_file(
     finally:
         await swarm.remove_service(name)
         await swarm.remove_secret(secret.id)
+
+
+async def test_a_job_that_prints_without_end_keeps_a_bounded_log(
+    testground: dict[str, Any], run_label: dict[str, str]
+) -> None:
+    """Every service the client creates logs through json-file with rotation: a job that
+    prints 2 MB keeps at most max_files files of about max_bytes on the node's disk."""
+    rotation = LogRotation(max_bytes=64 * 1024, max_files=2)
+    name = f"sbtest-chatty-{run_label['swarmbinder.test-run']}"
+    script = "i=0; while [ $i -lt 20000 ]; do echo line $i of a chatty build 0123456789abcdef0123456789abcdef0123456789abcdef0123456789; i=$((i+1)); done"  # noqa: E501
+    async with SwarmClient.connect(log_rotation=rotation) as swarm:
+        try:
+            await swarm.create_job(job(name, testground["images"]["singleuser"], script, run_label))
+            async with asyncio.timeout(90):
+                task = await swarm.wait_job(name)
+            assert task.succeeded, task
+            by_service = f"label=com.docker.swarm.service.name={name}"
+            (container,) = (await adocker("ps", "-aq", "--filter", by_service)).split()
+            (inspected,) = await adocker_json("inspect", container)
+            assert inspected["HostConfig"]["LogConfig"] == {
+                "Type": "json-file", "Config": {"max-size": "65536", "max-file": "2"}
+            }  # fmt: skip
+            log_path = Path(inspected["LogPath"])
+            files = sorted(log_path.parent.glob(log_path.name + "*"))
+            assert 1 <= len(files) <= 2, files
+            # Each file is cut near max-size (a line may straddle it); 2 MB were printed.
+            assert sum(f.stat().st_size for f in files) <= 2 * (64 * 1024 + 4096)
+            assert "line 19999 " in files[0].read_text()
+        finally:
+            await swarm.remove_service(name)
+            await swarm.remove_leftover_containers(name)

@@ -273,9 +273,22 @@ class RegistryConfig(Section):
     registry_pull_password: str | None = opt(
         None, "Password of registry_pull_username.", secret=True
     )
+    image_retention_days: int | None = opt(
+        None,
+        "Delete images under image_prefix from the registry when no launch has used them for "
+        "this many days (an image is first counted from when the sweep first sees it; one a "
+        "Swarm service runs or builds is never deleted). Deleting frees no disk until the "
+        "registry's garbage collection runs. Needs use_registry. Null: keep every image.",
+        minimum=1,
+    )
+    image_retention_interval: int = opt(
+        3600, "Seconds between sweeps of image_retention_days.", minimum=60
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.image_retention_days is not None and not self.use_registry:
+            raise ConfigError("image_retention_days", "needs use_registry (it deletes from it)")
         self._set_together("registry_username", "registry_password")
         if self.registry_username is not None and ":" in self.registry_username:
             raise ConfigError("registry_username", "cannot contain ':' (HTTP basic auth)")
@@ -389,6 +402,20 @@ class BuildConfig(Section):
         "'1M': the first half and the last half of a longer log are kept (a failed build's "
         "error is at its end), with a line saying how many lines were cut between them.",
         minimum=64 * 1024,
+    )
+    service_log_max_size: int = bytes_opt(
+        10 * 1024 * 1024,
+        "Largest log file of each container of a service Binder creates (builds, prebuild "
+        "jobs, reapers), as a size like '10M', before Docker's json-file driver rotates it. "
+        "The stack passes the same limit to the hub for user servers and uses it for its own "
+        "services. Without rotation, a build printing forever fills the node's disk.",
+        minimum=64 * 1024,
+    )
+    service_log_max_files: int = opt(
+        3,
+        "How many rotated log files of service_log_max_size each such container keeps.",
+        minimum=1,
+        maximum=100,
     )
     persist_build_logs: bool = opt(
         True,

@@ -20,14 +20,13 @@ from collections.abc import AsyncIterator
 import aiohttp
 from yarl import URL
 
-from ..buildjob import BuildSettings
+from ..buildjob import BuildSettings, connect_swarm
 from ..builds import BuildManager
 from ..config import Config
 from ..errors import ConfigError, SpecError, SwarmbinderError
 from ..events import BuildEvent, Phase, SSEDecoder
 from ..registry import RegistryClient
 from ..resolve import Resolved, policy_from_config, provider_session, providers_from_config, resolve
-from ..swarm import SwarmClient
 
 #: A rate-limited ``/build`` (HTTP 429) is retried this often, waiting as Retry-After says.
 RATE_LIMIT_RETRIES = 20
@@ -71,7 +70,7 @@ class SwarmBackend:
                 image_hosts=[image_host],
             )
             stack.push_async_callback(registry.aclose)
-            swarm = await stack.enter_async_context(SwarmClient.connect(config.builds.docker_host))
+            swarm = await stack.enter_async_context(connect_swarm(config))
             builds = BuildManager(swarm, BuildSettings.from_config(config))
             stack.push_async_callback(builds.close)
             # The specs' own requests go through a session held to allowed_outbound_networks.

@@ -175,6 +175,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE policy_version (version BIGINT NOT NULL)",
         "INSERT INTO policy_version (version) VALUES (0)",
     ),
+    # Version 3: when each image in the registry was last launched (or first seen there), for
+    # image_retention_days. Written by each launch's claim, read by the retention sweep.
+    (
+        """
+        CREATE TABLE image_use (
+            image     TEXT PRIMARY KEY,
+            last_used {float} NOT NULL
+        )
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

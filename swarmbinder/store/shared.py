@@ -10,6 +10,8 @@
 * Both are ``UNLOGGED`` tables in PostgreSQL: written by every request or launch, they are not
   worth a disk flush each (a crash of the database forgives the rate limits, as a restart of
   BinderHub does, and forgets the claims of the launches then in flight).
+* **Image use**: when each image was last launched (batched by
+  :class:`~swarmbinder.retention.ImageUse`), for the retention sweep.
 * **The policy version**: bumped in the transaction of every ban or quota change (and, with
   PostgreSQL, announced by ``NOTIFY``); a replica that sees it move reloads its bans and quotas.
 
@@ -18,7 +20,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from .backend import Backend, Tx
@@ -26,6 +28,13 @@ from .records import LaunchClaim, RateWindow
 from .schema import Dialect
 
 T = TypeVar("T")
+
+#: Records that ``image`` was used at a time; never moves its time backwards.
+TOUCH_IMAGE = (
+    "INSERT INTO image_use (image, last_used) VALUES (?, ?)"
+    " ON CONFLICT (image) DO UPDATE SET last_used = excluded.last_used"
+    " WHERE image_use.last_used < excluded.last_used"
+)
 
 #: The advisory lock key of the launch budget: one quota check at a time, across replicas.
 BUDGET_LOCK = 0x5B1D0002
@@ -153,3 +162,32 @@ class SharedState:
         await tx.execute("UPDATE policy_version SET version = version + 1")
         if self._dialect.notify_policy is not None:
             await tx.execute(self._dialect.notify_policy)
+
+    # -- image use --------------------------------------------------------------------------------
+
+    async def touch_images(self, images: Sequence[str], at: float) -> None:
+        """Record ``images`` as used at ``at`` (an earlier time never replaces a later one)."""
+
+        async def op(tx: Tx) -> None:
+            await tx.executemany(TOUCH_IMAGE, [(image, float(at)) for image in images])
+
+        if images:
+            await self._write("touch images", op)
+
+    async def images_last_used(self) -> dict[str, float]:
+        """Every image with a recorded use, and when it was last used."""
+        rows = await self._read(
+            "images last used", lambda tx: tx.fetch("SELECT image, last_used FROM image_use")
+        )
+        return {str(image): float(at) for image, at in rows}
+
+    async def forget_images(self, images: Sequence[str]) -> None:
+        """Drop the records of ``images`` (deleted from the registry)."""
+
+        async def op(tx: Tx) -> None:
+            await tx.executemany(
+                "DELETE FROM image_use WHERE image = ?", [(image,) for image in images]
+            )
+
+        if images:
+            await self._write("forget images", op)
