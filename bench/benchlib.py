@@ -92,6 +92,8 @@ def service_config(g: Mapping[str, Any], run: str, store_dir: Path, **extra: Any
         "store_path": str(store_dir / "store.sqlite"),
         "launch_timeout": 120,
         "rate_limit": 0,
+        # the ground's git server is on loopback, which the service refuses by default
+        "allowed_outbound_networks": ["127.0.0.0/8", "::1/128"],
         "admin_token": f"bench-admin-{run}-{uuid.uuid4().hex}",
         "log_level": "WARNING",
     }
