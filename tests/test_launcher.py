@@ -178,7 +178,7 @@ async def test_an_image_without_jupyter_fails_fast_and_leaves_nothing(
     # The task fails about a second after the POST; the failure and the cleanup follow it,
     # well before the 90 s launch timeout.
     assert elapsed < 30, elapsed
-    assert "jupyterhub-singleuser" in caught.value.user_message
+    assert "has no Jupyter server" in caught.value.user_message
     assert "could not start" in caught.value.user_message
     [user] = launcher.hub.created  # type: ignore[attr-defined]
     assert await hub.get_user(user) is None
