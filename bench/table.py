@@ -32,6 +32,28 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
             "p50 ≤ 1.15x",
             _met(x["ratio_p50"] <= 1.15),
         ))  # fmt: skip
+    if "coldlaunch" in r:
+        x = r["coldlaunch"]
+        s, q = x["seconds"], x["ratios_p50"]
+        load = "load {}-{}".format(*x["load_range"]) if x.get("load_range") else ""
+        floors = [("bare_docker_run", "bare docker run"), ("binderhub_local", "BinderHub local")]
+        for kind, label in [("swarmbinder", "swarmbinder"), ("swarmbinder_baseline", "baseline")]:
+            if kind not in s:
+                continue
+            for floor, floor_label in floors:
+                if floor not in s:
+                    continue
+                ratio = q[f"{kind}_to_{floor}"]
+                target = "≤ 1.3x" if floor == "bare_docker_run" else "< 1x"
+                met = ratio <= 1.3 if floor == "bare_docker_run" else ratio < 1
+                out.append((
+                    f"Cached cold launch, {label} ({x['count']} rounds, interleaved; {load})",
+                    f"p50 {_s(s[kind]['p50'])}, p95 {_s(s[kind]['p95'])}",
+                    f"{floor_label} p50 {_s(s[floor]['p50'])}",
+                    f"{ratio}x",
+                    target if kind == "swarmbinder" else "",
+                    _met(met) if kind == "swarmbinder" else "",
+                ))  # fmt: skip
     if "burst" in r:
         x = r["burst"]
         burst = x["burst_seconds"]

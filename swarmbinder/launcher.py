@@ -79,6 +79,10 @@ class _Failed:
 _Item = BuildEvent | _Ready | _Failed
 
 
+#: How the hub's server launcher (``sh``: command not found) exits when the image has none.
+NO_JUPYTER_EXIT_CODE = 127
+
+
 def task_failure(tasks: Sequence[TaskState]) -> str | None:
     """Why the server's container will not come up, if a task says so."""
     for task in reversed(tasks):
@@ -86,6 +90,12 @@ def task_failure(tasks: Sequence[TaskState]) -> str | None:
             continue
         if task.error:
             return f"the server's container could not start: {task.error}"
+        if task.exit_code == NO_JUPYTER_EXIT_CODE:
+            # the hub's server launcher found no Jupyter server to run in the image
+            return (
+                "the server's container could not start: the image has no Jupyter server "
+                "(it needs jupyterlab or notebook)"
+            )
         if task.exit_code is not None:
             return f"the server exited with code {task.exit_code} before it was ready"
         return f"the server's task ended ({task.state.value}) before it was ready"

@@ -290,3 +290,29 @@ def test_swarm_timestamps_with_nanoseconds_parse() -> None:
     assert parsed is not None and parsed.isoformat() == "2026-11-22T03:44:57.123456+00:00"
     assert userservers.parse_swarm_time("") is None
     assert userservers.parse_swarm_time("yesterday") is None
+
+
+async def test_an_image_without_a_jupyter_server_is_named_as_the_reason(
+    fake: tuple[FakeHub, HubClient],
+) -> None:
+    hub, client = fake
+    hub.on("POST", "/users/[^/]+", (201, {}))
+    hub.on("POST", "/users/[^/]+/server", (202, {}))
+    hub.on("DELETE", "/users/[^/]+.*", (204, None))
+    hub.progress = []
+    # the hub's launcher script exits 127 (sh: command not found) when no server is there
+    exited = TaskState(
+        id="t",
+        service_id="s",
+        node_id="n",
+        state=TaskStateName.FAILED,
+        desired_state="shutdown",
+        message="started",
+        error="",
+        exit_code=127,
+        container_id="",
+        timestamp="",
+    )
+    with pytest.raises(LaunchFailed) as caught:
+        await run_launch(launcher_for(client, NoTasksSwarm([exited])))
+    assert "could not start: the image has no Jupyter server" in caught.value.user_message

@@ -40,6 +40,8 @@ SWARMBINDER_HUB_OAUTH_REDIRECT_URI with auth: swarmbinder's OAuth callback as br
 SWARMBINDER_HUB_OAUTH_CLIENT_ID   with auth: swarmbinder's OAuth client id (default
                                   ``service-swarmbinder``, swarmbinder's ``oauth_client_id``)
 SWARMBINDER_HUB_SERVER_PREFIX     user server service names start ``{prefix}-`` (``jupyter``)
+SWARMBINDER_HUB_LOG_MAX_SIZE      user servers' json-file log rotation: largest file (``10m``)
+SWARMBINDER_HUB_LOG_MAX_FILE      and how many files are kept (``3``)
 SWARMBINDER_HUB_CONSTRAINTS       comma-separated placement constraints for user servers
 SWARMBINDER_HUB_CORS_ALLOW_ORIGIN Access-Control-Allow-Origin of user servers (empty: none)
 SWARMBINDER_HUB_PROXY_API_URL     API URL of a configurable-http-proxy run as its own service
@@ -49,6 +51,13 @@ SWARMBINDER_HUB_PROXY_AUTH_TOKEN_FILE  that proxy's API token, as a file (a Swar
 SWARMBINDER_HUB_REGISTRY_USER     with ..._REGISTRY_PASSWORD_FILE: credentials for the registry in
 SWARMBINDER_HUB_REGISTRY_PASSWORD_FILE  the image prefix, sent with every user server's service
                                   so that any node can pull its image (empty: anonymous)
+
+What a user server runs: without auth, a plain Jupyter server (``jupyter-lab``, else
+``jupyter-notebook``, else ``jupyter-server``) whose only credential is the launch's token, as
+BinderHub's does; it never calls the hub and holds no hub token. With auth,
+``jupyterhub-singleuser`` with hub OAuth, as the user's named server needs. Either way the
+spawner follows the task and then the server's port every 50-250 ms before it returns, so the
+hub's own readiness probe (backoff with random jitter up to 5 s) answers on its first try.
 
 Settings that a launch on Swarm needs and that are not negotiable: user servers join the
 overlay network by their service name (``use_internal_ip``, ``dnsrr``: without IPVS a service's
@@ -62,11 +71,16 @@ one behind the user's back).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from pprint import pformat
 
-from docker.types import RestartPolicy
+import aiohttp
+from docker.types import DriverConfig, RestartPolicy
 from dockerspawner import SwarmSpawner
 from tornado import web
 
@@ -89,6 +103,41 @@ BINDER_ENV_OPTIONS = (
     "binder_persistent_request",
     "binder_request",
     "binder_client_ip",
+)
+
+
+#: The named server of a warm pool's temporary user (swarmbinder.labels.SERVER_NAME_POOL).
+POOL_SERVER_NAME = "pool"
+#: Task states on the way to ``running`` (Swarm's order); any other state is the end.
+TASK_STARTING = frozenset(
+    {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting"}
+)
+#: A launch waits on Swarm and then on the server's port; every poll that misses costs the
+#: user the rest of its interval, so the first are 50 ms apart and none over 250 ms.
+POLL_FIRST_SECONDS = 0.05
+POLL_MAX_SECONDS = 0.25
+#: Without auth: the first of these the image has serves the user (``sh`` picks; the server
+#: gets its token from JUPYTER_TOKEN, read by every Jupyter server since notebook 5).
+PLAIN_SERVERS = ("jupyter-lab", "jupyter-notebook", "jupyter-server")
+PLAIN_SERVER_CMD = [
+    "sh",
+    "-c",
+    'for exe in {}; do command -v "$exe" >/dev/null && exec "$exe" "$@"; done; '
+    'echo "no Jupyter server in this image: install jupyterlab or notebook" >&2; exit 127'.format(
+        " ".join(PLAIN_SERVERS)
+    ),
+    "jupyter-server-launcher",
+]
+#: What a plain server keeps of the hub's environment: where it is served, whose it is. The
+#: hub's API URL and token and the OAuth settings stay out: the server never calls the hub.
+PLAIN_SERVER_HUB_ENV = frozenset(
+    {
+        "JUPYTERHUB_BASE_URL",
+        "JUPYTERHUB_SERVICE_PREFIX",
+        "JUPYTERHUB_USER",
+        "JUPYTERHUB_SERVER_NAME",
+        "JUPYTERHUB_HOST",
+    }
 )
 
 
@@ -184,11 +233,16 @@ class BinderSwarmSpawner(SwarmSpawner):
     """SwarmSpawner for Binder launches.
 
     - the image comes from ``user_options["image"]`` and must be under the image prefix;
-    - without auth, ``user_options["token"]`` becomes the server's API token: the hub stores
-      it as a server token of the user, and jupyterhub-singleuser lets a request carrying it
-      in; that is the token the Binder client hands to the browser;
-    - the service carries ``swarmbinder.*`` labels naming user, image, repository and spec.
+    - ``user_options["token"]`` is the token the Binder client hands to the browser: without
+      auth the plain server's token (JUPYTER_TOKEN); with auth, if given, the server's API
+      token, which jupyterhub-singleuser lets in;
+    - the service carries ``swarmbinder.*`` labels naming user, image, repository and spec;
+    - without auth the server is a plain Jupyter server with that token (see the module's
+      docstring), and start() returns only once the server answers.
     """
+
+    #: without auth: the launch's token, the plain server's only credential
+    server_token = ""
 
     async def start(self) -> object:
         options = self.user_options or {}
@@ -205,7 +259,13 @@ class BinderSwarmSpawner(SwarmSpawner):
         if token:
             if not isinstance(token, str) or len(token) < 16:
                 raise web.HTTPError(400, "token must be a string of at least 16 characters")
+        plain = self._plain()
+        if not plain and token:
             self.api_token = token
+        # Without auth the launch's token is the plain server's only, never a hub token: a
+        # holder of the link can use the server and nothing of the hub's API.
+        self.server_token = token if plain else ""
+        self.cmd = PLAIN_SERVER_CMD if plain else ["jupyterhub-singleuser"]
         self.extra_create_kwargs = {
             **self.extra_create_kwargs,
             "labels": {
@@ -218,30 +278,118 @@ class BinderSwarmSpawner(SwarmSpawner):
                 LABEL_SPEC: _label_value(options.get("provider_spec")),
             },
         }
-        return await super().start()
+        address = await super().start()
+        await self._wait_for_http(*address)
+        return address
+
+    # -- a launch waits on Swarm and the server, tightly ---------------------------------
+
+    async def docker(self, method: str, *args: object, **kwargs: object) -> object:
+        result = await super().docker(method, *args, **kwargs)
+        if method == "create_service":
+            # SwarmSpawner looks for the new service's task at once and sleeps a whole second
+            # when the orchestrator has not made it yet (it never has, that soon).
+            await self._poll(self._has_task, self.start_timeout, "no task was created")
+        return result
+
+    async def start_object(self) -> None:
+        """Wait for the task to run (SwarmSpawner polls 1 s, then 1.5 s, 2.25 s, ...)."""
+        await self._poll(self._task_running, self.start_timeout, "its task did not start")
+
+    async def _has_task(self) -> bool:
+        tasks = await super().docker("tasks", filters={"service": self.service_name})
+        return bool(tasks)
+
+    async def _task_running(self) -> bool:
+        task = await self.get_task()
+        if not task:
+            raise RuntimeError(f"Service {self.service_name} not found")
+        status = task["Status"]
+        state = status["State"].lower()
+        if state == "running":
+            return True
+        if state in TASK_STARTING:
+            return False
+        raise RuntimeError(f"Service {self.service_name} not running: {pformat(status)}")
+
+    async def _wait_for_http(self, host: str, port: int) -> None:
+        """Until the server answers its API URL with anything below 500, as the hub's own
+        probe wants, so that probe succeeds on its first try."""
+        url = f"http://{host}:{port}{self.server.base_url}api"
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+
+            async def answers() -> bool:
+                try:
+                    async with session.get(url, allow_redirects=False) as response:
+                        return response.status < 500
+                except (TimeoutError, aiohttp.ClientError, OSError):
+                    return False
+
+            await self._poll(answers, self.http_timeout, f"it did not answer on {url}")
+
+    async def _poll(
+        self, done: Callable[[], Awaitable[bool]], seconds: float, failure: str
+    ) -> None:
+        wait = POLL_FIRST_SECONDS
+        deadline = time.monotonic() + seconds
+        while not await done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Server {self.service_name} not started: {failure}")
+            await asyncio.sleep(wait)
+            wait = min(wait * 1.5, POLL_MAX_SECONDS)
+
+    # -- what the server runs ----------------------------------------------------------
+
+    def _plain(self) -> bool:
+        """A plain Jupyter server: without auth, except a warm pool's server, whose token is
+        minted by the hub when it is handed out (so it runs jupyterhub-singleuser)."""
+        return not AUTH_ENABLED and self.name != POOL_SERVER_NAME
 
     def get_env(self) -> dict[str, str]:
         environment: dict[str, str] = super().get_env()
+        if not AUTH_ENABLED and not self._plain():
+            # The pool's client is sent to <server>/?token=<token>; JupyterHub 5 ignores
+            # tokens in page URLs unless told otherwise.
+            environment["JUPYTERHUB_ALLOW_TOKEN_IN_URL"] = "1"
+        if self._plain():
+            environment = {
+                key: value
+                for key, value in environment.items()
+                if not key.startswith(("JUPYTERHUB_", "JPY_")) or key in PLAIN_SERVER_HUB_ENV
+            }
+            environment["JUPYTER_TOKEN"] = self.server_token
         options = self.user_options or {}
         if isinstance(options.get("repo_url"), str):
             environment["BINDER_REPO_URL"] = options["repo_url"]
         for key in BINDER_ENV_OPTIONS:
             if isinstance(options.get(key), str):
                 environment[key.upper()] = options[key]
-        if not AUTH_ENABLED:
-            # The Binder client sends the browser to <server>/?token=<token>: nobody has a hub
-            # login, so that token is the only way in. JupyterHub 5 ignores tokens in page URLs
-            # unless told otherwise (the server then stores it in a cookie for what follows).
-            environment["JUPYTERHUB_ALLOW_TOKEN_IN_URL"] = "1"
         return environment
 
     def get_args(self) -> list[str]:
-        args: list[str] = super().get_args()
+        if not self._plain():
+            args: list[str] = super().get_args()
+        else:
+            # The Binder client sends the browser to <server>/?token=<token>: the token is the
+            # only way in (a plain server takes it from the URL and keeps it in a cookie
+            # scoped to the server's path).
+            args = [
+                "--ip=0.0.0.0",
+                f"--port={self.port}",
+                f"--ServerApp.base_url={self.server.base_url}",
+                "--ServerApp.trust_xheaders=True",
+                *([f"--ServerApp.default_url={self.default_url}"] if self.default_url else []),
+                *self.args,
+            ]
         if CORS_ALLOW_ORIGIN:
             args.append(f"--ServerApp.allow_origin={CORS_ALLOW_ORIGIN}")
             if CORS_ALLOW_ORIGIN == "*":
                 # allow_origin=* alone does not cover requests for single files
                 args.append("--ServerApp.allow_origin_pat=.*")
+        if self._plain():
+            # notebook < 7 is not a jupyter_server application: it reads NotebookApp.*
+            args += [a.replace("--ServerApp.", "--NotebookApp.") for a in args if "ServerApp." in a]
         return args
 
 
@@ -309,10 +457,18 @@ c.JupyterHub.spawner_class = BinderSwarmSpawner
 c.SwarmSpawner.network_name = NETWORK
 c.SwarmSpawner.use_internal_ip = True
 c.SwarmSpawner.extra_endpoint_spec = {"mode": "dnsrr"}
-c.SwarmSpawner.cmd = ["jupyterhub-singleuser"]
+# (start() picks per server: see BinderSwarmSpawner._plain)
+c.SwarmSpawner.cmd = ["jupyterhub-singleuser"] if AUTH_ENABLED else PLAIN_SERVER_CMD
 c.SwarmSpawner.allowed_images = allowed_images
 c.SwarmSpawner.prefix = env("SERVER_PREFIX", "jupyter")
-c.SwarmSpawner.extra_task_spec = {"restart_policy": RestartPolicy(condition="none")}
+c.SwarmSpawner.extra_task_spec = {
+    "restart_policy": RestartPolicy(condition="none"),
+    # A repository's code can print without end: rotate, or it fills the node's disk.
+    "log_driver": DriverConfig(
+        "json-file",
+        {"max-size": env("LOG_MAX_SIZE", "10m"), "max-file": env("LOG_MAX_FILE", "3")},
+    ),
+}
 constraints = [item.strip() for item in env("CONSTRAINTS").split(",") if item.strip()]
 if constraints:
     c.SwarmSpawner.extra_placement_spec = {"constraints": constraints}
