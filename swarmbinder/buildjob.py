@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from .buildstatus import BuildStatus
 from .config import Config
 from .gitcredentials import GitCredentials, GitLogin, builder_env
+from .jobspec import BindMount, JobSpec, LogRotation, SecretMount
 from .labels import (
     DOCKER_SOCKET,
     KIND_BUILD,
@@ -49,7 +50,7 @@ from .naming import build_service_name
 from .registrytokens import BuildCredential, TokenIssuer, issuer_from_config
 from .scrub import DEFAULT_SCRUBBER, Scrubber
 from .sticky import BUILD_NODE_LABEL, parse_label
-from .swarm import BindMount, JobSpec, LogRotation, SecretInfo, SecretMount, SwarmClient
+from .swarm import SecretInfo, SwarmClient
 
 #: A constraint no node satisfies: queued builds wait behind it until a slot is free.
 QUEUED_CONSTRAINT = f"node.labels.{LABEL_QUEUED}==never"

@@ -33,9 +33,10 @@ from .buildjob import (
 )
 from .errors import BuildFailed, SwarmbinderError, SwarmRequestFailed
 from .gitcredentials import BUILDER_GIT_LOGIN, GitLogin, readable_anonymously
+from .jobspec import SecretMount
 from .labels import KIND_BUILD, KIND_BUILD_AUTH, KIND_GIT_LOGIN, LABEL_BUILD, LABEL_KIND
 from .registrytokens import BuildCredential, image_repository
-from .swarm import SecretMount, SwarmClient
+from .swarm import SwarmClient
 
 log = logging.getLogger(__name__)
 

@@ -37,6 +37,7 @@ from .buildstatus import BuildStatus
 from .buildwatch import Build, BuildWatcher
 from .errors import ServiceNameConflict, SwarmbinderError
 from .events import BuildEvent
+from .jobspec import JobSpec
 from .labels import (
     KIND_BUILD,
     LABEL_CREATED,
@@ -47,7 +48,7 @@ from .labels import (
     LABEL_STATUS,
 )
 from .sticky import BUILD_NODE_LABEL, Node, NodeAvailability, NodeState, rank_nodes
-from .swarm import JobSpec, NodeInfo, ServiceInfo, SwarmClient
+from .swarm import NodeInfo, ServiceInfo, SwarmClient
 
 log = logging.getLogger(__name__)
 

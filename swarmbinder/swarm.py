@@ -33,7 +33,7 @@ import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiodocker
@@ -41,6 +41,7 @@ import aiohttp
 from aiodocker.multiplexed import multiplexed_result_stream
 
 from .errors import ServiceNameConflict, SwarmRequestFailed, SwarmUnavailable
+from .jobspec import DEFAULT_LOG_ROTATION, JobSpec, LogRotation, SecretMount, secrets_api
 from .labels import DOCKER_SOCKET, KIND_REAPER, LABEL_KIND
 from .loglines import LineSplitter
 
@@ -206,23 +207,6 @@ class NodeInfo:
 
 
 @dataclass(frozen=True)
-class BindMount:
-    source: str
-    target: str
-    read_only: bool = False
-
-
-@dataclass(frozen=True)
-class SecretMount:
-    """A Swarm secret as a file in the container (``target`` may be an absolute path)."""
-
-    secret_id: str
-    secret_name: str
-    target: str
-    mode: int = 0o444
-
-
-@dataclass(frozen=True)
 class SecretInfo:
     """A Swarm secret as the engine describes it; the engine never returns its data."""
 
@@ -253,92 +237,6 @@ def _engine_time(value: str) -> float:
         return datetime.datetime.fromisoformat(value[:19]).replace(tzinfo=datetime.UTC).timestamp()
     except ValueError:
         return 0.0
-
-
-@dataclass(frozen=True)
-class LogRotation:
-    """Docker's json-file driver with rotation, for every service swarmbinder creates.
-
-    Without it a build's (or a hostile repository's) endless output grows one file on the
-    node's disk until the disk is full: the engine's default json-file driver never rotates.
-    """
-
-    max_bytes: int
-    max_files: int
-
-    def to_api(self) -> dict[str, Any]:
-        return {
-            "Name": "json-file",
-            "Options": {"max-size": str(self.max_bytes), "max-file": str(self.max_files)},
-        }
-
-
-#: Rotation when nothing else is configured (the defaults of service_log_max_size and
-#: service_log_max_files).
-DEFAULT_LOG_ROTATION = LogRotation(max_bytes=10 * 1024 * 1024, max_files=3)
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """A one-shot Swarm service: ``replicated-job`` mode, one completion, never restarted."""
-
-    name: str
-    image: str
-    args: Sequence[str]
-    labels: Mapping[str, str] = field(default_factory=dict)
-    env: Mapping[str, str] = field(default_factory=dict)
-    mounts: Sequence[BindMount] = ()
-    constraints: Sequence[str] = ()
-    networks: Sequence[str] = ()
-    memory_limit: int | None = None
-    #: Replace the image's entrypoint; None keeps it.
-    command: Sequence[str] | None = None
-    secrets: Sequence[SecretMount] = ()
-
-    def to_api(self) -> dict[str, Any]:
-        container: dict[str, Any] = {
-            "Image": self.image,
-            "Args": list(self.args),
-            "Labels": dict(self.labels),
-        }
-        if self.command is not None:
-            container["Command"] = list(self.command)
-        if self.env:
-            container["Env"] = [f"{k}={v}" for k, v in self.env.items()]
-        if self.mounts:
-            container["Mounts"] = [
-                {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only}
-                for m in self.mounts
-            ]
-        if self.secrets:
-            container["Secrets"] = _secrets_api(self.secrets)
-        template: dict[str, Any] = {
-            "ContainerSpec": container,
-            "RestartPolicy": {"Condition": "none", "MaxAttempts": 0},
-        }
-        if self.constraints:
-            template["Placement"] = {"Constraints": list(self.constraints)}
-        if self.memory_limit:
-            template["Resources"] = {"Limits": {"MemoryBytes": int(self.memory_limit)}}
-        if self.networks:
-            template["Networks"] = [{"Target": n} for n in self.networks]
-        return {
-            "Name": self.name,
-            "Labels": dict(self.labels),
-            "TaskTemplate": template,
-            "Mode": {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}},
-        }
-
-
-def _secrets_api(secrets: Sequence[SecretMount]) -> list[dict[str, Any]]:
-    return [
-        {
-            "SecretID": s.secret_id,
-            "SecretName": s.secret_name,
-            "File": {"Name": s.target, "UID": "0", "GID": "0", "Mode": s.mode},
-        }
-        for s in secrets
-    ]
 
 
 class SwarmClient:
@@ -462,7 +360,7 @@ class SwarmClient:
         template.setdefault("Placement", {})["Constraints"] = list(constraints)
         container = template.setdefault("ContainerSpec", {})
         if secrets is not None:
-            container["Secrets"] = _secrets_api(secrets)
+            container["Secrets"] = secrets_api(secrets)
         if env is not None:
             container["Env"] = [f"{k}={v}" for k, v in env.items()]
         version = raw["Version"]["Index"]

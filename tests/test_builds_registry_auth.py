@@ -35,10 +35,11 @@ from swarmbinder.buildjob import (
 from swarmbinder.builds import BuildManager
 from swarmbinder.errors import RegistryError
 from swarmbinder.events import Phase
+from swarmbinder.jobspec import JobSpec, SecretMount
 from swarmbinder.labels import KIND_BUILD, KIND_REGISTRY_AUTH
 from swarmbinder.labels import LABEL_KIND as KIND_LABEL
 from swarmbinder.registry import RegistryClient
-from swarmbinder.swarm import JobSpec, SecretMount, SwarmClient
+from swarmbinder.swarm import SwarmClient
 
 __all__ = ["cleanup_builds", "run_id", "swarm"]  # fixtures, imported for pytest
 

@@ -10,7 +10,8 @@ import pytest
 from fakes.fake_swarm import FakeSwarm
 
 from swarmbinder.errors import ServiceNameConflict, SwarmRequestFailed, SwarmUnavailable
-from swarmbinder.swarm import JobSpec, SecretMount, TaskStateName
+from swarmbinder.jobspec import JobSpec, SecretMount
+from swarmbinder.swarm import TaskStateName
 
 
 def job(name: str = "job", **fields: Any) -> JobSpec:

@@ -16,6 +16,7 @@ from swarmbinder import naming
 from swarmbinder.errors import LaunchFailed
 from swarmbinder.events import BuildEvent, Phase
 from swarmbinder.hubclient import HubClient
+from swarmbinder.jobspec import JobSpec
 from swarmbinder.labels import (
     LABEL_HUB,
     LABEL_ROLE,
@@ -25,7 +26,7 @@ from swarmbinder.labels import (
 )
 from swarmbinder.launcher import Launcher
 from swarmbinder.registry import RegistryClient
-from swarmbinder.swarm import JobSpec, SwarmClient
+from swarmbinder.swarm import SwarmClient
 from swarmbinder.userservers import count_by_repo, list_user_servers, reap_orphans
 
 pytestmark = pytest.mark.swarm

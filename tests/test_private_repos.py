@@ -563,7 +563,7 @@ def test_no_login_in_events_logs_labels_env_or_image(
 def test_the_job_spec_carries_the_helper_but_never_the_login() -> None:
     login = GitLogin("https", "git.example.org", "u", "s3cret-password")
     from swarmbinder.buildjob import GitLoginMount
-    from swarmbinder.swarm import SecretMount
+    from swarmbinder.jobspec import SecretMount
 
     request = BuildRequest("git", "x/main", "https://git.example.org/r.git", "a" * 40, "s", "i:1")
     spec = job_spec(

@@ -12,6 +12,7 @@ from typing import Any, cast
 import pytest
 from docker_cli import adocker
 
+from swarmbinder.jobspec import JobSpec
 from swarmbinder.registry import RegistryClient
 from swarmbinder.retention import (
     DAY,
@@ -22,7 +23,7 @@ from swarmbinder.retention import (
 )
 from swarmbinder.store import Store
 from swarmbinder.store.records import StoreUnavailable
-from swarmbinder.swarm import JobSpec, SwarmClient
+from swarmbinder.swarm import SwarmClient
 
 T0 = 1_800_000_000.0
 

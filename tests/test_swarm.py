@@ -12,7 +12,8 @@ import pytest
 from docker_cli import adocker, adocker_json
 
 from swarmbinder.errors import ServiceNameConflict, SwarmRequestFailed, SwarmUnavailable
-from swarmbinder.swarm import JobSpec, LogRotation, SecretMount, SwarmClient, TaskStateName
+from swarmbinder.jobspec import JobSpec, LogRotation, SecretMount
+from swarmbinder.swarm import SwarmClient, TaskStateName
 
 pytestmark = pytest.mark.swarm
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from swarmbinder.swarm import BindMount, JobSpec, SwarmClient, TaskStateName
+from swarmbinder.jobspec import BindMount, JobSpec
+from swarmbinder.swarm import SwarmClient, TaskStateName
 
 pytestmark = pytest.mark.swarm
 

@@ -22,6 +22,7 @@ import yaml
 
 from ..config import OPTIONS, Config
 from ..errors import SwarmbinderError
+from ..jobspec import BindMount, JobSpec, SecretMount
 from ..labels import (
     DOCKER_SOCKET,
     KIND_PREBUILD,
@@ -31,7 +32,7 @@ from ..labels import (
     LABEL_PREBUILD_SECRET,
     LABEL_PREBUILD_SPECS,
 )
-from ..swarm import BindMount, JobSpec, SecretInfo, SecretMount, ServiceInfo, SwarmClient, TaskState
+from ..swarm import SecretInfo, ServiceInfo, SwarmClient, TaskState
 
 JOB_PREFIX = "swarmbinder-prebuild-"
 #: Where a job finds its config file (or admin token): a Swarm secret, since both hold secrets.

@@ -39,18 +39,16 @@ from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, cast
 
 from swarmbinder.errors import ServiceNameConflict, SwarmRequestFailed, SwarmUnavailable
+from swarmbinder.jobspec import JobSpec, SecretMount, secrets_api
 from swarmbinder.loglines import LineSplitter
 from swarmbinder.swarm import (
     SUPERSEDED_DESIRED_STATES,
-    JobSpec,
     NodeInfo,
     SecretInfo,
-    SecretMount,
     ServiceInfo,
     SwarmClient,
     TaskState,
     TaskStateName,
-    _secrets_api,
     current_iteration,
 )
 
@@ -293,7 +291,7 @@ class FakeSwarm:
         template.setdefault("Placement", {})["Constraints"] = list(constraints)
         container = template.setdefault("ContainerSpec", {})
         if secrets is not None:
-            container["Secrets"] = _secrets_api(secrets)  # the body the real client sends
+            container["Secrets"] = secrets_api(secrets)  # the body the real client sends
         if env is not None:
             container["Env"] = [f"{k}={v}" for k, v in env.items()]
         self._check_secrets(what, container.get("Secrets", []))
