@@ -390,6 +390,13 @@ def _up_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=300, help="seconds to wait for a healthy stack (300)"
     )
+    parser.add_argument(
+        "--state-node",
+        metavar="NODE",
+        help="the node (hostname or ID) that keeps the registry's images and the databases; "
+        "moves them only while the stack is down (default: the node labelled for them, else "
+        "this one)",
+    )
     console = parser.add_mutually_exclusive_group()
     console.add_argument(
         "--ssh-console",
@@ -427,6 +434,7 @@ def _up_arguments(parser: argparse.ArgumentParser) -> None:
 )
 def up(args: argparse.Namespace) -> int:
     from . import stackctl
+    from .stackctl.access import console_command
 
     defaults = stackctl.StackOptions()
     keys = args.ssh_console
@@ -445,6 +453,7 @@ def up(args: argparse.Namespace) -> int:
         registry_host=os.environ.get("SWARMBINDER_REGISTRY_HOST") or defaults.registry_host,
         config_file=Path(args.config) if args.config else defaults.config_file,
         base=args.base,
+        state_node=args.state_node,
         timeout=args.timeout,
         ssh_console_keys=Path(keys) if keys else None,
         no_ssh_console=args.no_ssh_console,
@@ -459,6 +468,7 @@ def up(args: argparse.Namespace) -> int:
         progress.step(f"stack {options.name} is up ({result.seconds:.0f} s)")
     else:
         progress.step(f"nothing changed: stack {options.name} is up to date")
+    progress.step(f"open the admin console with: {console_command(options.name)}")
     print(f"Binder is running at {result.url}" if not args.quiet else result.url)
     return 0
 

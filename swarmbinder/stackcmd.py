@@ -128,12 +128,12 @@ def read_admin_token(token_file: str | None) -> str:
 
 def admin(args: argparse.Namespace) -> int:
     if args.url is None:
-        from . import stackctl
+        from .stackctl.access import find_console
 
         # The stack's own token, read from its Swarm secret inside Binder's task: it stays
         # in this process's memory, out of its arguments, its output and the disk.
         with stack_input_errors():
-            access = stackctl.find_console(args.stack or os.environ.get("SWARMBINDER_STACK"))
+            access = find_console(args.stack or os.environ.get("SWARMBINDER_STACK"))
         url = access.url
         token = read_admin_token(args.token_file) if args.token_file else access.token
     else:
