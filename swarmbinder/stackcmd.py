@@ -1,6 +1,6 @@
 """The commands an operator runs next to a stack: ``admin`` (the console, for the stack this
 manager runs or for any URL), ``admin-ssh`` (the console over SSH), ``backup`` and ``restore``
-(the stack's state), and the progress display ``up`` and ``down`` share.
+(the stack's state), and the progress display they share with ``up`` and ``down``.
 
 Each command is ``(name, help, arguments, run, description)`` in :data:`COMMANDS`; :mod:`.cli`
 registers them. The console (textual) and asyncssh are imported only by the command that runs
@@ -211,6 +211,36 @@ def admin_ssh(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- backup, restore -----------------------------------------------------------------------
+
+
+def _state_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", metavar="DIR", help="the backup's directory")
+    stack_name_argument(parser)
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+
+def backup(args: argparse.Namespace) -> int:
+    from .stackctl.backup import backup as back_up
+
+    progress = TerminalProgress(args.quiet)
+    with stack_input_errors():
+        result = back_up(args.stack, Path(args.directory), progress)
+    size = sum(result.parts.values()) / 1e6
+    progress.step(f"backed up stack {args.stack} into {result.directory} ({size:.1f} MB)")
+    return 0
+
+
+def restore(args: argparse.Namespace) -> int:
+    from .stackctl.backup import restore as put_back
+
+    progress = TerminalProgress(args.quiet)
+    with stack_input_errors():
+        parts = put_back(args.stack, Path(args.directory), progress)
+    progress.step(f"restored {', '.join(parts)} into stack {args.stack}")
+    return 0
+
+
 Run = Callable[[argparse.Namespace], int]
 Arguments = Callable[[argparse.ArgumentParser], None]
 
@@ -236,5 +266,24 @@ COMMANDS: list[tuple[str, str, Arguments, Run, str]] = [
         "Clients log in with a public key listed in --authorized-keys, under any user name; "
         "whatever command they ask for, they get the console, and nothing else: no shell, no "
         "sftp or scp, no forwarding. Sessions need a terminal (ssh -t). Runs until SIGTERM.",
+    ),
+    (
+        "backup",
+        "copy the stack's state (registry, hub database, Binder's store) into DIR",
+        _state_arguments,
+        backup,
+        "On the node that keeps the stack's state, while it runs: the registry's volume, the "
+        "hub's database and Binder's store (SQLite snapshots, or pg_dump in PostgreSQL mode) "
+        "into DIR, a new or empty directory; the files are readable by their owner only.",
+    ),
+    (
+        "restore",
+        "put a backup from DIR into the running stack",
+        _state_arguments,
+        restore,
+        "On the node that keeps the stack's state, after 'swarmbinder up' with the same store: "
+        "stops the registry, the hub and Binder, puts the backup in DIR into their volumes "
+        "(pg_restore in PostgreSQL mode), starts them again and waits until the stack is "
+        "healthy. What the stack held before is replaced.",
     ),
 ]
