@@ -4,6 +4,7 @@ test_stack_state_e2e.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -165,3 +166,31 @@ def test_admin_opens_the_stacks_console_with_its_token_unshown(
     assert token not in repr(find("two"))
     out = capsys.readouterr()
     assert token not in out.out + out.err
+
+
+def test_a_backup_directory_is_checked_before_anything_stops(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from swarmbinder.stackctl.backup import read_manifest
+
+    with pytest.raises(StackInputError, match="holds no swarmbinder backup"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(StackInputError, match="cannot read"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"store": "mysql"}')
+    with pytest.raises(StackInputError, match="is not a swarmbinder backup's manifest"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"stack": "lab", "store": "postgres"}')
+    (tmp_path / "registry.tar").write_bytes(b"")
+    with pytest.raises(StackInputError, match="lacks binder.pgdump, hub.pgdump"):
+        read_manifest(tmp_path)
+    for name in ("binder.pgdump", "hub.pgdump"):
+        (tmp_path / name).write_bytes(b"")
+    assert read_manifest(tmp_path)["store"] == "postgres"
+    # Through the command: one line, exit 2, and the engine is not even asked.
+    assert main(["restore", str(tmp_path / "nothing"), "--stack", "lab"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"swarmbinder: error: {tmp_path / 'nothing'} holds no swarmbinder backup " + (
+        "(no manifest.json)\n"
+    )
