@@ -95,9 +95,8 @@ def _backup(stack: str, directory: Path, report: Progress) -> BackupResult:
         postgres = _container(stack, POSTGRES_SERVICE)
         for part, database in PG_DATABASES.items():
             report.step(f"dumping the {database} database")
-            dump = [f"{PG_BIN}/pg_dump", "-h", "/run/postgresql", "-U", "binder", "-Fc"]
-            parts[f"{part}.pgdump"] = _exec_to_file(
-                postgres, [*dump, "-d", database], directory / f"{part}.pgdump", user="postgres"
+            parts[f"{part}.pgdump"] = dump_database(
+                postgres, database, directory / f"{part}.pgdump"
             )
     else:
         for part, path in SQLITE_FILES.items():
@@ -152,13 +151,7 @@ def _restore(stack: str, directory: Path, report: Progress) -> list[str]:
             postgres = _container(stack, POSTGRES_SERVICE)
             for part, database in PG_DATABASES.items():
                 report.step(f"restoring the {database} database")
-                _run_with_file(
-                    ["docker", "exec", "-i", "-u", "postgres", postgres]
-                    + [f"{PG_BIN}/pg_restore", "-h", "/run/postgresql", "-U", "binder"]
-                    + ["--clean", "--if-exists", "--single-transaction", "--exit-on-error"]
-                    + ["-d", database],
-                    directory / f"{part}.pgdump",
-                )
+                restore_database(postgres, database, directory / f"{part}.pgdump")
                 restored.append(f"{part}.pgdump")
         else:
             for part, path in SQLITE_FILES.items():
@@ -177,6 +170,23 @@ def _restore(stack: str, directory: Path, report: Progress) -> list[str]:
                 )
                 restored.append(f"{part}.sqlite")
     return restored
+
+
+def dump_database(container: str, database: str, path: Path) -> int:
+    """``pg_dump`` of ``database`` in the stack's PostgreSQL ``container`` into ``path`` (as
+    the OS user postgres, whom the image lets in as the owner over the local socket)."""
+    dump = [f"{PG_BIN}/pg_dump", "-h", "/run/postgresql", "-U", "binder", "-Fc", "-d", database]
+    return _exec_to_file(container, dump, path, user="postgres")
+
+
+def restore_database(container: str, database: str, path: Path) -> None:
+    """Replace what ``database`` holds with the dump at ``path``, all or nothing."""
+    _run_with_file(
+        ["docker", "exec", "-i", "-u", "postgres", container]
+        + [f"{PG_BIN}/pg_restore", "-h", "/run/postgresql", "-U", "binder"]
+        + ["--clean", "--if-exists", "--single-transaction", "--exit-on-error", "-d", database],
+        path,
+    )
 
 
 def read_manifest(directory: Path) -> dict[str, object]:
