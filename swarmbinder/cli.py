@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
-import importlib
 import json
 import logging
 import os
@@ -21,9 +20,7 @@ import platform
 import signal
 import socket
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -32,19 +29,18 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from . import __version__
+from . import __version__, stackcmd
 from .app import config_secrets, create_app
 from .config import Config, ignored_warning, load_config
-from .errors import ConfigError, SpecError, SwarmbinderError
+from .errors import ConfigError, SpecError, SwarmbinderError, UsageError
 from .logsetup import log_startup_notes, start_logging
 from .scrub import DEFAULT_SCRUBBER, install_log_scrubbing
+from .stackcmd import TerminalProgress as _TerminalProgress
+from .stackcmd import stack_input_errors as _stack_input_errors
+from .stackcmd import stack_name_argument as _stack_name_argument
 
 PROG = "swarmbinder"
 log = logging.getLogger("swarmbinder")
-
-
-class UsageError(SwarmbinderError):
-    """Bad input found by a command itself; printed as one line, exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -364,63 +360,12 @@ def version(args: argparse.Namespace) -> int:
 # --- up, down ------------------------------------------------------------------------------
 
 
-class _TerminalProgress:
-    """Steps as lines on stderr; on a terminal the status of a long step is one line that
-    updates in place, elsewhere (CI logs) it is printed every 15 s at most."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        self._quiet = quiet
-        self._tty = sys.stderr.isatty()
-        self._status_shown = False
-        self._last_status = 0.0
-
-    def step(self, message: str) -> None:
-        if self._quiet:
-            return
-        self._clear()
-        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
-
-    def status(self, message: str) -> None:
-        if self._quiet:
-            return
-        if self._tty:
-            print(f"\r\033[K{PROG}: {message}", end="", file=sys.stderr, flush=True)
-            self._status_shown = True
-        elif time.monotonic() - self._last_status >= 15:
-            print(f"{PROG}: {message}", file=sys.stderr, flush=True)
-            self._last_status = time.monotonic()
-
-    def _clear(self) -> None:
-        if self._status_shown:
-            print("\r\033[K", end="", file=sys.stderr, flush=True)
-            self._status_shown = False
-
-
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name, "")
     try:
         return int(value) if value else default
     except ValueError:
         raise UsageError(f"{name}={value!r} is not a port number") from None
-
-
-@contextmanager
-def _stack_input_errors() -> Iterator[None]:
-    """A stack command asked for something impossible: bad input (exit 2), not a failure."""
-    from . import stackctl
-
-    try:
-        yield
-    except stackctl.StackInputError as e:
-        raise UsageError(str(e)) from None
-
-
-def _stack_name_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--stack",
-        default=os.environ.get("SWARMBINDER_STACK") or "swarmbinder",
-        help="the stack's name (default: $SWARMBINDER_STACK, else swarmbinder)",
-    )
 
 
 def _up_arguments(parser: argparse.ArgumentParser) -> None:
@@ -444,6 +389,13 @@ def _up_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout", type=float, default=300, help="seconds to wait for a healthy stack (300)"
+    )
+    parser.add_argument(
+        "--state-node",
+        metavar="NODE",
+        help="the node (hostname or ID) that keeps the registry's images and the databases; "
+        "moves them only while the stack is down (default: the node labelled for them, else "
+        "this one)",
     )
     console = parser.add_mutually_exclusive_group()
     console.add_argument(
@@ -482,6 +434,7 @@ def _up_arguments(parser: argparse.ArgumentParser) -> None:
 )
 def up(args: argparse.Namespace) -> int:
     from . import stackctl
+    from .stackctl.access import console_command
 
     defaults = stackctl.StackOptions()
     keys = args.ssh_console
@@ -500,6 +453,7 @@ def up(args: argparse.Namespace) -> int:
         registry_host=os.environ.get("SWARMBINDER_REGISTRY_HOST") or defaults.registry_host,
         config_file=Path(args.config) if args.config else defaults.config_file,
         base=args.base,
+        state_node=args.state_node,
         timeout=args.timeout,
         ssh_console_keys=Path(keys) if keys else None,
         no_ssh_console=args.no_ssh_console,
@@ -514,6 +468,7 @@ def up(args: argparse.Namespace) -> int:
         progress.step(f"stack {options.name} is up ({result.seconds:.0f} s)")
     else:
         progress.step(f"nothing changed: stack {options.name} is up to date")
+    progress.step(f"open the admin console with: {console_command(options.name)}")
     print(f"Binder is running at {result.url}" if not args.quiet else result.url)
     return 0
 
@@ -568,132 +523,7 @@ def make_secrets(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- admin ---------------------------------------------------------------------------------
+# --- admin, admin-ssh: in stackcmd ---------------------------------------------------------
 
-
-def _admin_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("SWARMBINDER_URL", "http://127.0.0.1:8585/"),
-        help="the service's base URL (default: $SWARMBINDER_URL, else http://127.0.0.1:8585/)",
-    )
-    parser.add_argument(
-        "--token-file",
-        metavar="FILE",
-        help="file holding the admin token (default: $SWARMBINDER_ADMIN_TOKEN, else a prompt)",
-    )
-
-
-def _admin_token(token_file: str | None) -> str:
-    """The admin token from a file, the environment, or a prompt; never from the command
-    line, where other users of the machine would see it in the process list."""
-    if token_file:
-        try:
-            with open(token_file, encoding="utf-8") as f:
-                token = f.read().strip()
-        except OSError as e:
-            raise UsageError(f"cannot read the token file {token_file}: {e.strerror}") from None
-        if not token:
-            raise UsageError(f"the token file {token_file} is empty")
-        return token
-    token = os.environ.get("SWARMBINDER_ADMIN_TOKEN", "").strip()
-    if token:
-        return token
-    if not sys.stdin.isatty():
-        raise UsageError("no admin token: use --token-file or set SWARMBINDER_ADMIN_TOKEN")
-    import getpass
-
-    token = getpass.getpass("Admin token: ").strip()
-    if not token:
-        raise UsageError("no admin token given")
-    return token
-
-
-@command(
-    "admin",
-    "open the admin console (a terminal UI; works over ssh -t)",
-    _admin_arguments,
-    "Open the live admin console of the swarmbinder service at --url: builds, launches and "
-    "quotas, bans, nodes and the audit log. The token is read from --token-file, else "
-    "SWARMBINDER_ADMIN_TOKEN, else asked for.",
-)
-def admin(args: argparse.Namespace) -> int:
-    url = str(args.url)
-    if not url.startswith(("http://", "https://")):
-        raise UsageError(f"--url must start with http:// or https://, not {url!r}")
-    token = _admin_token(args.token_file)
-    # Imported here, and by name: the service itself never loads textual, and type checks of
-    # the service do not reach into the console's package.
-    console = importlib.import_module("swarmbinder_tui.app")
-    console.run(url, token)
-    return 0
-
-
-# --- admin-ssh -----------------------------------------------------------------------------
-
-
-def _admin_ssh_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", required=True, help="the swarmbinder service's base URL")
-    parser.add_argument(
-        "--token-file", metavar="FILE", required=True, help="file holding the admin token"
-    )
-    parser.add_argument(
-        "--authorized-keys",
-        metavar="FILE",
-        required=True,
-        help="public keys allowed in, in authorized_keys format (re-read at every login)",
-    )
-    parser.add_argument(
-        "--host-key",
-        metavar="FILE",
-        required=True,
-        help="the server's private host key (a new ed25519 key is written there if missing)",
-    )
-    parser.add_argument("--listen", default="0.0.0.0", help="address to listen on (0.0.0.0)")
-    parser.add_argument("--port", type=int, default=2222, help="port to listen on (2222)")
-    parser.add_argument(
-        "--max-sessions", type=int, default=8, help="consoles open at once, at most (8)"
-    )
-
-
-@command(
-    "admin-ssh",
-    "serve the admin console to SSH clients (no shell)",
-    _admin_ssh_arguments,
-    "Run an SSH server whose every session is the admin console of the service at --url. "
-    "Clients log in with a public key listed in --authorized-keys, under any user name; "
-    "whatever command they ask for, they get the console, and nothing else: no shell, no "
-    "sftp or scp, no forwarding. Sessions need a terminal (ssh -t). Runs until SIGTERM.",
-)
-def admin_ssh(args: argparse.Namespace) -> int:
-    url = str(args.url)
-    if not url.startswith(("http://", "https://")):
-        raise UsageError(f"--url must start with http:// or https://, not {url!r}")
-    if args.max_sessions < 1:
-        raise UsageError("--max-sessions must be at least 1")
-    token_file = os.path.abspath(args.token_file)
-    _admin_token(token_file)  # unreadable or empty: refuse now, not in every session
-    # Imported here, not at the top: only this command needs asyncssh.
-    from . import sshconsole
-
-    options = sshconsole.ConsoleOptions(
-        command=(sys.executable, "-m", PROG, "admin", "--url", url, "--token-file", token_file),
-        authorized_keys=Path(args.authorized_keys),
-        host_key=Path(args.host_key),
-        listen=args.listen,
-        port=args.port,
-        max_sessions=args.max_sessions,
-    )
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        server = sshconsole.ConsoleServer(options)
-        sock = sshconsole.bind(args.listen, args.port)
-    except sshconsole.ConsoleSetupError as e:
-        raise UsageError(str(e)) from None
-    log.info("serving the admin console of %s", url)
-    asyncio.run(sshconsole.serve(server, sock))
-    return 0
+for _name, _help, _arguments, _run, _description in stackcmd.COMMANDS:
+    command(_name, _help, _arguments, _description)(_run)

@@ -59,7 +59,7 @@ in the module named before the dot; the rest live here::
     ├── hostsetup.SetupError (500)             a host setup step failed
     ├── sshkeys.AuthorizedKeysError (500)      also a ValueError: the console's keys file is bad
     ├── sshconsole.ConsoleSetupError (500)     the SSH console's key file or address is unusable
-    └── cli.UsageError (500)                   a command's own input check (exit code 2)
+    └── UsageError (500)                       a command's own input check (exit code 2)
 
 The admin console (``tui/``) stands apart: it reads the service over HTTP only, and its own
 errors are a small tree of their own (``client.AdminClientError`` with ``Unauthorized``,
@@ -101,6 +101,10 @@ class ConfigError(SwarmbinderError, status=500):
         super().__init__(f"config option {option!r}: {problem}")
         self.option = option
         self.problem = problem
+
+
+class UsageError(SwarmbinderError):
+    """Bad input found by a command itself; printed as one line, exit code 2."""
 
 
 class SpecError(SwarmbinderError, status=400):

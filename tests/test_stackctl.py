@@ -154,12 +154,16 @@ def test_stack_file_has_the_services_and_their_safety_nets(rendered: dict[str, A
         assert deploy["update_config"]["failure_action"] == "rollback", name
         assert deploy["endpoint_mode"] == "dnsrr", name
         assert deploy["resources"]["limits"]["memory"], name
-        assert deploy["placement"]["constraints"] == ["node.role == manager"], name
+        constraints = deploy["placement"]["constraints"]
+        # The services with a volume run where the stack's state is: the node labelled for it.
+        pinned = ["node.labels.swarmbinder.state.lab == true"] if service.get("volumes") else []
+        assert constraints == ["node.role == manager", *pinned], name
         assert "binder" in service["networks"], name
         for port in service.get("ports", []):
             assert port["mode"] == "host", name
     published = {n: s["ports"][0]["published"] for n, s in services.items() if "ports" in s}
     assert published == {"binder": 8585, "proxy": 8000, "registry": 5001}
+    assert {n for n, s in services.items() if s.get("volumes")} == {"binder", "hub", "registry"}
 
 
 def test_stack_file_names_derive_from_the_stack(rendered: dict[str, Any]) -> None:
@@ -459,7 +463,6 @@ def test_every_service_of_every_stack_file_rotates_its_logs() -> None:
     ]
     variables = StackOptions(name="lab").variables()
     variables |= {"SWARMBINDER_LOG_MAX_SIZE": "5m", "SWARMBINDER_LOG_MAX_FILE": "4"}
-    variables["SWARMBINDER_POSTGRES_NODE"] = "node-id"
     variables["SWARMBINDER_TRUSTED_PROXIES"] = "10.9.0.0/24"
     proc = subprocess.run(
         ["docker", "stack", "config"] + [arg for f in files for arg in ("-c", str(f))],

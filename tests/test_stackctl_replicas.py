@@ -214,8 +214,16 @@ def test_postgres_is_reached_by_binder_and_the_hub_only(merged: dict[str, Any]) 
         "name": "lab-postgres-password",
         "external": True,
     }
-    # Its volume is one node's: the task never moves off it.
-    assert postgres["deploy"]["placement"]["constraints"] == ["node.id == node0id"]
+    # Its volume is one node's: the task never moves off the node labelled for the state.
+    assert postgres["deploy"]["placement"]["constraints"] == [
+        "node.labels.swarmbinder.state.lab == true"
+    ]
+    # Binder's state is in PostgreSQL: its replicas may run on every manager.
+    assert services["binder"]["deploy"]["placement"]["constraints"] == ["node.role == manager"]
+    assert (
+        "node.labels.swarmbinder.state.lab == true"
+        in (services["hub"]["deploy"]["placement"]["constraints"])
+    )
     assert postgres["deploy"]["update_config"]["order"] == "stop-first"
     assert postgres["volumes"][0]["source"] == "postgres-data"
 
@@ -226,21 +234,3 @@ def test_every_postgres_secret_is_made_and_purged() -> None:
     assert names == {"lab-postgres-password", "lab-cookie-secret"}
     text = stackctl.POSTGRES_FILE.read_text()
     assert all(f"-{s}\n" in text for s in stackctl.POSTGRES_SECRETS)
-
-
-def test_postgres_file_asks_for_the_node_when_deployed_by_hand() -> None:
-    if not shutil.which("docker"):
-        pytest.skip("the docker CLI is not installed")
-    env = {"PATH": os.environ["PATH"], "SWARMBINDER_STACK": "lab"}
-    proc = subprocess.run(
-        ["docker", "stack", "config", "-c", str(stackctl.STACK_FILE)]
-        + ["-c", str(stackctl.POSTGRES_FILE)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=stackctl.STACK_FILE.parent,
-        timeout=30,
-        check=False,
-    )
-    assert proc.returncode != 0
-    assert "set SWARMBINDER_POSTGRES_NODE" in proc.stderr

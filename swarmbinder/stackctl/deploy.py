@@ -30,6 +30,7 @@ from .options import (
     StackOptions,
     UpResult,
 )
+from .placement import apply_state_plan, plan_state, state_holder, swarm_nodes
 from .replicas import (
     binder_store_environment,
     deployed_store,
@@ -68,6 +69,13 @@ def _up(options: StackOptions, keys: str | None, report: Progress, started: floa
     hs.ensure_engine(report.step, STATE_DIR)
     node_id = hs.ensure_swarm("127.0.0.1", report.step)
     deployed_as = deployed_store(options.name)
+    # Checked before anything is made: a --state-node no node has is bad input.
+    deployed_here = deployed_as is not None
+    holder = state_holder(options.name) if deployed_here else None
+    state = plan_state(
+        options.name, swarm_nodes(), node_id, options.state_node, deployed_here, holder
+    )
+    report.step(state.line())
     store = plan_store(options, deployed_as)
     report.step(store_plan_line(store, deployed_as))
     deployed = deployed_ports(options.name)
@@ -126,6 +134,7 @@ def _up(options: StackOptions, keys: str | None, report: Progress, started: floa
     elif not reasons and not stack_converged(options.name, services, {"binder": store.replicas}):
         reasons = ["a service is not running"]
     changed = bool(reasons)
+    apply_state_plan(state)  # before the deploy: the state's services wait for the label
     if changed:
         report.step(f"deploying stack {options.name} ({', '.join(reasons)})")
         with tempfile.TemporaryDirectory(prefix="swarmbinder-stack-") as workdir:

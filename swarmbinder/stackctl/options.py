@@ -106,6 +106,9 @@ class StackOptions:
     base: str = "auto"
     #: seconds to wait for the stack to become healthy
     timeout: float = 300
+    #: the node that keeps the stack's state (a hostname or ID; None: the node labelled for
+    #: it, else the manager ``up`` runs on)
+    state_node: str | None = None
     #: an OpenSSH authorized_keys file: deploy the SSH console with these keys
     ssh_console_keys: Path | None = None
     #: remove the SSH console; with neither, ``up`` keeps a console that runs

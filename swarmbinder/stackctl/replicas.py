@@ -36,6 +36,7 @@ from .options import (
     StackOptions,
     Store,
 )
+from .placement import LABEL_PREFIX
 from .state import service_spec
 
 #: Binder's connection to the stack's PostgreSQL (stack/postgres.yml); the password is the
@@ -111,13 +112,19 @@ def stack_files(store: Store, console: bool, workdir: Path) -> list[Path]:
 
 def front_base(text: str) -> dict[str, object]:
     """docker-stack.yml (``text``) for PostgreSQL mode: the binder service publishes no port
-    (the front does), and the files it names are absolute (the copy lives elsewhere)."""
+    (the front does) and is not pinned to the state's node, and the files it names are
+    absolute (the copy lives elsewhere)."""
     import yaml
 
     data: dict[str, object] = yaml.safe_load(text)
     services = data["services"]
     assert isinstance(services, dict)
     services["binder"].pop("ports", None)
+    # Its state is in PostgreSQL, not on a volume: the replicas may run on every manager.
+    placement = services["binder"]["deploy"]["placement"]
+    placement["constraints"] = [
+        c for c in placement["constraints"] if not c.startswith(f"node.labels.{LABEL_PREFIX}")
+    ]
     configs = data.get("configs", {})
     assert isinstance(configs, dict)
     for config in configs.values():
@@ -192,7 +199,6 @@ def store_inputs(
     images = {name: image_ids[name].removeprefix("sha256:")[:12] for name in POSTGRES_IMAGES}
     variables = {
         "SWARMBINDER_REPLICAS": str(store.replicas),
-        "SWARMBINDER_POSTGRES_NODE": node_id,
         "SWARMBINDER_TRUSTED_PROXIES": proxies,
         # A rebuilt image under the same tag changes the service, so Swarm rolls it.
         **{f"SWARMBINDER_{name.upper()}_IMAGE_ID": image for name, image in images.items()},

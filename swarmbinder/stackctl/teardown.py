@@ -30,6 +30,7 @@ from .options import (
     StackError,
     StackOptions,
 )
+from .placement import remove_state_label
 from .state import service_spec
 
 
@@ -174,6 +175,10 @@ def _purge(name: str, report: Progress) -> list[str]:
             time.sleep(0.5)
         else:
             raise StackError(f"volume {volume} is still in use; remove it with docker volume rm")
+    label, elsewhere = remove_state_label(name)
+    purged += [label] if label else []
+    if elsewhere:
+        report.step(elsewhere)
     made = (*SECRETS, *POSTGRES_SECRETS, *TOKEN_PAIR)
     for full in [f"{name}-{secret}" for secret in made] + console_secrets(name):
         if hs.run(["docker", "secret", "rm", full], check=False).returncode == 0:
