@@ -270,8 +270,10 @@ def test_secrets_makes_what_the_stack_file_needs_once(
     """`swarmbinder secrets` (a cluster deployed by hand) makes every secret the stack file
     names, and a second run changes nothing."""
     stack = f"sbtest-secrets-{os.getpid()}"
+    # The stack file's, and PostgreSQL mode's (stack/postgres.yml), which `secrets` makes too.
     wanted = sorted(
-        spec["name"].replace("lab-", f"{stack}-", 1) for spec in rendered["secrets"].values()
+        [spec["name"].replace("lab-", f"{stack}-", 1) for spec in rendered["secrets"].values()]
+        + [f"{stack}-{name}" for name in stackctl.POSTGRES_SECRETS]
     )
     try:
         first = run_cli("secrets", "--stack", stack)
@@ -294,8 +296,12 @@ def test_secrets_makes_what_the_stack_file_needs_once(
         assert again.returncode == 0, again.stderr
         assert again.stdout.strip() == f"nothing to create: every secret of stack {stack} exists"
     finally:
-        for name in wanted:
-            subprocess.run(["docker", "secret", "rm", name], capture_output=True, check=False)
+        made = subprocess.run(
+            ["docker", "secret", "ls", "-q", "--filter", f"name={stack}-"],
+            capture_output=True, text=True, check=False, timeout=30,
+        ).stdout.split()  # fmt: skip
+        for secret in made:
+            subprocess.run(["docker", "secret", "rm", secret], capture_output=True, check=False)
 
 
 # --- the SSH console --------------------------------------------------------------------------
