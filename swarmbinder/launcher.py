@@ -88,14 +88,15 @@ def task_failure(tasks: Sequence[TaskState]) -> str | None:
     for task in reversed(tasks):
         if task.state not in FAILED_TASK_STATES:
             continue
-        if task.error:
-            return f"the server's container could not start: {task.error}"
         if task.exit_code == NO_JUPYTER_EXIT_CODE:
-            # the hub's server launcher found no Jupyter server to run in the image
+            # the hub's server launcher found no Jupyter server to run in the image (Swarm
+            # also sets the task's error to "non-zero exit (127)": this says more)
             return (
                 "the server's container could not start: the image has no Jupyter server "
                 "(it needs jupyterlab or notebook)"
             )
+        if task.error:
+            return f"the server's container could not start: {task.error}"
         if task.exit_code is not None:
             return f"the server exited with code {task.exit_code} before it was ready"
         return f"the server's task ended ({task.state.value}) before it was ready"
