@@ -415,9 +415,10 @@ def _up_arguments(parser: argparse.ArgumentParser) -> None:
         help="the SSH console's published port (default: $SWARMBINDER_SSH_PORT, else the "
         "running console's, else 2222)",
     )
-    from .stackctl import add_replica_arguments  # defined next to the rules they feed
+    from .stackctl import add_replica_arguments, add_tls_arguments  # next to their rules
 
     add_replica_arguments(parser)
+    add_tls_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="print only the URL")
 
 
@@ -463,7 +464,7 @@ def up(args: argparse.Namespace) -> int:
     )
     progress = _TerminalProgress(args.quiet)
     with _stack_input_errors():
-        result = stackctl.up(options, progress)
+        result = stackctl.up(options, progress, tls=stackctl.tls_options(args))
     if result.changed:
         progress.step(f"stack {options.name} is up ({result.seconds:.0f} s)")
     else:

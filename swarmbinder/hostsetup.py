@@ -314,6 +314,7 @@ def project_images(version: str) -> list[ImageSpec]:
         ImageSpec("registry", f"swarmbinder/registry:{version}", base="debian", common_setup=False),
         ImageSpec("postgres", f"swarmbinder/postgres:{version}", base="debian", common_setup=False),
         ImageSpec("front", f"swarmbinder/front:{version}", base="debian", common_setup=False),
+        ImageSpec("tls", f"swarmbinder/tls:{version}", base="debian", common_setup=False),
         ImageSpec(
             "swarmbinder",
             f"swarmbinder/swarmbinder:{version}",

@@ -23,7 +23,7 @@ every step is a short CLI call, and the CLI works with whichever engine version 
 :mod:`.deploy` and :mod:`.teardown` are the two commands; :mod:`.options` names what a stack
 is made of, :mod:`.inputs` what a deploy is made from, :mod:`.console` and :mod:`.credentials`
 the SSH console and the secrets, :mod:`.replicas` several replicas on PostgreSQL,
-:mod:`.state` what the engine says is deployed.
+:mod:`.state` what the engine says is deployed, :mod:`.tls` HTTPS through the TLS proxy.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ from .replicas import (
 )
 from .state import wait_healthy
 from .teardown import down
+from .tls import add_tls_arguments, check_tls, render_caddyfile, tls_options
 
 __all__ = [
     "CONSOLE_FILE",
@@ -94,9 +95,11 @@ __all__ = [
     "TOKEN_PAIR",
     "UpResult",
     "add_replica_arguments",
+    "add_tls_arguments",
     "binder_environment",
     "binder_store_environment",
     "changed_inputs",
+    "check_tls",
     "check_binder_config",
     "console_from_spec",
     "down",
@@ -105,8 +108,10 @@ __all__ = [
     "plan_console",
     "plan_store",
     "read_console_keys",
+    "render_caddyfile",
     "stack_variables",
     "store_inputs",
+    "tls_options",
     "up",
     "wait_healthy",
 ]

@@ -23,11 +23,13 @@ from .options import (
     STACK_FILE,
     STACK_IMAGES,
     STATE_DIR,
+    TLS_SERVICE,
     Progress,
     Silent,
     StackError,
     StackInputError,
     StackOptions,
+    TLSOptions,
     UpResult,
 )
 from .placement import apply_state_plan, plan_state, state_holder, swarm_nodes
@@ -40,31 +42,62 @@ from .replicas import (
     stack_files,
     store_inputs,
     store_plan_line,
+    trusted_proxies,
 )
 from .state import current_inputs, deployed_console, deployed_ports, stack_converged, wait_healthy
+from .tls import (
+    TLSPlan,
+    check_tls,
+    check_tls_kept,
+    check_tls_ports,
+    deployed_tls_ports,
+    ensure_tls_secrets,
+    remove_unused_tls_secrets,
+    tls_environment,
+    tls_files,
+    tls_inputs,
+    wait_tls,
+    write_caddyfile,
+)
 
 T = TypeVar("T")
 
 
-def up(options: StackOptions, progress: Progress | None = None) -> UpResult:
-    """Bring the stack up (idempotent); raises StackError with one line on failure."""
+def up(
+    options: StackOptions, progress: Progress | None = None, tls: TLSOptions | None = None
+) -> UpResult:
+    """Bring the stack up (idempotent); raises StackError with one line on failure. ``tls``
+    (``--tls`` and its options) replaces ``options.tls`` when given."""
     report = progress or Silent()
     started = time.monotonic()
+    if tls is not None:
+        options = dataclasses.replace(options, tls=tls)
     options.check()
+    plan = check_tls(options)  # None for --tls off, which options.tls then no longer says
+    tls_off = options.tls is not None and plan is None
+    options = dataclasses.replace(options, tls=plan.tls if plan else None)
     environment = {
         **binder_environment(options),
         **binder_store_environment(plan_store(options, None)),
+        **tls_environment(options),
     }
     base_url = check_binder_config(options.config_file, environment)
     options = dataclasses.replace(options, base_url=base_url)
     keys = read_console_keys(options.ssh_console_keys) if options.ssh_console_keys else None
     try:
-        return _up(options, keys, report, started)
+        return _up(options, keys, report, started, plan, tls_off)
     except hs.SetupError as exc:
         raise StackError(str(exc)) from None
 
 
-def _up(options: StackOptions, keys: str | None, report: Progress, started: float) -> UpResult:
+def _up(
+    options: StackOptions,
+    keys: str | None,
+    report: Progress,
+    started: float,
+    tls: TLSPlan | None = None,
+    tls_off: bool = False,
+) -> UpResult:
     report.step("checking the Docker engine")
     hs.ensure_engine(report.step, STATE_DIR)
     node_id = hs.ensure_swarm("127.0.0.1", report.step)
@@ -97,12 +130,16 @@ def _up(options: StackOptions, keys: str | None, report: Progress, started: floa
             raise StackInputError(
                 f"port {port} on 127.0.0.1 is already in use; choose another with {variable}"
             )
+    deployed_tls = deployed_tls_ports(options.name)
+    check_tls_kept(options.name, tls, deployed_tls is not None, tls_off)
+    check_tls_ports(options, deployed_tls or set())
 
     report.step("checking the images")
     bases = hs.ensure_bases(report.step, options.base)
     image_ids: dict[str, str] = {}
     rebuilt: list[str] = []
     wanted = {*STACK_IMAGES, *(POSTGRES_IMAGES if store.postgres else ())}
+    wanted |= {TLS_SERVICE} if tls else set()
     for spec in hs.project_images(__version__):
         if spec.name not in wanted:
             continue
@@ -116,14 +153,21 @@ def _up(options: StackOptions, keys: str | None, report: Progress, started: floa
     created = ensure_secrets(options.name)
     if console:
         created += ensure_console_secrets(options.name, console)
+    created += ensure_tls_secrets(options.name, tls)
     for name in created:
         report.step(f"created secret {name}")
 
     report.step(console_plan_line(options, console, running_console))
-    front_subnet = ensure_front_network(options) if store.postgres else ""
+    front_subnet = ensure_front_network(options) if store.postgres or tls else ""
     extra = store_inputs(store, node_id, front_subnet, options.config_file, image_ids)
+    if tls:
+        caddyfile = write_caddyfile(options, tls, store.postgres)
+        proxies = trusted_proxies(options.config_file, front_subnet)
+        tls_extra = tls_inputs(options, tls, caddyfile, image_ids[TLS_SERVICE], proxies)
+        extra = ({**extra[0], **tls_extra[0]}, {**extra[1], **tls_extra[1]})
     variables = stack_variables(options, image_ids, console, extra)
     services = store.services + ((CONSOLE_SERVICE,) if console else ())
+    services += (TLS_SERVICE,) if tls else ()
     deployed_inputs = current_inputs(options.name)
     reasons = changed_inputs(deployed_inputs, variables["SWARMBINDER_STACK_INPUTS"])
     if running_console and not console:
@@ -139,6 +183,7 @@ def _up(options: StackOptions, keys: str | None, report: Progress, started: floa
         report.step(f"deploying stack {options.name} ({', '.join(reasons)})")
         with tempfile.TemporaryDirectory(prefix="swarmbinder-stack-") as workdir:
             files = stack_files(store, console is not None, Path(workdir))
+            files += tls_files(options, tls, Path(workdir))
             hs.run(
                 [
                     "docker",
@@ -155,18 +200,25 @@ def _up(options: StackOptions, keys: str | None, report: Progress, started: floa
                 cwd=STACK_FILE.parent,
                 timeout=300,
             )
-        if not store.postgres:
+        if not store.postgres and not tls:
             # Left by PostgreSQL mode: --prune removed the front, and with it the last user.
             remove_front_network(options)
     wait_healthy(options, report, console=console, store=store)
+    root = wait_tls(options, tls, variables["SWARMBINDER_TLS_INPUTS"], report) if tls else None
     if changed:
-        for kind in ("binder", "hub"):
+        for kind in ("binder", "hub", "tls"):
             prefix = f"{options.name}-{kind}-config-"
-            current = variables[f"SWARMBINDER_{kind.upper()}_CONFIG_VERSION"]
-            hs.remove_unused_configs(prefix, keep=prefix + current)
+            current = variables.get(f"SWARMBINDER_{kind.upper()}_CONFIG_VERSION")
+            hs.remove_unused_configs(prefix, keep=prefix + current if current else None)
+        remove_unused_tls_secrets(options.name, tls)
         # Replaced keys (or a removed console): the old secret is used by nothing now.
         remove_unused_console_keys(
             options.name, keep=console.keys_secret(options.name) if console else None
+        )
+    if root:
+        report.step(
+            f"the local CA's root certificate is in {root}: trust it in your browser "
+            "(or pass it as the CA bundle) to open Binder over HTTPS"
         )
     if console:
         report.step(
@@ -181,6 +233,7 @@ def _up(options: StackOptions, keys: str | None, report: Progress, started: floa
         seconds=time.monotonic() - started,
         console=console,
         store=store,
+        tls_root=root,
     )
 
 

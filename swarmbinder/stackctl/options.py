@@ -59,6 +59,12 @@ CONSOLE_SERVICE = "console"
 CONSOLE_HOST_KEY = "console-host-key"
 CONSOLE_KEYS = "console-authorized-keys-"
 DEFAULT_SSH_PORT = 2222
+#: The TLS proxy (stack/tls.yml): its service (and image) and how it gets its certificate.
+TLS_FILE = hs.REPO_ROOT / "stack" / "tls.yml"
+TLS_SERVICE = "tls"
+TLS_MODES = ("local", "acme", "cert")
+#: Let's Encrypt's production directory: ACME mode's default CA.
+DEFAULT_ACME_CA = "https://acme-v02.api.letsencrypt.org/directory"
 STACK_LABEL = LABEL_STACK
 INPUTS_LABEL = LABEL_STACK_INPUTS
 NAMESPACE_LABEL = "com.docker.stack.namespace"
@@ -121,9 +127,13 @@ class StackOptions:
     replicas: int | None = None
     #: ``sqlite`` or ``postgres`` (None: as deployed, else sqlite; postgres with replicas > 1)
     store: str | None = None
+    #: serve Binder and the hub over HTTPS through the TLS proxy (None: plain HTTP only)
+    tls: TLSOptions | None = None
 
     @property
     def url(self) -> str:
+        if self.tls:
+            return self.tls.binder_url(self.public_host)
         return f"http://{self.public_host}:{self.port}/"
 
     @property
@@ -190,6 +200,8 @@ class StackOptions:
         ports = {"port": self.port, "hub port": self.hub_port, "registry port": self.registry_port}
         if ssh_port is not None:
             ports["ssh port"] = ssh_port
+        if self.tls:
+            ports |= self.tls.ports()
         for what, port in ports.items():
             if not 0 < port < 65536:
                 raise StackInputError(f"{what} {port} is not a TCP port")
@@ -209,6 +221,53 @@ class StackOptions:
             "SWARMBINDER_VERSION": __version__,
             "SWARMBINDER_IMAGES": "swarmbinder",
         }
+
+
+@dataclass(frozen=True)
+class TLSOptions:
+    """How the TLS proxy gets its certificate and where it listens (published on every
+    interface of the manager, like the stack's other ports)."""
+
+    #: ``local`` (Caddy's own CA), ``acme`` (a public name's certificate from an ACME server)
+    #: or ``cert`` (the operator's certificate and key, kept as Swarm secrets)
+    mode: str
+    #: the name browsers use for Binder and the hub ("": the stack's public host, local mode)
+    host: str = ""
+    http_port: int = 80
+    port: int = 443
+    hub_port: int = 8443
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    acme_ca: str = DEFAULT_ACME_CA
+    acme_email: str = ""
+    #: the root certificate of a private ACME server (None: the system's roots)
+    acme_ca_root: Path | None = None
+
+    @property
+    def public(self) -> bool:
+        """ACME and operator certificates serve a real name: browsers may be told HSTS."""
+        return self.mode != "local"
+
+    def name(self, public_host: str) -> str:
+        return self.host or public_host
+
+    def binder_url(self, public_host: str, base_url: str = "/") -> str:
+        return f"https://{_netloc(self.name(public_host), self.port, 443)}{base_url}"
+
+    def hub_url(self, public_host: str) -> str:
+        return f"https://{_netloc(self.name(public_host), self.hub_port, 443)}/"
+
+    def ports(self) -> dict[str, int]:
+        return {
+            "http port": self.http_port,
+            "https port": self.port,
+            "hub https port": self.hub_port,
+        }
+
+
+def _netloc(host: str, port: int, default: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port == default else f"{shown}:{port}"
 
 
 @dataclass(frozen=True)
@@ -257,6 +316,8 @@ class UpResult:
     console: Console | None = None
     #: where Binder keeps its state, and its replicas
     store: Store = field(default_factory=Store)
+    #: the local CA's root certificate, copied out of the TLS proxy (``--tls local``)
+    tls_root: Path | None = None
 
 
 @dataclass

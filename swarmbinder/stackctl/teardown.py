@@ -32,6 +32,7 @@ from .options import (
 )
 from .placement import remove_state_label
 from .state import service_spec
+from .tls import remove_unused_tls_secrets
 
 
 def down(name: str, *, purge: bool = False, progress: Progress | None = None) -> DownResult:
@@ -197,7 +198,8 @@ def _purge(name: str, report: Progress) -> list[str]:
     unused = [s for s in auth if hs.run(["docker", "secret", "rm", s], check=False).returncode == 0]
     if unused:
         purged.append(f"{len(unused)} unused registry credentials secret(s)")
-    for kind in ("binder", "hub"):
+    purged += remove_unused_tls_secrets(name, None)
+    for kind in ("binder", "hub", "tls"):
         hs.remove_unused_configs(f"{name}-{kind}-config-")
     if purged:
         report.step(f"removed {', '.join(purged)}")
