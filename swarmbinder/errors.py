@@ -21,7 +21,7 @@ in the module named before the dot; the rest live here::
     │   └── builds._StopBuild (500)            a build is ended by us (overdue, never placed)
     ├── builds.BuildQueueFull (503)            build_queue_limit builds wait already
     ├── LaunchFailed (500)                     JupyterHub could not start the server
-    │   ├── hubclient.HubRequestFailed (500)   the hub answered with an error status
+    │   ├── hubclient.HubRequestFailed (500)   the hub said no (503 when the trouble is its own)
     │   ├── hubclient.HubUnavailable (503)     the hub did not answer, even after retries
     │   ├── launcher.ServerConflict (409)      the logged-in user may not start another server
     │   └── launcher.NoRoomForServerName (400) the user name leaves no room for a server name

@@ -27,18 +27,37 @@ log = logging.getLogger(__name__)
 
 PAGINATION_MEDIA_TYPE = "application/jupyterhub-pagination+json"
 HUB_DOWN_MESSAGE = "The JupyterHub that runs servers is not answering right now. Try again soon."
+HUB_REFUSED_MESSAGE = (
+    "The JupyterHub that runs servers did not accept swarmbinder's credentials: it may be "
+    "restarting or its database may be away. Try again soon."
+)
 
 
 class HubRequestFailed(LaunchFailed):
-    """The hub answered a request with an error status."""
+    """The hub answered a request with an error status.
+
+    A 500 when the hub turned the request down (a 4xx about what was asked), but a 503 when the
+    trouble is the hub's: a 5xx that outlasted the retries, or a 401/403 to swarmbinder's own
+    service token, which JupyterHub also answers while its database is away (it cannot look
+    the token up, and says "Missing or invalid credentials"). Either way nothing is wrong with
+    the launch, and the same launch works once the hub is well.
+    """
 
     def __init__(self, method: str, path: str, status: int, detail: str) -> None:
+        refused = status in (401, 403)
+        if status >= 500:
+            user_message = HUB_DOWN_MESSAGE
+        elif refused:
+            user_message = HUB_REFUSED_MESSAGE
+        else:
+            user_message = f"Launch failed: {detail}"
         super().__init__(
-            f"{method} {path}: the hub answered {status}: {detail}",
-            user_message=f"Launch failed: {detail}" if status < 500 else HUB_DOWN_MESSAGE,
+            f"{method} {path}: the hub answered {status}: {detail}", user_message=user_message
         )
         self.status = status
         self.detail = detail
+        if status >= 500 or refused:
+            self.status_code = 503
 
 
 class HubUnavailable(LaunchFailed, status=503):

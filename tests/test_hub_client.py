@@ -100,6 +100,27 @@ async def test_a_4xx_is_never_retried_and_says_what_the_hub_said(
     assert hub.count("POST", "/users/ann/server") == 1
 
 
+async def test_the_hub_refusing_our_token_is_a_503_not_the_launchs_fault(
+    fake: tuple[FakeHub, HubClient],
+) -> None:
+    # What JupyterHub answers every API request with while its database is away.
+    hub, client = fake
+    hub.on(
+        "POST", "/users/ann", (403, {"status": 403, "message": "Missing or invalid credentials."})
+    )
+    with pytest.raises(HubRequestFailed) as caught:
+        await client.create_user("ann")
+    assert caught.value.status_code == 503
+    assert "database" in caught.value.user_message
+    assert "Missing or invalid credentials" in caught.value.message  # for the log
+    assert hub.count("POST", "/users/ann") == 1
+    # A 4xx about the request itself stays the launch's failure, with the hub's words.
+    hub.on("POST", "/users/ann/server", (400, {"status": 400, "message": "image required"}))
+    with pytest.raises(HubRequestFailed) as bad:
+        await client.start_server("ann", "", {})
+    assert bad.value.status_code == 500
+
+
 async def test_5xx_that_persists_gives_up_with_a_hub_down_message(
     fake: tuple[FakeHub, HubClient],
 ) -> None:
@@ -109,6 +130,7 @@ async def test_5xx_that_persists_gives_up_with_a_hub_down_message(
         await client.get_user("ann")
     assert hub.count("GET", "/users/ann") == FAST.attempts
     assert "not answering" in caught.value.user_message
+    assert caught.value.status_code == 503
 
 
 async def test_a_hub_that_does_not_answer_is_hub_unavailable() -> None:
