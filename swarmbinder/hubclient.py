@@ -263,6 +263,25 @@ class HubClient:
             raise
         return True
 
+    async def delete_user_once_stopped(self, name: str, *, patience: float = 10.0) -> bool:
+        """Delete the user, asking again every 0.2 s for ``patience`` seconds while the hub
+        still stops its server (it answers 400 then). True once deleted; a failure is logged
+        and False (the reaper removes what is left)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        while True:
+            try:
+                await self.delete_user(name)
+                return True
+            except HubRequestFailed as exc:
+                if exc.status != 400 or loop.time() > deadline:
+                    log.warning("deleting user %s: %s", name, exc)
+                    return False
+            except SwarmbinderError as exc:
+                log.warning("deleting user %s: %s", name, exc)
+                return False
+            await asyncio.sleep(0.2)
+
     async def create_token(
         self, name: str, *, scopes: list[str], note: str, expires_in: int | None = None
     ) -> str:

@@ -387,26 +387,9 @@ class Launcher:
         except SwarmbinderError as exc:
             log.warning("stopping %s/%s after a failed launch: %s", user, server_name, exc)
         if temporary:
-            await self._delete_user(user)
+            await self._hub.delete_user_once_stopped(user)
         try:
             await self._swarm.remove_service(service, settle_seconds=3)
         except SwarmbinderError as exc:
             # the reaper removes it later
             log.warning("removing %s after a failed launch: %s", service, exc)
-
-    async def _delete_user(self, user: str) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while True:
-            try:
-                await self._hub.delete_user(user)
-                return
-            except HubRequestFailed as exc:
-                # 400 while the hub is still stopping the server: ask again shortly
-                if exc.status != 400 or loop.time() > deadline:
-                    log.warning("deleting temporary user %s: %s", user, exc)
-                    return
-            except SwarmbinderError as exc:
-                log.warning("deleting temporary user %s: %s", user, exc)
-                return
-            await asyncio.sleep(0.2)

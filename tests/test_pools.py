@@ -103,6 +103,10 @@ class World:
     async def delete_user(self, name: str) -> bool:
         return self.users.pop(name, None) is not None
 
+    async def delete_user_once_stopped(self, name: str, *, patience: float = 10.0) -> bool:
+        await self.delete_user(name)
+        return True
+
     async def stop_server(self, name: str, server_name: str = "", *, remove: bool = False) -> None:
         self.users.get(name, {}).pop(server_name, None)
         for service in list(self.services.values()):

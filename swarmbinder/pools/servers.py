@@ -8,7 +8,6 @@ so that a Binder dying halfway leaves a state the next round finishes: a server 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -16,7 +15,7 @@ from urllib.parse import quote
 
 from .. import naming
 from ..errors import SwarmbinderError
-from ..hubclient import HubRequestFailed, HubUser
+from ..hubclient import HubUser
 from ..labels import (
     LABEL_HUB,
     LABEL_POOL_CLAIMED,
@@ -44,6 +43,8 @@ class PoolHub(Protocol):
     async def get_user(self, name: str) -> HubUser | None: ...
 
     async def delete_user(self, name: str) -> bool: ...
+
+    async def delete_user_once_stopped(self, name: str, *, patience: float = 10.0) -> bool: ...
 
     async def stop_server(
         self, name: str, server_name: str = "", *, remove: bool = False
@@ -172,21 +173,7 @@ class PoolServers:
             await self.hub.stop_server(user, SERVER_NAME_POOL, remove=True)
         except SwarmbinderError as exc:
             log.warning("stopping pool server of %s: %s", user, exc)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + DELETE_USER_PATIENCE
-        while True:
-            try:
-                await self.hub.delete_user(user)
-                return
-            except HubRequestFailed as exc:
-                # 400 while the hub is still stopping the server: ask again shortly
-                if exc.status != 400 or loop.time() > deadline:
-                    log.warning("deleting pool user %s: %s", user, exc)
-                    return
-            except SwarmbinderError as exc:
-                log.warning("deleting pool user %s: %s", user, exc)
-                return
-            await asyncio.sleep(0.2)
+        await self.hub.delete_user_once_stopped(user, patience=DELETE_USER_PATIENCE)
 
 
 def describe(servers: Sequence[PoolServer]) -> list[dict[str, Any]]:
