@@ -164,7 +164,7 @@ async def test_pooled_launches_through_build_hand_out_fresh_servers_and_survive_
     spec = spec_for(testground, "binder-dockerfile")
     config = pool_config(testground, tmp_path, {spec: 2})
     image = (await resolve_real(config, spec)).build.image
-    push_image(testground, image)
+    await asyncio.to_thread(push_image, testground, image)
     try:
         async with TestClient(TestServer(create_app(config))) as binder:
             manager = manager_of(binder)
@@ -242,8 +242,8 @@ async def test_a_new_commit_drains_the_pool_and_fills_it_with_the_new_image(
     at = {"ref": old_commit}
     old = await resolve_real(config, spec_for(testground, "binder-two-commits", old_commit))
     new = await resolve_real(config, spec_for(testground, "binder-two-commits", new_commit))
-    push_image(testground, old.build.image)
-    push_image(testground, new.build.image)
+    await asyncio.to_thread(push_image, testground, old.build.image)
+    await asyncio.to_thread(push_image, testground, new.build.image)
 
     async def branch(path: str) -> Resolved:
         assert path == moving
@@ -313,7 +313,7 @@ async def test_pooled_launch_time(testground: dict[str, Any], tmp_path: Path) ->
     spec = spec_for(testground, "binder-dockerfile")
     config = pool_config(testground, tmp_path, {spec: 3})
     image = (await resolve_real(config, spec)).build.image
-    push_image(testground, image)
+    await asyncio.to_thread(push_image, testground, image)
     times: list[float] = []
     try:
         async with TestClient(TestServer(create_app(config))) as binder:
