@@ -32,9 +32,11 @@ from .buildstatus import BuildStatus
 from .config import Config, iter_options
 from .errors import SwarmbinderError, SwarmUnavailable
 from .handlers import admin, build, guard, ops
+from .handlers.framewriter import WRITE_BATCH, WriteBatch
 from .handlers.hubauth import authenticator, setup_hub_auth
 from .handlers.pages import add_page_routes
 from .handlers.registrytoken import add_registry_token_route
+from .handlers.streamwatch import STREAM_WATCH, StreamWatch, run_stream_watch
 from .health import HealthChecker, capacity_result
 from .hubauth import HubAuth
 from .hubclient import HubClient
@@ -170,12 +172,18 @@ async def scrub_config_secrets(app: web.Application) -> AsyncIterator[None]:
 def add_build_routes(app: web.Application) -> None:
     """``/build/<provider>/<spec>``; the handler needs FLOW and ADMISSION on the app.
 
-    The client finder and the open-stream cap are made here unless the app has them."""
+    The client finder, the open-stream cap, the streams' write batch and their watch are made
+    here unless the app has them."""
     config = app[CONFIG]
     if CLIENT_IP not in app:
         app[CLIENT_IP] = ClientIP(config.server.trusted_proxies)
     if STREAM_SLOTS not in app:
         app[STREAM_SLOTS] = StreamSlots(config.quotas.max_streams_per_ip)
+    if WRITE_BATCH not in app:
+        app[WRITE_BATCH] = WriteBatch()
+    if STREAM_WATCH not in app:
+        app[STREAM_WATCH] = StreamWatch()
+        app.cleanup_ctx.append(run_stream_watch)
     base = config.server.base_url
     app.router.add_get(f"{base}build/{{provider}}/{{spec:.+}}", build.build)
 
