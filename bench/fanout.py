@@ -373,6 +373,7 @@ async def measure(clients: int, workers: int, wait: int, kind: str) -> dict[str,
     records = [r for batch in results for r in batch]
     delays: list[float] = []
     delivered = 0
+    worst: dict[int, float] = {}
     for record in records:
         first = record.get("first")
         for mark, seen in record["marks"]:
@@ -380,6 +381,10 @@ async def measure(clients: int, workers: int, wait: int, kind: str) -> dict[str,
             delivered += at_service is not None
             if first is not None and at_service is not None and at_service > first:
                 delays.append(seen - at_service)
+                worst[mark] = max(worst.get(mark, 0.0), seen - at_service)
+    # One late mark for every client is a stall (of the service, or of the whole machine);
+    # late clients on every mark is a service too slow for that many.
+    slowest = sorted(worst.items(), key=lambda item: -item[1])[:3]
     seen_at = list(proxy.mark_seen.values())
     phases: dict[str, int] = {}
     for record in records:
@@ -401,6 +406,8 @@ async def measure(clients: int, workers: int, wait: int, kind: str) -> dict[str,
         "all_connected_before_first_mark": bool(connected)
         and max(connected) < min(proxy.mark_seen.values(), default=float("inf")),
         "delay_ms": b.summary(delays, scale=1000, digits=1),
+        "slowest_marks_ms": [[mark, round(delay * 1000, 1)] for mark, delay in slowest],
+        "median_mark_worst_ms": round(b.percentile(list(worst.values()), 50) * 1000, 1),
         "service_peak_rss_mib": round(memory["VmHWM"] / 1024, 1),
         "service_rss_during_mib": round(max((s[1] for s in samples), default=0) / 1024, 1),
         "service_cpu_us_per_line": cpu_per_line(
