@@ -97,10 +97,14 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
     if "fanout" in r:
         x = r["fanout"]
         d = x["delay_ms"]
+        # Results from before these fields have neither: their clients read through aiohttp.
+        cpu = x.get("service_cpu_us_per_line")
+        per_line = f"; service CPU {cpu} µs per delivered line" if cpu is not None else ""
+        clients = x.get("client_kind", "aiohttp")
         out.append((
-            f"Log fan-out, {x['clients']} EventSource clients on one build",
+            f"Log fan-out, {x['clients']} EventSource clients ({clients}) on one build",
             f"{x['engine_log_streams_opened']} engine log stream; delay p50 {d['p50']} ms, "
-            f"p99 {d['p99']} ms; peak RSS {x['service_peak_rss_mib']} MiB",
+            f"p99 {d['p99']} ms; peak RSS {x['service_peak_rss_mib']} MiB{per_line}",
             f"{sum(x['final_phases'].values())} clients, final phases {x['final_phases']}",
             "",
             "1 stream, p99 ≤ 100 ms, RSS ≤ 200 MB",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import Counter
@@ -33,9 +34,11 @@ from .buildstatus import BuildStatus
 from .config import Config, iter_options
 from .errors import SwarmbinderError, SwarmUnavailable
 from .handlers import admin, build, guard, ops
+from .handlers.framewriter import WRITE_BATCH, WriteBatch
 from .handlers.hubauth import authenticator, setup_hub_auth
 from .handlers.pages import add_page_routes
 from .handlers.registrytoken import add_registry_token_route
+from .handlers.streamwatch import STREAM_WATCH, StreamWatch, run_stream_watch
 from .health import HealthChecker
 from .healthchecks import health_checks
 from .hubauth import HubAuth
@@ -141,7 +144,25 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(services)
     # After services: the admin routes run the feed of the AdminService that services makes.
     admin.add_admin_routes(app)
+    # Last: everything start-up made exists by then.
+    app.cleanup_ctx.append(freeze_startup_objects)
     return app
+
+
+async def freeze_startup_objects(app: web.Application) -> AsyncIterator[None]:
+    """Hide what start-up made from the garbage collector while the app runs.
+
+    Modules, config, clients and routes live as long as the process, yet every full
+    collection walked them all: about 150,000 objects, some 60 ms of CPU with a thousand event
+    streams open, while every stream's next log line waited. Frozen, they are skipped, and a
+    full collection walks only what requests made. Unfrozen at shutdown, so a process that
+    runs several apps one after another (the tests) frees each one's objects.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _own_tokens(issuer: TokenIssuer) -> Callable[[list[str]], tuple[str, float]]:
@@ -177,14 +198,19 @@ async def scrub_config_secrets(app: web.Application) -> AsyncIterator[None]:
 def add_build_routes(app: web.Application) -> None:
     """``/build/<provider>/<spec>``; the handler needs FLOW and ADMISSION on the app.
 
-    The client finder and the open-stream cap are made here unless the app has them, the
-    refused User-Agents always."""
+    The client finder, the open-stream cap, the streams' write batch and their watch are made
+    here unless the app has them, the refused User-Agents always."""
     config = app[CONFIG]
     if CLIENT_IP not in app:
         app[CLIENT_IP] = ClientIP(config.server.trusted_proxies)
     if STREAM_SLOTS not in app:
         app[STREAM_SLOTS] = StreamSlots(config.quotas.max_streams_per_ip)
     app[USER_AGENT_BLOCK] = UserAgentBlock(config.bans.block_build_user_agents)
+    if WRITE_BATCH not in app:
+        app[WRITE_BATCH] = WriteBatch()
+    if STREAM_WATCH not in app:
+        app[STREAM_WATCH] = StreamWatch()
+        app.cleanup_ctx.append(run_stream_watch)
     base = config.server.base_url
     app.router.add_get(f"{base}build/{{provider}}/{{spec:.+}}", build.build)
 

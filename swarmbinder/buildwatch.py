@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from .buildjob import DEFAULT_LOG_MEMORY_BYTES, BuildRequest, BuildSettings
 from .buildstatus import BuildStatus
 from .errors import BuildFailed, SwarmbinderError, SwarmUnavailable
-from .events import BuildEvent, Phase, parse_repo2docker_line
+from .events import TERMINAL_BUILD_PHASES, BuildEvent, Phase, parse_repo2docker_line
 from .fanout import Fanout
 from .gitcredentials import login_refused_message, refused_host
 from .registrytokens import BuildCredential
@@ -229,6 +229,10 @@ class Build:
         if self.done.is_set():
             self.late_events += 1
             return False
+        if event.phase in TERMINAL_BUILD_PHASES:
+            # A watcher's reader acts on these, so they must come through iteration: the end
+            # is published by finish() alone.
+            raise ValueError(f"a build's end is published by finish(), not as {event.phase}")
         self.fanout.publish(event)
         return True
 
@@ -249,11 +253,21 @@ class Build:
         finally:
             self.fanout.finish(final)
 
-    async def events(self) -> AsyncIterator[BuildEvent]:
+    async def events(
+        self, direct: Callable[[BuildEvent], bool] | None = None
+    ) -> AsyncIterator[BuildEvent]:
         """The log tail, then live events, ending with ``built`` or ``failed``. Where lines
         are left out (they left the replay ring before this watcher came, or it fell behind)
-        a line says how many, and where the whole log is."""
+        a line says how many, and where the whole log is.
+
+        With ``direct``, live events published while this iterator's reader waits go to
+        ``direct`` instead, straight from the publisher (see
+        :meth:`~swarmbinder.fanout.Subscription.set_sink`); it refuses one by returning False,
+        and the event comes through the iterator. Only the build's log lines and queue
+        positions are published, never its end, so what ``direct`` takes is never a ``built``
+        or ``failed``."""
         async with self.fanout.subscribe() as subscription:
+            subscription.set_sink(direct)
             told = 0
             async for event in subscription:
                 missed = subscription.missed + subscription.dropped - told

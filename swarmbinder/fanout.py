@@ -15,17 +15,30 @@ subscriber can say that it starts in the middle.
 :meth:`Fanout.finish` ends the stream with an optional final item (``built`` or ``failed``) that
 is kept apart from the queues and so is never dropped. Subscribing is a context manager: leaving
 it, by cancellation or a client hanging up, unsubscribes at once.
+
+A subscriber that can take an item synchronously (a web client's connection, written without
+waiting) gives the subscription a *sink* (:meth:`Subscription.set_sink`). While the subscriber
+waits for its next item with nothing queued, :meth:`Fanout.publish` hands the item to the sink
+instead of queueing it and waking the subscriber's task. With a thousand watchers of one build
+that wake-up, and the iteration through each watcher's chain of generators that followed it,
+were most of the time a log line took to reach the last of them, and most of the garbage the
+collector then had to walk. A sink that cannot take an item now (its client reads slowly)
+refuses it, and the item is queued as for any subscriber: the bounds above still hold, and a
+slow client never slows the publisher or the other watchers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Generic, TypeVar
 
 __all__ = ["Fanout", "Subscription"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -50,6 +63,10 @@ class Subscription(Generic[T]):
         self._final: list[T] = []
         self._ended = False
         self._wakeup = asyncio.Event()
+        self._sink: Callable[[T], bool] | None = None
+        #: The subscriber waits in ``__anext__`` and everything before was read: an item may
+        #: go to the sink without overtaking one still queued or being written.
+        self._waiting = False
         self.missed = missed
         """Items published before this subscriber came that had already left the tail."""
         self.dropped = 0
@@ -63,7 +80,25 @@ class Subscription(Generic[T]):
         """Items queued and not yet read (the final item not counted)."""
         return len(self._queue)
 
+    def set_sink(self, sink: Callable[[T], bool] | None) -> None:
+        """Hand live items to ``sink`` while this subscriber waits with nothing queued.
+
+        ``sink(item)`` runs inside :meth:`Fanout.publish`, so it must be quick and must not
+        block: it takes the item (``True``) or refuses it (``False``), and a refused item is
+        queued and the subscriber woken as if there were no sink. The tail replayed at
+        subscription, items that arrive while the subscriber is busy, and the final item always
+        come through iteration. A sink that raises is logged and not called again.
+        """
+        self._sink = sink
+
     def _put(self, item: T) -> None:
+        if self._waiting and self._sink is not None and not self._queue:
+            try:
+                if self._sink(item):
+                    return
+            except Exception:
+                log.exception("a fan-out sink failed; its subscriber reads by iteration now")
+                self._sink = None
         if len(self._queue) >= self._queue_size:
             self._pop_oldest()
         self._queue.append(item)
@@ -85,6 +120,7 @@ class Subscription(Generic[T]):
         self._wakeup.set()
 
     def _close(self) -> None:
+        self._sink = None
         self._queue.clear()
         self._size = 0
         self._final = []
@@ -106,7 +142,11 @@ class Subscription(Generic[T]):
                 raise StopAsyncIteration
             # nothing can be published between this check and the wait: no await in between
             self._wakeup.clear()
-            await self._wakeup.wait()
+            self._waiting = True
+            try:
+                await self._wakeup.wait()
+            finally:
+                self._waiting = False
 
 
 class Fanout(Generic[T]):

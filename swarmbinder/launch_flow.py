@@ -17,6 +17,13 @@ Every error becomes one ``failed`` event with a ``status_code`` and the error's 
 message, and the iterator ends right after it. The flow does not know about HTTP: the
 ``/build`` handler writes what it yields, and tests drive it with fakes.
 
+A build's live log lines pass through the flow unchanged. A caller that can write one
+synchronously (the handler, to its client's connection) gives :meth:`LaunchFlow.run` a
+``direct`` sink, and while it waits for the next event those lines go to the sink straight from
+the build's publisher, sparing each watcher a wake-up and a walk through this chain of
+generators per line; everything else, and whatever the sink refuses, is yielded as usual, in
+order.
+
 Stopping iteration (the client went away) stops only this request: a build is owned by the
 build manager and keeps running for every other watcher, while a launch nobody waits for is
 cleaned up by the launcher when its iterator is closed.
@@ -45,10 +52,17 @@ T = TypeVar("T")
 INTERNAL_ERROR_MESSAGE = "Internal error while handling the launch; the admins have been told."
 
 
-class BuildHandle(Protocol):
-    """What the flow needs of a build: its events (log tail, live events, then the end)."""
+#: Takes one event synchronously (True) or refuses it (False); see :meth:`LaunchFlow.run`.
+EventSink = Callable[[BuildEvent], bool]
 
-    def events(self) -> AsyncIterator[BuildEvent]: ...
+
+class BuildHandle(Protocol):
+    """What the flow needs of a build: its events (log tail, live events, then the end).
+
+    With ``direct``, live events that come while the reader waits may go to it instead of
+    through the iterator (:meth:`swarmbinder.buildwatch.Build.events`)."""
+
+    def events(self, direct: EventSink | None = None) -> AsyncIterator[BuildEvent]: ...
 
 
 class BuildStarter(Protocol):
@@ -156,13 +170,19 @@ class LaunchFlow:
         self._launch_budget = launch_budget
         self._observer: FlowObserver = observer or _NoObserver()
 
-    async def run(self, request: LaunchRequest) -> AsyncGenerator[BuildEvent, None]:
-        """The events for ``request``; the last one is ``ready`` or ``failed``."""
+    async def run(
+        self, request: LaunchRequest, direct: EventSink | None = None
+    ) -> AsyncGenerator[BuildEvent, None]:
+        """The events for ``request``; the last one is ``ready`` or ``failed``.
+
+        ``direct``, when given, may be handed a build's live log events instead, while the
+        caller waits for the next one (see the module's doc); it never gets the first or last
+        event of a build, nor any other."""
         try:
             # _closing everywhere: an abandoned inner iterator must be closed now (its
             # ``finally`` resets gauges, unsubscribes, cleans up a launch), not whenever the
             # garbage collector gets to it.
-            async with _closing(self._run(request)) as events:
+            async with _closing(self._run(request, direct)) as events:
                 async for event in events:
                     yield event
         except SwarmbinderError as error:
@@ -172,7 +192,9 @@ class LaunchFlow:
             log.exception("unexpected error while launching %s", request.path)
             yield BuildEvent.failed(INTERNAL_ERROR_MESSAGE, 500)
 
-    async def _run(self, request: LaunchRequest) -> AsyncIterator[BuildEvent]:
+    async def _run(
+        self, request: LaunchRequest, direct: EventSink | None
+    ) -> AsyncIterator[BuildEvent]:
         resolved = await self._resolve(request.path)
         if resolved.notice:
             yield BuildEvent.waiting(message=resolved.notice)
@@ -187,7 +209,8 @@ class LaunchFlow:
                 # BinderHub refuses the build when the launch after it would be refused.
                 await self._check_quota(resolved)
             built = False
-            async with _closing(self._build(resolved.build, request.build_only)) as events:
+            build = self._build(resolved.build, request.build_only, direct)
+            async with _closing(build) as events:
                 async for event in events:
                     yield event
                     built = event.phase in (Phase.BUILT, Phase.READY)
@@ -206,7 +229,9 @@ class LaunchFlow:
                     self._observer.launched(request, resolved)
                 yield event
 
-    async def _build(self, build: BuildRequest, build_only: bool) -> AsyncIterator[BuildEvent]:
+    async def _build(
+        self, build: BuildRequest, build_only: bool, direct: EventSink | None
+    ) -> AsyncIterator[BuildEvent]:
         """The build's events, ending with ``built`` (``ready`` with ``build_only``) or
         ``failed``."""
         yield BuildEvent.waiting()
@@ -214,7 +239,7 @@ class LaunchFlow:
         outcome = BuildOutcome.FAILURE
         try:
             handle = await self._builds.request(build)
-            async with _closing(handle.events()) as events:
+            async with _closing(handle.events(direct)) as events:
                 async for event in events:
                     if event.phase is Phase.BUILT:
                         outcome = BuildOutcome.SUCCESS

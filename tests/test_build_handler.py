@@ -19,6 +19,7 @@ from swarmbinder.config import load_config
 from swarmbinder.errors import SpecBanned, SwarmbinderError
 from swarmbinder.events import BuildEvent, Phase, parse_sse
 from swarmbinder.handlers import build as build_handler
+from swarmbinder.handlers import streamwatch
 from swarmbinder.hubauth import NOT_LOGGED_IN_MESSAGE, NotLoggedIn
 from swarmbinder.keys import ADMISSION, CONFIG, FLOW
 from swarmbinder.launch_flow import LaunchRequest
@@ -34,7 +35,9 @@ class FakeFlow:
         self.requests: list[LaunchRequest] = []
         self.closed = asyncio.Event()
 
-    async def run(self, request: LaunchRequest) -> AsyncGenerator[BuildEvent, None]:
+    async def run(
+        self, request: LaunchRequest, direct: object = None
+    ) -> AsyncGenerator[BuildEvent, None]:
         self.requests.append(request)
         try:
             for event in self.events:
@@ -252,7 +255,7 @@ async def test_failed_event_ends_the_stream_at_once(aiohttp_client: Any) -> None
 async def test_stream_stays_open_after_ready_with_keepalives(
     aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(build_handler, "KEEPALIVE_INTERVAL", 0.1)
+    monkeypatch.setattr(streamwatch, "KEEPALIVE_INTERVAL", 0.1)
     flow = FakeFlow([READY])
     client: TestClient[Any, Any] = await aiohttp_client(make_app(flow))
 
@@ -270,7 +273,7 @@ async def test_stream_stays_open_after_ready_with_keepalives(
 async def test_keepalives_flow_while_the_build_is_quiet(
     aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(build_handler, "KEEPALIVE_INTERVAL", 0.1)
+    monkeypatch.setattr(streamwatch, "KEEPALIVE_INTERVAL", 0.1)
     flow = FakeFlow([BuildEvent.waiting()], hang_after=True)
     client: TestClient[Any, Any] = await aiohttp_client(make_app(flow))
 

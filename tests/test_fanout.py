@@ -343,3 +343,140 @@ def test_a_size_budget_needs_both_parts() -> None:
         Fanout[str](tail_size=1, size_of=len)
     with pytest.raises(ValueError):
         Fanout[str](tail_size=1, max_size=10)
+
+
+# --------------------------------------------------------------------------- direct sinks
+
+
+class Sink:
+    """Takes items while ``accept`` is true, in the order they come."""
+
+    def __init__(self) -> None:
+        self.taken: list[int] = []
+        self.accept = True
+        self.calls = 0
+
+    def __call__(self, item: int) -> bool:
+        self.calls += 1
+        if self.accept:
+            self.taken.append(item)
+        return self.accept
+
+
+async def waiting_reader(sub: Subscription[int], got: list[int]) -> asyncio.Task[None]:
+    """A task reading ``sub`` into ``got``, already waiting for its next item."""
+
+    async def read() -> None:
+        async for item in sub:
+            got.append(item)
+
+    task = asyncio.create_task(read())
+    await asyncio.sleep(0)
+    return task
+
+
+async def test_a_waiting_reader_s_items_go_to_its_sink_without_waking_it() -> None:
+    fanout: Fanout[int] = Fanout(tail_size=10)
+    sink, got = Sink(), []
+    async with fanout.subscribe() as sub:
+        sub.set_sink(sink)
+        reader = await waiting_reader(sub, got)
+        for i in range(5):
+            fanout.publish(i)
+        await asyncio.sleep(0)
+        assert sink.taken == [0, 1, 2, 3, 4]
+        assert got == [] and sub.pending == 0
+        fanout.finish(99)
+        await reader
+    assert got == [99]  # the end always comes through iteration
+
+
+async def test_the_tail_and_items_published_while_busy_come_through_iteration() -> None:
+    fanout: Fanout[int] = Fanout(tail_size=10)
+    fanout.publish(0)
+    sink, got = Sink(), []
+    async with fanout.subscribe() as sub:
+        sub.set_sink(sink)
+        fanout.publish(1)  # the reader has not asked yet: queued
+        reader = await waiting_reader(sub, got)
+        assert got == [0, 1]
+        fanout.publish(2)
+        fanout.finish()
+        await reader
+    assert (sink.taken, got) == ([2], [0, 1])
+
+
+async def test_a_refused_item_is_queued_and_order_holds_until_the_reader_catches_up() -> None:
+    fanout: Fanout[int] = Fanout(tail_size=10)
+    sink, got = Sink(), []
+    async with fanout.subscribe() as sub:
+        sub.set_sink(sink)
+        reader = await waiting_reader(sub, got)
+        fanout.publish(0)
+        sink.accept = False
+        fanout.publish(1)  # refused: queued, the reader is woken
+        sink.accept = True
+        fanout.publish(2)  # queued behind 1, though the sink would take it now
+        assert sink.taken == [0] and sub.pending == 2
+        await asyncio.sleep(0)
+        assert got == [1, 2]
+        fanout.publish(3)  # the reader waits again: the sink's
+        fanout.finish()
+        await reader
+    assert sink.taken == [0, 3]
+    assert sorted(sink.taken + got) == [0, 1, 2, 3]
+
+
+async def test_a_slow_sink_reader_is_bounded_like_any_subscriber() -> None:
+    fanout: Fanout[int] = Fanout(tail_size=3, queue_size=5)
+    sink = Sink()
+    sink.accept = False  # a client that never keeps up
+    async with fanout.subscribe() as sub:
+        sub.set_sink(sink)
+        got: list[int] = []
+        reader = await waiting_reader(sub, got)
+        reader.cancel()  # and never reads again
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        for i in range(1000):
+            fanout.publish(i)
+        assert sub.pending == 5 and sub.dropped == 995
+        assert sink.calls == 0  # nobody waits: the sink is not asked
+
+
+async def test_a_sink_that_raises_is_dropped_and_its_item_queued() -> None:
+    fanout: Fanout[int] = Fanout(tail_size=10)
+    calls: list[int] = []
+
+    def broken(item: int) -> bool:
+        calls.append(item)
+        raise RuntimeError("boom")
+
+    got: list[int] = []
+    async with fanout.subscribe() as sub:
+        sub.set_sink(broken)
+        reader = await waiting_reader(sub, got)
+        fanout.publish(1)
+        await asyncio.sleep(0)
+        fanout.publish(2)
+        fanout.finish()
+        await reader
+    assert calls == [1] and got == [1, 2]
+
+
+async def test_other_subscribers_get_an_item_whatever_one_sink_does() -> None:
+    fanout: Fanout[int] = Fanout(tail_size=10)
+    refusing, taking, plain_got = Sink(), Sink(), []
+    refusing.accept = False
+    async with contextlib.AsyncExitStack() as stack:
+        subs = [await stack.enter_async_context(fanout.subscribe()) for _ in range(3)]
+        subs[0].set_sink(refusing)
+        subs[1].set_sink(taking)
+        gots: list[list[int]] = [[], [], plain_got]
+        readers = [await waiting_reader(sub, got) for sub, got in zip(subs, gots, strict=True)]
+        fanout.publish(7)
+        assert taking.taken == [7] and refusing.calls == 1
+        await asyncio.sleep(0)
+        assert plain_got == [7] and subs[0].pending == 0
+        fanout.finish()
+        await asyncio.gather(*readers)

@@ -348,7 +348,9 @@ class RecordingFlow:
     def __init__(self) -> None:
         self.requests: list[LaunchRequest] = []
 
-    async def run(self, request: LaunchRequest) -> AsyncGenerator[BuildEvent, None]:
+    async def run(
+        self, request: LaunchRequest, direct: object = None
+    ) -> AsyncGenerator[BuildEvent, None]:
         self.requests.append(request)
         yield BuildEvent.failed("stop here", 500)
 

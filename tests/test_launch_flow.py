@@ -48,7 +48,7 @@ class FakeBuild:
         self._hang = hang
         self.closed = False
 
-    async def events(self) -> AsyncIterator[BuildEvent]:
+    async def events(self, direct: object = None) -> AsyncIterator[BuildEvent]:
         try:
             for event in self._events:
                 yield event

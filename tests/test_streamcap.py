@@ -73,7 +73,9 @@ class EndlessFlow:
     def __init__(self) -> None:
         self.running = 0
 
-    async def run(self, request: LaunchRequest) -> AsyncGenerator[BuildEvent, None]:
+    async def run(
+        self, request: LaunchRequest, direct: object = None
+    ) -> AsyncGenerator[BuildEvent, None]:
         self.running += 1
         try:
             yield BuildEvent.waiting()

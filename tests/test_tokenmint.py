@@ -87,7 +87,9 @@ class OneEventFlow:
     def __init__(self) -> None:
         self.requests: list[LaunchRequest] = []
 
-    async def run(self, request: LaunchRequest) -> AsyncGenerator[BuildEvent, None]:
+    async def run(
+        self, request: LaunchRequest, direct: object = None
+    ) -> AsyncGenerator[BuildEvent, None]:
         self.requests.append(request)
         yield BuildEvent.failed("no such ref", 404)
 

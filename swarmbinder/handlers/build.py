@@ -11,9 +11,9 @@ only the event.
 
 After ``ready`` the stream stays open (keepalives only) until the client closes it: browsers'
 EventSource reconnects when the server closes first, and a reconnect would start a new launch.
-A client that goes away is noticed within :data:`DISCONNECT_POLL` seconds, whatever the flow is
-waiting on, and only this request's iteration stops; the build keeps running for other
-watchers.
+A client that goes away is noticed within :data:`~.streamwatch.DISCONNECT_POLL` seconds,
+whatever the flow is waiting on, and only this request's iteration stops; the build keeps
+running for other watchers.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from aiohttp import web
 
 from ..errors import BuildOnlyRefused, SwarmbinderError
 from ..events import (
-    KEEPALIVE_FRAME,
-    KEEPALIVE_INTERVAL,
     SSE_HEADERS,
     BuildEvent,
     Phase,
@@ -41,11 +39,11 @@ from ..policy.admission import Admitted
 from ..policy.ratelimit import RateLimitExceeded
 from ..policy.streamcap import TooManyStreams
 from ..policy.useragents import UserAgentBlocked
+from .framewriter import WRITE_BATCH, FrameWriter
+from .streamwatch import STREAM_WATCH
 
 log = logging.getLogger(__name__)
 
-#: How often a stream checks that its client is still there.
-DISCONNECT_POLL = 0.5
 #: A stream left open after ``ready`` is closed after this long even if the client stays.
 HOLD_OPEN_SECONDS = 600.0
 
@@ -164,74 +162,69 @@ async def _admitted_stream(
     limit = admitted.rate_limit.headers() if admitted.rate_limit is not None else {}
     response = web.StreamResponse(headers={**SSE_HEADERS, **cors, **limit})
     await response.prepare(request)
-    stream = request.app[FLOW].run(launch)
+    writer = FrameWriter(request, response, request.app[WRITE_BATCH])
+    stream = request.app[FLOW].run(launch, writer.offer)
     try:
-        await _relay(request, response, stream, hold_open=not build_only)
+        await _relay(request, writer, stream, hold_open=not build_only)
     except (ConnectionResetError, ConnectionError):
         log.info("client left %s", request.path)
     finally:
         await stream.aclose()
+        writer.close()  # before aiohttp ends the response: nothing may follow its end
     return response
 
 
 async def _relay(
     request: web.Request,
-    response: web.StreamResponse,
+    writer: FrameWriter,
     stream: AsyncIterator[BuildEvent],
     *,
     hold_open: bool,
 ) -> None:
-    """Write the flow's events with keepalives; after a launch's ``ready`` hold the stream
-    open (a ``build_only`` request has nothing to reconnect to, so it ends, as BinderHub's).
+    """Write the flow's events; after a launch's ``ready`` hold the stream open (a
+    ``build_only`` request has nothing to reconnect to, so it ends, as BinderHub's).
 
-    The pump writes each event as it comes; this loop only wakes every
-    :data:`DISCONNECT_POLL` to see whether the client left and whether a keepalive is due.
-    Waiting on each event with a timeout instead costs a task and a timer per event per
-    client, which with a thousand watchers of one build was most of the time a log line
-    took to reach them.
+    A task (the pump) writes each event the flow yields; a build's live log lines mostly skip
+    it, going from the build's publisher to ``writer`` (see :mod:`.framewriter`). The
+    application's :mod:`.streamwatch` writes keepalives and stops the pump, or the hold, when
+    the client leaves or stalls. Waiting on each event with a timeout instead costs a task and
+    a timer per event per client, and a poll of its own per stream a timer and a wake-up twice
+    a second: with a thousand watchers of one build that was most of the time a log line took
+    to reach them.
     """
-    loop = asyncio.get_running_loop()
-    last_write = loop.time()
     final: BuildEvent | None = None
 
     async def pump() -> None:
-        nonlocal last_write, final
+        nonlocal final
         async for event in stream:
-            # Whole frames only, each one synchronous transport write: the keepalives written
-            # by the loop below never land inside an event.
-            await response.write(sse_frame(event))
-            last_write = loop.time()
+            await writer.write(event.sse_frame)
             final = event
 
+    watch = request.app[STREAM_WATCH]
     pump_task = asyncio.create_task(pump(), name=f"relay {request.path}")
     try:
-        while not pump_task.done():
-            if _client_gone(request):
-                return
-            await asyncio.wait((pump_task,), timeout=DISCONNECT_POLL)
-            if not pump_task.done() and loop.time() - last_write >= KEEPALIVE_INTERVAL:
-                await response.write(KEEPALIVE_FRAME)
-                last_write = loop.time()
+        with watch.watching(request, writer, pump_task.cancel):
+            await asyncio.wait((pump_task,))
+        if pump_task.cancelled():
+            return  # by the watch: the client left or stalled
         pump_task.result()  # a write to a client that left raises here
         if hold_open and final is not None and final.phase is Phase.READY:
-            await _hold_open(request, response)
+            await _hold_open(request, writer)
     finally:
         pump_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await pump_task
 
 
-async def _hold_open(request: web.Request, response: web.StreamResponse) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + HOLD_OPEN_SECONDS
-    last_write = loop.time()
-    while loop.time() < deadline and not _client_gone(request):
-        await asyncio.sleep(DISCONNECT_POLL)
-        if loop.time() - last_write >= KEEPALIVE_INTERVAL:
-            await response.write(KEEPALIVE_FRAME)
-            last_write = loop.time()
+async def _hold_open(request: web.Request, writer: FrameWriter) -> None:
+    """Until the client leaves, or for :data:`HOLD_OPEN_SECONDS`, with keepalives."""
+    left = asyncio.get_running_loop().create_future()
 
+    def client_left() -> None:
+        if not left.done():
+            left.set_result(None)
 
-def _client_gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
+    with request.app[STREAM_WATCH].watching(request, writer, client_left):
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HOLD_OPEN_SECONDS):
+                await left
