@@ -513,6 +513,7 @@ async def make_launch_flow(
             counted = counted_servers(running_servers)
             stack.push_async_callback(manager.aclose)
             start_task(manager.run(), "warm-pools")
+            observer.metrics.watch_pools(manager.status)
     return LaunchFlow(
         resolve=resolve_path,
         image_exists=image_exists,

@@ -250,6 +250,12 @@ class Metrics:
             "swarmbinder_concurrent_launch_limit",
             "User servers this replica starts at once; 0: no limit",
         )
+        self.warm_pool_servers = gauge(
+            "swarmbinder_warm_pool_servers",
+            "Warm pool servers by pool (its warm_pools pattern) and state: size (wanted), "
+            "waiting, starting, handed_out_last_hour",
+            ["pool", "state"],
+        )
         self.swarm_nodes = gauge(
             "swarmbinder_swarm_nodes",
             "Swarm nodes by state (ready, down, ...) and availability (active, pause, drain)",
@@ -312,6 +318,19 @@ class Metrics:
         """A launch refused by a quota (``scope`` of :class:`~swarmbinder.errors.QuotaExceeded`),
         counted as BinderHub does: in ``binderhub_launch_count`` with the quota as status."""
         self._count(self.launch_count, scope, provider, repo)
+
+    def watch_pools(self, status: Callable[[], Sequence[_PoolStatus]]) -> None:
+        """Serve ``swarmbinder_warm_pool_servers`` from ``status`` (the pools' manager), read
+        when /metrics is scraped."""
+        for pattern in sorted({one.pattern for one in status()}):
+            for state in POOL_STATES:
+
+                def read(pattern: str = pattern, state: str = state) -> float:
+                    return float(
+                        sum(getattr(one, state) for one in status() if one.pattern == pattern)
+                    )
+
+                self.warm_pool_servers.labels(pool=pattern, state=state).set_function(read)
 
     def set_swarm_nodes(self, counts: Mapping[tuple[str, str], int]) -> None:
         """Replace the node counts: ``{(state, availability): n}``; combinations that are gone
@@ -425,6 +444,27 @@ class _Repo(Protocol):
 
     @property
     def repo_url(self) -> str: ...
+
+
+#: What ``swarmbinder_warm_pool_servers`` counts, as PoolStatus names them.
+POOL_STATES = ("size", "waiting", "starting", "handed_out_last_hour")
+
+
+class _PoolStatus(Protocol):
+    @property
+    def pattern(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def waiting(self) -> int: ...
+
+    @property
+    def starting(self) -> int: ...
+
+    @property
+    def handed_out_last_hour(self) -> int: ...
 
 
 class _Build(_Repo, Protocol):

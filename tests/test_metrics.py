@@ -309,3 +309,26 @@ def test_observer_fits_the_launch_flow(tmp_path: Path) -> None:
     assert count(metrics, "build", "success") == 1
     assert count(metrics, "launch", "failure") == 1
     assert count(metrics, "launch", "pod_quota") == 1
+
+
+def test_warm_pools_are_read_when_scraped() -> None:
+    from types import SimpleNamespace
+
+    metrics = Metrics()
+    pools = [
+        SimpleNamespace(pattern="^gh/a/", size=2, waiting=1, starting=1, handed_out_last_hour=3),
+        SimpleNamespace(pattern="^gh/a/", size=2, waiting=2, starting=0, handed_out_last_hour=1),
+        SimpleNamespace(pattern="^gl/b/", size=1, waiting=0, starting=1, handed_out_last_hour=0),
+    ]
+    metrics.watch_pools(lambda: pools)
+    pools[2].waiting = 1  # read at scrape time, not when watched
+
+    def value(pool: str, state: str) -> float:
+        families = text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        (family,) = [f for f in families if f.name == "swarmbinder_warm_pool_servers"]
+        (sample,) = [s for s in family.samples if s.labels == {"pool": pool, "state": state}]
+        return sample.value
+
+    assert value("^gh/a/", "size") == 4 and value("^gh/a/", "waiting") == 3
+    assert value("^gh/a/", "handed_out_last_hour") == 4
+    assert value("^gl/b/", "waiting") == 1 and value("^gl/b/", "starting") == 1

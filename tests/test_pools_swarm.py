@@ -176,6 +176,9 @@ async def test_pooled_launches_through_build_hand_out_fresh_servers_and_survive_
             async with ground_clients(testground) as (hub, swarm):
                 first_pool = await pool_users(swarm, image)
             assert len(first_pool) == 2
+            async with binder.get("/metrics") as resp:
+                scraped = await resp.text()
+            assert f'swarmbinder_warm_pool_servers{{pool="{spec}",state="waiting"}} 2.0' in scraped
 
             started = time.monotonic()
             events = await read_events(binder, f"/build/{spec}")
