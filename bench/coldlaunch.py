@@ -180,6 +180,8 @@ async def measure(count: int, archive: Path | None, baseline: Path | None) -> di
                     subprocess.run, ["docker", "image", "rm", *tagged], capture_output=True
                 )
             await asyncio.to_thread(b.clean_up, prefix)
+            if image:
+                await b.remove_from_registry(g["registry_url"], [image])
     return result(count, image, times, loads)
 
 
