@@ -429,6 +429,22 @@ def remove_build_services(prefix: str) -> None:
             subprocess.run(["docker", "rm", "-f", *containers], capture_output=True, check=False)
 
 
+async def remove_from_registry(registry_url: str, images: Sequence[str]) -> None:
+    """Delete ``images`` (this run's, under its own prefix) from the ground's registry, so a
+    run leaves no repository behind there either."""
+    from swarmbinder.errors import SwarmbinderError
+    from swarmbinder.registry import RegistryClient
+
+    async with aiohttp.ClientSession() as session:
+        registry = RegistryClient(registry_url, session=session)
+        for image in images:
+            name, _, tag = image.rpartition(":")
+            try:
+                await registry.delete_tag(name, tag)
+            except SwarmbinderError as exc:
+                say(f"could not delete {image} from the registry: {exc}")
+
+
 def clean_up(prefix: str) -> None:
     """Everything a run left on the engine under its image prefix."""
     remove_build_services(prefix)

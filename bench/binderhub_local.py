@@ -75,7 +75,9 @@ c.JupyterHub.services = [
     {{
         "name": "binder",
         "admin": True,
-        "command": [{python!r}, "-mbinderhub", "--config={state}/binderhub_config.py",
+        # its own log file: the hub's log would interleave it with the hub's and the proxy's
+        "command": ["sh", "-c", 'exec "$0" "$@" >>{state}/binderhub.log 2>&1',
+                    {python!r}, "-mbinderhub", "--config={state}/binderhub_config.py",
                     "--port={binder_port}"],
         "url": "http://127.0.0.1:{binder_port}",
         "environment": {{"DOCKER_HOST": os.environ.get("DOCKER_HOST", "")}},
@@ -208,9 +210,14 @@ class BinderHub:
 
 
 def _binder_port() -> int:
-    """BinderHub binds every interface: a free port there, from the high range."""
+    """BinderHub binds every interface: a free port there, above the kernel's range of
+    ephemeral ports, so no connection's local port nor another ``free_port()`` (both drawn
+    from that range) can take it in the seconds before BinderHub listens."""
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    top = int(ephemeral.read_text().split()[1]) if ephemeral.exists() else 60999
+    low, high = (top + 1, 65535) if top < 65000 else (40000, 60000)
     for _ in range(50):
-        port = secrets.randbelow(20000) + 40000
+        port = low + secrets.randbelow(high - low + 1)
         with contextlib.suppress(OSError), socket.socket() as sock:
             sock.bind(("", port))
             return port
@@ -281,15 +288,45 @@ def _stop(proc: subprocess.Popen[bytes], run: str) -> None:
 async def running(archive: Path, run: str, state: Path) -> AsyncIterator[BinderHub]:
     """Install (once), configure and start BinderHub's local mode; stop it and its servers."""
     found = await asyncio.to_thread(install, archive)
-    hub, proc = await asyncio.to_thread(_start, found, run, state)
+    for attempt in (1, 2):
+        hub, proc = await asyncio.to_thread(_start, found, run, state)
+        if await _wait_up(hub, proc):
+            break
+        await asyncio.to_thread(_stop, proc, run)
+        await asyncio.to_thread(keep_logs, state, f"{run}-start{attempt}")
+        if attempt == 2:
+            raise SystemExit("bench: BinderHub did not come up, twice (its logs are above)")
+        # what failed is in the logs kept; a second start on other ports tells a clash
+        # (a port taken meanwhile) from a setup that cannot work
+        b.say("BinderHub did not come up; starting it once more, on other ports")
+        (state / "binderhub.log").unlink(missing_ok=True)
     try:
-        if not await _wait_up(hub, proc):
-            log = await asyncio.to_thread((state / "jupyterhub.log").read_text)
-            raise SystemExit(f"bench: BinderHub did not come up:\n{log[-3000:]}")
         b.say(f"BinderHub (local mode) at {hub.url}services/binder/")
         yield hub
-    finally:
+    except BaseException:
         await asyncio.to_thread(_stop, proc, run)
+        await asyncio.to_thread(keep_logs, state, run)
+        raise
+    else:
+        await asyncio.to_thread(_stop, proc, run)
+
+
+LOGS = ("jupyterhub.log", "binderhub.log")
+
+
+def keep_logs(state: Path, run: str) -> None:
+    """The hub's and BinderHub's logs, copied out of ``state`` (a temporary directory) to
+    ``<cache>/logs/<run>/``, and their tails on stderr: why a peer failed is in them."""
+    kept = cache_dir() / "logs" / run
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in LOGS:
+        path = state / name
+        if not path.exists():
+            continue
+        shutil.copy(path, kept / name)
+        tail = path.read_text(errors="replace").splitlines()[-25:]
+        b.say(f"--- the last lines of {name}:\n" + "\n".join(tail))
+    b.say(f"BinderHub's logs kept in {kept}")
 
 
 async def _wait_up(hub: BinderHub, proc: subprocess.Popen[bytes]) -> bool:

@@ -3,12 +3,16 @@
 ``ready``, the bare ``docker run`` of the same image until Jupyter's ``api/status`` answers,
 and real BinderHub in its local mode launching the same image from the same repository.
 
-    bench/coldlaunch.py [--count 10] [--binderhub ARCHIVE] [--baseline-hub-config FILE]
+    bench/coldlaunch.py [--count 10] [--binderhub ARCHIVE]
+                        [--baseline-hub-rev REV | --baseline-hub-config FILE]
 
 - swarmbinder: ``swarmbinder serve`` in front of a JupyterHub of this benchmark's own, started
   from this checkout's ``stack/hub/jupyterhub_config.py`` (bench/ownhub.py), so the row
   measures the config in the tree whatever the test ground's shared hub runs;
-  ``--baseline-hub-config`` adds a row for another config (an older one: before/after).
+  ``--baseline-hub-rev`` adds a row for that config at another git revision of this checkout
+  (before/after; e.g. the commit before a change to it), ``--baseline-hub-config`` for a
+  config file. Such a config, older, may run ``jupyterhub-singleuser``, which calls the hub
+  as it starts: on a loaded machine its spawns come closer to the hub's 30 s http_timeout.
 - bare: ``docker run`` of the image with the server the hub runs (``jupyter-lab`` with a
   token), probed every 20 ms from 127.0.0.1: the floor.
 - BinderHub: its ``testing/local-binder-local-hub`` setup (bench/binderhub_local.py), from the
@@ -180,6 +184,8 @@ async def measure(count: int, archive: Path | None, baseline: Path | None) -> di
                     subprocess.run, ["docker", "image", "rm", *tagged], capture_output=True
                 )
             await asyncio.to_thread(b.clean_up, prefix)
+            if image:
+                await b.remove_from_registry(g["registry_url"], [image])
     return result(count, image, times, loads)
 
 
@@ -211,17 +217,41 @@ def result(
     return out
 
 
+def config_at(rev: str, parser: argparse.ArgumentParser) -> str:
+    """The hub config as it was at git revision ``rev`` of this checkout."""
+    shown = subprocess.run(
+        ["git", "-C", str(b.ROOT), "show", f"{rev}:{HUB_CONFIG.relative_to(b.ROOT)}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if shown.returncode != 0:
+        why = (shown.stderr.strip().splitlines() or ["git show failed"])[-1]
+        parser.error(f"--baseline-hub-rev {rev}: {why}")
+    return shown.stdout
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=10, help="rounds (10)")
     parser.add_argument("--binderhub", help="BinderHub source archive (.tar.gz)")
     parser.add_argument("--baseline-hub-config", type=Path, help="another jupyterhub_config.py")
+    parser.add_argument("--baseline-hub-rev", help="the hub config at this git revision")
     args = parser.parse_args()
+    if args.baseline_hub_config and args.baseline_hub_rev:
+        parser.error("--baseline-hub-config and --baseline-hub-rev: one or the other")
     if args.baseline_hub_config and not args.baseline_hub_config.is_file():
         parser.error(f"--baseline-hub-config {args.baseline_hub_config}: no such file")
     archive = archive_path(args.binderhub)
     started, load = time.monotonic(), b.loadavg()
-    out = asyncio.run(measure(args.count, archive, args.baseline_hub_config))
+    with tempfile.TemporaryDirectory() as tmp:
+        baseline = args.baseline_hub_config
+        if args.baseline_hub_rev:
+            baseline = Path(tmp) / "jupyterhub_config.py"
+            baseline.write_text(config_at(args.baseline_hub_rev, parser))
+        out = asyncio.run(measure(args.count, archive, baseline))
+    if args.baseline_hub_rev:
+        out["baseline_hub_rev"] = args.baseline_hub_rev
     b.emit("coldlaunch", out, started=started, load_before=load)
 
 
