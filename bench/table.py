@@ -33,6 +33,36 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
             "p50 ≤ 1.15x",
             _met(x["ratio_p50"] <= 1.15),
         ))  # fmt: skip
+    if "pooled" in r:
+        x = r["pooled"]
+        one, many = x["pooled"], x["simultaneous"]
+        cold = r.get("coldlaunch", {}).get("seconds", {}).get("swarmbinder", {})
+        floor = f"cached cold launch p50 {_s(cold['p50'])}" if cold.get("p50") else ""
+        load = "load {}-{}".format(*one["load_range"]) if one.get("load_range") else ""
+        for label, part, target, met in [
+            (
+                f"Pooled launch, /build to ready (pool of {one['pool_size']}, "
+                f"{one['count']} launches one at a time; {load})",
+                one,
+                "p50 ≤ 0.3 s",
+                x["target_met"]["pooled"],
+            ),
+            (
+                f"{many['size']} simultaneous pooled launches (pool of {many['size']}; "
+                f"load {many['load']})",
+                many,
+                "all ready, p50 ≤ 0.5 s",
+                x["target_met"]["simultaneous"],
+            ),
+        ]:
+            s = part["seconds"]
+            got = f"p50 {_s(s['p50'])}, p95 {_s(s['p95'])}" if s.get("n") else "none"
+            if part is many:
+                got = f"{many['ready_from_pool']}/{many['size']} ready from the pool, {got}"
+            elif one["cold_fallbacks"]:
+                got += f" ({one['cold_fallbacks']} not from the pool)"
+            ratio = f"{round(s['p50'] / cold['p50'], 3)}x" if floor and s.get("n") else ""
+            out.append((label, got, floor, ratio, target, _met(met)))
     if "coldlaunch" in r:
         x = r["coldlaunch"]
         s, q = x["seconds"], x["ratios_p50"]
