@@ -15,6 +15,7 @@ events, each a dict with a ``type``:
 ``nodes``          a node's state, availability or running builds changed
 ``prebuilds``      a prebuild job (a Swarm job, see :mod:`swarmbinder.prebuild.jobs`) appeared,
                    changed state, ended or was removed
+``pools``          a warm pool's size, image, servers or error changed
 ``bans``           the ban list changed (the whole list: it is short)
 ``quotas``         the quota settings changed
 ``audit``          one new audit entry (who did what, when)
@@ -23,9 +24,9 @@ events, each a dict with a ``type``:
 A subscriber gets the snapshot first (:meth:`AdminService.snapshot`) and then live events, so
 a client that reconnects just starts over. One background task, :meth:`AdminService.run`,
 owns the polling: builds are diffed every ``poll_interval`` (the build manager has no change
-callback to spare, and a diff of a few dozen builds costs nothing), servers, nodes and
-prebuild jobs every ``refresh_interval``, and quota expiry and other processes' ban changes every
-``reload_interval``. Each build's log is followed by one task of its own, started when the
+callback to spare, and a diff of a few dozen builds costs nothing), servers, nodes, warm pools
+and prebuild jobs every ``refresh_interval``, and quota expiry and other processes' ban changes
+every ``reload_interval``. Each build's log is followed by one task of its own, started when the
 build appears and cancelled when it goes.
 """
 
@@ -38,7 +39,7 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from .builds import to_sticky_node
@@ -48,6 +49,7 @@ from .errors import SwarmbinderError
 from .fanout import Fanout, Subscription
 from .policy.bans import BanList
 from .policy.quotas import Quotas
+from .pools.manager import PoolStatus
 from .prebuild.jobs import JobStatus
 from .sticky import rank_nodes
 from .store import AuditEntry, Store
@@ -168,6 +170,7 @@ class AdminService:
         list_prebuilds: Callable[[], Awaitable[Sequence[JobStatus]]] | None = None,
         remove_prebuild: Callable[[str], Awaitable[bool]] | None = None,
         hub: HubServers | None = None,
+        list_pools: Callable[[], Sequence[PoolStatus]] | None = None,
         temporary_users: bool = True,
         config_quotas: ConfigQuotas = ConfigQuotas(),
         clock: Callable[[], float] = time.time,
@@ -186,6 +189,7 @@ class AdminService:
         self._list_prebuilds = list_prebuilds
         self._remove_prebuild = remove_prebuild
         self._hub = hub
+        self._list_pools = list_pools
         self._temporary_users = temporary_users
         self._config_quotas = config_quotas
         self._clock = clock
@@ -360,6 +364,11 @@ class AdminService:
         jobs = await self._list_prebuilds()
         return {"jobs": [{**job.to_json(), "finished": job.finished} for job in jobs]}
 
+    async def pools(self) -> Json:
+        """The warm pools (``warm_pools``) as their manager sees them; none when pools are off."""
+        statuses = [] if self._list_pools is None else self._list_pools()
+        return {"pools": [asdict(status) for status in statuses]}
+
     def bans(self) -> list[Json]:
         return [
             {
@@ -416,6 +425,7 @@ class AdminService:
             "servers": self.servers,
             "nodes": self.nodes,
             "prebuilds": self.prebuilds,
+            "pools": self.pools,
             "audit": self.audit,
         }
         for name, get in sources.items():
@@ -558,6 +568,7 @@ class AdminService:
                     await self._refresh("servers", self.servers)
                     await self._refresh("nodes", self.nodes)
                     await self._refresh("prebuilds", self.prebuilds)
+                    await self._refresh("pools", self.pools)
                 if now >= next_reload:
                     next_reload = now + self._reload_interval
                     await self._reload()

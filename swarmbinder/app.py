@@ -56,6 +56,7 @@ from .keys import (
     HUB,
     HUB_AUTH,
     METRICS,
+    POOLS,
     QUOTAS,
     RATE_LIMITER,
     REGISTRY_TOKENS,
@@ -79,7 +80,7 @@ from .policy.streamcap import StreamSlots
 from .policy.sync import follow_changes
 from .policy.tokenmint import SpentTokens
 from .policy.useragents import UserAgentBlock
-from .pools import PooledLauncher
+from .pools import PooledLauncher, PoolManager
 from .pools.setup import counted_servers, pools_from_config
 from .prebuild import jobs as prebuild_jobs
 from .registry import RegistryClient
@@ -263,6 +264,10 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         image_use = start_retention(config, swarm, registry, store, tasks)
         if image_use is not None:
             observer.listen_launched(image_use.note)
+
+        def keep_pools(manager: PoolManager) -> None:
+            app[POOLS] = manager
+
         app[FLOW] = await make_launch_flow(
             config,
             stack,
@@ -274,6 +279,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
             running_servers,
             observer,
             pools=(hub, swarm, tasks.start) if hub is not None else None,
+            on_pools=keep_pools,
         )
         # One limiter for /build and for the loading page's build tokens (policy.tokenmint);
         # it counts in the store, so it holds across replicas.
@@ -288,7 +294,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         )
         if ADMIN not in app:
             app[ADMIN] = make_admin(
-                config, swarm, store, builds, bans, quotas, hub, running_servers
+                config, swarm, store, builds, bans, quotas, hub, running_servers, app.get(POOLS)
             )
         checker = HealthChecker(
             health_checks(config, swarm, registry, hub, builds, running_servers, store)
@@ -481,9 +487,11 @@ async def make_launch_flow(
     observer: MetricsObserver,
     *,
     pools: tuple[HubClient, SwarmClient, Callable[[Awaitable[None], str], None]] | None = None,
+    on_pools: Callable[[PoolManager], None] = lambda manager: None,
 ) -> LaunchFlow:
     """What runs each /build request: resolve the spec, find or build the image, launch
-    (with ``warm_pools``, from a pool when one holds a server of the image)."""
+    (with ``warm_pools``, from a pool when one holds a server of the image). ``on_pools`` is
+    given the pools' manager when there is one, for the admin API to show."""
     # Specs choose where the providers connect, so they get a session of their own that
     # holds them to allowed_outbound_networks; the hub and registry use the plain one.
     provider_http = await stack.enter_async_context(provider_session(config))
@@ -514,6 +522,7 @@ async def make_launch_flow(
             stack.push_async_callback(manager.aclose)
             start_task(manager.run(), "warm-pools")
             observer.metrics.watch_pools(manager.status)
+            on_pools(manager)
     return LaunchFlow(
         resolve=resolve_path,
         image_exists=image_exists,
@@ -563,6 +572,7 @@ def make_admin(
     quotas: Quotas,
     hub: HubClient | None,
     running_servers: Callable[[], Awaitable[list[UserServer]]],
+    pools: PoolManager | None = None,
 ) -> AdminService:
     """The admin console's service (its routes run its live feed)."""
 
@@ -582,6 +592,7 @@ def make_admin(
         list_prebuilds=list_prebuilds,
         remove_prebuild=remove_prebuild,
         hub=hub,
+        list_pools=None if pools is None else pools.status,
         temporary_users=not config.hub.auth_enabled,
         config_quotas=ConfigQuotas(
             config.quotas.pod_quota,

@@ -24,6 +24,7 @@ from .policy.quotas import Quotas
 from .policy.ratelimit import RateLimiter
 from .policy.streamcap import StreamSlots
 from .policy.useragents import UserAgentBlock
+from .pools import PoolManager
 from .registrytokens import TokenIssuer
 from .scrub import Scrubber
 from .store import Store
@@ -74,3 +75,6 @@ RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 STREAM_SLOTS = web.AppKey("stream_slots", StreamSlots)
 #: The User-Agents refused at /build (``block_build_user_agents``).
 USER_AGENT_BLOCK = web.AppKey("user_agent_block", UserAgentBlock)
+#: The warm pools' manager (``warm_pools``); absent when no pool has a size, with
+#: ``auth_enabled``, or without a hub. The admin API shows its status.
+POOLS = web.AppKey("pools", PoolManager)

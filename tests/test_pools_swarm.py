@@ -27,7 +27,7 @@ from swarmbinder.app import create_app
 from swarmbinder.config import Config, load_config
 from swarmbinder.events import SSEDecoder
 from swarmbinder.hubclient import HubClient
-from swarmbinder.keys import FLOW
+from swarmbinder.keys import POOLS
 from swarmbinder.labels import LABEL_IMAGE, LABEL_USER
 from swarmbinder.launcher import Launcher
 from swarmbinder.pools import PoolManager, PoolServers, rules_from_config
@@ -62,6 +62,9 @@ def push_image(ground: dict[str, Any], tag: str) -> None:
     subprocess.run(["docker", "image", "rm", tag], capture_output=True, check=False)
 
 
+ADMIN_TOKEN = "i15pool-admin-" + uuid.uuid4().hex
+
+
 def pool_config(ground: dict[str, Any], tmp_path: Path, pools: dict[str, int]) -> Config:
     run = uuid.uuid4().hex[:8]
     return load_config(
@@ -72,6 +75,7 @@ def pool_config(ground: dict[str, Any], tmp_path: Path, pools: dict[str, int]) -
             "warm_pools": pools,
             "launch_timeout": 90,
             "rate_limit": 0,
+            "admin_token": ADMIN_TOKEN,
         },
     )
 
@@ -135,8 +139,7 @@ async def remove_everything_of(ground: dict[str, Any], images: list[str]) -> Non
 
 
 def manager_of(client: TestClient[Any, Any]) -> PoolManager:
-    pools: PoolManager = client.server.app[FLOW]._launcher._pools  # type: ignore[attr-defined]
-    return pools
+    return client.server.app[POOLS]
 
 
 async def ready_servers(manager: PoolManager, image: str) -> int:
@@ -179,6 +182,13 @@ async def test_pooled_launches_through_build_hand_out_fresh_servers_and_survive_
             async with binder.get("/metrics") as resp:
                 scraped = await resp.text()
             assert f'swarmbinder_warm_pool_servers{{pool="{spec}",state="waiting"}} 2.0' in scraped
+            admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            async with binder.get("/api/admin/pools", headers=admin) as resp:
+                assert resp.status == 200
+                shown = (await resp.json())["pools"]
+            assert [(p["spec"], p["image"], p["size"], p["waiting"]) for p in shown] == [
+                (spec, image, 2, 2)
+            ], shown
 
             started = time.monotonic()
             events = await read_events(binder, f"/build/{spec}")

@@ -51,6 +51,22 @@ def prebuild_job(name: str, state: str, exit_code: int | None = None, **extra: A
     }
 
 
+def pool_status(spec: str = "gh/org/one/main", **extra: Any) -> Json:
+    """One pool as ``GET /api/admin/pools`` lists it."""
+    return {
+        "pattern": "^gh/org/",
+        "spec": spec,
+        "image": "127.0.0.1:5050/binder-gh-org-one:0123456789abcdef0123",
+        "size": 3,
+        "waiting": 2,
+        "starting": 1,
+        "handed_out_last_hour": 7,
+        "building": False,
+        "last_error": "",
+        **extra,
+    }
+
+
 def snapshot(**parts: Any) -> Json:
     base: Json = {
         "type": "snapshot",
@@ -138,6 +154,7 @@ def snapshot(**parts: Any) -> Json:
             }
         ],
         "prebuilds": {"jobs": [prebuild_job("swarmbinder-prebuild-aaa", "running")]},
+        "pools": {"pools": [pool_status()]},
         "errors": {},
     }
     base.update(parts)
@@ -463,6 +480,46 @@ async def test_prebuilds_tab_follows_jobs_in_place_and_removes_one(
         stream.put_nowait({"type": "status", "source": "prebuilds", "ok": False, "message": "x"})
         stream.put_nowait(snapshot(prebuilds=None, errors={"prebuilds": "engine down"}))
         await until(pilot, lambda: "unavailable: engine down" in summary_text(app), "error")
+
+
+async def test_pools_tab_shows_each_pool_and_follows_changes(fake: FakeAdminClient) -> None:
+    stream = fake.connection()
+    stream.put_nowait(snapshot())
+    app = make_app(fake)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: table(app, "#pools-table").row_count == 1, "pool row")
+        await pilot.press("7")
+        assert app.query_one("#tabs", TabbedContent).active == "pools"
+        assert cells(app, "#pools-table") == [
+            ["gh/org/one/main", "0123456789ab", "3", "2", "1", "7", "", ""]
+        ]
+        pools_summary = app.query_one("#pools-summary", Static)
+        assert "1 pools: 2 ready, 1 starting, 7 handed out in the last hour" in str(
+            pools_summary.content
+        )
+
+        failing = pool_status(
+            "gh/org/two/HEAD",
+            image="",
+            size=1,
+            waiting=0,
+            starting=0,
+            handed_out_last_hour=0,
+            building=True,
+            last_error="build failed: exit code 1",
+        )
+        handed = pool_status(waiting=1, handed_out_last_hour=8)
+        stream.put_nowait({"type": "pools", "pools": {"pools": [handed, failing]}})
+        await until(pilot, lambda: table(app, "#pools-table").row_count == 2, "second pool")
+        assert cells(app, "#pools-table") == [
+            ["gh/org/one/main", "0123456789ab", "3", "1", "1", "8", "", ""],
+            ["gh/org/two/HEAD", "-", "1", "0", "0", "0", "yes", "build failed: exit code 1"],
+        ]
+        assert "1 failing" in str(pools_summary.content)
+
+        stream.put_nowait({"type": "pools", "pools": {"pools": []}})
+        await until(pilot, lambda: table(app, "#pools-table").row_count == 0, "pools off")
+        assert "No warm pools" in str(pools_summary.content)
 
 
 async def test_reconnects_and_shows_it(fake: FakeAdminClient) -> None:

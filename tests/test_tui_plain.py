@@ -25,7 +25,7 @@ from swarmbinder_tui.app import AdminConsole, make_app
 from swarmbinder_tui.client import AdminClient, RequestFailed, Unreachable
 from swarmbinder_tui.dialogs import BanForm, BuildLogScreen, Confirm
 from swarmbinder_tui.plain import cell, clean, plain
-from test_tui import SIZE, FakeAdminClient, build, prebuild_job, snapshot
+from test_tui import SIZE, FakeAdminClient, build, pool_status, prebuild_job, snapshot
 from textual.geometry import Region
 from textual.widget import Widget
 from textual.widgets import DataTable, Input, Log, Select, Static
@@ -171,6 +171,7 @@ def hostile_snapshot() -> Json:
         quotas=quotas,
         audit=audit,
         prebuilds={"jobs": jobs},
+        pools={"pools": [pool_status(spec=QUIT, image="reg/x:[bold]y[", last_error=LINK)]},
     )
 
 
@@ -231,16 +232,26 @@ async def test_every_tab_shows_markup_literally_and_a_click_does_nothing(
         assert "1 [/]running" in str(app.query_one("#prebuilds-summary", Static).content)
         assert QUIT in assert_inert(app)
 
+        await pilot.press("7")
+        assert [table_text(app, "#pools-table")[0][i] for i in (0, 1, 7)] == [
+            QUIT,
+            "[bold]y[",
+            LINK,
+        ]
+        assert LINK in assert_inert(app)
+
         # Sources that fail say why in their summaries; the reasons come from the service.
         stream.put_nowait(
             snapshot(
                 servers=None,
                 nodes=None,
                 prebuilds=None,
-                errors=dict.fromkeys(("servers", "nodes", "prebuilds"), QUIT),
+                pools=None,
+                errors=dict.fromkeys(("servers", "nodes", "prebuilds", "pools"), QUIT),
             )
         )
         await until(pilot, lambda: QUIT in str(app.query_one("#nodes-note", Static).content))
+        assert QUIT in str(app.query_one("#pools-summary", Static).content)
         assert QUIT in str(app.query_one("#launches-summary", Static).content)
         assert QUIT in assert_inert(app)
 

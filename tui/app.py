@@ -1,4 +1,4 @@
-"""The admin console: six tabs over the admin API's live stream.
+"""The admin console: seven tabs over the admin API's live stream.
 
 ``make_app(client)`` takes any :class:`~swarmbinder_tui.client.AdminAPI`, so tests drive the
 console with a fake. One long-lived worker follows the stream (:func:`~.client.follow`) and
@@ -24,6 +24,7 @@ from .client import RETRY_DELAYS, AdminAPI, AdminClientError, Connection, follow
 from .dialogs import BanForm, BuildLogScreen, Confirm, QuotaForm
 from .messages import ConnectionChanged, FeedEvent
 from .plain import clean, plain
+from .pools import PoolsView
 from .views import (
     ACTIVE_PHASES,
     AuditView,
@@ -42,7 +43,7 @@ CSS = """
 #status.reconnecting, #status.connecting { color: $warning; }
 #status.unauthorized { color: $error; text-style: bold; }
 .heading { color: $text-muted; padding: 1 0 0 0; }
-#launches-summary, #nodes-note, #prebuilds-summary { padding: 0 1; }
+#launches-summary, #nodes-note, #prebuilds-summary, #pools-summary { padding: 0 1; }
 #repos-table, #overrides-table, #servers-table { height: auto; max-height: 12; }
 .dialog { width: 70; height: auto; padding: 1 2; border: thick $warning; background: $surface; }
 Confirm, BanForm, QuotaForm { align: center middle; }
@@ -53,7 +54,7 @@ Confirm, BanForm, QuotaForm { align: center middle; }
 """
 
 
-#: The tabs in order, key 1 to 6: (id, name in the key bar and palette, the tab's title, its
+#: The tabs in order, key 1 to 7: (id, name in the key bar and palette, the tab's title, its
 #: view, what the command palette says it shows).
 _TABS: tuple[tuple[str, str, str, type[Widget], str], ...] = (
     ("builds", "Builds", "Builds", BuildsView, "Show the live builds"),
@@ -62,6 +63,7 @@ _TABS: tuple[tuple[str, str, str, type[Widget], str], ...] = (
     ("nodes", "Nodes", "Nodes", NodesView, "Show the swarm's nodes"),
     ("audit", "Audit", "Audit", AuditView, "Who changed what, when"),
     ("prebuilds", "Prebuilds", "Prebuilds", PrebuildsView, "Prebuild jobs on the swarm"),
+    ("pools", "Pools", "Warm pools", PoolsView, "Servers started ahead, per repository"),
 )
 _TAB_NAMES = {tab: name for tab, name, *_ in _TABS}
 
@@ -183,6 +185,8 @@ class AdminConsole(App[None]):
             self.query_one(NodesView).show(data.get("nodes"), errors.get("nodes", ""))
             self.query_one(AuditView).show(data.get("audit") or [])
             self.query_one(PrebuildsView).show(data.get("prebuilds"), errors.get("prebuilds", ""))
+            # A service from before warm pools sends no "pools": shown as none, not an error.
+            self.query_one(PoolsView).show(data.get("pools", {}), errors.get("pools", ""))
         elif kind == "build":
             builds.upsert(data["build"])
             screen = self._log_screen(str(data["build"]["id"]))
@@ -205,6 +209,8 @@ class AdminConsole(App[None]):
             self.query_one(NodesView).show(data["nodes"])
         elif kind == "prebuilds":
             self.query_one(PrebuildsView).show(data["prebuilds"])
+        elif kind == "pools":
+            self.query_one(PoolsView).show(data["pools"])
         elif kind == "audit":
             self.query_one(AuditView).add(data["entry"])
         elif kind == "status" and not data.get("ok"):

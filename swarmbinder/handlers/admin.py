@@ -10,8 +10,9 @@ The :class:`~swarmbinder.admin.AdminService` behind the routes is made by the ap
 put on the app by a test); these routes run its live feed while the app runs.
 
 Resources (JSON): ``GET builds``, ``builds/{id}`` (with its log; ``?tail=N``), ``servers``,
-``nodes``, ``prebuilds`` (prebuild jobs on the swarm), ``bans``, ``quotas``, ``audit``
-(``?limit=N``), ``snapshot`` (all of them at once),
+``nodes``, ``prebuilds`` (prebuild jobs on the swarm), ``pools`` (the warm pools: size, ready,
+starting, handed out in the last hour, building, last error; empty without ``warm_pools``),
+``bans``, ``quotas``, ``audit`` (``?limit=N``), ``snapshot`` (all of them at once),
 and ``events``, the live stream (``text/event-stream``: a ``snapshot`` event, then live
 events, see :mod:`swarmbinder.admin`; ``:keepalive`` comments in between).
 
@@ -78,6 +79,7 @@ def add_admin_routes(app: web.Application) -> None:
         ("GET", "nodes", list_nodes),
         ("GET", "prebuilds", list_prebuilds),
         ("DELETE", "prebuilds/{name}", remove_prebuild),
+        ("GET", "pools", list_pools),
         ("GET", "bans", list_bans),
         ("POST", "bans", add_ban),
         ("DELETE", "bans/{id}", remove_ban),
@@ -215,6 +217,10 @@ async def list_nodes(request: web.Request) -> web.StreamResponse:
 
 async def list_prebuilds(request: web.Request) -> web.StreamResponse:
     return _json(request, await request.app[ADMIN].prebuilds())
+
+
+async def list_pools(request: web.Request) -> web.StreamResponse:
+    return _json(request, await request.app[ADMIN].pools())
 
 
 async def list_bans(request: web.Request) -> web.StreamResponse:
