@@ -324,3 +324,26 @@ async def test_replicas_with_different_auto_pools_do_not_drain_each_other() -> N
     one.world.now += 901
     await other.settle(rounds=1)
     assert pooled_specs(one) == {}
+
+
+# -- wiring ------------------------------------------------------------------------------------
+
+
+def test_warm_pool_auto_alone_runs_a_manager_that_counts_launches() -> None:
+    from types import SimpleNamespace
+
+    from swarmbinder.pools.setup import pools_from_config
+
+    def manager_for(**overrides: Any) -> Any:
+        config = load_config(env={}, overrides=overrides)
+        launcher: Any = SimpleNamespace(slots=SimpleNamespace(queued=0))
+        none: Any = None
+        return pools_from_config(config, none, none, launcher, none, none, none)
+
+    assert manager_for() is None  # no pool, auto off
+    manager = manager_for(warm_pool_auto=3, warm_pool_auto_size=2, warm_pool_idle_after=60)
+    assert manager is not None
+    assert manager._auto.size == 3 and manager._auto_pool_size == 2
+    assert manager._idle_after == 60
+    auth = {"auth_enabled": True, "hub_url": "https://hub.example.org/", "hub_api_token": "t"}
+    assert manager_for(warm_pool_auto=3, **auth) is None
