@@ -161,12 +161,18 @@ class ServiceInfo:
     image: str
     created_at: str
     constraints: tuple[str, ...]
+    #: What its tasks reserve in all (each replica's reservation times the replicas).
+    reserved_cpus: float = 0.0
+    reserved_memory: int = 0
 
     @classmethod
     def from_api(cls, raw: Mapping[str, Any]) -> ServiceInfo:
         spec = raw.get("Spec") or {}
         template = spec.get("TaskTemplate") or {}
         placement = template.get("Placement") or {}
+        reservations = (template.get("Resources") or {}).get("Reservations") or {}
+        replicated = (spec.get("Mode") or {}).get("Replicated")
+        replicas = int(replicated.get("Replicas", 1) or 0) if replicated is not None else 1
         return cls(
             id=str(raw.get("ID", "")),
             name=str(spec.get("Name", "")),
@@ -174,6 +180,8 @@ class ServiceInfo:
             image=str((template.get("ContainerSpec") or {}).get("Image", "")),
             created_at=str(raw.get("CreatedAt", "")),
             constraints=tuple(placement.get("Constraints") or ()),
+            reserved_cpus=int(reservations.get("NanoCPUs") or 0) / 1e9 * replicas,
+            reserved_memory=int(reservations.get("MemoryBytes") or 0) * replicas,
         )
 
 
@@ -188,6 +196,8 @@ class NodeInfo:
     addr: str
     #: The node's CPUs as the engine reports them.
     cpus: float = 0.0
+    #: The node's memory in bytes as the engine reports it.
+    memory: int = 0
 
     @classmethod
     def from_api(cls, raw: Mapping[str, Any]) -> NodeInfo:
@@ -203,6 +213,9 @@ class NodeInfo:
             addr=str(status.get("Addr", "")),
             cpus=int(((raw.get("Description") or {}).get("Resources") or {}).get("NanoCPUs") or 0)
             / 1e9,
+            memory=int(
+                ((raw.get("Description") or {}).get("Resources") or {}).get("MemoryBytes") or 0
+            ),
         )
 
 

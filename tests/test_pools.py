@@ -242,7 +242,7 @@ class Ground:
                 await asyncio.gather(*list(self.manager._tasks), return_exceptions=True)
 
 
-def make_ground(pools: Mapping[str, int], *, max_age: float = 900) -> Ground:
+def make_ground(pools: Mapping[str, int], *, max_age: float = 900, **options: Any) -> Ground:
     world = World()
     images = {SPEC: IMAGE_1}
     registry = {IMAGE_1}
@@ -268,6 +268,7 @@ def make_ground(pools: Mapping[str, int], *, max_age: float = 900) -> Ground:
         resolve_interval=60,
         max_starting=10,
         clock=world.clock,
+        **options,
     )
     return Ground(world, manager, images, registry, builds, busy)
 

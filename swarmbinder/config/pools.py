@@ -59,3 +59,45 @@ class PoolConfig(Section):
         "noticed at once).",
         minimum=1,
     )
+    warm_pool_auto: int = opt(
+        0,
+        "How many of the most launched specs of the last hour get a pool of their own "
+        "(warm_pool_auto_size servers) besides warm_pools; 0 is off. A spec a warm_pools "
+        "pattern matches is left to that pattern. A spec enters only with "
+        "warm_pool_auto_min_launches launches in the hour, the set changes at most every "
+        "warm_pool_auto_change_interval seconds, and a spec that drops out of it is drained. "
+        "Each replica counts the launches it serves itself: with several replicas behind a "
+        "balancer, each sees its share of them.",
+        minimum=0,
+        maximum=100,
+    )
+    warm_pool_auto_size: int = opt(
+        1, "Servers in each pool of warm_pool_auto.", minimum=1, maximum=MAX_POOL_SIZE
+    )
+    warm_pool_auto_min_launches: int = opt(
+        3,
+        "Launches in the last hour a spec needs to get a pool of warm_pool_auto (one client "
+        "launching many specs once each moves nothing).",
+        minimum=1,
+    )
+    warm_pool_auto_change_interval: int = opt(
+        600,
+        "Seconds at least between two changes of warm_pool_auto's set of specs, so no burst "
+        "of launches can make pools drain and refill over and over.",
+        minimum=1,
+    )
+    warm_pool_idle_after: int = opt(
+        3600,
+        "Seconds without a hand-out after which a pool keeps 1 waiting server instead of its "
+        "size (a pool of warm_pool_auto keeps none); the surplus retires as it reaches "
+        "warm_pool_max_age, and the next launch of the spec grows it back.",
+        minimum=1,
+    )
+    warm_pool_min_free_percent: int = opt(
+        10,
+        "Pools start no server while the CPU or the memory that the swarm's ready nodes have "
+        "left unreserved (by the reservations of the services on them) is below this percent "
+        "of their total: pools give way to users when the swarm runs short. 0 is never.",
+        minimum=0,
+        maximum=100,
+    )

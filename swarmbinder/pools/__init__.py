@@ -3,6 +3,8 @@
 How it fits (``warm_pools: {spec pattern: size}``)::
 
     rules      which specs get a pool, of what size; the pure plan of what to start and stop
+    auto       warm_pool_auto: the most launched specs of the hour, counted against churn
+    pressure   whether the swarm's ready nodes are short of unreserved CPU or memory
     servers    the pool servers as Swarm and the hub know them: list, claim, mint, retire
     manager    the background loop: resolve each pool's spec, build its image if missing,
                fill to size, drain what is stale; and the hand-out itself
@@ -25,9 +27,12 @@ launch host, not the one request it was later handed to.
 
 A new commit (the spec resolves to another image) retires the pool's waiting servers and fills
 it with the new image; a server that waited ``warm_pool_max_age`` is retired and replaced; pools
-do not start servers while launches wait for a launch slot; a build or spawn that fails is
-retried with a growing backoff, never in a loop. Several replicas each run a manager; they see
-each other's servers in Swarm, so a pool overshoots its size by at most one start per replica.
+do not start servers while launches wait for a launch slot or while the swarm is short of
+unreserved CPU or memory (``warm_pool_min_free_percent``); a pool without a hand-out for
+``warm_pool_idle_after`` keeps 1 waiting server (an auto pool none) until its spec is launched;
+a build or spawn that fails is retried with a growing backoff, never in a loop. Several replicas
+each run a manager; they see each other's servers in Swarm, so a pool overshoots its size by at
+most one start per replica.
 """
 
 from .handout import PooledLauncher

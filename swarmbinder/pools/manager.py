@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from ..launcher import ServerRequest
 from ..policy.canonical import RepoIdentity
 from ..resolve import Resolved
 from . import rules
+from .auto import AutoSet
 from .rules import PoolRule, PoolServer, PoolTarget
 from .servers import PoolServers
 
@@ -76,6 +78,14 @@ class PoolStatus:
     handed_out_last_hour: int
     building: bool
     last_error: str
+    #: A pool of ``warm_pool_auto``.
+    auto: bool = False
+    #: Shrunk for want of hand-outs (``warm_pool_idle_after``).
+    idle: bool = False
+
+
+async def no_pressure() -> str:
+    return ""
 
 
 class PoolManager:
@@ -91,6 +101,10 @@ class PoolManager:
         image_exists: Callable[[str], Awaitable[bool]],
         builds: Builds,
         queue_busy: Callable[[], bool] = lambda: False,
+        pressure: Callable[[], Awaitable[str]] = no_pressure,
+        auto: AutoSet | None = None,
+        auto_pool_size: int = 1,
+        idle_after: float = 3600.0,
         launch_host: str = "",
         max_age: float = 900.0,
         resolve_interval: float = 60.0,
@@ -106,12 +120,20 @@ class PoolManager:
         self._image_exists = image_exists
         self._builds = builds
         self._queue_busy = queue_busy
+        self._pressure = pressure
+        self._auto = auto
+        self._auto_pool_size = auto_pool_size
+        self._idle_after = idle_after
+        #: Why pools start nothing now (the swarm short of CPU or memory), "" when they may.
+        self.held_back = ""
         self._launch_host = launch_host
         self._max_age = max_age
         self._resolve_interval = resolve_interval
         self._interval = interval
         self._max_starting = max_starting
         self._clock = clock
+        for target in self._targets:
+            target.active_at = clock()
         self._resolved: dict[str, Resolved] = {}
         #: users of spawns in flight -> image
         self._starting: dict[str, str] = {}
@@ -122,6 +144,9 @@ class PoolManager:
         #: users handed out or being retired by this replica (never offered again)
         self._taken: set[str] = set()
         self._listed: list[PoolServer] = []
+        #: casefolded specs whose pools this manager gave up since its last round: their waiting
+        #: servers are retired in the next round (once: another replica may still want them)
+        self._dropped: set[str] = set()
         self._waiting: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -158,7 +183,9 @@ class PoolManager:
     async def reconcile(self) -> None:
         """One round: see the module docstring."""
         now = self._clock()
+        self._update_auto(now)
         for target in list(self._targets):
+            target.check_idle(now, self._idle_after)
             await self._refresh(target, now)
         servers = await self._servers.list()
         await self._ask_hub(servers)
@@ -175,7 +202,9 @@ class PoolManager:
             unknown_to_hub=self._unknown,
             now=now,
             max_age=self._max_age,
+            dropped=frozenset(self._dropped),
         )
+        self._dropped.clear()
         self._waiting = dict(plan.waiting)
         for server in plan.retire:
             if server.user not in self._taken:
@@ -185,6 +214,17 @@ class PoolManager:
         if self._queue_busy():
             return  # launches are waiting for a slot: they go first
         room = self._max_starting - len(self._starting)
+        if room <= 0 or not any(target.spawn_backoff.ready(now) for target, _ in plan.start):
+            return
+        reason = await self._pressure()
+        if reason != self.held_back:
+            if reason:
+                log.info("warm pools: starting nothing: %s", reason)
+            else:
+                log.info("warm pools: starting servers again")
+            self.held_back = reason
+        if reason:
+            return  # users need the swarm's room more than the pools
         for target, missing in plan.start:
             if room <= 0:
                 break
@@ -228,6 +268,7 @@ class PoolManager:
             for target in self._targets:
                 if target.image == image:
                     target.count_handout(now)
+                    target.touch(now)
             self._waiting[image] = max(0, self._waiting.get(image, 0) - 1)
             log.info("warm pools: handed out %s (%s)", server.service_name, image)
             self.wake()  # a replacement starts now
@@ -240,8 +281,23 @@ class PoolManager:
         own learn it."""
         provider, _, spec = path.partition("/")
         identity = RepoIdentity(provider, spec, repo_url)
-        touched = rules.notice_launch(self._targets, self._rules, path, identity, self._clock())
+        now = self._clock()
+        was_idle = {id(t) for t in self._targets if t.idle}
+        before = list(self._targets)
+        touched = rules.notice_launch(self._targets, self._rules, path, identity, now)
+        still = {id(t) for t in self._targets}
+        self._dropped.update(t.path.casefold() for t in before if id(t) not in still)
+        if self._auto is not None and not any(rule.matches(identity) for rule in self._rules):
+            # a spec a warm_pools pattern covers is that pattern's, not auto's
+            self._auto.counts.add(path, now)
+            for target in self._targets:
+                if target.auto and target.path.casefold() == path.casefold():
+                    target.last_launch = now
+                    target.touch(now)
+                    touched.append(target)
         for target in touched:
+            if id(target) in was_idle:
+                self.wake()  # it grows back now
             if target.image != image:
                 target.resolved_at = -math.inf
                 self.wake()
@@ -259,11 +315,33 @@ class PoolManager:
                 handed_out_last_hour=t.handouts_in_window(now),
                 building=t.building,
                 last_error=t.last_error,
+                auto=t.auto,
+                idle=t.idle,
             )
             for t in self._targets
         ]
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def _update_auto(self, now: float) -> None:
+        """Give the most launched specs their pools; drain those that dropped out."""
+        if self._auto is None:
+            return
+        change = self._auto.update(now)
+        if change is None:
+            return
+        entering, leaving = change
+        gone = {p.casefold() for p in leaving}
+        for target in [t for t in self._targets if t.auto and t.path.casefold() in gone]:
+            log.info("warm pools: %s left the most launched; draining", target.path)
+            self._targets.remove(target)
+            self._dropped.add(target.path.casefold())
+        for path in entering:
+            if any(t.path.casefold() == path.casefold() for t in self._targets):
+                continue  # a warm_pools pattern learned it meanwhile
+            log.info("warm pools: %s is among the most launched; filling", path)
+            rule = PoolRule(f"^{re.escape(path)}$", self._auto_pool_size)
+            self._targets.append(PoolTarget(rule, path, auto=True, active_at=now, last_launch=now))
 
     async def _refresh(self, target: PoolTarget, now: float) -> None:
         """Resolve the spec when due; find or build its image."""

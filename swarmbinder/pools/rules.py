@@ -103,10 +103,26 @@ class PoolTarget:
     spawn_backoff: Backoff = field(default_factory=lambda: Backoff(start=10.0, cap=600.0))
     last_error: str = ""
     handed_out: deque[float] = field(default_factory=deque)
+    #: A pool of ``warm_pool_auto`` (its rule names its spec alone).
+    auto: bool = False
+    #: Since when the pool counts as used: made, or its spec launched, or a server handed out.
+    active_at: float = -math.inf
+    #: No hand-out or launch for ``warm_pool_idle_after``: the pool keeps 1 (auto: 0) waiting.
+    idle: bool = False
 
     @property
     def size(self) -> int:
+        if self.idle:
+            return min(self.rule.size, 0 if self.auto else 1)
         return self.rule.size
+
+    def touch(self, now: float) -> None:
+        """A launch of the spec or a hand-out: the pool is in use (grows back if idle)."""
+        self.active_at = max(self.active_at, now)
+        self.idle = False
+
+    def check_idle(self, now: float, idle_after: float) -> None:
+        self.idle = now - max(self.active_at, self.last_launch) >= idle_after
 
     def count_handout(self, now: float) -> None:
         self.handed_out.append(now)
@@ -144,6 +160,7 @@ def notice_launch(
         if same:
             for target in same:
                 target.last_launch = now
+                target.touch(now)
             touched.extend(same)
             continue
         if rule.literal_spec is not None:
@@ -152,7 +169,7 @@ def notice_launch(
             continue
         for old in mine:
             targets.remove(old)
-        target = PoolTarget(rule, path, last_launch=now)
+        target = PoolTarget(rule, path, last_launch=now, active_at=now)
         targets.append(target)
         touched.append(target)
     return touched
@@ -170,6 +187,8 @@ class PoolServer:
     created: float
     #: ``swarmbinder.pool-claimed``: ``""`` while it waits.
     claim: str = ""
+    #: The spec it was started for (``swarmbinder.spec``; ``""`` when the label is missing).
+    spec: str = ""
 
     @property
     def waiting(self) -> bool:
@@ -197,6 +216,7 @@ def plan(
     unknown_to_hub: set[str],
     now: float,
     max_age: float,
+    dropped: frozenset[str] = frozenset(),
 ) -> Plan:
     """Compare the pools with the servers.
 
@@ -204,9 +224,17 @@ def plan(
     ``ready`` holds the users the hub called ready; ``unknown_to_hub`` those it has no pool
     server for. A server being retired (``retiring``) is retired again: a retirement cut short
     by a restart is finished.
+
+    A waiting server of an image no pool here wants is retired when its spec is one of these
+    pools' (a new commit), or in ``dropped`` (casefolded specs whose pools this manager just
+    gave up), or unlabelled; a server of a spec this manager has no pool for may be another
+    replica's (each counts its own launches, so their auto pools differ): it is left until
+    ``max_age``, or replicas would drain each other's pools in turn.
     """
+    own_specs = {t.path.casefold() for t in targets}
     sizes: dict[str, int] = {}
     for target in targets:
+        # an idle pool of size 0 still holds its image: its waiting servers retire at max age
         if target.image and target.image_ready:
             sizes[target.image] = max(sizes.get(target.image, 0), target.size)
     retire: list[PoolServer] = []
@@ -220,11 +248,15 @@ def plan(
             continue  # handed out: the user's now
         if server.user in starting:
             continue
-        stale = server.image not in sizes or now - server.created > max_age
+        spec = server.spec.casefold()
+        unwanted = server.image not in sizes and (not spec or spec in own_specs or spec in dropped)
+        stale = unwanted or now - server.created > max_age
         lost = server.user in unknown_to_hub and now - server.created > UNKNOWN_SERVER_GRACE
         if stale or lost:
             retire.append(server)
             continue
+        if server.image not in held:
+            continue  # another replica's pool: see above
         held[server.image].add(server.user)
         if server.user in ready:
             waiting[server.image] = waiting.get(server.image, 0) + 1

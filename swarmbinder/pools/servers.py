@@ -125,6 +125,7 @@ class PoolServers:
                     image=server.image,
                     created=server.created.timestamp() if server.created else float("-inf"),
                     claim=server.pool_claim,
+                    spec=server.spec,
                 )
             )
         return found

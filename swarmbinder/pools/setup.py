@@ -12,7 +12,9 @@ from ..launcher import Launcher
 from ..resolve import Resolved
 from ..swarm import SwarmClient
 from ..userservers import UserServer
+from .auto import AutoSet
 from .manager import PoolManager
+from .pressure import swarm_pressure
 from .rules import rules_from_config
 from .servers import PoolServers
 
@@ -28,12 +30,14 @@ def pools_from_config(
     resolve: Callable[[str], Awaitable[Resolved]],
     image_exists: Callable[[str], Awaitable[bool]],
 ) -> PoolManager | None:
-    """The warm pools' manager; None when no pool has a size, or with ``auth_enabled``."""
-    pool_rules = rules_from_config(config.pools.warm_pools)
-    if not pool_rules:
+    """The warm pools' manager; None when no pool has a size and warm_pool_auto is off, or
+    with ``auth_enabled``."""
+    pools = config.pools
+    pool_rules = rules_from_config(pools.warm_pools)
+    if not pool_rules and not pools.warm_pool_auto:
         return None
     if config.hub.auth_enabled:
-        log.warning("warm_pools is ignored with auth_enabled: a server belongs to its user")
+        log.warning("warm pools are off with auth_enabled: a server belongs to its user")
         return None
     servers = PoolServers(
         hub,
@@ -51,9 +55,20 @@ def pools_from_config(
         builds=builds,
         # pools give way: no pool start while a launch waits for its turn
         queue_busy=lambda: slots.queued > 0,
+        # and when the swarm runs short of CPU or memory
+        pressure=swarm_pressure(swarm, min_free_percent=pools.warm_pool_min_free_percent),
+        auto=AutoSet(
+            size=pools.warm_pool_auto,
+            min_launches=pools.warm_pool_auto_min_launches,
+            change_interval=pools.warm_pool_auto_change_interval,
+        )
+        if pools.warm_pool_auto
+        else None,
+        auto_pool_size=pools.warm_pool_auto_size,
+        idle_after=pools.warm_pool_idle_after,
         launch_host=config.pages.badge_base_url,
-        max_age=config.pools.warm_pool_max_age,
-        resolve_interval=config.pools.warm_pool_resolve_interval,
+        max_age=pools.warm_pool_max_age,
+        resolve_interval=pools.warm_pool_resolve_interval,
     )
 
 
