@@ -47,8 +47,10 @@ class LogRotation:
 
 
 #: Rotation when nothing else is configured (the defaults of service_log_max_size and
-#: service_log_max_files).
-DEFAULT_LOG_ROTATION = LogRotation(max_bytes=10 * 1024 * 1024, max_files=3)
+#: service_log_max_files). Large, because a build's log is followed while it is written and
+#: the engine's reader can lose lines when the file rotates under it (a 5 MB quoted line was
+#: lost at 10 MB).
+DEFAULT_LOG_ROTATION = LogRotation(max_bytes=64 * 1024 * 1024, max_files=3)
 
 
 @dataclass(frozen=True)

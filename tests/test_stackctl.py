@@ -460,7 +460,7 @@ def test_console_options_bad_input_is_one_line(tmp_path: Path) -> None:
 
 def test_every_service_of_every_stack_file_rotates_its_logs() -> None:
     """json-file with max-size/max-file on each service of the stack and its fragments, and
-    the same limits handed to Binder (builds) and the hub (user servers)."""
+    the same limits handed to the hub (user servers)."""
     if not shutil.which("docker"):
         pytest.skip("the docker CLI is not installed")
     files = [stackctl.STACK_FILE] + [
@@ -487,7 +487,5 @@ def test_every_service_of_every_stack_file_rotates_its_logs() -> None:
             "driver": "json-file",
             "options": {"max-size": "5m", "max-file": "4"},
         }, name
-    assert services["binder"]["environment"]["SWARMBINDER_SERVICE_LOG_MAX_SIZE"] == "5m"
-    assert services["binder"]["environment"]["SWARMBINDER_SERVICE_LOG_MAX_FILES"] == "4"
     assert services["hub"]["environment"]["SWARMBINDER_HUB_LOG_MAX_SIZE"] == "5m"
     assert services["hub"]["environment"]["SWARMBINDER_HUB_LOG_MAX_FILE"] == "4"

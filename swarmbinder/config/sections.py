@@ -404,11 +404,12 @@ class BuildConfig(Section):
         minimum=64 * 1024,
     )
     service_log_max_size: int = bytes_opt(
-        10 * 1024 * 1024,
+        64 * 1024 * 1024,
         "Largest log file of each container of a service Binder creates (builds, prebuild "
-        "jobs, reapers), as a size like '10M', before Docker's json-file driver rotates it. "
-        "The stack passes the same limit to the hub for user servers and uses it for its own "
-        "services. Without rotation, a build printing forever fills the node's disk.",
+        "jobs, reapers), as a size like '64M', before Docker's json-file driver rotates it. "
+        "Without rotation, a build printing forever fills the node's disk. Binder follows a "
+        "build's log while it is written, and the engine's reader can lose lines when the file "
+        "rotates under it: keep this above what a build's useful log reaches.",
         minimum=64 * 1024,
     )
     service_log_max_files: int = opt(
