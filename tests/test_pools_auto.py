@@ -4,11 +4,11 @@ test_pools_swarm)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+from serve_support import serve_refusal
 from test_pools import IMAGE_1, REPO, SPEC, Ground, make_ground
 
 from swarmbinder.config import load_config
@@ -289,18 +289,8 @@ def test_bad_auto_options_are_a_config_error_naming_the_option(option: str, valu
     assert caught.value.option == option
 
 
-def test_a_bad_auto_option_stops_the_service_with_exit_2_and_one_line(tmp_path: Any) -> None:
-    config = tmp_path / "binder.yaml"
-    config.write_text("warm_pool_auto: -3\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "swarmbinder", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "warm_pool_auto" in lines[0], proc.stderr
+def test_a_bad_auto_option_stops_the_service_with_exit_2_and_one_line(tmp_path: Path) -> None:
+    assert "warm_pool_auto" in serve_refusal(tmp_path, "warm_pool_auto: -3\n")
 
 
 # -- several replicas --------------------------------------------------------------------------
