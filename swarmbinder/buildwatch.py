@@ -42,6 +42,7 @@ from .errors import BuildFailed, SwarmbinderError, SwarmUnavailable
 from .events import TERMINAL_BUILD_PHASES, BuildEvent, Phase, parse_repo2docker_line
 from .fanout import Fanout
 from .gitcredentials import login_refused_message, refused_host
+from .loglines import StreamProgress
 from .registrytokens import BuildCredential
 from .sticky import NodeState
 from .swarm import SwarmClient, TaskState, TaskStateName
@@ -54,6 +55,10 @@ NODE_CHECK_INTERVAL = 1.0
 #: 0.2 s, then the largest part of the time from the builder's exit to ``built``
 #: (bench/build.py).
 LOG_DRAIN_QUIET = 0.05
+#: The longest a finished build's log is drained while text keeps arriving: a long line still
+#: coming in keeps the window open (a 5 MB line under load took longer than one quiet
+#: window), a 100 MB one must not hold the build's end for as long as the engine sends it.
+LOG_DRAIN_MAX = 10.0
 #: Lines of a failed build's log read again when its stream showed no repo2docker error.
 FAILURE_REREAD_LINES = 200
 
@@ -118,6 +123,7 @@ class LogSummary:
 
     def __init__(self) -> None:
         self.count = 0
+        self.stream = StreamProgress()
         self.login_refused: str | None = None
         self.first_failure: str | None = None
         self.recent: deque[str] = deque(maxlen=self.RECENT)
@@ -419,7 +425,7 @@ class BuildWatcher:
         skip = 0
         try:
             while True:
-                stream = self._swarm.follow_logs(build.name, tail=tail)
+                stream = self._swarm.follow_logs(build.name, tail=tail, progress=summary.stream)
                 try:
                     async for raw in stream:
                         if skip:
@@ -461,15 +467,25 @@ class BuildWatcher:
             log.exception("the on_log_lines callback failed for build %s", name)
 
     async def _drain(self, reader: asyncio.Task[None], summary: LogSummary) -> None:
-        """Wait until the log has been quiet for :data:`LOG_DRAIN_QUIET` seconds.
+        """Wait until no text has arrived for :data:`LOG_DRAIN_QUIET` seconds and no line is
+        half received, at most :data:`LOG_DRAIN_MAX`.
 
         By the time Swarm reports the task terminal its last lines are normally delivered
         already; the window only catches stragglers. Every build waits it once, so it is kept
-        short (a failed build's reason is read again in full if a line is missing).
+        short (a failed build's reason is read again in full if a line is missing). A long
+        line's frames can come further apart than the window when the engine is busy (seen
+        with a 5 MB line beside a 200 MB log): a line begun is waited for.
         """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + LOG_DRAIN_MAX
+        stream = summary.stream
         seen = -1
-        while seen != summary.count and not reader.done():
-            seen = summary.count
+        while (
+            (seen != stream.received or stream.mid_line)
+            and not reader.done()
+            and loop.time() < give_up
+        ):
+            seen = stream.received
             await asyncio.sleep(LOG_DRAIN_QUIET)
 
     async def _wait_terminal(self, build: Build) -> TaskState | None:

@@ -12,6 +12,20 @@ from __future__ import annotations
 MAX_LOG_LINE = 64 * 1024
 
 
+class StreamProgress:
+    """What a log stream has received so far, complete lines or not: someone waiting for a
+    log to go quiet sees a long line still arriving (a 5 MB line is 320 frames and no line
+    ends until the last)."""
+
+    __slots__ = ("received", "mid_line")
+
+    def __init__(self) -> None:
+        #: Characters received, complete lines or not.
+        self.received = 0
+        #: A line has begun and not ended: more of the log is certainly on its way.
+        self.mid_line = False
+
+
 class LineSplitter:
     """Splits streamed text into lines (without their ``\\r\\n``), each cut at ``limit``
     characters with a note of how much was dropped, in time linear in the text: the engine
@@ -33,6 +47,11 @@ class LineSplitter:
             start = end + 1
         self._take(chunk, start, len(chunk))
         return lines
+
+    @property
+    def mid_line(self) -> bool:
+        """Part of a line was fed and its end was not."""
+        return bool(self._parts or self._cut)
 
     def close(self) -> str:
         """The last line, if the text did not end with a newline (else ``""``)."""

@@ -43,7 +43,7 @@ from aiodocker.multiplexed import multiplexed_result_stream
 from .errors import ServiceNameConflict, SwarmRequestFailed, SwarmUnavailable
 from .jobspec import DEFAULT_LOG_ROTATION, JobSpec, LogRotation, SecretMount, secrets_api
 from .labels import DOCKER_SOCKET, KIND_REAPER, LABEL_KIND
-from .loglines import LineSplitter
+from .loglines import LineSplitter, StreamProgress
 
 log = logging.getLogger(__name__)
 
@@ -600,9 +600,14 @@ class SwarmClient:
     # -- logs --------------------------------------------------------------------------
 
     async def follow_logs(
-        self, service_name: str, *, tail: int | str = "all"
+        self,
+        service_name: str,
+        *,
+        tail: int | str = "all",
+        progress: StreamProgress | None = None,
     ) -> AsyncGenerator[str, None]:
-        """Yield the service's log lines as they come, stdout and stderr merged.
+        """Yield the service's log lines as they come, stdout and stderr merged; ``progress``
+        follows the text received, a line's part included.
 
         The stream does not end by itself when a job finishes; the caller closes it (aclose)
         once the task is terminal.
@@ -619,7 +624,11 @@ class SwarmClient:
                 f"services/{service_name}/logs", "GET", params=params, timeout=None
             ) as response:
                 async for chunk in multiplexed_result_stream(response):  # type: ignore[no-untyped-call]
-                    for line in splitter.feed(chunk):
+                    lines = splitter.feed(chunk)
+                    if progress is not None:
+                        progress.received += len(chunk)
+                        progress.mid_line = splitter.mid_line
+                    for line in lines:
                         yield line
         last = splitter.close()
         if last:

@@ -20,6 +20,7 @@ import pytest
 from build_fixtures import make_issuer
 from fakes.fake_swarm import FakeSwarm
 
+from swarmbinder import buildwatch
 from swarmbinder.buildjob import (
     BUILDER_DOCKER_CONFIG,
     QUEUED_CONSTRAINT,
@@ -29,7 +30,7 @@ from swarmbinder.buildjob import (
 from swarmbinder.buildlogs import BuildLogRecorder, record_id
 from swarmbinder.builds import BuildManager, BuildQueueFull, to_sticky_node
 from swarmbinder.buildstatus import BuildStatus
-from swarmbinder.buildwatch import Build
+from swarmbinder.buildwatch import Build, BuildWatcher, LogSummary
 from swarmbinder.events import BuildEvent, Phase
 from swarmbinder.labels import KIND_BUILD, KIND_BUILD_AUTH
 from swarmbinder.labels import LABEL_BUILD as BUILD_OF_LABEL
@@ -720,3 +721,70 @@ async def test_engine_gone_fails_the_build_after_engine_grace_and_cleans_up_when
     fake.answering = True
     assert await manager.cleanup() == [build.name]  # lost: removed as soon as it answers
     assert not fake.has_service(build.name)
+
+
+async def _arriving(summary: LogSummary, frames: int) -> None:
+    """A long line coming in as 16 KiB frames, one every 20 ms (no line ends until the last)."""
+    for _ in range(frames):
+        await asyncio.sleep(0.02)
+        summary.stream.received += 16 * 1024
+
+
+async def test_drain_waits_while_a_long_line_is_still_arriving(fake: FakeSwarm) -> None:
+    """Mirrors test_hostile_repos' 5 MB line: under load its frames outlasted one quiet window,
+    and the stored log missed the line Binder had quoted."""
+    watcher = BuildWatcher(fake.client(), settings(), release=_nothing, stop=_nothing)
+    summary = LogSummary()
+    reader = asyncio.create_task(asyncio.sleep(60))
+    arriving = asyncio.create_task(_arriving(summary, frames=15))
+    try:
+        await watcher._drain(reader, summary)
+        assert arriving.done()
+        assert summary.count == 0  # no line was completed meanwhile; text was still coming
+    finally:
+        reader.cancel()
+        arriving.cancel()
+
+
+async def test_drain_waits_for_the_end_of_a_line_begun_however_long_the_engine_pauses(
+    fake: FakeSwarm,
+) -> None:
+    watcher = BuildWatcher(fake.client(), settings(), release=_nothing, stop=_nothing)
+    summary = LogSummary()
+    summary.stream.received, summary.stream.mid_line = 16 * 1024, True
+    reader = asyncio.create_task(asyncio.sleep(60))
+
+    async def rest_of_the_line() -> None:
+        await asyncio.sleep(0.4)  # eight quiet windows: the engine busy elsewhere
+        summary.stream.received += 100
+        summary.stream.mid_line = False
+
+    ending = asyncio.create_task(rest_of_the_line())
+    try:
+        await watcher._drain(reader, summary)
+        assert ending.done()
+    finally:
+        reader.cancel()
+        ending.cancel()
+
+
+async def test_drain_gives_up_after_log_drain_max_however_much_keeps_coming(
+    fake: FakeSwarm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(buildwatch, "LOG_DRAIN_MAX", 0.3)
+    watcher = BuildWatcher(fake.client(), settings(), release=_nothing, stop=_nothing)
+    summary = LogSummary()
+    reader = asyncio.create_task(asyncio.sleep(60))
+    arriving = asyncio.create_task(_arriving(summary, frames=10_000))
+    began = time.monotonic()
+    try:
+        await watcher._drain(reader, summary)
+        assert 0.3 <= time.monotonic() - began < 1.5
+        assert not arriving.done()
+    finally:
+        reader.cancel()
+        arriving.cancel()
+
+
+async def _nothing(build: Build) -> None:
+    return None

@@ -37,3 +37,16 @@ def test_a_100_mb_line_in_16_kib_frames_is_read_in_linear_time() -> None:
     assert time.perf_counter() - started < 2
     assert line.startswith("X" * MAX_LOG_LINE + " [log line cut: ")
     assert line.endswith(f"{6400 * 16384 - MAX_LOG_LINE} more characters]")
+
+
+def test_mid_line_says_whether_a_line_has_begun_and_not_ended() -> None:
+    splitter = LineSplitter(limit=10)
+    assert not splitter.mid_line
+    splitter.feed("abc")
+    assert splitter.mid_line
+    splitter.feed("d" * 50)  # past the limit: cut, still unfinished
+    assert splitter.mid_line
+    assert splitter.feed("\nnext") == ["abcddddddd [log line cut: 43 more characters]"]
+    assert splitter.mid_line
+    splitter.feed("\n")
+    assert not splitter.mid_line

@@ -40,7 +40,7 @@ from typing import Any, cast
 
 from swarmbinder.errors import ServiceNameConflict, SwarmRequestFailed, SwarmUnavailable
 from swarmbinder.jobspec import JobSpec, SecretMount, secrets_api
-from swarmbinder.loglines import LineSplitter
+from swarmbinder.loglines import LineSplitter, StreamProgress
 from swarmbinder.swarm import (
     SUPERSEDED_DESIRED_STATES,
     NodeInfo,
@@ -400,7 +400,11 @@ class FakeSwarm:
         return current_iteration(TaskState.from_api(t) for t in listed)
 
     async def follow_logs(
-        self, service_name: str, *, tail: int | str = "all"
+        self,
+        service_name: str,
+        *,
+        tail: int | str = "all",
+        progress: StreamProgress | None = None,
     ) -> AsyncGenerator[str, None]:
         await self._answer("follow_logs", f"GET services/{service_name}/logs")
         log = self._logs.get(service_name)
@@ -411,6 +415,8 @@ class FakeSwarm:
         position = 0 if tail == "all" else max(len(log) - int(tail), 0)
         while True:
             while position < len(log):
+                if progress is not None:
+                    progress.received += len(log[position]) + 1
                 yield log[position]
                 position += 1
 
