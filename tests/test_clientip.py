@@ -140,3 +140,15 @@ def test_limit_key_of_a_forwarded_client() -> None:
     assert client_ip.limit_key("10.0.0.2", headers) == "2001:db8:9:9::/64"
     # The proxy's own address when the peer is not trusted.
     assert client_ip.limit_key("2001:db8:1:1::5", headers) == "2001:db8:1:1::/64"
+
+
+def test_the_scheme_is_the_connections_unless_a_trusted_proxy_says_otherwise() -> None:
+    behind = ClientIP(["10.0.0.0/8"])
+    said = {"X-Forwarded-Proto": "https"}
+    assert behind.scheme("10.0.0.2", said, "http") == "https"
+    assert behind.scheme("203.0.113.9", said, "http") == "http"  # a client writing it
+    assert ClientIP().scheme("10.0.0.2", said, "http") == "http"
+    assert behind.scheme("10.0.0.2", {}, "http") == "http"
+    assert behind.scheme("10.0.0.2", {"x-forwarded-proto": "javascript"}, "http") == "http"
+    # The nearest proxy's word, the last in the list, counts.
+    assert behind.scheme("10.0.0.2", {"X-Forwarded-Proto": "https, http"}, "https") == "http"

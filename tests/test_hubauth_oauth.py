@@ -9,6 +9,7 @@ sends it back through /oauth_callback, and /build then knows who it is.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -359,6 +360,14 @@ class RecordingFlow:
 async def binder(
     fake_hub: tuple[FakeHub, str],
 ) -> AsyncIterator[tuple[TestClient[Any, Any], FakeHub, RecordingFlow]]:
+    async with binder_with(fake_hub) as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def binder_with(
+    fake_hub: tuple[FakeHub, str], **overrides: Any
+) -> AsyncIterator[tuple[TestClient[Any, Any], FakeHub, RecordingFlow]]:
     hub, url = fake_hub
     hub.redirect_uri = "/oauth_callback"  # the default: a path on the hub's host
     config = load_config(
@@ -369,6 +378,7 @@ async def binder(
             "hub_api_token": SECRET,
             "rate_limit": 1,
             "build_token_check_origin": False,
+            **overrides,
         },
     )
     app = create_app(config)
@@ -495,3 +505,25 @@ async def test_logout_forgets_the_login_and_ends_the_hub_session(
     out = await client.get("/logout", allow_redirects=False)
     assert out.status == 302 and out.headers["Location"].endswith("/hub/logout")
     assert (await client.get("/", allow_redirects=False)).status == 302
+
+
+@pytest.mark.parametrize(
+    ("trusted", "forwarded", "secure"),
+    [
+        (["127.0.0.1"], "https", True),  # behind the TLS proxy: the browser used HTTPS
+        (["127.0.0.1"], "http", False),
+        ([], "https", False),  # any client could write the header: not believed
+        (["10.9.8.0/24"], "https", False),  # the peer is not the trusted proxy
+    ],
+)
+async def test_login_cookies_are_secure_when_a_trusted_proxy_says_https(
+    fake_hub: tuple[FakeHub, str], trusted: list[str], forwarded: str, secure: bool
+) -> None:
+    async with binder_with(fake_hub, trusted_proxies=trusted) as (client, _, _):
+        headers = {"X-Forwarded-Proto": forwarded}
+        resp = await client.get("/v2/gh/org/repo/main", headers=headers, allow_redirects=False)
+        assert resp.status == 302
+        cookies = resp.headers.getall("Set-Cookie")
+        assert cookies
+        for cookie in cookies:
+            assert ("; Secure" in cookie) is secure, cookie

@@ -47,6 +47,7 @@ from tls_support import make_ca, make_leaf
 
 from swarmbinder import hostsetup as hs
 from swarmbinder.events import SSEDecoder
+from swarmbinder.stackctl.options import STATE_DIR
 
 pytestmark = pytest.mark.swarm
 
@@ -90,6 +91,8 @@ def tls_stack(
         assert not docker("secret", "ls", "-q", "--filter", f"name={stack}-").split()
         assert not docker("volume", "ls", "-q", "--filter", f"name={stack}_").split()
         assert not docker("config", "ls", "-q", "--filter", f"name={stack}-").split()
+        # Nothing of the proxy left on this machine either: its Caddyfile, the CA root's copy.
+        assert not list(STATE_DIR.glob(f"{stack}-*")), list(STATE_DIR.glob(f"{stack}-*"))
 
 
 def root_of(up: subprocess.CompletedProcess[str]) -> Path:
@@ -207,11 +210,39 @@ def test_a_launch_through_https_is_ready_with_https_urls(
         ready["url"] + "api/status", root, {"Authorization": f"token {ready['token']}"}
     )
     assert status == 200 and "started" in json.loads(body)
+    # The server is told Binder's address as the browser used it (X-Forwarded-Proto from the
+    # TLS proxy, a trusted peer), as BinderHub sets BINDER_LAUNCH_HOST.
+    told = launch_hosts_told(HOST, ports["https"])
+    assert f"https://{HOST}:{ports['https']}/" in told, told
+    assert not any(host.startswith("http:") for host in told), told
     # The badge Binder hands out points at its HTTPS address too.
     status, _, page = https(f"https://{HOST}:{ports['https']}/v2/git/{repo}/{head}", root)
     assert status == 200
     assert f"https://{HOST}:{ports['https']}/".encode() in page
     assert f"http://{HOST}:{ports['https']}/".encode() not in page
+
+
+def launch_hosts_told(host: str, port: int) -> set[str]:
+    """The ``BINDER_LAUNCH_HOST`` of every user server told of Binder at ``host:port``."""
+    listed = hs.run(["docker", "service", "ls", "-q", "--filter", "label=swarmbinder.image"])
+    told = set()
+    for service in listed.stdout.split():
+        inspected = hs.run(
+            [
+                "docker",
+                "service",
+                "inspect",
+                service,
+                "--format",
+                "{{json .Spec.TaskTemplate.ContainerSpec.Env}}",
+            ],
+            check=False,
+        )
+        for entry in json.loads(inspected.stdout or "null") or []:
+            name, _, value = entry.partition("=")
+            if name == "BINDER_LAUNCH_HOST" and f"//{host}:{port}/" in value:
+                told.add(value)
+    return told
 
 
 def nss_home(tmp_path: Path, root: Path) -> Path:

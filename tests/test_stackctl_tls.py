@@ -19,7 +19,7 @@ import pytest
 import yaml
 from tls_support import make_ca, make_leaf
 
-from swarmbinder.stackctl import StackInputError, StackOptions, check_tls, render_caddyfile
+from swarmbinder.stackctl import StackInputError, StackOptions, check_tls, render_caddyfile, tls
 from swarmbinder.stackctl.options import TLS_FILE, TLSOptions
 from swarmbinder.stackctl.tls import (
     ACME_ROOT_SECRET,
@@ -275,3 +275,15 @@ def test_expired_certificate_is_refused(tmp_path: Path) -> None:
     )
     tls = TLSOptions("cert", host="old.test", cert_file=cert_path, key_file=key_path)
     assert refused(options(tls)).startswith(f"--tls-cert {cert_path} expired on ")
+
+
+def test_down_removes_the_caddyfile_and_purge_the_roots_copy_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tls, "STATE_DIR", tmp_path)
+    for name in ("one-Caddyfile", "one-tls-root.crt", "other-Caddyfile"):
+        (tmp_path / name).write_text("x")
+    assert tls.remove_tls_files("one", purge=False) == [str(tmp_path / "one-Caddyfile")]
+    assert (tmp_path / "one-tls-root.crt").exists()  # browsers were told to trust it
+    assert tls.remove_tls_files("one", purge=True) == [str(tmp_path / "one-tls-root.crt")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other-Caddyfile"]

@@ -39,6 +39,7 @@ from ..policy.admission import Admitted
 from ..policy.ratelimit import RateLimitExceeded
 from ..policy.streamcap import TooManyStreams
 from ..policy.useragents import UserAgentBlocked
+from .client import client_scheme
 from .framewriter import WRITE_BATCH, FrameWriter
 from .streamwatch import STREAM_WATCH
 
@@ -91,7 +92,7 @@ def _launch_host(request: web.Request) -> str:
     badge_base_url = config.pages.badge_base_url
     if badge_base_url:
         return badge_base_url
-    return f"{request.scheme}://{request.host}{config.server.base_url}"
+    return f"{client_scheme(request)}://{request.host}{config.server.base_url}"
 
 
 async def build(request: web.Request) -> web.StreamResponse:

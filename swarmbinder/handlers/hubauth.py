@@ -33,6 +33,7 @@ from ..hubauth import (
     OAuthStateMismatch,
 )
 from ..keys import CONFIG, HUB_AUTH
+from .client import client_scheme
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ def _set_cookie(
         httponly=True,
         # Lax: the hub sends the browser back with a top-level GET, which Lax cookies survive
         samesite="Lax",
-        secure=request.scheme == "https",
+        # Behind the TLS proxy the connection is plain HTTP; the proxy says what the browser used
+        secure=client_scheme(request) == "https",
     )
 
 

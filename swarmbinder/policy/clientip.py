@@ -14,6 +14,11 @@ header from any peer; here a deployment without ``trusted_proxies`` trusts no he
 Per-client limits (the rate limit, the open event streams) count by :func:`limit_key`, not by
 address: one IPv6 host is normally given a whole /64 and can pick a fresh address from it for
 every request, so counting per address would let it step around any limit.
+
+The scheme the client used (for a cookie's ``Secure`` flag and the launch URLs a server is
+told) is the same question: behind the TLS proxy the peer speaks plain HTTP, so the proxy's
+``X-Forwarded-Proto`` is believed, from a trusted peer only (else any client could mark its
+plain-HTTP request https, or the reverse).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 FORWARDED_FOR = "X-Forwarded-For"
+FORWARDED_PROTO = "X-Forwarded-Proto"
 #: The IPv6 prefix one client is counted by: RFC 6177 assigns end sites a /64 at the least
 #: (SLAAC hosts make their own addresses inside it), so a /64 is one client, never less.
 IPV6_CLIENT_PREFIX = 64
@@ -153,20 +159,34 @@ class ClientIP:
             current = hop
         return str(current)
 
+    def scheme(self, peer: str | None, headers: Mapping[str, str], own: str) -> str:
+        """``http`` or ``https`` as the client used it: ``own`` (the connection's) unless the
+        peer is a trusted proxy that says otherwise in ``X-Forwarded-Proto`` (its last value,
+        the one the nearest proxy wrote)."""
+        current = parse_ip(peer or "")
+        if current is None or not self._is_trusted(current):
+            return own
+        said = _header_values(headers, FORWARDED_PROTO)
+        last = said[-1].lower() if said else ""
+        return last if last in ("http", "https") else own
+
     def limit_key(self, peer: str | None, headers: Mapping[str, str]) -> str:
         """:func:`limit_key` of the request's client address."""
         return limit_key(self(peer, headers))
 
 
 def _forwarded_for(headers: Mapping[str, str]) -> list[str]:
+    return _header_values(headers, FORWARDED_FOR)
+
+
+def _header_values(headers: Mapping[str, str], name: str) -> list[str]:
+    """The comma-separated entries of every ``name`` line, in order."""
     if isinstance(headers, _MultiHeaders):
-        values = headers.getall(FORWARDED_FOR, [])
+        values = headers.getall(name, [])
     else:
-        value = headers.get(FORWARDED_FOR)
+        value = headers.get(name)
         if value is None:
             # A plain dict is case-sensitive; HTTP header names are not.
-            value = next(
-                (v for k, v in headers.items() if k.lower() == FORWARDED_FOR.lower()), None
-            )
+            value = next((v for k, v in headers.items() if k.lower() == name.lower()), None)
         values = [] if value is None else [value]
     return [entry.strip() for value in values for entry in value.split(",") if entry.strip()]

@@ -32,7 +32,7 @@ from .options import (
 )
 from .placement import remove_state_label
 from .state import service_spec
-from .tls import remove_unused_tls_secrets
+from .tls import remove_tls_files, remove_unused_tls_secrets
 
 
 def down(name: str, *, purge: bool = False, progress: Progress | None = None) -> DownResult:
@@ -73,6 +73,8 @@ def _down(name: str, purge: bool, report: Progress) -> DownResult:
     result.builds = len(builds)
     if purge:
         result.purged = _purge(name, report)
+    for path in remove_tls_files(name, purge=purge):
+        report.step(f"removed {path}")
     return result
 
 

@@ -504,9 +504,26 @@ def _handshake_problem(host: str, ports: tuple[int, ...], root: Path | None) -> 
     return ""
 
 
+def caddyfile_path(stack: str) -> Path:
+    return STATE_DIR / f"{stack}-Caddyfile"
+
+
+def remove_tls_files(stack: str, *, purge: bool) -> list[str]:
+    """What ``down`` leaves of the proxy on this machine: the Caddyfile always goes (``up``
+    writes it again); the local CA's root copy only with ``purge``, which removes the CA's
+    volume too (until then it is the root browsers were told to trust)."""
+    paths = [caddyfile_path(stack)] + ([local_root_path(stack)] if purge else [])
+    removed = []
+    for path in paths:
+        if path.exists():
+            path.unlink()
+            removed.append(str(path))
+    return removed
+
+
 def write_caddyfile(options: StackOptions, plan: TLSPlan, replicas_front: bool) -> Path:
     """The Caddyfile, where ``docker stack deploy`` reads it (its config is named by content)."""
-    path = STATE_DIR / f"{options.name}-Caddyfile"
+    path = caddyfile_path(options.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_caddyfile(plan, options.public_host, replicas_front))
     return path
