@@ -31,6 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # for pytest
 __all__ = [
     "event_loop_never_blocked",
+    "git_for_containers",
     "pg_server",
     "pg_url",
     "store_where",
@@ -57,6 +58,16 @@ def testground() -> Iterator[dict[str, Any]]:
     started = time.time()
     yield ground
     asyncio.run(_remove_finished_test_builds(ground, since=started))
+
+
+@pytest.fixture(scope="module")
+def git_for_containers(testground: dict[str, Any]) -> Iterator[str]:
+    """The test ground's repositories over git smart HTTP where containers on overlay networks
+    reach this machine (the stack tests' Binder and builders clone from it)."""
+    from test_stack_e2e import serve_git_for_containers
+
+    with serve_git_for_containers(testground) as url:
+        yield url
 
 
 async def _remove_finished_test_builds(ground: dict[str, Any], since: float) -> None:

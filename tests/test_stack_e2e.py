@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -66,12 +66,6 @@ def docker(*args: str) -> str:
     return subprocess.run(
         ["docker", *args], capture_output=True, text=True, check=True, timeout=60
     ).stdout
-
-
-@pytest.fixture
-def git_for_containers(testground: dict[str, Any]) -> Iterator[str]:
-    with serve_git_for_containers(testground) as url:
-        yield url
 
 
 @contextmanager
@@ -191,6 +185,43 @@ def stack_config(tmp_path: Path, git_url: str) -> Path:
         + f"\nallowed_outbound_networks: [{host}/32]\n"
     )
     return config
+
+
+@contextmanager
+def deployed_stack(
+    prefix: str,
+    tmp_path: Path,
+    git_url: str,
+    *up_args: str,
+    kept_args: Sequence[str] = (),
+    config_extra: str = "",
+) -> Iterator[dict[str, Any]]:
+    """``swarmbinder up`` of a new stack (named ``prefix`` and a random part) on free ports with
+    :func:`stack_config` (and ``config_extra``), then ``down --purge`` and a check that nothing
+    of it is left. Yields its name, ports, ``up``'s result and ``args``: what a later ``up`` of
+    the same stack repeats (``kept_args`` included, ``up_args`` not)."""
+    stack = f"{prefix}{uuid.uuid4().hex[:6]}"
+    port, hub_port, registry_port = free_port(), free_port(), free_port()
+    config = stack_config(tmp_path, git_url)
+    config.write_text(config.read_text() + config_extra)
+    args = ["--stack", stack, "--port", str(port), "--hub-port", str(hub_port)]
+    args += ["--registry-port", str(registry_port), "--config", str(config), *kept_args]
+    try:
+        started = time.monotonic()
+        up = swarmbinder("up", *args, *up_args, "--timeout", "300")
+        print(f"up {' '.join(up_args)}: {time.monotonic() - started:.1f} s", file=sys.stderr)
+        assert up.returncode == 0, up.stderr[-2000:]
+        yield {"stack": stack, "port": port, "hub_port": hub_port, "args": args, "up": up,
+               "registry_port": registry_port}  # fmt: skip
+    finally:
+        started = time.monotonic()
+        gone = swarmbinder("down", "--stack", stack, "--purge", timeout=240)
+        print(f"down: {time.monotonic() - started:.1f} s", file=sys.stderr)
+        assert gone.returncode == 0, gone.stderr[-2000:]
+        assert stack_leftovers(stack) == []
+        assert not docker("secret", "ls", "-q", "--filter", f"name={stack}-").split()
+        assert not docker("volume", "ls", "-q", "--filter", f"name={stack}_").split()
+        assert not docker("config", "ls", "-q", "--filter", f"name={stack}-").split()
 
 
 REACH = """

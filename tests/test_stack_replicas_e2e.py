@@ -32,12 +32,9 @@ from urllib.parse import quote
 import pytest
 from replica_requests import POLL, last_event, request_in, running_in, stream_in
 from test_stack_e2e import (  # the single-replica e2e test's helpers and git server
+    deployed_stack,
     docker,
-    free_port,
     read_events,
-    serve_git_for_containers,
-    stack_config,
-    stack_leftovers,
     swarmbinder,
 )
 
@@ -73,43 +70,23 @@ def in_replica(container: str, path: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def git_for_containers(testground: dict[str, Any]) -> Iterator[str]:
-    with serve_git_for_containers(testground) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
 def replicated(
     testground: dict[str, Any],
     git_for_containers: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Any]]:
-    stack = f"sbrep{uuid.uuid4().hex[:6]}"
-    port, hub_port, registry_port = free_port(), free_port(), free_port()
-    config = stack_config(tmp_path_factory.mktemp("replicas"), git_for_containers)
     # The limits the replicas must hold together: BinderHub's 10 launches per client an hour
     # (the default, written out), and a ban in the config that refuses a spec cheaply, after
     # admission has counted the request.
-    config.write_text(
-        config.read_text()
-        + f"rate_limit: 10\nrate_limit_period: 3600\nbanned_specs: ['{BANNED}']\n"
-    )
-    args = ["--stack", stack, "--port", str(port), "--hub-port", str(hub_port)]
-    args += ["--registry-port", str(registry_port), "--config", str(config)]
-    try:
-        started = time.monotonic()
-        up = swarmbinder("up", *args, "--replicas", str(REPLICAS), "--timeout", "300")
-        print(f"up --replicas {REPLICAS}: {time.monotonic() - started:.1f} s", file=sys.stderr)
-        assert up.returncode == 0, up.stderr[-2000:]
-        yield {"stack": stack, "port": port, "hub_port": hub_port, "args": args, "up": up}
-    finally:
-        started = time.monotonic()
-        gone = swarmbinder("down", "--stack", stack, "--purge", timeout=240)
-        print(f"down: {time.monotonic() - started:.1f} s", file=sys.stderr)
-        assert gone.returncode == 0, gone.stderr[-2000:]
-        assert stack_leftovers(stack) == []
-        assert not docker("secret", "ls", "-q", "--filter", f"name={stack}-").split()
-        assert not docker("volume", "ls", "-q", "--filter", f"name={stack}_").split()
+    limits = f"rate_limit: 10\nrate_limit_period: 3600\nbanned_specs: ['{BANNED}']\n"
+    with deployed_stack(
+        "sbrep",
+        tmp_path_factory.mktemp("replicas"),
+        git_for_containers,
+        *("--replicas", str(REPLICAS)),
+        config_extra=limits,
+    ) as made:
+        yield made
 
 
 def test_three_replicas_and_postgres_come_up(replicated: dict[str, Any]) -> None:

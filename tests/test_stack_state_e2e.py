@@ -27,12 +27,10 @@ from urllib.parse import quote
 
 import pytest
 from test_stack_e2e import (  # the single-replica e2e test's helpers and git server
+    deployed_stack,
     docker,
     free_port,
     read_events,
-    serve_git_for_containers,
-    stack_config,
-    stack_leftovers,
     swarmbinder,
 )
 
@@ -102,36 +100,14 @@ def manifest_status(stack: str, port: int, registry_port: int, image: str) -> in
 
 
 @pytest.fixture(scope="module")
-def git_for_containers(testground: dict[str, Any]) -> Iterator[str]:
-    with serve_git_for_containers(testground) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
 def deployed(
     testground: dict[str, Any],
     git_for_containers: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Any]]:
-    stack = f"sbpin{uuid.uuid4().hex[:6]}"
-    port, hub_port, registry_port = free_port(), free_port(), free_port()
-    config = stack_config(tmp_path_factory.mktemp("state"), git_for_containers)
-    args = ["--stack", stack, "--port", str(port), "--hub-port", str(hub_port)]
-    args += ["--registry-port", str(registry_port), "--config", str(config)]
-    try:
-        started = time.monotonic()
-        up = swarmbinder("up", *args, "--timeout", "300")
-        print(f"up: {time.monotonic() - started:.1f} s", file=sys.stderr)
-        assert up.returncode == 0, up.stderr[-2000:]
-        yield {"stack": stack, "port": port, "hub_port": hub_port, "args": args, "up": up,
-               "registry_port": registry_port}  # fmt: skip
-    finally:
-        gone = swarmbinder("down", "--stack", stack, "--purge", timeout=240)
-        assert gone.returncode == 0, gone.stderr[-2000:]
-        assert f"swarmbinder.state.{stack}" not in node_labels()
-        assert stack_leftovers(stack) == []
-        assert not docker("secret", "ls", "-q", "--filter", f"name={stack}-").split()
-        assert not docker("volume", "ls", "-q", "--filter", f"name={stack}_").split()
+    with deployed_stack("sbpin", tmp_path_factory.mktemp("state"), git_for_containers) as made:
+        yield made
+    assert f"swarmbinder.state.{made['stack']}" not in node_labels()
 
 
 @pytest.mark.timeout(600)

@@ -23,7 +23,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,11 +35,9 @@ from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import async_playwright, expect
 from test_browser_launch import JUPYTER_PAGE
 from test_stack_e2e import (  # the single-replica e2e test's helpers and git server
+    deployed_stack,
     docker,
     free_port,
-    serve_git_for_containers,
-    stack_config,
-    stack_leftovers,
     swarmbinder,
 )
 from tls_support import make_ca, make_leaf
@@ -55,44 +52,22 @@ HOST = "localhost"
 
 
 @pytest.fixture(scope="module")
-def git_for_containers(testground: dict[str, Any]) -> Iterator[str]:
-    with serve_git_for_containers(testground) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
 def tls_stack(
     testground: dict[str, Any],
     git_for_containers: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Any]]:
-    stack = f"sbtls{uuid.uuid4().hex[:6]}"
-    ports = {
-        name: free_port()
-        for name in ("port", "hub-port", "registry-port", "http", "https", "hub-https")
-    }
-    config = stack_config(tmp_path_factory.mktemp("tls"), git_for_containers)
-    args = ["--stack", stack, "--config", str(config), "--host", HOST]
-    args += [f"--{name}={ports[name]}" for name in ("port", "hub-port", "registry-port")]
-    args += [f"--http-port={ports['http']}", f"--https-port={ports['https']}"]
-    args += [f"--hub-https-port={ports['hub-https']}"]
-    try:
-        started = time.monotonic()
-        up = swarmbinder("up", *args, "--tls", "local", "--timeout", "300")
-        print(f"up --tls local: {time.monotonic() - started:.1f} s", file=sys.stderr)
-        assert up.returncode == 0, up.stderr[-2000:]
-        yield {"stack": stack, "ports": ports, "args": args, "up": up}
-    finally:
-        started = time.monotonic()
-        gone = swarmbinder("down", "--stack", stack, "--purge", timeout=240)
-        print(f"down: {time.monotonic() - started:.1f} s", file=sys.stderr)
-        assert gone.returncode == 0, gone.stderr[-2000:]
-        assert stack_leftovers(stack) == []
-        assert not docker("secret", "ls", "-q", "--filter", f"name={stack}-").split()
-        assert not docker("volume", "ls", "-q", "--filter", f"name={stack}_").split()
-        assert not docker("config", "ls", "-q", "--filter", f"name={stack}-").split()
-        # Nothing of the proxy left on this machine either: its Caddyfile, the CA root's copy.
-        assert not list(STATE_DIR.glob(f"{stack}-*")), list(STATE_DIR.glob(f"{stack}-*"))
+    ports = {name: free_port() for name in ("http", "https", "hub-https")}
+    kept = ["--host", HOST, f"--http-port={ports['http']}", f"--https-port={ports['https']}"]
+    kept += [f"--hub-https-port={ports['hub-https']}"]
+    tmp = tmp_path_factory.mktemp("tls")
+    with deployed_stack("sbtls", tmp, git_for_containers, "--tls", "local", kept_args=kept) as made:
+        ports |= {"port": made["port"], "hub-port": made["hub_port"]}
+        ports["registry-port"] = made["registry_port"]
+        yield {**made, "ports": ports}
+    # Nothing of the proxy left on this machine either: its Caddyfile, the CA root's copy.
+    stack = made["stack"]
+    assert not list(STATE_DIR.glob(f"{stack}-*")), list(STATE_DIR.glob(f"{stack}-*"))
 
 
 def root_of(up: subprocess.CompletedProcess[str]) -> Path:
