@@ -102,6 +102,29 @@ async def _server_node(swarm: SwarmClient, user: str, server_name: str = "") -> 
     return nodes[running[0].node_id]
 
 
+async def _forget_image(ground: dict[str, Any], hostname: str, image: str) -> None:
+    """Remove ``image`` from a node: the stopped server's container may still be shutting
+    down there (and an image a running container uses cannot be removed), so its containers
+    go first, until the image is gone."""
+    host = node_host(ground, hostname)
+    async with asyncio.timeout(60):
+        while has_image(ground, hostname, image):
+            listed = await cli("docker", "-H", host, "ps", "-aq", "--filter", f"ancestor={image}")
+            if listed.stdout.split():
+                await cli("docker", "-H", host, "rm", "-f", *listed.stdout.split(), check=False)
+            await cli("docker", "-H", host, "image", "rm", "-f", image, check=False)
+
+
+async def _tasks_per_node(swarm: SwarmClient) -> dict[str, int]:
+    """Running tasks per node: what Swarm's spread weighs (shown when an assertion fails)."""
+    nodes = {n.id: n.hostname for n in await swarm.nodes()}
+    counts: dict[str, int] = {}
+    for task in await swarm.list_tasks({"desired-state": ["running"]}):
+        hostname = nodes.get(task.node_id, "-")
+        counts[hostname] = counts.get(hostname, 0) + 1
+    return counts
+
+
 async def _stop(hub: HubClient, swarm: SwarmClient, user: str, server_name: str = "") -> None:
     await hub.stop_server(user, server_name)
     await hub.delete_user_once_stopped(user, patience=30)
@@ -145,17 +168,15 @@ async def test_a_server_starts_on_the_node_that_built_its_image_and_elsewhere_wh
             # Control: without a preference Swarm spreads the server to the idle worker.
             user = await _launch(_launcher(ground, hub, swarm), build.image, repo.url)
             users.append(user)
-            assert await _server_node(swarm, user) == "node3"
+            assert await _server_node(swarm, user) == "node3", await _tasks_per_node(swarm)
             await _stop(hub, swarm, user)
-            # (a stopped container may still name it for a moment: -f)
-            await cli("docker", "-H", node_host(ground, "node3"), "image", "rm", "-f", build.image)
-            assert not has_image(ground, "node3", build.image)
+            await _forget_image(ground, "node3", build.image)
 
             # With it: the server starts on node2, which built the image (asked of Swarm: the
             # build's service is still there), and nothing was pulled anywhere.
             user = await _launch(preferring, build.image, repo.url)
             users.append(user)
-            assert await _server_node(swarm, user) == "node2"
+            assert await _server_node(swarm, user) == "node2", await _tasks_per_node(swarm)
             assert not has_image(ground, "node3", build.image)
             # The scan records node2 in the store (and the build's node with it).
             await placement.scan()
@@ -167,7 +188,7 @@ async def test_a_server_starts_on_the_node_that_built_its_image_and_elsewhere_wh
                       "--availability", "drain", "node2")  # fmt: skip
             user = await _launch(preferring, build.image, repo.url)
             users.append(user)
-            assert await _server_node(swarm, user) == "node3"
+            assert await _server_node(swarm, user) == "node3", await _tasks_per_node(swarm)
             assert has_image(ground, "node3", build.image)
             await placement.scan()
             assert sorted(await store.image_nodes(build.image)) == ["node2", "node3"]
