@@ -124,6 +124,18 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
             "≥ 5x faster",
             _met(x["speedup_p50"] >= 5),
         ))  # fmt: skip
+    if "placement" in r:
+        x = r["placement"]
+        out.append((
+            f"Launch on the node holding the image, 3 nodes ({x['rounds']} each, "
+            f"{x['image_layer_mib']} MiB image layer)",
+            f"p50 {_s(x['launch_on_node_with_image_seconds']['p50'])}; "
+            f"choosing the node p50 {x['preference_ms']['p50']} ms",
+            f"node without the image p50 {_s(x['launch_on_node_without_image_seconds']['p50'])}",
+            f"{x['speedup_p50']}x faster ({x['saved_p50_seconds']:+.2f} s)",
+            "no pull on the holding node",
+            _met(x["speedup_p50"] > 1),
+        ))  # fmt: skip
     if "fanout" in r:
         x = r["fanout"]
         d = x["delay_ms"]

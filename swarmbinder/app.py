@@ -70,6 +70,7 @@ from .launch_flow import LaunchFlow, ServerLauncher
 from .launcher import Launcher
 from .launchslots import LaunchSlots, auto_limit
 from .metrics import LaunchEventLog, Metrics, MetricsObserver
+from .placement import image_placement
 from .policy.admission import Admission
 from .policy.bans import BanList
 from .policy.buildtokens import BuildTokens, build_audience, token_origin
@@ -250,7 +251,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         app[BANS], app[QUOTAS] = bans, quotas
         tasks.start(follow_changes(store, [quotas.load, bans.load]), "policy-sync")
 
-        hub, launcher = connect_hub(config, session, swarm, registry, stack, tasks)
+        hub, launcher = connect_hub(config, session, swarm, registry, store, stack, tasks)
         if hub is not None:
             app[HUB] = hub
         hub_id = config.hub.hub_id or None
@@ -411,10 +412,12 @@ def connect_hub(
     session: aiohttp.ClientSession,
     swarm: SwarmClient,
     registry: RegistryClient | None,
+    store: Store,
     stack: contextlib.AsyncExitStack,
     tasks: _Tasks,
 ) -> tuple[HubClient | None, Launcher | None]:
-    """The hub's API and the launcher over it; neither without a hub (``local_url``).
+    """The hub's API and the launcher over it (preferring nodes that hold the image, with
+    ``launch_prefer_image_nodes``); neither without a hub (``local_url``).
 
     With a ``hub_id`` the user servers of launches that went wrong are reaped in the
     background.
@@ -424,6 +427,15 @@ def connect_hub(
     hub = HubClient(config.hub.local_url + "hub/api", config.hub.hub_api_token, session)
     limit = config.hub.concurrent_launch_limit
     slots = LaunchSlots(auto_limit(0) if limit is None else limit)
+    placement = image_placement(
+        swarm,
+        store,
+        enabled=config.hub.launch_prefer_image_nodes,
+        hub_id=config.hub.hub_id or None,
+        max_imbalance=config.hub.launch_prefer_max_imbalance,
+        clock=time.time,
+        start=tasks.start,
+    )
     launcher = Launcher(
         hub,
         swarm,
@@ -433,6 +445,7 @@ def connect_hub(
         allow_named_servers=config.hub.allow_named_servers,
         named_server_limit_per_user=config.hub.named_server_limit_per_user,
         slots=slots,
+        placement=placement,
     )
     stack.push_async_callback(launcher.aclose)
     hub_id = config.hub.hub_id or None

@@ -5,7 +5,8 @@ through :class:`~swarmbinder.hubclient.HubClient`::
 
     check the image's manifest in the registry     (a missing tag would make Swarm retry)
     create a temporary user                         (unless a logged-in user launches)
-    POST /users/{name}/servers/{server}             image, token, repo and binder_* fields
+    POST /users/{name}/servers/{server}             image, token, repo and binder_* fields,
+                                                    and the node that holds the image
     follow /progress, forwarding its messages       while watching the server's Swarm tasks
     ready: the server's URL and token
 
@@ -25,7 +26,7 @@ import logging
 import secrets
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NotRequired, TypedDict, Unpack
+from typing import Any, NotRequired, Protocol, TypedDict, Unpack
 from urllib.parse import quote
 
 from . import naming
@@ -42,6 +43,17 @@ log = logging.getLogger(__name__)
 FAILED_TASK_STATES = frozenset(
     {TaskStateName.FAILED, TaskStateName.REJECTED, TaskStateName.COMPLETE}
 )
+
+
+#: The spawn option naming the node Binder prefers (the hub's spawner spells it the same, and
+#: honours it only in a spawn made with Binder's own token).
+PREFER_NODE_OPTION = "prefer_node"
+
+
+class NodePreference(Protocol):
+    """Names the node a server of an image should start on (:mod:`swarmbinder.placement`)."""
+
+    async def preferred_node(self, image: str) -> str | None: ...
 
 
 class ServerConflict(LaunchFailed, status=409):
@@ -135,6 +147,7 @@ class Launcher:
         allow_named_servers: bool = False,
         named_server_limit_per_user: int = 0,
         slots: LaunchSlots | None = None,
+        placement: NodePreference | None = None,
     ) -> None:
         self._hub = hub
         self._swarm = swarm
@@ -147,6 +160,7 @@ class Launcher:
         self._named_servers = allow_named_servers
         self._named_limit = named_server_limit_per_user
         self.slots = slots or LaunchSlots(0)
+        self._placement = placement
 
     async def aclose(self) -> None:
         """Wait for cleanups still running (of launches whose caller was cancelled)."""
@@ -200,9 +214,18 @@ class Launcher:
                 async for ahead in turns:
                     yield BuildEvent.launching(_queued_message(ahead, self.slots.running))
             holding_slot = bool(self.slots.limit)
-            if temporary:
-                await self._hub.create_user(user)
-            started = True
+            # Chosen once the launch may start (the nodes' load is the one it starts into),
+            # while the hub makes the user.
+            preference = asyncio.create_task(self._preferred_node(image))
+            try:
+                if temporary:
+                    await self._hub.create_user(user)
+                started = True
+                node = await preference
+            finally:
+                preference.cancel()
+            if node:
+                options[PREFER_NODE_OPTION] = node
             log.info("starting server %r of %s with %s", server_name, user, image)
             workers = [
                 asyncio.create_task(self._spawn(user, server_name, options, queue)),
@@ -244,6 +267,9 @@ class Launcher:
                 await self._clean_up_shielded(user, server_name, service, temporary)
 
     # -- steps -------------------------------------------------------------------------
+
+    async def _preferred_node(self, image: str) -> str | None:
+        return None if self._placement is None else await self._placement.preferred_node(image)
 
     async def _check_image(self, image: str) -> None:
         if self._registry is None:

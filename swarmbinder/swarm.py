@@ -114,6 +114,9 @@ class TaskState:
     exit_code: int | None
     container_id: str
     timestamp: str
+    #: What the task reserves on its node (its service's reservations when it was made).
+    reserved_cpus: float = 0.0
+    reserved_memory: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -132,6 +135,7 @@ class TaskState:
         status = raw.get("Status") or {}
         container = status.get("ContainerStatus") or {}
         exit_code = container.get("ExitCode")
+        reservations = ((raw.get("Spec") or {}).get("Resources") or {}).get("Reservations") or {}
         return cls(
             id=str(raw.get("ID", "")),
             service_id=str(raw.get("ServiceID", "")),
@@ -143,6 +147,8 @@ class TaskState:
             exit_code=int(exit_code) if exit_code is not None else None,
             container_id=str(container.get("ContainerID", "")),
             timestamp=str(status.get("Timestamp", "")),
+            reserved_cpus=int(reservations.get("NanoCPUs") or 0) / 1e9,
+            reserved_memory=int(reservations.get("MemoryBytes") or 0),
         )
 
 
@@ -587,6 +593,14 @@ class SwarmClient:
     async def tasks(self, service_name: str) -> list[TaskState]:
         raw = await self._json("tasks", params={"filters": json.dumps({"service": [service_name]})})
         return current_iteration(TaskState.from_api(t) for t in raw)
+
+    async def list_tasks(self, filters: Mapping[str, Sequence[str]]) -> list[TaskState]:
+        """Every task matching the Engine API's task ``filters`` (``{"desired-state":
+        ["running"]}``, ``{"service": [ids...]}``), in no particular order."""
+        raw = await self._json(
+            "tasks", params={"filters": json.dumps({k: list(v) for k, v in filters.items()})}
+        )
+        return [TaskState.from_api(t) for t in raw]
 
     async def wait_job(self, service_name: str, *, poll_interval: float = 0.25) -> TaskState:
         """Poll until the job's task reaches a terminal state (wrap in asyncio.timeout)."""

@@ -133,7 +133,7 @@ async def test_open_creates_parent_dirs_wal_and_schema_version(db_path: Path) ->
     with side_connection(db_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
 
 
 async def test_ban_build_and_log_survive_a_restart(place: Place, clock: Clock) -> None:
@@ -187,7 +187,7 @@ async def test_a_database_of_version_1_is_migrated_and_keeps_its_rows(place: Pla
     await store.close()
     # As swarmbinder left it before version 2: without the tables replicas share (nor the
     # later ones).
-    for table in ("rate_windows", "launch_claims", "policy_version", "image_use"):
+    for table in ("rate_windows", "launch_claims", "policy_version", "image_use", "image_nodes"):
         place.sql(f"DROP TABLE {table}")
     place.sql("UPDATE schema_version SET version = 1")
     store = await place.open()
@@ -196,6 +196,7 @@ async def test_a_database_of_version_1_is_migrated_and_keeps_its_rows(place: Pla
         assert (await store.count_request("10.0.0.1", 3, 60, 1000)).remaining == 2
         assert await store.policy_version() == 0
         assert await store.images_last_used() == {}
+        assert await store.image_nodes("reg/binder-a:1") == []
     finally:
         await store.close()
     assert place.sql("SELECT version FROM schema_version") == [(str(SCHEMA_VERSION),)]
@@ -665,5 +666,27 @@ async def test_image_use_never_moves_back_and_is_forgotten(place: Place) -> None
         await store.touch_images(["reg/binder-b:2"], 900.0)
         await store.forget_images(["reg/binder-a:1"])
         assert await store.images_last_used() == {"reg/binder-b:2": 900.0}
+    finally:
+        await store.close()
+
+
+async def test_image_nodes_survive_a_restart_newest_first_and_are_forgotten(place: Place) -> None:
+    store = await place.open()
+    try:
+        await store.note_image_nodes([("reg/binder-a:1", "node2")], 500.0)
+        seen = [("reg/binder-a:1", "node3"), ("reg/binder-b:2", "node2")]
+        await store.note_image_nodes(seen, 600.0)
+        await store.note_image_nodes([("reg/binder-a:1", "node3")], 550.0)  # never moves back
+    finally:
+        await store.close()
+    store = await place.open()
+    try:
+        assert await store.image_nodes("reg/binder-a:1") == ["node3", "node2"]
+        assert await store.image_nodes("reg/binder-a") == []  # the whole name, no prefix
+        assert await store.forget_image_nodes(seen_before=550.0) == 1
+        assert await store.image_nodes("reg/binder-a:1") == ["node3"]
+        await store.forget_images(["reg/binder-a:1"])  # deleted from the registry
+        assert await store.image_nodes("reg/binder-a:1") == []
+        assert await store.image_nodes("reg/binder-b:2") == ["node2"]
     finally:
         await store.close()

@@ -43,6 +43,8 @@ SWARMBINDER_HUB_SERVER_PREFIX     user server service names start ``{prefix}-`` 
 SWARMBINDER_HUB_LOG_MAX_SIZE      user servers' json-file log rotation: largest file (``10m``)
 SWARMBINDER_HUB_LOG_MAX_FILE      and how many files are kept (``3``)
 SWARMBINDER_HUB_CONSTRAINTS       comma-separated placement constraints for user servers
+SWARMBINDER_HUB_PREFER_WAIT       seconds a user server's task may take to start on the node
+                                  swarmbinder prefers before Swarm places it anywhere (``5``)
 SWARMBINDER_HUB_CORS_ALLOW_ORIGIN Access-Control-Allow-Origin of user servers (empty: none)
 SWARMBINDER_HUB_PROXY_API_URL     API URL of a configurable-http-proxy run as its own service
                                   (``http://proxy:8001``); empty (default): the hub starts its
@@ -59,6 +61,14 @@ BinderHub's does; it never calls the hub and holds no hub token. With auth,
 spawner follows the task and then the server's port every 50-250 ms before it returns, so the
 hub's own readiness probe (backoff with random jitter up to 5 s) answers on its first try.
 
+Where a server starts: swarmbinder may name a node that already holds the image in the spawn
+request (``prefer_node``, a Swarm node id). The task is then pinned there (``node.id==``, on
+top of the configured constraints); if it is not running within ``PREFER_WAIT`` seconds, or
+Swarm finds the node unsuitable at once (drained, down, full, outside the constraints), the
+pin is dropped with a service update and Swarm places the task as usual: a preference never
+fails a launch. It is honoured only in a spawn made with the ``swarmbinder`` service's own
+token, so a user's request to the hub (with auth, users hold tokens) cannot pick a node.
+
 Settings that a launch on Swarm needs and that are not negotiable: user servers join the
 overlay network by their service name (``use_internal_ip``, ``dnsrr``: without IPVS a service's
 virtual IP does not route), ``cmd`` is explicit (otherwise the spawner inspects the image on the
@@ -73,6 +83,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -105,6 +116,16 @@ BINDER_ENV_OPTIONS = (
     "binder_client_ip",
 )
 
+
+#: The spawn option naming the node swarmbinder prefers (swarmbinder.launcher spells it too).
+PREFER_NODE_OPTION = "prefer_node"
+#: The service whose spawns may name a node (the name in c.JupyterHub.services below).
+BINDER_SERVICE = "swarmbinder"
+#: A Swarm node id: 25 lower-case letters and digits (anything else is not one).
+NODE_ID = re.compile(r"[a-z0-9]{1,64}\Z")
+#: Task states before the task is on its node: a task still in one of these when the wait on
+#: the preferred node is over did not get there (the node is gone, full or drained).
+TASK_NOT_ON_NODE = frozenset({"new", "allocated", "pending", "assigned", "accepted"})
 
 #: The named server of a warm pool's temporary user (swarmbinder.labels.SERVER_NAME_POOL).
 POOL_SERVER_NAME = "pool"
@@ -188,6 +209,8 @@ CONNECT_HOST = env("CONNECT_HOST", "jupyterhub")
 HUB_ID = env("ID", CONNECT_HOST)
 DATA_DIR = Path(env("DATA_DIR", "/srv/jupyterhub/data"))
 AUTH_ENABLED = env_flag("AUTH_ENABLED", False)
+PREFER_WAIT_SECONDS = env_number("PREFER_WAIT", "5") or 0.0
+CONSTRAINTS = [item.strip() for item in env("CONSTRAINTS").split(",") if item.strip()]
 CORS_ALLOW_ORIGIN = env("CORS_ALLOW_ORIGIN")
 
 
@@ -243,6 +266,10 @@ class BinderSwarmSpawner(SwarmSpawner):
 
     #: without auth: the launch's token, the plain server's only credential
     server_token = ""
+    #: the node this start pins its task to ("": none, or the pin was dropped)
+    preferred_node = ""
+    #: the pin was dropped: the task it made is being replaced
+    preference_dropped = False
 
     async def start(self) -> object:
         options = self.user_options or {}
@@ -266,6 +293,12 @@ class BinderSwarmSpawner(SwarmSpawner):
         # holder of the link can use the server and nothing of the hub's API.
         self.server_token = token if plain else ""
         self.cmd = PLAIN_SERVER_CMD if plain else ["jupyterhub-singleuser"]
+        self.preferred_node = self._preferred_node(options)
+        self.preference_dropped = False
+        pin = [f"node.id=={self.preferred_node}"] if self.preferred_node else []
+        self.extra_placement_spec = (
+            {"constraints": [*CONSTRAINTS, *pin]} if CONSTRAINTS or pin else {}
+        )
         self.extra_create_kwargs = {
             **self.extra_create_kwargs,
             "labels": {
@@ -293,24 +326,118 @@ class BinderSwarmSpawner(SwarmSpawner):
         return result
 
     async def start_object(self) -> None:
-        """Wait for the task to run (SwarmSpawner polls 1 s, then 1.5 s, 2.25 s, ...)."""
-        await self._poll(self._task_running, self.start_timeout, "its task did not start")
+        """Wait for the task to run (SwarmSpawner polls 1 s, then 1.5 s, 2.25 s, ...); on a
+        preferred node for PREFER_WAIT seconds at most, then wherever Swarm places it."""
+        deadline = time.monotonic() + self.start_timeout
+        if self.preferred_node and not await self._runs_on_preferred_node():
+            await self._drop_preference()
+        await self._poll(
+            self._task_running, max(1.0, deadline - time.monotonic()), "its task did not start"
+        )
 
     async def _has_task(self) -> bool:
         tasks = await super().docker("tasks", filters={"service": self.service_name})
         return bool(tasks)
 
+    async def _current_task(self) -> dict[str, object] | None:
+        """The service's newest task: after a dropped preference, its replacement."""
+        tasks = await super().docker("tasks", filters={"service": self.service_name})
+        if not tasks:
+            if await self.get_object() is None:
+                raise RuntimeError(f"Service {self.service_name} not found")
+            return None
+        newest: dict[str, object] = max(tasks, key=lambda t: t.get("CreatedAt", ""))
+        return newest
+
     async def _task_running(self) -> bool:
-        task = await self.get_task()
-        if not task:
-            raise RuntimeError(f"Service {self.service_name} not found")
+        task = await self._current_task()
+        if task is None:
+            return False
         status = task["Status"]
         state = status["State"].lower()
         if state == "running":
             return True
         if state in TASK_STARTING:
             return False
+        if self.preference_dropped and task.get("DesiredState") != "running":
+            return False  # the pinned task going away; its replacement comes next
         raise RuntimeError(f"Service {self.service_name} not running: {pformat(status)}")
+
+    async def _runs_on_preferred_node(self) -> bool:
+        """Whether the pinned task runs within PREFER_WAIT seconds. False at once when Swarm
+        says no node suits it (pending with an error: drained, down, full, constrained out),
+        or when it has not reached the node when the time is up; a task on the node that is
+        still preparing (pulling: the node lost the image) is waited for as anywhere else."""
+        deadline = time.monotonic() + PREFER_WAIT_SECONDS
+        wait = POLL_FIRST_SECONDS
+        while True:
+            task = await self._current_task()
+            status = task["Status"] if task else {}
+            state = str(status.get("State", "new")).lower()
+            if state == "running":
+                return True
+            if state not in TASK_STARTING:
+                return True  # failed: the usual wait reports it
+            if state == "pending" and status.get("Err"):
+                self.log.info("%s: %s", self.service_name, status["Err"])
+                return False
+            if time.monotonic() > deadline:
+                return state not in TASK_NOT_ON_NODE
+            await asyncio.sleep(wait)
+            wait = min(wait * 1.5, POLL_MAX_SECONDS)
+
+    async def _drop_preference(self) -> None:
+        """Remove the pin with a service update: Swarm replaces the task, placed as usual."""
+        pin = f"node.id=={self.preferred_node}"
+        self.log.info(
+            "%s did not start on preferred node %s; letting Swarm place it",
+            self.service_name,
+            self.preferred_node,
+        )
+        for attempt in range(3):
+            service = await self.docker("inspect_service", self.service_name)
+            template = service["Spec"]["TaskTemplate"]
+            placement = dict(template.get("Placement") or {})
+            placement["Constraints"] = [c for c in placement.get("Constraints") or [] if c != pin]
+            template["Placement"] = placement
+            try:
+                await self.docker(
+                    "update_service",
+                    service["ID"],
+                    service["Version"]["Index"],
+                    task_template=template,
+                    fetch_current_spec=True,
+                )
+                break
+            except Exception as exc:  # docker.errors.APIError: "update out of sequence"
+                if attempt == 2:
+                    raise
+                self.log.info("updating %s: %s; again", self.service_name, exc)
+        self.preferred_node = ""
+        self.preference_dropped = True
+
+    def _preferred_node(self, options: dict[str, object]) -> str:
+        """The node named in the spawn request, if swarmbinder made it and it is a node id."""
+        node = options.get(PREFER_NODE_OPTION)
+        if node is None or node == "":
+            return ""
+        requester = getattr(self.handler, "current_user", None)
+        if getattr(requester, "kind", None) != "service" or (
+            getattr(requester, "name", None) != BINDER_SERVICE
+        ):
+            self.log.warning(
+                "%s: ignoring %s from %r: only swarmbinder picks nodes",
+                self.service_name,
+                PREFER_NODE_OPTION,
+                getattr(requester, "name", requester),
+            )
+            return ""
+        if not isinstance(node, str) or not NODE_ID.match(node):
+            self.log.warning(
+                "%s: %s is not a node id: %r", self.service_name, PREFER_NODE_OPTION, node
+            )
+            return ""
+        return node
 
     async def _wait_for_http(self, host: str, port: int) -> None:
         """Until the server answers its API URL with anything below 500, as the hub's own
@@ -469,9 +596,8 @@ c.SwarmSpawner.extra_task_spec = {
         {"max-size": env("LOG_MAX_SIZE", "10m"), "max-file": env("LOG_MAX_FILE", "3")},
     ),
 }
-constraints = [item.strip() for item in env("CONSTRAINTS").split(",") if item.strip()]
-if constraints:
-    c.SwarmSpawner.extra_placement_spec = {"constraints": constraints}
+if CONSTRAINTS:  # (start() adds the preferred node's pin per server)
+    c.SwarmSpawner.extra_placement_spec = {"constraints": CONSTRAINTS}
 if env("MEM_LIMIT", "2G"):
     c.SwarmSpawner.mem_limit = env("MEM_LIMIT", "2G")
 if env("MEM_GUARANTEE"):

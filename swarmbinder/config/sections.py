@@ -186,6 +186,21 @@ class HubConfig(Section):
         "CPU of the swarm's ready, active nodes (read again every few seconds). 0: no limit.",
         minimum=0,
     )
+    launch_prefer_image_nodes: bool = opt(
+        True,
+        "Start a user server on a node that already holds its image (it built the image or "
+        "ran a server of it), so the server starts without pulling: the spawn request names "
+        "the node and the hub pins the task there, falling back to Swarm's own placement when "
+        "the task does not run within seconds. Only ready, active nodes that meet the user "
+        "servers' constraints and have room are preferred. False: Swarm places every server.",
+    )
+    launch_prefer_max_imbalance: int = opt(
+        4,
+        "With launch_prefer_image_nodes: a node holding the image is preferred only while it "
+        "runs at most this many tasks more than the least busy eligible node, so a burst of "
+        "launches of one image still spreads over the swarm.",
+        minimum=0,
+    )
     hub_id: str = opt(
         "",
         "The hub's id as its user-server services are labelled (the hub's SWARMBINDER_HUB_ID, "

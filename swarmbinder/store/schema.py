@@ -185,6 +185,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # Version 4: which nodes hold each image (by hostname: a host that rejoins the swarm gets a
+    # new node id but keeps its images), read from Swarm's tasks of builds and user servers, so
+    # a launch can prefer a node that need not pull (swarmbinder.placement).
+    (
+        """
+        CREATE TABLE image_nodes (
+            image   TEXT NOT NULL,
+            node    TEXT NOT NULL,
+            seen_at {float} NOT NULL,
+            PRIMARY KEY (image, node)
+        )
+        """,
+        "CREATE INDEX image_nodes_by_seen ON image_nodes (seen_at)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

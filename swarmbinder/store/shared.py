@@ -12,6 +12,8 @@
   BinderHub does, and forgets the claims of the launches then in flight).
 * **Image use**: when each image was last launched (batched by
   :class:`~swarmbinder.retention.ImageUse`), for the retention sweep.
+* **Image nodes**: which nodes (by hostname) were last seen holding each image, so a launch
+  can prefer one of them (:mod:`~swarmbinder.placement`).
 * **The policy version**: bumped in the transaction of every ban or quota change (and, with
   PostgreSQL, announced by ``NOTIFY``); a replica that sees it move reloads its bans and quotas.
 
@@ -34,6 +36,13 @@ TOUCH_IMAGE = (
     "INSERT INTO image_use (image, last_used) VALUES (?, ?)"
     " ON CONFLICT (image) DO UPDATE SET last_used = excluded.last_used"
     " WHERE image_use.last_used < excluded.last_used"
+)
+
+#: Records that ``node`` held ``image`` at a time; never moves its time backwards.
+NOTE_IMAGE_NODE = (
+    "INSERT INTO image_nodes (image, node, seen_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (image, node) DO UPDATE SET seen_at = excluded.seen_at"
+    " WHERE image_nodes.seen_at < excluded.seen_at"
 )
 
 #: The advisory lock key of the launch budget: one quota check at a time, across replicas.
@@ -185,9 +194,38 @@ class SharedState:
         """Drop the records of ``images`` (deleted from the registry)."""
 
         async def op(tx: Tx) -> None:
-            await tx.executemany(
-                "DELETE FROM image_use WHERE image = ?", [(image,) for image in images]
-            )
+            rows = [(image,) for image in images]
+            await tx.executemany("DELETE FROM image_use WHERE image = ?", rows)
+            await tx.executemany("DELETE FROM image_nodes WHERE image = ?", rows)
 
         if images:
             await self._write("forget images", op)
+
+    # -- image nodes ------------------------------------------------------------------------------
+
+    async def note_image_nodes(self, seen: Sequence[tuple[str, str]], at: float) -> None:
+        """Record that each ``(image, node hostname)`` of ``seen`` held the image at ``at``."""
+
+        async def op(tx: Tx) -> None:
+            await tx.executemany(NOTE_IMAGE_NODE, [(i, n, float(at)) for i, n in seen])
+
+        if seen:
+            await self._write("note image nodes", op)
+
+    async def image_nodes(self, image: str) -> list[str]:
+        """The hostnames of the nodes seen holding ``image``, the most recently seen first."""
+        rows = await self._read(
+            "image nodes",
+            lambda tx: tx.fetch(
+                "SELECT node FROM image_nodes WHERE image = ? ORDER BY seen_at DESC, node",
+                image,
+            ),
+        )
+        return [str(node) for (node,) in rows]
+
+    async def forget_image_nodes(self, seen_before: float) -> int:
+        """Drop what was last seen before ``seen_before`` (a node prunes its images too)."""
+        return await self._write(
+            "forget image nodes",
+            lambda tx: tx.execute("DELETE FROM image_nodes WHERE seen_at < ?", float(seen_before)),
+        )
