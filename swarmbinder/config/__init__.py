@@ -35,6 +35,7 @@ of single values live in :mod:`swarmbinder.config.values`.
 
 from .base import ENV_PREFIX, MASK, OptionInfo, Section
 from .binderhub import ignored_warning
+from .builds import BuildConfig, RegistryConfig
 from .docs import render_markdown
 from .loading import CONFIG_ENV, load_config
 from .providers import (
@@ -51,12 +52,10 @@ from .sections import (
     OPTIONS,
     AdminConfig,
     BanConfig,
-    BuildConfig,
     Config,
     HubConfig,
     PagesConfig,
     QuotaConfig,
-    RegistryConfig,
     ServerConfig,
     TokenConfig,
     iter_options,
