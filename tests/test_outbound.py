@@ -449,7 +449,7 @@ class GitHTTP:
 
 
 def _wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # a Python start-up: seconds on a loaded machine
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             with socket.create_connection((host, port), timeout=0.2):

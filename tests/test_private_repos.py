@@ -199,7 +199,7 @@ def _serve(root: Path, password: str | None) -> tuple[subprocess.Popen[bytes], i
     if password is not None:
         args += ["--basic-auth", f"{USER}:{password}"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # a Python start-up: seconds on a loaded machine
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):

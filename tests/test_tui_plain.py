@@ -311,7 +311,7 @@ async def test_notifications_dialogs_and_the_status_line_are_plain(
         await pilot.click("#question", offset=(22, 0))
         await pilot.press("y")
         await until(pilot, lambda: f"{QUIT} is {BOLD}" in toasts(app), "refusal toast")
-        assert f"{LINK}: {BOLD}" in toasts(app)
+        # (the status toast was read above: on a loaded machine it may have timed out by now)
         assert_inert(app)
         for toast in app.screen.query("Toast"):
             await pilot.click(toast)
