@@ -15,8 +15,9 @@ a replica that died is removed once it is older than :data:`JOB_TIMEOUT`.
 
 What a hostile user could do: nothing here reads repository content. The job's container holds
 the node's Docker socket (it must, to prune), so it runs only Binder's own program in the
-configured image, never a repository's code or image; the images it keeps are read from Swarm,
-which a repository cannot write to, and an image a running server uses is refused by the engine
+configured image, never a repository's code or image; the images it keeps (those services
+run, and the one each build is about to push) are read from Swarm, which a repository cannot
+write to, and an image a running server uses is refused by the engine
 itself. A repository can fill a node's disk faster than an interval (a build writing a huge
 layer); the build's own limits bound that, and the next round prunes it.
 """
@@ -37,7 +38,7 @@ from .errors import ServiceNameConflict, SwarmbinderError
 from .jobspec import BindMount, JobSpec
 from .labels import DOCKER_SOCKET, KIND_HOUSEKEEPING, LABEL_CREATED, LABEL_KIND
 from .nodeprune import REPORT_MARKER, normalise_reference
-from .retention import image_without_digest
+from .retention import image_without_digest, images_in_use
 from .sticky import BUILD_NODE_LABEL, parse_label
 from .swarm import NodeInfo, SwarmClient, TaskState
 
@@ -135,7 +136,7 @@ def job_constraints(node_selector: Mapping[str, str], nodes: Sequence[NodeInfo])
 
 def kept_images(service_images: Iterable[str], own_image: str) -> list[str]:
     """Images never pruned: every image a Swarm service names (a user server between two
-    tasks, the stack's own services, a build about to start) and the job's own."""
+    tasks, the stack's own services, a build's image while it is pushed) and the job's own."""
     return sorted(
         {normalise_reference(image_without_digest(i)) for i in service_images if i}
         | {normalise_reference(own_image)}
@@ -202,8 +203,7 @@ async def run_housekeeping(
     """One round: run the job, record each node's disk use; None if another round runs."""
     now = time.time() if now is None else now
     nodes = await swarm.nodes()
-    services = await swarm.list_services({})
-    keep = kept_images((s.image for s in services), settings.image)
+    keep = kept_images(await images_in_use(swarm), settings.image)
     spec = job_spec(settings, job_constraints(settings.node_selector, nodes), keep, now)
     if not await _take_lock(swarm, spec, now):
         return None

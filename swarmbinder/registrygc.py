@@ -57,7 +57,8 @@ GC_SCRIPT = (
     'bin=$(command -v docker-registry || command -v registry) && "$bin" garbage-collect '
     f'--delete-untagged "$0" && echo "{SIZE_MARKER}$(du -sb "$1" | cut -f1)"'
 )
-#: How long to wait for the registry to come back writable before leaving it to Swarm.
+#: How long to wait for the registry to come back writable before leaving it to Swarm (and
+#: how much longer than registry_gc_timeout a job may live before it counts as a dead one's).
 WRITABLE_WAIT = 120.0
 
 
@@ -160,7 +161,7 @@ async def collect_garbage(
     if registry is None:
         raise RegistryGCFailed(f"registry service {service!r} (registry_service) does not exist")
     spec = job_spec(registry, job_name(service), started)
-    if not await _take_lock(swarm, spec, time_limit, started):
+    if not await _take_lock(swarm, spec, time_limit + WRITABLE_WAIT, started):
         return None
     try:
         async with asyncio.timeout(time_limit):
@@ -180,6 +181,11 @@ async def collect_garbage(
         ) from None
     finally:
         await _release(swarm, service, spec.name, reaper_image)
+    try:
+        async with asyncio.timeout(WRITABLE_WAIT):
+            await settled(swarm, service, read_only=False)
+    except TimeoutError:
+        log.warning("registry gc: %s is not running writable yet; Swarm carries on", service)
     size = parse_size(lines)
     await _record_size(swarm, node, size, time.time())
     report = GCReport(node, size, time.time() - started)
