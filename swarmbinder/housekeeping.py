@@ -62,6 +62,8 @@ class HousekeepingSettings:
     interval: float = 3600
     #: build_node_selector: the job runs where builds run.
     node_selector: Mapping[str, str] = field(default_factory=dict)
+    #: node_housekeeping_keep_images: never pruned, whether a service names them or not.
+    keep_images: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: Config) -> HousekeepingSettings:
@@ -71,6 +73,7 @@ class HousekeepingSettings:
             threshold=disks.node_housekeeping_threshold,
             interval=disks.node_housekeeping_interval,
             node_selector=dict(config.builds.build_node_selector),
+            keep_images=tuple(disks.node_housekeeping_keep_images),
         )
 
 
@@ -134,13 +137,12 @@ def job_constraints(node_selector: Mapping[str, str], nodes: Sequence[NodeInfo])
     return constraints
 
 
-def kept_images(service_images: Iterable[str], own_image: str) -> list[str]:
+def kept_images(service_images: Iterable[str], settings: HousekeepingSettings) -> list[str]:
     """Images never pruned: every image a Swarm service names (a user server between two
-    tasks, the stack's own services, a build's image while it is pushed) and the job's own."""
-    return sorted(
-        {normalise_reference(image_without_digest(i)) for i in service_images if i}
-        | {normalise_reference(own_image)}
-    )
+    tasks, the stack's own services, a build's image while it is pushed), the job's own and
+    node_housekeeping_keep_images."""
+    named = [*service_images, settings.image, *settings.keep_images]
+    return sorted({normalise_reference(image_without_digest(i)) for i in named if i})
 
 
 def job_spec(
@@ -203,7 +205,7 @@ async def run_housekeeping(
     """One round: run the job, record each node's disk use; None if another round runs."""
     now = time.time() if now is None else now
     nodes = await swarm.nodes()
-    keep = kept_images(await images_in_use(swarm), settings.image)
+    keep = kept_images(await images_in_use(swarm), settings)
     spec = job_spec(settings, job_constraints(settings.node_selector, nodes), keep, now)
     if not await _take_lock(swarm, spec, now):
         return None

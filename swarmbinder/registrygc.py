@@ -173,7 +173,8 @@ async def collect_garbage(
             task = await swarm.wait_job(spec.name)
         lines = await swarm.read_logs(spec.name)
         if not task.succeeded:
-            detail = task.error or (lines[-1] if lines else f"exit code {task.exit_code}")
+            # The program's last words say why; the task's error only says it exited.
+            detail = lines[-1] if lines else task.error or f"exit code {task.exit_code}"
             raise RegistryGCFailed(f"garbage collection of {service} failed: {detail}")
     except TimeoutError:
         raise RegistryGCFailed(

@@ -159,9 +159,9 @@ def test_the_job_runs_where_builds_run() -> None:
 
 
 def test_the_job_is_a_global_job_with_the_socket_and_its_node_in_the_environment() -> None:
-    settings = HousekeepingSettings(image="r2d:1", threshold=70)
-    keep = kept_images(["swarmbinder/hub:0.1.0@sha256:ab", "", "registry:2"], "r2d:1")
-    assert keep == ["r2d:1", "registry:2", "swarmbinder/hub:0.1.0"]
+    settings = HousekeepingSettings(image="r2d:1", threshold=70, keep_images=("base:2",))
+    keep = kept_images(["swarmbinder/hub:0.1.0@sha256:ab", "", "registry:2"], settings)
+    assert keep == ["base:2", "r2d:1", "registry:2", "swarmbinder/hub:0.1.0"]
     body = job_spec(settings, ["node.role==worker"], keep, 1.0).to_api()
     assert body["Name"] == JOB_NAME
     assert body["Mode"] == {"GlobalJob": {}}

@@ -82,7 +82,11 @@ async def test_housekeeping_prunes_unused_images_keeps_used_ones_and_reports_dis
     healthy: dict[str, Any], swarm: SwarmClient, worker_images: tuple[str, str, str]
 ) -> None:
     unused, used, service = worker_images
-    settings = HousekeepingSettings(image=healthy["images"]["builder"], threshold=0)
+    # The ground's own images stay: the other tests build FROM them on every node.
+    grounds = tuple(healthy["images"].values())
+    settings = HousekeepingSettings(
+        image=healthy["images"]["builder"], threshold=0, keep_images=grounds
+    )
 
     reports = await run_housekeeping(swarm, settings)
 
@@ -95,6 +99,7 @@ async def test_housekeeping_prunes_unused_images_keeps_used_ones_and_reports_dis
     assert worker.used_before - worker.used >= UNUSED_BYTES // 2, worker
     assert not has_image(healthy, WORKER, unused)
     assert has_image(healthy, WORKER, used)
+    assert all(has_image(healthy, WORKER, image) for image in grounds)
     assert [t.state for t in await swarm.tasks(service)] == [TaskStateName.RUNNING]
     # The job (the lock) is gone, and so are its containers on every node.
     assert await swarm.inspect_service(JOB_NAME) is None

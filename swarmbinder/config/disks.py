@@ -74,6 +74,12 @@ class DiskConfig(Section):
         minimum=0,
         maximum=100,
     )
+    node_housekeeping_keep_images: tuple[str, ...] = opt(
+        (),
+        "Images node housekeeping never prunes besides those Swarm services name, e.g. the "
+        "base images builds start FROM (pruned, the next build pulls them again) or images "
+        "no registry holds.",
+    )
     node_housekeeping_image: str | None = opt(
         None,
         "Image of the node housekeeping job: any image with Python 3 and the docker package. "
