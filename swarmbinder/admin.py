@@ -45,6 +45,7 @@ from typing import Any, Protocol
 from .builds import to_sticky_node
 from .buildstatus import BuildStatus
 from .buildwatch import Build
+from .diskuse import disk_json
 from .errors import SwarmbinderError
 from .fanout import Fanout, Subscription
 from .policy.bans import BanList
@@ -140,6 +141,7 @@ def node_json(node: NodeInfo, running_builds: int, sticky: int, sample: int) -> 
         "running_builds": running_builds,
         "sticky_repos": sticky,
         "sticky_share": round(sticky / sample, 4) if sample else 0.0,
+        **disk_json(node.labels),
     }
 
 

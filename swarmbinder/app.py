@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from . import registrygc
 from .admin import AdminService, ConfigQuotas
 from .buildjob import BuildSettings, connect_swarm, git_logins_from_config
 from .buildlogs import BuildLogRecorder, prune_build_logs, recording_manager
@@ -41,6 +42,7 @@ from .handlers.registrytoken import add_registry_token_route
 from .handlers.streamwatch import STREAM_WATCH, StreamWatch, run_stream_watch
 from .health import HealthChecker
 from .healthchecks import health_checks
+from .housekeeping import start_housekeeping
 from .hubauth import HubAuth
 from .hubclient import HubClient
 from .keys import (
@@ -246,6 +248,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(tasks.cancel_all)
         app[BUILDS] = builds
         tasks.start(_start_builds(builds), "build-manager-start")
+        start_housekeeping(config, swarm, tasks.start)
 
         bans, quotas = await load_policy(config, store)
         app[BANS], app[QUOTAS] = bans, quotas
@@ -401,6 +404,7 @@ def start_retention(
             keep_days=days,
             interval=config.registry.image_retention_interval,
             clock=time.time,
+            after_sweep=registrygc.after_sweep(config, swarm) if config.disks.registry_gc else None,
         ),
         "registry-retention",
     )
@@ -645,6 +649,7 @@ async def _watch_swarm(
             log.debug("cannot read the swarm's nodes and servers: %s", error)
         else:
             metrics.set_swarm_nodes(Counter((n.state, n.availability) for n in nodes))
+            metrics.set_disks({n.hostname: n.labels for n in nodes})
             metrics.user_servers_running.set(len(servers))
             if sized_slots is not None:
                 usable = [n for n in nodes if n.state == "ready" and n.availability == "active"]

@@ -57,6 +57,7 @@ in the module named before the dot; the rest live here::
     ├── stackctl.StackError (500)              swarmbinder up/down could not do its work
     │   └── StackInputError (500)              it was asked for something impossible
     ├── hostsetup.SetupError (500)             a host setup step failed
+    ├── registrygc.RegistryGCFailed (500)      the registry's garbage collection failed
     ├── sshkeys.AuthorizedKeysError (500)      also a ValueError: the console's keys file is bad
     ├── sshconsole.ConsoleSetupError (500)     the SSH console's key file or address is unusable
     └── UsageError (500)                       a command's own input check (exit code 2)

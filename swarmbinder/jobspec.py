@@ -19,6 +19,15 @@ class BindMount:
 
 
 @dataclass(frozen=True)
+class VolumeMount:
+    """A named volume of the node the task runs on (the registry's, for its garbage collection)."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
 class SecretMount:
     """A Swarm secret as a file in the container (``target`` may be an absolute path)."""
 
@@ -55,20 +64,22 @@ DEFAULT_LOG_ROTATION = LogRotation(max_bytes=64 * 1024 * 1024, max_files=3)
 
 @dataclass(frozen=True)
 class JobSpec:
-    """A one-shot Swarm service: ``replicated-job`` mode, one completion, never restarted."""
+    """A one-shot Swarm service: ``replicated-job`` mode, one completion, never restarted; with
+    ``global_job``, ``global-job`` mode: one task on every node its constraints allow."""
 
     name: str
     image: str
     args: Sequence[str]
     labels: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
-    mounts: Sequence[BindMount] = ()
+    mounts: Sequence[BindMount | VolumeMount] = ()
     constraints: Sequence[str] = ()
     networks: Sequence[str] = ()
     memory_limit: int | None = None
     #: Replace the image's entrypoint; None keeps it.
     command: Sequence[str] | None = None
     secrets: Sequence[SecretMount] = ()
+    global_job: bool = False
 
     def to_api(self) -> dict[str, Any]:
         container: dict[str, Any] = {
@@ -82,7 +93,12 @@ class JobSpec:
             container["Env"] = [f"{k}={v}" for k, v in self.env.items()]
         if self.mounts:
             container["Mounts"] = [
-                {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only}
+                {
+                    "Type": "volume" if isinstance(m, VolumeMount) else "bind",
+                    "Source": m.source,
+                    "Target": m.target,
+                    "ReadOnly": m.read_only,
+                }
                 for m in self.mounts
             ]
         if self.secrets:
@@ -101,7 +117,9 @@ class JobSpec:
             "Name": self.name,
             "Labels": dict(self.labels),
             "TaskTemplate": template,
-            "Mode": {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}},
+            "Mode": {"GlobalJob": {}}
+            if self.global_job
+            else {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}},
         }
 
 

@@ -31,6 +31,10 @@ KIND_GIT_LOGIN = "git-login"
 KIND_PREBUILD = "prebuild"
 #: A service removing a finished job's containers from one node.
 KIND_REAPER = "reaper"
+#: The registry's garbage collection job (:mod:`swarmbinder.registrygc`).
+KIND_REGISTRY_GC = "registry-gc"
+#: The node housekeeping global job (:mod:`swarmbinder.housekeeping`).
+KIND_HOUSEKEEPING = "housekeeping"
 
 # -- build services: enough to adopt a build after a restart -------------------------------------
 
@@ -87,6 +91,18 @@ SERVER_NAME_POOL = "pool"
 #: with the service's version, so two replicas never take the same server.
 LABEL_POOL_CLAIMED = "swarmbinder.pool-claimed"
 POOL_RETIRING = "retiring"
+
+# -- disks (swarmbinder.diskuse): written on nodes by Binder from its jobs' reports ------------
+
+#: Bytes used and in all on the filesystem of the node's Docker data root, and when it was
+#: measured (epoch seconds), from the node housekeeping job's report.
+LABEL_DISK_USED = "swarmbinder.disk.used"
+LABEL_DISK_TOTAL = "swarmbinder.disk.total"
+LABEL_DISK_CHECKED = "swarmbinder.disk.checked"
+#: On the node the registry's volume is on: the registry's size in bytes after its last garbage
+#: collection, and when that was.
+LABEL_REGISTRY_SIZE = "swarmbinder.registry.size"
+LABEL_REGISTRY_CHECKED = "swarmbinder.registry.checked"
 
 # -- the stack -----------------------------------------------------------------------------------
 

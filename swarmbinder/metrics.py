@@ -56,6 +56,7 @@ from typing import Any, Protocol, TypedDict, Unpack
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .buildstatus import BuildOutcome
+from .diskuse import latest_registry_size, node_disk
 from .errors import QuotaExceeded
 
 log = logging.getLogger(__name__)
@@ -261,6 +262,21 @@ class Metrics:
             "Swarm nodes by state (ready, down, ...) and availability (active, pause, drain)",
             ["state", "availability"],
         )
+        self.node_disk_used = gauge(
+            "swarmbinder_node_disk_used_bytes",
+            "Bytes in use on the filesystem of each node's Docker data root, as node "
+            "housekeeping last measured it",
+            ["node"],
+        )
+        self.node_disk_total = gauge(
+            "swarmbinder_node_disk_total_bytes",
+            "Size in bytes of the filesystem of each node's Docker data root",
+            ["node"],
+        )
+        self.registry_size = gauge(
+            "swarmbinder_registry_size_bytes",
+            "Bytes the registry's storage held after its last garbage collection",
+        )
         # Series for every outcome exist from the start, so "no failures" reads as 0 and a
         # rate() over them works before the first failure.
         for outcome in BuildOutcome:
@@ -338,6 +354,20 @@ class Metrics:
         self.swarm_nodes.clear()
         for (state, availability), n in counts.items():
             self.swarm_nodes.labels(state=state, availability=availability).set(n)
+
+    def set_disks(self, nodes: Mapping[str, Mapping[str, str]]) -> None:
+        """Disk use from the nodes' labels, ``{hostname: labels}``; a node never measured (or
+        gone) has no series, and the registry's size stays unset until first measured."""
+        self.node_disk_used.clear()
+        self.node_disk_total.clear()
+        for hostname, labels in nodes.items():
+            disk = node_disk(labels)
+            if disk is not None:
+                self.node_disk_used.labels(node=hostname).set(disk.used)
+                self.node_disk_total.labels(node=hostname).set(disk.total)
+        size = latest_registry_size(nodes.values())
+        if size is not None:
+            self.registry_size.set(size.size)
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from .errors import SwarmbinderError
@@ -163,12 +163,14 @@ async def sweep_forever(
     keep_days: int,
     interval: float,
     clock: Callable[[], float],
+    after_sweep: Callable[[SweepReport], Awaitable[None]] | None = None,
 ) -> None:
-    """Sweep every ``interval`` seconds until cancelled (a cleanup_ctx task). A round that
-    fails (the engine, registry or store does not answer) is logged and retried next round."""
+    """Sweep every ``interval`` seconds until cancelled (a cleanup_ctx task), then run
+    ``after_sweep`` (the registry's garbage collection). A round that fails (the engine,
+    registry or store does not answer) is logged and retried next round."""
     while True:
         try:
-            await sweep(
+            report = await sweep(
                 registry=registry,
                 store=store,
                 images=await registry_images(registry, image_prefix),
@@ -176,6 +178,8 @@ async def sweep_forever(
                 keep_days=keep_days,
                 now=clock(),
             )
+            if after_sweep is not None:
+                await after_sweep(report)
         except SwarmbinderError as exc:
             log.warning("retention sweep skipped this round: %s", exc)
         await asyncio.sleep(interval)

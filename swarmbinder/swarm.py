@@ -27,6 +27,7 @@ import asyncio
 import base64
 import contextlib
 import copy
+import dataclasses
 import datetime
 import enum
 import json
@@ -41,9 +42,17 @@ import aiohttp
 from aiodocker.multiplexed import multiplexed_result_stream
 
 from .errors import ServiceNameConflict, SwarmRequestFailed, SwarmUnavailable
-from .jobspec import DEFAULT_LOG_ROTATION, JobSpec, LogRotation, SecretMount, secrets_api
+from .jobspec import (
+    DEFAULT_LOG_ROTATION,
+    JobSpec,
+    LogRotation,
+    SecretMount,
+    VolumeMount,
+    secrets_api,
+)
 from .labels import DOCKER_SOCKET, KIND_REAPER, LABEL_KIND
 from .loglines import LineSplitter, StreamProgress
+from .swarmupdates import SpecUpdates
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +126,8 @@ class TaskState:
     #: What the task reserves on its node (its service's reservations when it was made).
     reserved_cpus: float = 0.0
     reserved_memory: int = 0
+    #: The task's environment as its spec gave it (``KEY=value``).
+    env: tuple[str, ...] = ()
 
     @property
     def terminal(self) -> bool:
@@ -149,6 +160,7 @@ class TaskState:
             timestamp=str(status.get("Timestamp", "")),
             reserved_cpus=int(reservations.get("NanoCPUs") or 0) / 1e9,
             reserved_memory=int(reservations.get("MemoryBytes") or 0),
+            env=tuple((raw.get("Spec") or {}).get("ContainerSpec", {}).get("Env") or ()),
         )
 
 
@@ -170,6 +182,9 @@ class ServiceInfo:
     #: What its tasks reserve in all (each replica's reservation times the replicas).
     reserved_cpus: float = 0.0
     reserved_memory: int = 0
+    #: The container's environment and named volumes.
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    volumes: tuple[VolumeMount, ...] = ()
 
     @classmethod
     def from_api(cls, raw: Mapping[str, Any]) -> ServiceInfo:
@@ -177,17 +192,24 @@ class ServiceInfo:
         template = spec.get("TaskTemplate") or {}
         placement = template.get("Placement") or {}
         reservations = (template.get("Resources") or {}).get("Reservations") or {}
+        container = template.get("ContainerSpec") or {}
         replicated = (spec.get("Mode") or {}).get("Replicated")
         replicas = int(replicated.get("Replicas", 1) or 0) if replicated is not None else 1
         return cls(
             id=str(raw.get("ID", "")),
             name=str(spec.get("Name", "")),
             labels=dict(spec.get("Labels") or {}),
-            image=str((template.get("ContainerSpec") or {}).get("Image", "")),
+            image=str(container.get("Image", "")),
             created_at=str(raw.get("CreatedAt", "")),
             constraints=tuple(placement.get("Constraints") or ()),
             reserved_cpus=int(reservations.get("NanoCPUs") or 0) / 1e9 * replicas,
             reserved_memory=int(reservations.get("MemoryBytes") or 0) * replicas,
+            env=dict(e.partition("=")[::2] for e in container.get("Env") or ()),
+            volumes=tuple(
+                VolumeMount(str(m["Source"]), str(m["Target"]), bool(m.get("ReadOnly")))
+                for m in container.get("Mounts") or ()
+                if m.get("Type") == "volume" and m.get("Source")
+            ),
         )
 
 
@@ -258,8 +280,9 @@ def _engine_time(value: str) -> float:
         return 0.0
 
 
-class SwarmClient:
-    """Typed access to the parts of the Engine API swarmbinder uses."""
+class SwarmClient(SpecUpdates):
+    """Typed access to the parts of the Engine API swarmbinder uses (spec updates: see
+    :class:`~swarmbinder.swarmupdates.SpecUpdates`)."""
 
     def __init__(
         self, docker: aiodocker.Docker, log_rotation: LogRotation = DEFAULT_LOG_ROTATION
@@ -386,41 +409,6 @@ class SwarmClient:
         await self._json(
             f"services/{raw['ID']}/update", "POST", params={"version": str(version)}, data=spec
         )
-
-    async def claim_service_label(self, name_or_id: str, key: str, value: str) -> bool:
-        """Set the service label ``key`` to ``value`` if the service has no such label yet;
-        False if it has one (or the service is gone). The update names the version it read, so
-        of two callers racing for one service exactly one wins, whichever replica each is in.
-        Only the service's own labels change: its task keeps running.
-        """
-        for _ in range(5):
-            try:
-                raw = await self._json(f"services/{name_or_id}")
-            except SwarmRequestFailed as exc:
-                if exc.status == 404:
-                    return False
-                raise
-            spec = copy.deepcopy(raw["Spec"])
-            labels = spec.setdefault("Labels", {})
-            if key in labels:
-                return False
-            labels[key] = value
-            version = raw["Version"]["Index"]
-            try:
-                await self._json(
-                    f"services/{raw['ID']}/update",
-                    "POST",
-                    params={"version": str(version)},
-                    data=spec,
-                )
-                return True
-            except SwarmRequestFailed as exc:
-                # Someone else updated it first ("update out of sequence"): read it again.
-                if exc.status == 404:
-                    return False
-                if "out of sequence" not in exc.detail:
-                    raise
-        return False
 
     async def list_services(self, labels: Mapping[str, str | None]) -> list[ServiceInfo]:
         """Services carrying every label (value None: any value)."""
@@ -590,9 +578,15 @@ class SwarmClient:
 
     # -- tasks -------------------------------------------------------------------------
 
-    async def tasks(self, service_name: str) -> list[TaskState]:
+    async def tasks(self, service_name: str, *, every_iteration: bool = False) -> list[TaskState]:
+        """The current iteration's tasks (see :func:`current_iteration`), or every task."""
         raw = await self._json("tasks", params={"filters": json.dumps({"service": [service_name]})})
-        return current_iteration(TaskState.from_api(t) for t in raw)
+        states = [TaskState.from_api(t) for t in raw]
+        return (
+            sorted(states, key=lambda t: t.timestamp)
+            if every_iteration
+            else current_iteration(states)
+        )
 
     async def list_tasks(self, filters: Mapping[str, Sequence[str]]) -> list[TaskState]:
         """Every task matching the Engine API's task ``filters`` (``{"desired-state":

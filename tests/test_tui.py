@@ -110,6 +110,9 @@ def snapshot(**parts: Any) -> Json:
                     "availability": "active",
                     "running_builds": 1,
                     "sticky_share": 0.75,
+                    "disk_used": 3 * 2**30,
+                    "disk_total": 10 * 2**30,
+                    "registry_size": 512 * 2**20,
                 }
             ],
             "repos_sampled": 4,
@@ -405,7 +408,11 @@ async def test_nodes_and_audit_tabs(fake: FakeAdminClient) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: table(app, "#nodes-table").row_count == 1)
         await pilot.press("4")
-        assert cells(app, "#nodes-table") == [["node1", "manager", "ready", "active", "1", "75%"]]
+        assert cells(app, "#nodes-table") == [
+            ["node1", "manager", "ready", "active", "1", "75%", "3.0 GiB of 10.0 GiB (30%)"]
+        ]
+        note = str(app.query_one("#nodes-note", Static).content)
+        assert "registry 512.0 MiB on node1" in note
         await pilot.press("5")
         stream.put_nowait(
             {

@@ -37,6 +37,25 @@ def when(epoch: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
 
 
+def size(value: float | None) -> str:
+    """Bytes as a short size (binary units, as ``docker system df`` shows them)."""
+    if value is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def disk(node: Json) -> str:
+    """A node's disk use as node housekeeping last measured it: used of total (percent)."""
+    used, total = node.get("disk_used"), node.get("disk_total")
+    if used is None or not total:
+        return "-"
+    return f"{size(used)} of {size(total)} ({used / total:.0%})"
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -322,7 +341,14 @@ class NodesView(Vertical):
     def compose(self) -> ComposeResult:
         yield Static("", id="nodes-note")
         yield _table(
-            "nodes-table", "Node", "Role", "State", "Availability", "Running builds", "Sticky share"
+            "nodes-table",
+            "Node",
+            "Role",
+            "State",
+            "Availability",
+            "Running builds",
+            "Sticky share",
+            "Disk",
         )
 
     def show(self, data: Json | None, error: str = "") -> None:
@@ -330,8 +356,18 @@ class NodesView(Vertical):
         if data is None:
             note.update(plain(f"Nodes unavailable: {error}"))
             return
+        nodes = data.get("nodes", [])
+        registry = [n for n in nodes if n.get("registry_size") is not None]
+        where = (
+            f"; registry {size(registry[0]['registry_size'])} on {registry[0]['hostname']}"
+            if registry
+            else ""
+        )
         note.update(
-            plain(f"Sticky share over {data.get('repos_sampled', 0)} recently built repositories")
+            plain(
+                f"Sticky share over {data.get('repos_sampled', 0)} recently built "
+                f"repositories{where}"
+            )
         )
         _refill(
             self.query_one("#nodes-table", DataTable),
@@ -345,9 +381,10 @@ class NodesView(Vertical):
                         n["availability"],
                         str(n["running_builds"]),
                         f"{n['sticky_share']:.0%}",
+                        disk(n),
                     ],
                 )
-                for n in data.get("nodes", [])
+                for n in nodes
             ],
         )
 

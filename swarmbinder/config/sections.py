@@ -24,6 +24,7 @@ from .base import (
 )
 from .binderhub_traits import DEFAULT_REPO_PROVIDERS, repo_providers
 from .builds import BuildConfig, RegistryConfig
+from .disks import DiskConfig
 from .pools import PoolConfig
 from .providers import NESTED_SECTIONS, ProvidersConfig
 
@@ -421,9 +422,13 @@ class Config:
     tokens: TokenConfig = field(default_factory=TokenConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     pools: PoolConfig = field(default_factory=PoolConfig)
+    disks: DiskConfig = field(default_factory=DiskConfig)
     providers: ProvidersConfig = field(default_factory=ProvidersConfig)
     #: BinderHub options the config file set that do nothing here, for one start-up warning.
     ignored_binderhub_options: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        self.disks.check_with(retention_days=self.registry.image_retention_days)
 
     def section(self, option: OptionInfo) -> Section:
         """The section object holding ``option``."""
