@@ -34,7 +34,8 @@ from pathlib import Path
 
 from .config import Config
 from .diskuse import disk_labels
-from .errors import ServiceNameConflict, SwarmbinderError
+from .errors import SwarmbinderError
+from .joblock import take_job_lock
 from .jobspec import BindMount, JobSpec
 from .labels import DOCKER_SOCKET, KIND_HOUSEKEEPING, LABEL_CREATED, LABEL_KIND
 from .nodeprune import REPORT_MARKER, normalise_reference
@@ -184,21 +185,6 @@ async def _wait_all_done(swarm: SwarmClient, name: str, poll: float = 1.0) -> li
         await asyncio.sleep(poll)
 
 
-async def _take_lock(swarm: SwarmClient, spec: JobSpec, now: float) -> bool:
-    """Create the job; False if another one runs. One older than JOB_TIMEOUT is a dead
-    replica's: it is removed and this round skipped (the next one runs)."""
-    try:
-        await swarm.create_job(spec)
-        return True
-    except ServiceNameConflict:
-        existing = await swarm.inspect_service(spec.name)
-        created = float((existing.labels if existing else {}).get(LABEL_CREATED, "0") or 0)
-        if existing is not None and now - created > JOB_TIMEOUT:
-            log.warning("housekeeping: removing a job left since %.0f", created)
-            await swarm.remove_service(spec.name, reaper_image=spec.image)
-        return False
-
-
 async def run_housekeeping(
     swarm: SwarmClient, settings: HousekeepingSettings, *, now: float | None = None
 ) -> list[NodeReport] | None:
@@ -207,7 +193,9 @@ async def run_housekeeping(
     nodes = await swarm.nodes()
     keep = kept_images(await images_in_use(swarm), settings)
     spec = job_spec(settings, job_constraints(settings.node_selector, nodes), keep, now)
-    if not await _take_lock(swarm, spec, now):
+    if not await take_job_lock(
+        swarm, spec, stale_after=JOB_TIMEOUT, now=now, reaper_image=spec.image
+    ):
         return None
     try:
         try:

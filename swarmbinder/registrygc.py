@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from .buildjob import QUEUED_CONSTRAINT
 from .config import Config
 from .diskuse import registry_labels
-from .errors import ServiceNameConflict, SwarmbinderError
+from .errors import SwarmbinderError
+from .joblock import take_job_lock
 from .jobspec import JobSpec
 from .labels import KIND_REGISTRY_GC, LABEL_CREATED, LABEL_KIND
 from .retention import SweepReport
@@ -123,21 +124,6 @@ async def settled(swarm: SwarmClient, service: str, *, read_only: bool) -> str:
         await asyncio.sleep(0.5)
 
 
-async def _take_lock(swarm: SwarmClient, spec: JobSpec, stale_after: float, now: float) -> bool:
-    """Create the held job; False if another replica holds it. A job older than
-    ``stale_after`` is a dead replica's: it is removed, and the next round takes the lock."""
-    try:
-        await swarm.create_job(spec)
-        return True
-    except ServiceNameConflict:
-        existing = await swarm.inspect_service(spec.name)
-        created = float((existing.labels if existing else {}).get(LABEL_CREATED, "0") or 0)
-        if existing is not None and now - created > stale_after:
-            log.warning("registry gc: removing job %s left since %.0f", spec.name, created)
-            await swarm.remove_service(spec.name)
-        return False
-
-
 async def _release(swarm: SwarmClient, service: str, job: str, reaper_image: str | None) -> None:
     """Stop the job, then let the registry write again: never the other way round."""
     try:
@@ -161,7 +147,7 @@ async def collect_garbage(
     if registry is None:
         raise RegistryGCFailed(f"registry service {service!r} (registry_service) does not exist")
     spec = job_spec(registry, job_name(service), started)
-    if not await _take_lock(swarm, spec, time_limit + WRITABLE_WAIT, started):
+    if not await take_job_lock(swarm, spec, stale_after=time_limit + WRITABLE_WAIT, now=started):
         return None
     try:
         async with asyncio.timeout(time_limit):
@@ -209,7 +195,7 @@ async def recover(swarm: SwarmClient, service: str, *, stale_after: float = 1800
         return False
     now = time.time()
     spec = job_spec(registry, job_name(service), now)
-    if not await _take_lock(swarm, spec, stale_after, now):
+    if not await take_job_lock(swarm, spec, stale_after=stale_after, now=now):
         return False
     await _release(swarm, service, spec.name, None)
     log.warning("registry gc: %s was left read-only; it is writable again", service)
