@@ -65,7 +65,9 @@ def push_image(ground: dict[str, Any], tag: str) -> None:
 ADMIN_TOKEN = "i15pool-admin-" + uuid.uuid4().hex
 
 
-def pool_config(ground: dict[str, Any], tmp_path: Path, pools: dict[str, int]) -> Config:
+def pool_config(
+    ground: dict[str, Any], tmp_path: Path, pools: dict[str, int], **options: Any
+) -> Config:
     run = uuid.uuid4().hex[:8]
     return load_config(
         env={},
@@ -76,6 +78,7 @@ def pool_config(ground: dict[str, Any], tmp_path: Path, pools: dict[str, int]) -
             "launch_timeout": 90,
             "rate_limit": 0,
             "admin_token": ADMIN_TOKEN,
+            **options,
         },
     )
 
@@ -313,6 +316,53 @@ async def test_a_new_commit_drains_the_pool_and_fills_it_with_the_new_image(
                 await launcher.aclose()
     finally:
         await remove_everything_of(testground, [old.build.image, new.build.image])
+
+
+async def test_an_auto_pool_follows_launches_and_empties_when_idle(
+    testground: dict[str, Any], tmp_path: Path
+) -> None:
+    """warm_pool_auto for real: no warm_pools at all; a launched spec gets a pool of its own,
+    the next launch is handed a server from it, and once nobody launches it for
+    warm_pool_idle_after the pool keeps no waiting server (each retires at warm_pool_max_age)."""
+    spec = spec_for(testground, "binder-dockerfile")
+    config = pool_config(
+        testground,
+        tmp_path,
+        {},
+        warm_pool_auto=1,
+        warm_pool_auto_min_launches=1,
+        warm_pool_auto_change_interval=1,
+        warm_pool_idle_after=10,
+        warm_pool_max_age=20,
+    )
+    image = (await resolve_real(config, spec)).build.image
+    await asyncio.to_thread(push_image, testground, image)
+    try:
+        async with TestClient(TestServer(create_app(config))) as binder:
+            manager = manager_of(binder)
+            assert await ready_servers(manager, image) == 0
+            cold = await read_events(binder, f"/build/{spec}")
+            assert cold[-1]["phase"] == "ready" and not cold[-1]["url"].endswith("/pool/"), cold
+
+            async def pooled() -> bool:
+                return await ready_servers(manager, image) >= 1
+
+            await until(pooled, 120, "the launched spec got a pool of its own")
+            warm = await read_events(binder, f"/build/{spec}")
+            assert warm[-1]["phase"] == "ready" and warm[-1]["url"].endswith("/pool/"), warm
+            handed_out = time.monotonic()
+            # The hand-out is replaced at once: the pool is full again before it goes idle.
+            await until(pooled, 60, "the auto pool refilled after the hand-out")
+
+            async def emptied() -> bool:
+                async with ground_clients(testground) as (_, swarm):
+                    return await pool_users(swarm, image, waiting=True) == set()
+
+            # idle after 10 s, then each waiting server retires when 20 s old
+            await until(emptied, 120, "the idle auto pool kept no waiting server")
+            assert time.monotonic() - handed_out >= 10  # not before it went idle
+    finally:
+        await remove_everything_of(testground, [image])
 
 
 class _NoBuilds:
