@@ -220,6 +220,29 @@ def test_a_providers_banned_specs_apply_to_its_launches_only() -> None:
     assert not policy.has_higher_quota(RepoIdentity("gist", "jupyterlab/0a1b"))
 
 
+def test_a_providers_allowed_specs_hold_its_launches_only(tmp_path: Path) -> None:
+    """GitHubRepoProvider.allowed_specs: other GitHub repositories are refused, GitLab and git
+    launches are not GitHub's business (BinderHub's rule); RepoProvider's holds every one."""
+    config = load_text(
+        tmp_path,
+        "config:\n  GitHubRepoProvider:\n    allowed_specs: ['^our-org/.*']\n",
+    )
+    policy = SpecPolicy.from_config(allowed_specs=config.bans.allowed_specs)
+    assert not policy.is_banned(
+        RepoIdentity("gh", "our-org/x/HEAD", "https://github.com/our-org/x")
+    )
+    assert policy.is_banned(RepoIdentity("gh", "other/x/HEAD", "https://github.com/other/x"))
+    # the same organisation's name after another prefix is not GitHub's list either
+    assert policy.is_banned(RepoIdentity("gh", "x/our-org/HEAD", "https://github.com/x/our-org"))
+    assert not policy.is_banned(RepoIdentity("gl", "other%2Fx/HEAD", "https://gitlab.com/other/x"))
+    assert not policy.is_banned(
+        RepoIdentity("git", "https%3A%2F%2Fexample.org%2Fr.git/HEAD", "https://example.org/r.git")
+    )
+    everyone = load_text(tmp_path, "config:\n  RepoProvider:\n    allowed_specs: ['^our-org/.*']\n")
+    held = SpecPolicy.from_config(allowed_specs=everyone.bans.allowed_specs)
+    assert held.is_banned(RepoIdentity("gl", "other%2Fx/HEAD", "https://gitlab.com/other/x"))
+
+
 @pytest.mark.parametrize(
     ("pattern", "spec", "matches"),
     [

@@ -161,7 +161,16 @@ def test_unknown_override_is_rejected() -> None:
         ("hub_url: 42", "hub_url", "expected a string, got 42 (integer)"),
         ("banned_specs: ^gh/evil/.*", "banned_specs", "mappings, got '^gh/evil/.*' (string)"),
         ("banned_specs: [1]", "banned_specs", "item 0: expected a mapping with keys pattern"),
-        ("allowed_specs: [1]", "allowed_specs", "item 0: expected a string, got 1 (integer)"),
+        (
+            "allowed_specs: [1]",
+            "allowed_specs",
+            "item 0: expected a regex or a {pattern, provider} mapping, got 1 (integer)",
+        ),
+        (
+            "allowed_specs: [{pattern: '^a/', provider: 'G H'}]",
+            "allowed_specs",
+            "item 0: provider must be a provider prefix such as gh or git, got 'G H'",
+        ),
         ("ban_networks: [10.0.0.0/8]", "ban_networks", "expected a mapping, got ['10.0.0.0/8']"),
         ("build_node_selector: {a: 1}", "build_node_selector", "key 'a': expected a string"),
         ("log_level: 20", "log_level", "expected a string, got 20 (integer)"),

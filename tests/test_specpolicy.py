@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 
 from swarmbinder.errors import ConfigError, SpecBanned
+from swarmbinder.policy.canonical import RepoIdentity
 from swarmbinder.policy.specpolicy import SpecPolicy, policy_for
 
 
@@ -125,3 +126,33 @@ def test_policy_for_provider() -> None:
     gh = SpecPolicy.from_config(banned_specs=["^x/"])
     assert policy_for({"gh": gh}, "gh") is gh
     assert not policy_for({"gh": gh}, "gl").is_banned("x/y/HEAD")
+
+
+def test_a_providers_own_allowed_specs_hold_its_launches_only() -> None:
+    """BinderHub's GitHubRepoProvider.allowed_specs lets GitLab and git launches through."""
+    policy = SpecPolicy.from_config(
+        allowed_specs=[{"pattern": "^gh/our-org/", "provider": "gh"}, "^friend"]
+    )
+    ours = RepoIdentity("gh", "our-org/x/HEAD", "https://github.com/our-org/x")
+    theirs = RepoIdentity("gh", "someone/x/HEAD", "https://github.com/someone/x")
+    friend = RepoIdentity("gh", "friend/x/HEAD", "https://github.com/friend/x")
+    gitlab = RepoIdentity("gl", "someone%2Fx/HEAD", "https://gitlab.com/someone/x")
+    gitlab_friend = RepoIdentity("gl", "friend%2Fx/HEAD", "https://gitlab.com/friend/x")
+    assert not policy.is_banned(ours)
+    assert not policy.is_banned(friend)  # a plain rule holds every provider
+    assert policy.is_banned(theirs).reason == "It is not on the list of repositories allowed here."
+    # gl has no rule of its own: only the plain ones hold it
+    assert policy.is_banned(gitlab)
+    assert not policy.is_banned(gitlab_friend)
+    only_github = SpecPolicy.from_config(allowed_specs=[{"pattern": "^gh/a/", "provider": "gh"}])
+    assert not only_github.is_banned(gitlab)
+    assert only_github.is_banned(theirs)
+    # a bare spec (provider unknown) is held to every rule
+    assert only_github.is_banned("gl/someone/x/HEAD")
+
+
+def test_a_providers_allowed_specs_item_is_checked() -> None:
+    with pytest.raises(ConfigError, match="unknown keys"):
+        SpecPolicy.from_config(allowed_specs=[{"pattern": "^a/", "provider": "gh", "x": 1}])
+    with pytest.raises(ConfigError, match="provider must be a string"):
+        SpecPolicy.from_config(allowed_specs=[{"pattern": "^a/", "provider": 3}])

@@ -197,9 +197,8 @@ def render_table() -> list[str]:
         + ", ".join(f"`{k}` (`{o}`)" for k, o in CHART_OPTIONS.items())
         + ". An option set twice (by two "
         "sections, or by a section and swarmbinder's own key) is an error, except the spec "
-        "lists, which add up. swarmbinder has one allowed_specs list: once a provider's "
-        "allowed_specs is set, launches of providers that set none are refused (BinderHub "
-        "lets those through), so list them too, or switch them off with repo_providers.",
+        "lists, which add up. A provider's allowed_specs holds that provider's launches only, "
+        "as in BinderHub (its items carry the provider: `{pattern, provider}`).",
         "",
         "| BinderHub option | swarmbinder option |",
         "| --- | --- |",

@@ -105,8 +105,10 @@ def scoped_pattern(prefix: str, pattern: str) -> str:
     return f"{flags.group(0) if flags else ''}{re.escape(prefix)}/(?:{''.join(out)})"
 
 
-def _scope_items(prefix: str) -> Callable[[Any, str], Any]:
-    """A converter tying every pattern of a list (strings or {pattern, ...}) to ``prefix``."""
+def _scope_items(prefix: str, own_provider: bool = False) -> Callable[[Any, str], Any]:
+    """A converter tying every pattern of a list (strings or {pattern, ...}) to ``prefix``;
+    ``own_provider`` also names the provider in each item (``allowed_specs``: a provider's
+    allow-list holds that provider's launches only, as in BinderHub)."""
 
     def convert(value: Any, where: str) -> Any:
         if not isinstance(value, list | tuple):
@@ -114,7 +116,9 @@ def _scope_items(prefix: str) -> Callable[[Any, str], Any]:
         items: list[Any] = []
         for index, item in enumerate(value):
             try:
-                if isinstance(item, str):
+                if isinstance(item, str) and own_provider:
+                    items.append({"pattern": scoped_pattern(prefix, item), "provider": prefix})
+                elif isinstance(item, str):
                     items.append(scoped_pattern(prefix, item))
                 elif isinstance(item, Mapping) and isinstance(item.get("pattern"), str):
                     items.append({**item, "pattern": scoped_pattern(prefix, item["pattern"])})
@@ -175,6 +179,7 @@ def _na(why: str) -> Trait:
 _K8S = "Kubernetes only"
 _CLASS = "a BinderHub Python class; swarmbinder's part is fixed"
 _SPEC_NOTE = "one list for every provider: each pattern is tied to {prefix}/ launches"
+_ALLOW_NOTE = ", and holds no other provider's"
 #: Logins belong to one host here: GitHub's, GitLab's and each of git.git_credentials' own.
 _NO_HOST_LOGIN = (
     "a login handed to every host; github.git_credentials, gitlab.git_credentials and "
@@ -190,7 +195,10 @@ def _provider_traits(prefix: str | None) -> dict[str, Trait]:
             traits[name] = _to(name, "applies to every provider", merge=True)
         else:
             traits[name] = _to(
-                name, _SPEC_NOTE.format(prefix=prefix), convert=_scope_items(prefix), merge=True
+                name,
+                _SPEC_NOTE.format(prefix=prefix) + (_ALLOW_NOTE if name == "allowed_specs" else ""),
+                convert=_scope_items(prefix, own_provider=name == "allowed_specs"),
+                merge=True,
             )
     # GitHub's, GitLab's and git's own sections map theirs; the data providers clone nothing
     traits["git_credentials"] = _na(

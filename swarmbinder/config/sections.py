@@ -328,10 +328,14 @@ class BanConfig(Section):
         parse=values.banned_specs,
         type_name="list of regex or {pattern, reason}",
     )
-    allowed_specs: tuple[str, ...] = opt(
+    allowed_specs: tuple[values.AllowedSpec, ...] = opt(
         (),
-        "Regexes of specs allowed to launch; empty allows every spec not banned. " + _SPEC_MATCHING,
-        check=values.regex_list,
+        "Regexes of specs allowed to launch; empty allows every spec not banned. An item "
+        "{pattern: regex, provider: gh} allows launches of that provider only and leaves the "
+        "others alone (a BinderHub provider's own allowed_specs); a provider with no such item "
+        "is held to the plain regexes, and free when there are none. " + _SPEC_MATCHING,
+        parse=values.allowed_specs,
+        type_name="list of regex or {pattern, provider}",
     )
 
 

@@ -164,6 +164,10 @@ def byte_spec(value: Any) -> int:
 SpecConfigItem = Mapping[str, Any]
 #: A ``banned_specs`` item: a regex, or read-only ``{"pattern": regex, "reason": text}``.
 BannedSpec = str | Mapping[str, str]
+#: An ``allowed_specs`` item: a regex for every provider, or read-only
+#: ``{"pattern": regex, "provider": prefix}`` for one provider's launches only.
+AllowedSpec = str | Mapping[str, str]
+_PROVIDER_PREFIX = re.compile(r"[a-z][a-z0-9]*")
 
 
 def _items(value: Any, shape: str) -> list[Any]:
@@ -198,6 +202,31 @@ def banned_specs(value: Any) -> tuple[BannedSpec, ...]:
         checked = _pattern_mapping(index, item, {"pattern", "reason"}, {"pattern"})
         if not isinstance(checked.get("reason", ""), str):
             raise ValueError(f"item {index}: reason must be a string")
+        items.append(types.MappingProxyType(checked))
+    return tuple(items)
+
+
+def allowed_specs(value: Any) -> tuple[AllowedSpec, ...]:
+    items: list[AllowedSpec] = []
+    for index, item in enumerate(_items(value, "regexes or {pattern, provider} mappings")):
+        if isinstance(item, str):
+            try:
+                items.append(regex(item))
+            except ValueError as e:
+                raise ValueError(f"item {index}: {e}") from None
+            continue
+        if not isinstance(item, Mapping):
+            raise ValueError(
+                f"item {index}: expected a regex or a {{pattern, provider}} mapping, got "
+                f"{describe(item)}"
+            )
+        checked = _pattern_mapping(index, item, {"pattern", "provider"}, {"pattern", "provider"})
+        provider = checked["provider"]
+        if not isinstance(provider, str) or not _PROVIDER_PREFIX.fullmatch(provider):
+            raise ValueError(
+                f"item {index}: provider must be a provider prefix such as gh or git, got "
+                f"{provider!r}"
+            )
         items.append(types.MappingProxyType(checked))
     return tuple(items)
 

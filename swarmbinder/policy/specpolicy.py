@@ -11,10 +11,14 @@ and against the canonical repository URL (:mod:`canonical`) when the caller pass
 matches any of those forms, so another spelling of a banned repository is still banned, and a
 pattern written with the prefix, as the admin console suggests, matches too.
 
-A spec may launch when it matches no ``banned_specs`` pattern and, if ``allowed_specs`` is
-non-empty, matches one of those. Its quota is ``per_repo_quota_higher`` when it matches a
-``high_quota_specs`` pattern, else ``per_repo_quota``; then every matching ``spec_config`` entry
-is applied in order, later ones winning. A quota of 0 means "no limit", as in BinderHub.
+A spec may launch when it matches no ``banned_specs`` pattern and, if ``allowed_specs`` holds
+rules for it, matches one of those: the plain rules hold every provider's specs, a rule given
+with a ``provider`` (a BinderHub provider section's own ``allowed_specs``) only that provider's,
+so an allow-list of GitHub repositories leaves ``git`` launches alone, as in BinderHub.
+
+Its quota is ``per_repo_quota_higher`` when it matches a ``high_quota_specs`` pattern, else
+``per_repo_quota``; then every matching ``spec_config`` entry is applied in order, later ones
+winning. A quota of 0 means "no limit", as in BinderHub.
 
 A :class:`SpecPolicy` is immutable; changing bans live means building a new one.
 """
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, SpecBanned
-from .canonical import Subject, spec_of, subjects_of
+from .canonical import RepoIdentity, Subject, spec_of, subjects_of
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,9 @@ class SpecRule:
 
     pattern: str
     reason: str = ""
+    #: For an ``allowed_specs`` item of one provider (BinderHub's per-provider list): the
+    #: prefix whose launches it is about; ``""``: every provider's.
+    provider: str = ""
     regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -82,7 +89,7 @@ class SpecPolicy:
         cls,
         *,
         banned_specs: Iterable[str | Mapping[str, str]] = (),
-        allowed_specs: Iterable[str] = (),
+        allowed_specs: Iterable[str | Mapping[str, str]] = (),
         high_quota_specs: Iterable[str] = (),
         spec_config: Iterable[Mapping[str, Any]] = (),
     ) -> SpecPolicy:
@@ -93,7 +100,7 @@ class SpecPolicy:
         """
         return cls(
             banned_specs=tuple(_banned_rule(item) for item in banned_specs),
-            allowed_specs=tuple(_rule(p, "allowed_specs") for p in allowed_specs),
+            allowed_specs=tuple(_allowed_rule(item) for item in allowed_specs),
             high_quota_specs=tuple(_rule(p, "high_quota_specs") for p in high_quota_specs),
             spec_config=tuple(_spec_config_rule(item) for item in spec_config),
         )
@@ -102,9 +109,20 @@ class SpecPolicy:
         for rule in self.banned_specs:
             if rule.matches(spec):
                 return BanDecision(True, rule.reason, rule.pattern)
-        if self.allowed_specs and not any(rule.matches(spec) for rule in self.allowed_specs):
+        allowed = self.allowed_for(spec)
+        if allowed and not any(rule.matches(spec) for rule in allowed):
             return BanDecision(True, "It is not on the list of repositories allowed here.")
         return BanDecision(False)
+
+    def allowed_for(self, spec: Subject) -> tuple[SpecRule, ...]:
+        """The ``allowed_specs`` rules ``spec`` is held to: the plain ones and its provider's.
+        A bare spec (its provider unknown) is held to every rule."""
+        provider = spec.provider if isinstance(spec, RepoIdentity) else None
+        return tuple(
+            rule
+            for rule in self.allowed_specs
+            if not rule.provider or provider is None or rule.provider == provider
+        )
 
     def check(self, spec: Subject) -> None:
         """Raise :class:`SpecBanned` if ``spec`` may not launch."""
@@ -149,6 +167,19 @@ def _banned_rule(item: object) -> SpecRule:
             raise ConfigError("banned_specs", "reason must be a string")
         return _rule(item.get("pattern"), "banned_specs", reason)
     return _rule(item, "banned_specs")
+
+
+def _allowed_rule(item: object) -> SpecRule:
+    if isinstance(item, Mapping):
+        unknown = set(item) - {"pattern", "provider"}
+        if unknown:
+            raise ConfigError("allowed_specs", f"unknown keys {sorted(unknown)}")
+        provider = item.get("provider", "")
+        if not isinstance(provider, str):
+            raise ConfigError("allowed_specs", "provider must be a string")
+        rule = _rule(item.get("pattern"), "allowed_specs")
+        return SpecRule(rule.pattern, provider=provider)
+    return _rule(item, "allowed_specs")
 
 
 def _spec_config_rule(item: object) -> SpecConfigRule:
