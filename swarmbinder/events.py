@@ -28,12 +28,15 @@ import enum
 import functools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from .scrub import DEFAULT_SCRUBBER
+
+T = TypeVar("T")
 
 __all__ = [
     "KEEPALIVE_FRAME",
@@ -49,6 +52,8 @@ __all__ = [
     "BuildEvent",
     "Phase",
     "SSEDecoder",
+    "closing",
+    "ending",
     "parse_repo2docker_line",
     "parse_sse",
     "sse_frame",
@@ -345,3 +350,27 @@ def parse_sse(stream: bytes) -> list[dict[str, Any]]:
     """The JSON payloads of a whole recorded stream; an unterminated last event is dropped."""
     decoder = SSEDecoder()
     return decoder.feed(stream) + decoder.close()
+
+
+@asynccontextmanager
+async def closing(iterator: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """``contextlib.aclosing`` for any async iterator: generators get ``aclose``d at once."""
+    try:
+        yield iterator
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def ending(
+    events: AsyncIterator[BuildEvent], success: Collection[Phase]
+) -> BuildEvent | None:
+    """For a reader that waits only for the end (a warm pool's build or launch): the first
+    event in a ``success`` phase or ``failed``, None if the stream stops without one. The
+    stream is closed either way, so a launch or watch nobody reads on is let go at once."""
+    async with closing(events) as stream:
+        async for event in stream:
+            if event.phase in success or event.phase is Phase.FAILED:
+                return event
+    return None

@@ -34,20 +34,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, Unpack
+from typing import Protocol, Unpack
 
 from .buildjob import BuildRequest
 from .buildstatus import BuildOutcome
 from .errors import SwarmbinderError
-from .events import MSG_DONE_FOUND, MSG_FOUND_BUILT, BuildEvent, Phase
+from .events import MSG_DONE_FOUND, MSG_FOUND_BUILT, BuildEvent, Phase, closing
 from .launcher import ServerRequest
 from .resolve import Resolved
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 INTERNAL_ERROR_MESSAGE = "Internal error while handling the launch; the admins have been told."
 
@@ -102,17 +100,6 @@ class _NoObserver:
 
     def launched(self, request: LaunchRequest, resolved: Resolved) -> None:
         return None
-
-
-@asynccontextmanager
-async def _closing(iterator: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
-    """``contextlib.aclosing`` for any async iterator: generators get ``aclose``d at once."""
-    try:
-        yield iterator
-    finally:
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 def _ignore(status: str) -> None:
@@ -179,10 +166,10 @@ class LaunchFlow:
         caller waits for the next one (see the module's doc); it never gets the first or last
         event of a build, nor any other."""
         try:
-            # _closing everywhere: an abandoned inner iterator must be closed now (its
+            # closing everywhere: an abandoned inner iterator must be closed now (its
             # ``finally`` resets gauges, unsubscribes, cleans up a launch), not whenever the
             # garbage collector gets to it.
-            async with _closing(self._run(request, direct)) as events:
+            async with closing(self._run(request, direct)) as events:
                 async for event in events:
                     yield event
         except SwarmbinderError as error:
@@ -210,7 +197,7 @@ class LaunchFlow:
                 await self._check_quota(resolved)
             built = False
             build = self._build(resolved.build, request.build_only, direct)
-            async with _closing(build) as events:
+            async with closing(build) as events:
                 async for event in events:
                     yield event
                     built = event.phase in (Phase.BUILT, Phase.READY)
@@ -223,7 +210,7 @@ class LaunchFlow:
                 )
             if request.build_only:
                 return
-        async with _closing(self._launch(request, resolved)) as events:
+        async with closing(self._launch(request, resolved)) as events:
             async for event in events:
                 if event.phase is Phase.READY:
                     self._observer.launched(request, resolved)
@@ -239,7 +226,7 @@ class LaunchFlow:
         outcome = BuildOutcome.FAILURE
         try:
             handle = await self._builds.request(build)
-            async with _closing(handle.events(direct)) as events:
+            async with closing(handle.events(direct)) as events:
                 async for event in events:
                     if event.phase is Phase.BUILT:
                         outcome = BuildOutcome.SUCCESS
@@ -267,7 +254,7 @@ class LaunchFlow:
             budget = nullcontext()
         async with budget:
             held = self._launch_held(self._launcher, request, resolved)
-            async with _closing(held) as events:
+            async with closing(held) as events:
                 async for event in events:
                     yield event
 
@@ -282,17 +269,15 @@ class LaunchFlow:
             yield BuildEvent.launching()
             launch = launcher.launch(
                 build.image,
-                repo_url=build.repo_url,
-                provider_spec=request.path,
-                ref_url=resolved.ref_url,
-                binder_request=f"v2/{request.path}",
-                binder_persistent_request=f"v2/{build.provider}/{resolved.resolved_spec}",
-                binder_launch_host=request.launch_host,
-                binder_client_ip=request.client_ip,
-                username=request.username,
-                server_name=request.server_name,
+                **resolved.server_request(
+                    request.path,
+                    launch_host=request.launch_host,
+                    client_ip=request.client_ip,
+                    username=request.username,
+                    server_name=request.server_name,
+                ),
             )
-            async with _closing(launch) as events:
+            async with closing(launch) as events:
                 async for event in events:
                     if event.phase is Phase.READY:
                         # Counted before the yield: the server runs even if nobody reads on.

@@ -14,6 +14,7 @@ import aiohttp
 from .buildjob import BuildRequest, git_logins_from_config
 from .config import Config
 from .errors import RefNotFound
+from .launcher import ServerRequest
 from .naming import image_name
 from .outbound import OutboundPolicy, guarded_session
 from .policy.canonical import RepoIdentity
@@ -32,6 +33,30 @@ class Resolved:
     #: Said to the client in a ``waiting`` event before anything else: today only that an
     #: old link's default branch was missing and HEAD was used instead.
     notice: str | None = None
+
+    def server_request(
+        self,
+        path: str,
+        *,
+        launch_host: str,
+        client_ip: str,
+        username: str | None,
+        server_name: str,
+    ) -> ServerRequest:
+        """What a launch of this build says of its server, for the launch path ``path``
+        (BinderHub's ``binder_*`` fields): the same for a visitor's launch and a warm pool's."""
+        build = self.build
+        return ServerRequest(
+            repo_url=build.repo_url,
+            provider_spec=path,
+            ref_url=self.ref_url,
+            binder_request=f"v2/{path}",
+            binder_persistent_request=f"v2/{build.provider}/{self.resolved_spec}",
+            binder_launch_host=launch_host,
+            binder_client_ip=client_ip,
+            username=username,
+            server_name=server_name,
+        )
 
 
 #: Default branch names of old links. A repository that renamed ``master`` to ``main`` (or

@@ -1,9 +1,11 @@
-"""The Docker Swarm adapter: the only module that talks to aiodocker.
+"""The Docker Swarm adapter: with its part :mod:`swarmbinder.swarmupdates`, the only module
+that talks to aiodocker.
 
 It returns frozen dataclasses, never raw mappings, copies every spec it is given (aiodocker
 rewrites ``ContainerSpec.Env`` in place), and turns every transport or API failure into
 :class:`~swarmbinder.errors.SwarmUnavailable` (the engine did not answer) or
-:class:`~swarmbinder.errors.SwarmRequestFailed` (it answered no) at one choke point.
+:class:`~swarmbinder.errors.SwarmRequestFailed` (it answered no) at one choke point
+(``EngineCalls``, in :mod:`swarmbinder.swarmupdates`).
 
 Facts of Swarm this module works around (see the README's "Swarm notes"):
 
@@ -32,8 +34,7 @@ import datetime
 import enum
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,7 @@ import aiodocker
 import aiohttp
 from aiodocker.multiplexed import multiplexed_result_stream
 
-from .errors import ServiceNameConflict, SwarmRequestFailed, SwarmUnavailable
+from .errors import ServiceNameConflict, SwarmRequestFailed
 from .jobspec import (
     DEFAULT_LOG_ROTATION,
     JobSpec,
@@ -281,8 +282,8 @@ def _engine_time(value: str) -> float:
 
 
 class SwarmClient(SpecUpdates):
-    """Typed access to the parts of the Engine API swarmbinder uses (spec updates: see
-    :class:`~swarmbinder.swarmupdates.SpecUpdates`)."""
+    """Typed access to the parts of the Engine API swarmbinder uses (the choke point and spec
+    updates: see :mod:`swarmbinder.swarmupdates`)."""
 
     def __init__(
         self, docker: aiodocker.Docker, log_rotation: LogRotation = DEFAULT_LOG_ROTATION
@@ -312,37 +313,6 @@ class SwarmClient(SpecUpdates):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-    # -- choke point -------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def _translate(self, what: str) -> AsyncIterator[None]:
-        try:
-            yield
-        except aiodocker.DockerError as exc:
-            if exc.status >= 900 or exc.status in (502, 503, 504):
-                # aiodocker reports a connection failure as a made-up status 900.
-                raise SwarmUnavailable(
-                    f"the Docker engine did not answer ({what}): {exc.message}",
-                    user_message="The Docker Swarm manager is not answering right now.",
-                ) from exc
-            raise SwarmRequestFailed(what, exc.status, exc.message) from exc
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise SwarmUnavailable(
-                f"the Docker engine did not answer ({what}): {exc or type(exc).__name__}",
-                user_message="The Docker Swarm manager is not answering right now.",
-            ) from exc
-
-    async def _json(
-        self,
-        path: str,
-        method: str = "GET",
-        *,
-        params: Mapping[str, Any] | None = None,
-        data: Any = None,
-    ) -> Any:
-        async with self._translate(f"{method} {path}"):
-            return await self._docker._query_json(path, method, params=params, data=data)
 
     # -- engine ------------------------------------------------------------------------
 

@@ -1,25 +1,50 @@
-"""Changes to the specs of Swarm services and nodes, made with the version read, so that of
-two writers (two Binder replicas) neither overwrites what the other changed meanwhile.
+"""The engine choke point of :class:`~swarmbinder.swarm.SwarmClient`, and the changes to the
+specs of Swarm services and nodes, made with the version read, so that of two writers (two
+Binder replicas) neither overwrites what the other changed meanwhile.
 
-A part of :class:`~swarmbinder.swarm.SwarmClient`, kept apart to keep that module readable: it
-reaches the engine only through the client's one choke point (``_json``).
+Parts of the client, kept apart to keep that module readable: every call to the engine passes
+:meth:`EngineCalls._translate`, where aiodocker's and aiohttp's failures become
+:class:`~swarmbinder.errors.SwarmUnavailable` or :class:`~swarmbinder.errors.SwarmRequestFailed`.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
-from .errors import SwarmRequestFailed
+import aiodocker
+import aiohttp
+
+from .errors import SwarmRequestFailed, SwarmUnavailable
 
 #: Reads and retries of one update that keeps losing to other writers before giving up.
 UPDATE_ATTEMPTS = 5
 
 
-class SpecUpdates:
-    """Read-modify-write of service and node specs; the engine answers "update out of
-    sequence" to a write that names a version someone else has replaced, and it is retried."""
+class EngineCalls:
+    """The one choke point every engine call of the client passes."""
+
+    _docker: aiodocker.Docker
+
+    @asynccontextmanager
+    async def _translate(self, what: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except aiodocker.DockerError as exc:
+            if exc.status >= 900 or exc.status in (502, 503, 504):
+                # aiodocker reports a connection failure as a made-up status 900.
+                raise SwarmUnavailable(
+                    f"the Docker engine did not answer ({what}): {exc.message}",
+                    user_message="The Docker Swarm manager is not answering right now.",
+                ) from exc
+            raise SwarmRequestFailed(what, exc.status, exc.message) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise SwarmUnavailable(
+                f"the Docker engine did not answer ({what}): {exc or type(exc).__name__}",
+                user_message="The Docker Swarm manager is not answering right now.",
+            ) from exc
 
     async def _json(
         self,
@@ -29,7 +54,13 @@ class SpecUpdates:
         params: Mapping[str, Any] | None = None,
         data: Any = None,
     ) -> Any:
-        raise NotImplementedError
+        async with self._translate(f"{method} {path}"):
+            return await self._docker._query_json(path, method, params=params, data=data)
+
+
+class SpecUpdates(EngineCalls):
+    """Read-modify-write of service and node specs; the engine answers "update out of
+    sequence" to a write that names a version someone else has replaced, and it is retried."""
 
     async def claim_service_label(self, name_or_id: str, key: str, value: str) -> bool:
         """Set the service label ``key`` to ``value`` if the service has no such label yet;

@@ -194,3 +194,36 @@ def test_a_backup_directory_is_checked_before_anything_stops(
     assert err == f"swarmbinder: error: {tmp_path / 'nothing'} holds no swarmbinder backup " + (
         "(no manifest.json)\n"
     )
+
+
+@pytest.mark.parametrize("command", [["down"], ["backup", "DIR"], ["restore", "DIR"]])
+def test_a_bad_stack_name_is_one_line_before_the_engine_is_asked(
+    command: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from swarmbinder import hostsetup
+
+    def no_engine(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the engine was asked")
+
+    monkeypatch.setattr(hostsetup, "run", no_engine)
+    argv = [str(tmp_path / "backup") if word == "DIR" else word for word in command]
+    assert main([*argv, "--stack", "Bad_Name"]) == 2
+    assert capsys.readouterr().err == (
+        "swarmbinder: error: stack name 'Bad_Name': use 1-30 lower-case letters, digits and "
+        "'-', starting with a letter\n"
+    )
+    assert not (tmp_path / "backup").exists()
+
+
+def test_a_failed_host_step_of_a_stack_command_is_a_one_line_stack_error() -> None:
+    from swarmbinder import hostsetup
+    from swarmbinder.stackctl import StackError
+    from swarmbinder.stackctl.state import stack_command
+
+    with pytest.raises(StackError, match=r"^docker: no such thing$") as raised:
+        with stack_command("lab"):
+            raise hostsetup.SetupError("docker: no such thing")
+    assert raised.value.__suppress_context__

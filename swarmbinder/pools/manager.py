@@ -27,7 +27,7 @@ from typing import Any, Protocol, Unpack
 
 from ..buildjob import BuildRequest
 from ..errors import SwarmbinderError
-from ..events import BuildEvent, Phase
+from ..events import BuildEvent, Phase, ending
 from ..labels import SERVER_NAME_POOL
 from ..launcher import ServerRequest
 from ..policy.canonical import RepoIdentity
@@ -377,19 +377,11 @@ class PoolManager:
         problem = "the build ended without a result"
         try:
             handle = await self._builds.request(resolved.build)
-            events = handle.events()
-            try:
-                async for event in events:
-                    if event.phase in (Phase.BUILT, Phase.READY):
-                        problem = ""
-                        break
-                    if event.phase is Phase.FAILED:
-                        problem = event.message.strip() or "the build failed"
-                        break
-            finally:
-                aclose = getattr(events, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+            end = await ending(handle.events(), (Phase.BUILT, Phase.READY))
+            if end is not None and end.phase is Phase.FAILED:
+                problem = end.message.strip() or "the build failed"
+            elif end is not None:
+                problem = ""
         except SwarmbinderError as exc:
             problem = exc.user_message
         finally:
@@ -421,28 +413,18 @@ class PoolManager:
             await self._servers.hub.create_user(user)
             launch = self._spawner.launch(
                 build.image,
-                repo_url=build.repo_url,
-                provider_spec=target.path,
-                ref_url=resolved.ref_url,
-                binder_request=f"v2/{target.path}",
-                binder_persistent_request=f"v2/{build.provider}/{resolved.resolved_spec}",
-                binder_launch_host=self._launch_host,
-                binder_client_ip="",
-                username=user,
-                server_name=SERVER_NAME_POOL,
+                **resolved.server_request(
+                    target.path,
+                    launch_host=self._launch_host,
+                    client_ip="",
+                    username=user,
+                    server_name=SERVER_NAME_POOL,
+                ),
             )
-            try:
-                async for event in launch:
-                    if event.phase is Phase.READY:
-                        ready = True
-                        break
-                    if event.phase is Phase.FAILED:
-                        problem = event.message.strip()
-                        break
-            finally:
-                aclose = getattr(launch, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+            end = await ending(launch, (Phase.READY,))
+            ready = end is not None and end.phase is Phase.READY
+            if end is not None and not ready:
+                problem = end.message.strip()
         except SwarmbinderError as exc:
             problem = exc.user_message
         finally:

@@ -43,7 +43,7 @@ from .options import (
 )
 from .placement import state_label, swarm_nodes, this_node_id
 from .replicas import deployed_store
-from .state import deployed_ports, service_spec, wait_healthy
+from .state import deployed_ports, service_spec, stack_command, wait_healthy
 
 MANIFEST = "manifest.json"
 #: The SQLite files, as docker-stack.yml and the hub's config place them.
@@ -71,12 +71,8 @@ class BackupResult:
 
 
 def backup(stack: str, directory: Path, progress: Progress | None = None) -> BackupResult:
-    report = progress or Silent()
-    StackOptions(name=stack).check()
-    try:
-        return _backup(stack, directory, report)
-    except hs.SetupError as exc:
-        raise StackError(str(exc)) from None
+    with stack_command(stack):
+        return _backup(stack, directory, progress or Silent())
 
 
 def _backup(stack: str, directory: Path, report: Progress) -> BackupResult:
@@ -119,12 +115,8 @@ def _backup(stack: str, directory: Path, report: Progress) -> BackupResult:
 
 def restore(stack: str, directory: Path, progress: Progress | None = None) -> list[str]:
     """Put a backup into the running ``stack``; returns the parts restored."""
-    report = progress or Silent()
-    StackOptions(name=stack).check()
-    try:
-        return _restore(stack, directory, report)
-    except hs.SetupError as exc:
-        raise StackError(str(exc)) from None
+    with stack_command(stack):
+        return _restore(stack, directory, progress or Silent())
 
 
 def _restore(stack: str, directory: Path, report: Progress) -> list[str]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from .. import hostsetup as hs
 from .options import StackInputError
+from .state import running_tasks
 
 LABEL_PREFIX = "swarmbinder.state."
 
@@ -161,12 +162,7 @@ def node_from_inspect(raw: Mapping[str, object]) -> Node:
 
 def state_holder(stack: str) -> str | None:
     """The ID of the node the stack's registry task runs on (None: none runs)."""
-    tasks = hs.run(
-        ["docker", "service", "ps", "-q", "--no-trunc", "--filter", "desired-state=running"]
-        + [f"{stack}_registry"],
-        check=False,
-        timeout=30,
-    ).stdout.split()
+    tasks = running_tasks(f"{stack}_registry")
     if not tasks:
         return None
     inspect = hs.run(["docker", "inspect", "--format", "{{.NodeID}}", tasks[0]], check=False)

@@ -1,4 +1,5 @@
-"""What is deployed now, as the engine reports it, and the wait until the stack is healthy."""
+"""What is deployed now, as the engine reports it, and the wait until the stack is healthy;
+and :func:`stack_command`, the frame of the commands that act on a deployed stack."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from .. import hostsetup as hs
 from .console import console_from_spec
@@ -23,12 +25,33 @@ from .options import (
 )
 
 
+@contextmanager
+def stack_command(stack: str) -> Iterator[None]:
+    """Refuse a bad stack name before anything runs, and turn the host's setup errors into
+    the one-line :class:`StackError` the CLI prints."""
+    StackOptions(name=stack).check()
+    try:
+        yield
+    except hs.SetupError as exc:
+        raise StackError(str(exc)) from None
+
+
 def service_spec(name: str) -> dict[str, object] | None:
     proc = hs.run(["docker", "service", "inspect", name], check=False)
     if proc.returncode != 0:
         return None
     spec: dict[str, object] = json.loads(proc.stdout)[0]["Spec"]
     return spec
+
+
+def running_tasks(service: str) -> list[str]:
+    """The IDs of the service's tasks meant to be running (none if there is no such service)."""
+    return hs.run(
+        ["docker", "service", "ps", "-q", "--no-trunc", "--filter", "desired-state=running"]
+        + [service],
+        check=False,
+        timeout=30,
+    ).stdout.split()
 
 
 def deployed_console(stack: str) -> Console | None:
@@ -39,12 +62,7 @@ def deployed_console(stack: str) -> Console | None:
 def console_current(stack: str, console: Console) -> bool:
     """Whether a running task of the console service has ``console``'s keys and port. Right
     after a deploy the old task runs on for a moment: it would refuse the new keys."""
-    tasks = hs.run(
-        ["docker", "service", "ps", "-q", "--no-trunc", "--filter", "desired-state=running"]
-        + [f"{stack}_{CONSOLE_SERVICE}"],
-        check=False,
-        timeout=30,
-    ).stdout.split()
+    tasks = running_tasks(f"{stack}_{CONSOLE_SERVICE}")
     if not tasks:
         return False
     inspect = hs.run(["docker", "inspect", "--format", "{{json .}}", *tasks], check=False)

@@ -31,19 +31,15 @@ from .options import (
     StackOptions,
 )
 from .placement import remove_state_label
-from .state import service_spec
+from .state import service_spec, stack_command
 from .tls import remove_tls_files, remove_unused_tls_secrets
 
 
 def down(name: str, *, purge: bool = False, progress: Progress | None = None) -> DownResult:
     """Remove the stack and what its hub and Binder made; volumes and secrets stay unless
     ``purge``. Raises StackError with one line on failure."""
-    report = progress or Silent()
-    StackOptions(name=name).check()
-    try:
-        return _down(name, purge, report)
-    except hs.SetupError as exc:
-        raise StackError(str(exc)) from None
+    with stack_command(name):
+        return _down(name, purge, progress or Silent())
 
 
 def _down(name: str, purge: bool, report: Progress) -> DownResult:
