@@ -160,7 +160,11 @@ def test_unknown_override_is_rejected() -> None:
         ("sticky_builds: 1", "sticky_builds", "expected a boolean, got 1 (integer)"),
         ("hub_url: 42", "hub_url", "expected a string, got 42 (integer)"),
         ("banned_specs: ^gh/evil/.*", "banned_specs", "mappings, got '^gh/evil/.*' (string)"),
-        ("banned_specs: [1]", "banned_specs", "item 0: expected a mapping with keys pattern"),
+        (
+            "banned_specs: [1]",
+            "banned_specs",
+            "item 0: expected a regex or a {pattern, reason} mapping",
+        ),
         (
             "allowed_specs: [1]",
             "allowed_specs",

@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import re
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
@@ -190,25 +190,13 @@ def _pattern_mapping(index: int, item: Any, keys: set[str], required: set[str]) 
     return dict(item)
 
 
-def banned_specs(value: Any) -> tuple[BannedSpec, ...]:
-    items: list[BannedSpec] = []
-    for index, item in enumerate(_items(value, "regexes or {pattern, reason} mappings")):
-        if isinstance(item, str):
-            try:
-                items.append(regex(item))
-            except ValueError as e:
-                raise ValueError(f"item {index}: {e}") from None
-            continue
-        checked = _pattern_mapping(index, item, {"pattern", "reason"}, {"pattern"})
-        if not isinstance(checked.get("reason", ""), str):
-            raise ValueError(f"item {index}: reason must be a string")
-        items.append(types.MappingProxyType(checked))
-    return tuple(items)
-
-
-def allowed_specs(value: Any) -> tuple[AllowedSpec, ...]:
-    items: list[AllowedSpec] = []
-    for index, item in enumerate(_items(value, "regexes or {pattern, provider} mappings")):
+def _regex_or_mapping(
+    value: Any, key: str, required: bool, check: Callable[[Any], str | None]
+) -> tuple[str | Mapping[str, str], ...]:
+    """A list of regexes or ``{pattern, key}`` mappings (``key`` optional unless ``required``);
+    ``check`` says what is wrong with a ``key`` value, or None."""
+    items: list[str | Mapping[str, str]] = []
+    for index, item in enumerate(_items(value, f"regexes or {{pattern, {key}}} mappings")):
         if isinstance(item, str):
             try:
                 items.append(regex(item))
@@ -217,18 +205,31 @@ def allowed_specs(value: Any) -> tuple[AllowedSpec, ...]:
             continue
         if not isinstance(item, Mapping):
             raise ValueError(
-                f"item {index}: expected a regex or a {{pattern, provider}} mapping, got "
+                f"item {index}: expected a regex or a {{pattern, {key}}} mapping, got "
                 f"{describe(item)}"
             )
-        checked = _pattern_mapping(index, item, {"pattern", "provider"}, {"pattern", "provider"})
-        provider = checked["provider"]
-        if not isinstance(provider, str) or not _PROVIDER_PREFIX.fullmatch(provider):
-            raise ValueError(
-                f"item {index}: provider must be a provider prefix such as gh or git, got "
-                f"{provider!r}"
-            )
+        wanted = {"pattern", key} if required else {"pattern"}
+        checked = _pattern_mapping(index, item, {"pattern", key}, wanted)
+        problem = check(checked[key]) if key in checked else None
+        if problem:
+            raise ValueError(f"item {index}: {key} {problem}")
         items.append(types.MappingProxyType(checked))
     return tuple(items)
+
+
+def banned_specs(value: Any) -> tuple[BannedSpec, ...]:
+    return _regex_or_mapping(
+        value, "reason", False, lambda v: None if isinstance(v, str) else "must be a string"
+    )
+
+
+def allowed_specs(value: Any) -> tuple[AllowedSpec, ...]:
+    def provider_problem(provider: Any) -> str | None:
+        if isinstance(provider, str) and _PROVIDER_PREFIX.fullmatch(provider):
+            return None
+        return f"must be a provider prefix such as gh or git, got {provider!r}"
+
+    return _regex_or_mapping(value, "provider", True, provider_problem)
 
 
 def spec_config(value: Any) -> tuple[SpecConfigItem, ...]:

@@ -148,38 +148,35 @@ class SpecPolicy:
         return quota if configured is None else int(configured)
 
 
-def _rule(pattern: object, option: str, reason: str = "") -> SpecRule:
+def _rule(pattern: object, option: str, reason: str = "", provider: str = "") -> SpecRule:
     if not isinstance(pattern, str):
         raise ConfigError(option, f"expected a regex string, got {type(pattern).__name__}")
     try:
-        return SpecRule(pattern, reason)
+        return SpecRule(pattern, reason, provider)
     except ConfigError as e:
         raise ConfigError(option, e.problem) from e
 
 
+def _item_rule(item: object, option: str, key: str) -> SpecRule:
+    """A list item of ``option``: a regex, or ``{pattern, key}`` (``key`` is ``reason`` or
+    ``provider``, a string)."""
+    if not isinstance(item, Mapping):
+        return _rule(item, option)
+    unknown = set(item) - {"pattern", key}
+    if unknown:
+        raise ConfigError(option, f"unknown keys {sorted(unknown)}")
+    value = item.get(key, "")
+    if not isinstance(value, str):
+        raise ConfigError(option, f"{key} must be a string")
+    return _rule(item.get("pattern"), option, **{key: value})
+
+
 def _banned_rule(item: object) -> SpecRule:
-    if isinstance(item, Mapping):
-        unknown = set(item) - {"pattern", "reason"}
-        if unknown:
-            raise ConfigError("banned_specs", f"unknown keys {sorted(unknown)}")
-        reason = item.get("reason", "")
-        if not isinstance(reason, str):
-            raise ConfigError("banned_specs", "reason must be a string")
-        return _rule(item.get("pattern"), "banned_specs", reason)
-    return _rule(item, "banned_specs")
+    return _item_rule(item, "banned_specs", "reason")
 
 
 def _allowed_rule(item: object) -> SpecRule:
-    if isinstance(item, Mapping):
-        unknown = set(item) - {"pattern", "provider"}
-        if unknown:
-            raise ConfigError("allowed_specs", f"unknown keys {sorted(unknown)}")
-        provider = item.get("provider", "")
-        if not isinstance(provider, str):
-            raise ConfigError("allowed_specs", "provider must be a string")
-        rule = _rule(item.get("pattern"), "allowed_specs")
-        return SpecRule(rule.pattern, provider=provider)
-    return _rule(item, "allowed_specs")
+    return _item_rule(item, "allowed_specs", "provider")
 
 
 def _spec_config_rule(item: object) -> SpecConfigRule:
