@@ -452,6 +452,7 @@ def up(args: argparse.Namespace) -> int:
         or _env_int("SWARMBINDER_REGISTRY_PORT", defaults.registry_port),
         public_host=os.environ.get("SWARMBINDER_PUBLIC_HOST") or defaults.public_host,
         registry_host=os.environ.get("SWARMBINDER_REGISTRY_HOST") or defaults.registry_host,
+        server_constraints=os.environ.get("SWARMBINDER_HUB_CONSTRAINTS", ""),
         config_file=Path(args.config) if args.config else defaults.config_file,
         base=args.base,
         state_node=args.state_node,

@@ -192,8 +192,10 @@ def ensure_swarm(advertise_addr: str = "127.0.0.1", log: Log = _quiet) -> str:
 # --------------------------------------------------------------------------- base image
 
 
-def image_id(tag: str) -> str | None:
-    proc = run(["docker", "image", "inspect", "--format", "{{.Id}}", tag], check=False)
+def image_id(tag: str, engine: str | None = None) -> str | None:
+    """The image's ID on the engine (DOCKER_HOST's, or the ``engine`` address given)."""
+    where = ["-H", engine] if engine else []
+    proc = run(["docker", *where, "image", "inspect", "--format", "{{.Id}}", tag], check=False)
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
@@ -380,6 +382,32 @@ class BuiltImage:
     seconds: float
 
 
+def _build_inputs(context: Path, args: Mapping[str, str], base_id: str) -> str:
+    return _hash_tree(context, [f"{k}={v}" for k, v in sorted(args.items())] + [base_id])
+
+
+def current_image(spec: ImageSpec, fallback_engine: str | None = None) -> str | None:
+    """The ID of ``spec``'s image when a build would make the same one (its inputs label is
+    what this tree and one of the known bases give), else None; needs no base image where
+    the image is: a base missing from the engine is looked up on ``fallback_engine`` (a
+    DOCKER_HOST value), where an image store's images were built."""
+    existing = image_id(spec.tag)
+    label = image_label(spec.tag, INPUTS_LABEL) if existing else None
+    if not existing or not label:
+        return None
+    hub_base = DOCKERHUB_PYTHON_BASE if spec.base == "python" else DOCKERHUB_DEBIAN_BASE
+    candidates = (LOCAL_BASE_IMAGE, hub_base)  # what ensure_bases may pick
+    with tempfile.TemporaryDirectory(prefix=f"swarmbinder-ctx-{spec.name}-") as tmp:
+        context = Path(tmp) / "ctx"
+        _stage_context(spec, context)
+        for base in candidates:
+            base_id = image_id(base) or (fallback_engine and image_id(base, fallback_engine))
+            args = {"BASE_IMAGE": base, **spec.build_args}
+            if base_id and _build_inputs(context, args, base_id) == label:
+                return existing
+    return None
+
+
 def build_image(
     spec: ImageSpec, bases: Bases, log: Log = _quiet, force: bool = False
 ) -> BuiltImage:
@@ -392,7 +420,7 @@ def build_image(
     with tempfile.TemporaryDirectory(prefix=f"swarmbinder-ctx-{spec.name}-") as tmp:
         context = Path(tmp) / "ctx"
         _stage_context(spec, context)
-        inputs = _hash_tree(context, [f"{k}={v}" for k, v in sorted(args.items())] + [base_id])
+        inputs = _build_inputs(context, args, base_id)
         existing = image_id(spec.tag)
         if not force and existing and image_label(spec.tag, INPUTS_LABEL) == inputs:
             return BuiltImage(spec.tag, existing, rebuilt=False, seconds=0.0)

@@ -71,13 +71,18 @@ def docker_on(host: str, *args: str, timeout: float = 60) -> subprocess.Complete
     )
 
 
-@pytest.fixture
-def healthy(multinode: dict[str, Any]) -> dict[str, Any]:
+def ready_ground() -> dict[str, Any]:
     """The ground with all three nodes ready and active (re-made after a test killed one)."""
     ground = _up()
     for node in ground["nodes"]:
         docker_on(ground["docker_host"], "node", "update", "--availability", "active", node["name"])
     return ground
+
+
+@pytest.fixture
+def healthy(multinode: dict[str, Any]) -> dict[str, Any]:
+    """The ground with all three nodes ready and active (re-made after a test killed one)."""
+    return ready_ground()
 
 
 def node_host(ground: dict[str, Any], hostname: str) -> str:

@@ -57,9 +57,10 @@ def tls_stack(
     git_for_containers: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Any]]:
-    ports = {name: free_port() for name in ("http", "https", "hub-https")}
+    ports = {name: free_port() for name in ("http", "https", "hub-https", "registry-https")}
     kept = ["--host", HOST, f"--http-port={ports['http']}", f"--https-port={ports['https']}"]
     kept += [f"--hub-https-port={ports['hub-https']}"]
+    kept += [f"--registry-https-port={ports['registry-https']}"]
     tmp = tmp_path_factory.mktemp("tls")
     with deployed_stack("sbtls", tmp, git_for_containers, "--tls", "local", kept_args=kept) as made:
         ports |= {"port": made["port"], "hub-port": made["hub_port"]}

@@ -186,7 +186,7 @@ def free_port() -> int:
 def test_the_fragment_and_its_secrets_overlay_fit_together(tmp_path: Path) -> None:
     fragment = yaml.safe_load(TLS_FILE.read_text())
     tls_service = fragment["services"]["tls"]
-    assert [p["mode"] for p in tls_service["ports"]] == ["host"] * 3
+    assert [p["mode"] for p in tls_service["ports"]] == ["host"] * 4
     assert tls_service["deploy"]["endpoint_mode"] == "dnsrr"
     assert fragment["networks"]["front"]["external"] is True
     # Every variable the fragment needs is one tls_inputs sets.

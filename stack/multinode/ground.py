@@ -20,8 +20,10 @@ LABEL = LABEL_MULTINODE
 STAMP_LABEL = LABEL_STORE_STAMP
 ENGINE_PORT = 2375
 REGISTRY_PORT = 5000
-#: Images every node needs: builds (builder, and the repositories' FROM), the hub and registry.
-NODE_IMAGES = ("builder", "singleuser", "hub", "registry")
+#: Images every node needs: builds (builder, and the repositories' FROM), the hub and registry;
+#: swarmbinder and tls, so `swarmbinder up` against the manager deploys the whole stack with
+#: nothing to build.
+NODE_IMAGES = ("builder", "singleuser", "hub", "registry", "swarmbinder", "tls")
 
 Log = Callable[[str], None]
 

@@ -16,6 +16,7 @@ from .. import __version__
 from .. import hostsetup as hs
 from .console import console_plan_line, plan_console, read_console_keys
 from .credentials import ensure_console_secrets, ensure_secrets, remove_unused_console_keys
+from .engine import Engine, current_engine, current_image, ensure_manager, port_in_use
 from .inputs import binder_environment, changed_inputs, check_binder_config, stack_variables
 from .options import (
     CONSOLE_SERVICE,
@@ -24,6 +25,7 @@ from .options import (
     STACK_IMAGES,
     STATE_DIR,
     TLS_SERVICE,
+    TRUST_SERVICE,
     Progress,
     Silent,
     StackError,
@@ -33,6 +35,7 @@ from .options import (
     UpResult,
 )
 from .placement import apply_state_plan, plan_state, state_holder, swarm_nodes
+from .registry_tls import ensure_local_ca, remove_local_ca, wait_trusted
 from .replicas import (
     binder_store_environment,
     deployed_store,
@@ -72,6 +75,8 @@ def up(
     started = time.monotonic()
     if tls is not None:
         options = dataclasses.replace(options, tls=tls)
+    engine = current_engine()
+    options = dataclasses.replace(options, engine_host=engine.host)
     options.check()
     plan = check_tls(options)  # None for --tls off, which options.tls then no longer says
     tls_off = options.tls is not None and plan is None
@@ -85,13 +90,14 @@ def up(
     options = dataclasses.replace(options, base_url=base_url)
     keys = read_console_keys(options.ssh_console_keys) if options.ssh_console_keys else None
     try:
-        return _up(options, keys, report, started, plan, tls_off)
+        return _up(options, engine, keys, report, started, plan, tls_off)
     except hs.SetupError as exc:
         raise StackError(str(exc)) from None
 
 
 def _up(
     options: StackOptions,
+    engine: Engine,
     keys: str | None,
     report: Progress,
     started: float,
@@ -100,7 +106,7 @@ def _up(
 ) -> UpResult:
     report.step("checking the Docker engine")
     hs.ensure_engine(report.step, STATE_DIR)
-    node_id = hs.ensure_swarm("127.0.0.1", report.step)
+    node_id = ensure_manager(engine, report.step)
     deployed_as = deployed_store(options.name)
     # Checked before anything is made: a --state-node no node has is bad input.
     deployed_here = deployed_as is not None
@@ -126,16 +132,16 @@ def _up(
         checked.append((CONSOLE_SERVICE, console.port, "--ssh-port / SWARMBINDER_SSH_PORT"))
     for service, port, variable in checked:
         # Our own running stack holds its ports; anything else holding one is a conflict.
-        if deployed.get(service) != port and not hs.port_is_free(port):
+        if deployed.get(service) != port and port_in_use(engine, port):
             raise StackInputError(
-                f"port {port} on 127.0.0.1 is already in use; choose another with {variable}"
+                f"port {port} on {engine.host} is already in use; choose another with {variable}"
             )
     deployed_tls = deployed_tls_ports(options.name)
     check_tls_kept(options.name, tls, deployed_tls is not None, tls_off)
-    check_tls_ports(options, deployed_tls or set())
+    check_tls_ports(options, deployed_tls or set(), functools.partial(port_in_use, engine))
 
     report.step("checking the images")
-    bases = hs.ensure_bases(report.step, options.base)
+    bases: hs.Bases | None = None
     image_ids: dict[str, str] = {}
     rebuilt: list[str] = []
     wanted = {*STACK_IMAGES, *(POSTGRES_IMAGES if store.postgres else ())}
@@ -143,6 +149,11 @@ def _up(
     for spec in hs.project_images(__version__):
         if spec.name not in wanted:
             continue
+        # Current on the engine: no build, and no base image needed (a seeded manager has none).
+        if current := current_image(spec, engine):
+            image_ids[spec.name] = current
+            continue
+        bases = bases or hs.ensure_bases(report.step, options.base)
         build = functools.partial(hs.build_image, spec, bases, report.step)
         built = _with_ticker(report, f"building {spec.tag}", build)
         if built.rebuilt:
@@ -154,6 +165,10 @@ def _up(
     if console:
         created += ensure_console_secrets(options.name, console)
     created += ensure_tls_secrets(options.name, tls)
+    if tls and tls.tls.mode == "local":
+        ca, made = ensure_local_ca(options.name)
+        tls = dataclasses.replace(tls, ca=ca)
+        created += made
     for name in created:
         report.step(f"created secret {name}")
 
@@ -163,11 +178,14 @@ def _up(
     if tls:
         caddyfile = write_caddyfile(options, tls, store.postgres)
         proxies = trusted_proxies(options.config_file, front_subnet)
-        tls_extra = tls_inputs(options, tls, caddyfile, image_ids[TLS_SERVICE], proxies)
+        tls_extra = tls_inputs(
+            options, tls, caddyfile, image_ids[TLS_SERVICE], proxies, image_ids["registry"]
+        )
         extra = ({**extra[0], **tls_extra[0]}, {**extra[1], **tls_extra[1]})
     variables = stack_variables(options, image_ids, console, extra)
     services = store.services + ((CONSOLE_SERVICE,) if console else ())
     services += (TLS_SERVICE,) if tls else ()
+    services += (TRUST_SERVICE,) if tls and tls.ca else ()
     deployed_inputs = current_inputs(options.name)
     reasons = changed_inputs(deployed_inputs, variables["SWARMBINDER_STACK_INPUTS"])
     if running_console and not console:
@@ -205,12 +223,15 @@ def _up(
             remove_front_network(options)
     wait_healthy(options, report, console=console, store=store)
     root = wait_tls(options, tls, variables["SWARMBINDER_TLS_INPUTS"], report) if tls else None
+    if tls and tls.ca:
+        wait_trusted(options, report)
     if changed:
         for kind in ("binder", "hub", "tls"):
             prefix = f"{options.name}-{kind}-config-"
             current = variables.get(f"SWARMBINDER_{kind.upper()}_CONFIG_VERSION")
             hs.remove_unused_configs(prefix, keep=prefix + current if current else None)
         remove_unused_tls_secrets(options.name, tls)
+        remove_local_ca(options.name, keep=tls.ca if tls else None)
         # Replaced keys (or a removed console): the old secret is used by nothing now.
         remove_unused_console_keys(
             options.name, keep=console.keys_secret(options.name) if console else None

@@ -63,6 +63,10 @@ DEFAULT_SSH_PORT = 2222
 TLS_FILE = hs.REPO_ROOT / "stack" / "tls.yml"
 TLS_SERVICE = "tls"
 TLS_MODES = ("local", "acme", "cert")
+#: Local mode's CA and the service that makes every node's engine trust it for the registry
+#: (stack/registry-trust.yml), and that service's name.
+TRUST_FILE = hs.REPO_ROOT / "stack" / "registry-trust.yml"
+TRUST_SERVICE = "registry-trust"
 #: Let's Encrypt's production directory: ACME mode's default CA.
 DEFAULT_ACME_CA = "https://acme-v02.api.letsencrypt.org/directory"
 STACK_LABEL = LABEL_STACK
@@ -129,6 +133,11 @@ class StackOptions:
     store: str | None = None
     #: serve Binder and the hub over HTTPS through the TLS proxy (None: plain HTTP only)
     tls: TLSOptions | None = None
+    #: where the engine ``up`` drives publishes the stack's ports: 127.0.0.1 for this machine's,
+    #: the host of DOCKER_HOST for a manager elsewhere (set by ``up``, not a stack variable)
+    engine_host: str = "127.0.0.1"
+    #: placement constraints of user servers, comma-separated (SWARMBINDER_HUB_CONSTRAINTS)
+    server_constraints: str = ""
 
     @property
     def url(self) -> str:
@@ -166,8 +175,16 @@ class StackOptions:
         return f"{self.name}-front"
 
     @property
+    def registry(self) -> str:
+        """The registry as every node's engine names it: the TLS proxy's registry port with
+        TLS, else the registry's own published port (plain HTTP)."""
+        if self.tls:
+            return self.tls.registry(self.public_host)
+        return f"{self.registry_host}:{self.registry_port}"
+
+    @property
     def image_prefix(self) -> str:
-        return f"{self.registry_host}:{self.registry_port}/binder-"
+        return f"{self.registry}/binder-"
 
     def check(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -220,6 +237,12 @@ class StackOptions:
             "SWARMBINDER_REGISTRY_TOKEN_REALM": self.token_realm,
             "SWARMBINDER_VERSION": __version__,
             "SWARMBINDER_IMAGES": "swarmbinder",
+            # Absent unless set, so a stack deployed without it keeps its inputs as they were.
+            **(
+                {"SWARMBINDER_HUB_CONSTRAINTS": self.server_constraints}
+                if self.server_constraints
+                else {}
+            ),
         }
 
 
@@ -236,6 +259,8 @@ class TLSOptions:
     http_port: int = 80
     port: int = 443
     hub_port: int = 8443
+    #: the registry over HTTPS, the name every node's engine pushes to and pulls from
+    registry_port: int = 5443
     cert_file: Path | None = None
     key_file: Path | None = None
     acme_ca: str = DEFAULT_ACME_CA
@@ -257,11 +282,17 @@ class TLSOptions:
     def hub_url(self, public_host: str) -> str:
         return f"https://{_netloc(self.name(public_host), self.hub_port, 443)}/"
 
+    def registry(self, public_host: str) -> str:
+        """``host:port`` of the registry behind the proxy (image names start with it)."""
+        host = self.name(public_host)
+        return f"{f'[{host}]' if ':' in host else host}:{self.registry_port}"
+
     def ports(self) -> dict[str, int]:
         return {
             "http port": self.http_port,
             "https port": self.port,
             "hub https port": self.hub_port,
+            "registry https port": self.registry_port,
         }
 
 

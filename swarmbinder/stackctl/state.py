@@ -165,8 +165,9 @@ def wait_healthy(
     services = store.services + ((CONSOLE_SERVICE,) if console else ())
     replicas = {"binder": store.replicas}
     started = time.monotonic()
-    health = f"http://127.0.0.1:{options.port}/health"
-    hub = f"http://127.0.0.1:{options.hub_port}/hub/api/"
+    # Published on the engine's host: this machine, or the manager DOCKER_HOST names.
+    health = f"http://{options.engine_host}:{options.port}/health"
+    hub = f"http://{options.engine_host}:{options.hub_port}/hub/api/"
     states: dict[str, str] = {}
     status, body = 0, ""
     while time.monotonic() - started < options.timeout:
@@ -201,7 +202,8 @@ def _unhealthy_message(
         except (ValueError, AttributeError, TypeError):
             down = []
         what = f" (down: {', '.join(down)})" if down else f" (HTTP {status})" if status else ""
-        return f"Binder's /health at 127.0.0.1:{options.port} was not ok {waited}{what}"
+        where = f"{options.engine_host}:{options.port}"
+        return f"Binder's /health at {where} was not ok {waited}{what}"
     service = f"{options.name}_{stuck[0]}"
     return f"service {service} did not become healthy {waited}; its last log lines: " + (
         last_log_lines(service) or "(none)"

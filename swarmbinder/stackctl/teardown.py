@@ -31,6 +31,7 @@ from .options import (
     StackOptions,
 )
 from .placement import remove_state_label
+from .registry_tls import remove_local_ca
 from .state import service_spec, stack_command
 from .tls import remove_tls_files, remove_unused_tls_secrets
 
@@ -197,6 +198,7 @@ def _purge(name: str, report: Progress) -> list[str]:
     if unused:
         purged.append(f"{len(unused)} unused registry credentials secret(s)")
     purged += remove_unused_tls_secrets(name, None)
+    purged += remove_local_ca(name)
     for kind in ("binder", "hub", "tls"):
         hs.remove_unused_configs(f"{name}-{kind}-config-")
     if purged:

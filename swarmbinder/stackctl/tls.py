@@ -1,7 +1,8 @@
 """HTTPS for Binder and the hub: ``swarmbinder up --tls local|acme|cert`` deploys stack/tls.yml,
 Caddy in front of Binder and the hub's proxy, with a Caddyfile rendered here.
 
-One host name and three published ports (plain HTTP, Binder over HTTPS, the hub over HTTPS):
+One host name and four published ports (plain HTTP, Binder, the hub and the registry over
+HTTPS; the registry's is :mod:`.registry_tls`'s business):
 on one machine with a local CA that needs no DNS at all, and on a public host one name and one
 certificate serve both. Plain HTTP answers with a 308 to the HTTPS port of the same path (the
 hub's paths to the hub's port); HSTS is sent only by the public modes, whose certificates a
@@ -23,11 +24,11 @@ import functools
 import hashlib
 import ipaddress
 import json
-import os
 import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,9 +46,14 @@ from .options import (
     StackOptions,
     TLSOptions,
 )
+from .registry_tls import (
+    LocalCA,
+    caddy_issuer,
+    caddy_pki,
+    trust_files,
+    trust_variables,
+)
 
-#: Where Caddy keeps its local CA's root certificate (its data directory is the volume).
-LOCAL_ROOT = "/data/caddy/pki/authorities/local/root.crt"
 #: The secrets the proxy may mount (``{stack}-tls-{name}-{digest}``), as files in /run/secrets.
 CERT_SECRET, KEY_SECRET, ACME_ROOT_SECRET = "certificate", "key", "acme-ca-root"
 #: Label of the secrets made here, so ``down --purge`` finds them whatever their digest.
@@ -55,6 +61,7 @@ TLS_SECRET_LABEL = "swarmbinder.tls-secret"
 #: What Binder is reached by from the proxy: a name only the front network resolves (SQLite
 #: mode), or the front of several replicas (PostgreSQL mode).
 BINDER_UPSTREAM, FRONT_UPSTREAM, HUB_UPSTREAM = "binder-front:8585", "front:8585", "proxy:8000"
+REGISTRY_UPSTREAM = "registry:5000"
 HSTS = "max-age=31536000"
 
 
@@ -73,6 +80,11 @@ def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
         ("--http-port", defaults.http_port, "plain HTTP, redirected to HTTPS"),
         ("--https-port", defaults.port, "Binder over HTTPS"),
         ("--hub-https-port", defaults.hub_port, "the hub over HTTPS"),
+        (
+            "--registry-https-port",
+            defaults.registry_port,
+            "the registry over HTTPS, as every node's engine reaches it",
+        ),
     ):
         group.add_argument(flag, type=int, default=default, help=f"{what} ({default})")
     group.add_argument("--tls-cert", metavar="FILE", help="cert mode: the certificate (PEM)")
@@ -97,6 +109,7 @@ def tls_options(args: argparse.Namespace) -> TLSOptions | None:
         http_port=args.http_port,
         port=args.https_port,
         hub_port=args.hub_https_port,
+        registry_port=args.registry_https_port,
         cert_file=Path(args.tls_cert) if args.tls_cert else None,
         key_file=Path(args.tls_key) if args.tls_key else None,
         acme_ca=args.acme_ca or DEFAULT_ACME_CA,
@@ -112,6 +125,8 @@ class TLSPlan:
     tls: TLSOptions
     #: secret (CERT_SECRET, KEY_SECRET, ACME_ROOT_SECRET) -> content
     files: dict[str, bytes] = field(default_factory=dict)
+    #: local mode: the stack's CA (made by ``up`` once the checks passed)
+    ca: LocalCA | None = None
 
     def secret_name(self, stack: str, secret: str) -> str:
         return f"{stack}-tls-{secret}-{hashlib.sha256(self.files[secret]).hexdigest()[:12]}"
@@ -251,7 +266,7 @@ def render_caddyfile(plan: TLSPlan, public_host: str, replicas_front: bool) -> s
     host = tls.name(public_host)
     shown = f"[{host}]" if ":" in host else host
     if tls.mode == "local":
-        issuer = ["tls internal"]
+        issuer = caddy_issuer(plan.ca) if plan.ca else ["tls internal"]
     elif tls.mode == "cert":
         issuer = [f"tls /run/secrets/tls_{CERT_SECRET} /run/secrets/tls_{KEY_SECRET}"]
     else:
@@ -273,11 +288,16 @@ def render_caddyfile(plan: TLSPlan, public_host: str, replicas_front: bool) -> s
         # Our own redirects below: Caddy's would send the hub's paths to Binder's port.
         "\tauto_https disable_redirects",
         *(["\tskip_install_trust"] if tls.mode == "local" else []),
+        *(caddy_pki(plan.ca) if plan.ca else []),
         "}",
     ]
     for port, upstream in ((tls.port, binder), (tls.hub_port, HUB_UPSTREAM)):
         lines += [f"https://{shown}:{port} {{", *(f"\t{line}" for line in issuer + hsts)]
         lines += [f"\treverse_proxy {upstream}", "}"]
+    # Engines push and pull here (no browser: no HSTS); the registry builds its upload URLs
+    # from the Host and X-Forwarded-Proto Caddy passes on.
+    lines += [f"https://{shown}:{tls.registry_port} {{", *(f"\t{line}" for line in issuer)]
+    lines += [f"\treverse_proxy {REGISTRY_UPSTREAM}", "}"]
     binder_url = f"https://{shown}:{tls.port}{{uri}}"
     hub_url = f"https://{shown}:{tls.hub_port}{{uri}}"
     lines += [
@@ -299,6 +319,7 @@ def tls_environment(options: StackOptions) -> dict[str, str]:
         "SWARMBINDER_HUB_URL": tls.hub_url(options.public_host),
         "SWARMBINDER_BADGE_BASE_URL": tls.binder_url(options.public_host, options.base_url),
         "SWARMBINDER_TRUSTED_PROXIES": "[]",
+        "SWARMBINDER_IMAGE_PREFIX": options.image_prefix,
     }
 
 
@@ -308,6 +329,7 @@ def tls_inputs(
     caddyfile: Path,
     image_id: str,
     trusted_proxies: str,
+    trust_image_id: str = "",
 ) -> tuple[dict[str, str], dict[str, str]]:
     """stack/tls.yml's variables and the inputs-label parts of the proxy (none without TLS,
     so a stack that never had it keeps its label as it was); ``trusted_proxies`` is Binder's
@@ -317,12 +339,15 @@ def tls_inputs(
     tls = plan.tls
     version = hashlib.sha256(caddyfile.read_bytes()).hexdigest()[:12]
     secrets = ",".join(sorted(plan.secret_name(options.name, s) for s in plan.files))
+    secrets += f",{plan.ca.key_secret},{plan.ca.root_config}" if plan.ca else ""
     secrets_digest = hashlib.sha256(secrets.encode()).hexdigest()[:12]
     variables = {
         "SWARMBINDER_TLS_HOST": tls.name(options.public_host),
         "SWARMBINDER_TLS_HTTP_PORT": str(tls.http_port),
         "SWARMBINDER_TLS_PORT": str(tls.port),
         "SWARMBINDER_TLS_HUB_PORT": str(tls.hub_port),
+        "SWARMBINDER_TLS_REGISTRY_PORT": str(tls.registry_port),
+        "SWARMBINDER_TLS_REGISTRY": tls.registry(options.public_host),
         "SWARMBINDER_TLS_BINDER_URL": tls.binder_url(options.public_host, options.base_url),
         "SWARMBINDER_TLS_HUB_URL": tls.hub_url(options.public_host),
         "SWARMBINDER_TLS_CONFIG": str(caddyfile),
@@ -330,6 +355,7 @@ def tls_inputs(
         "SWARMBINDER_TLS_IMAGE_ID": image_id.removeprefix("sha256:")[:12],
         "SWARMBINDER_TRUSTED_PROXIES": trusted_proxies,
         "SWARMBINDER_TLS_INPUTS": f"{version}-{secrets_digest}",
+        **(trust_variables(plan.ca, trust_image_id) if plan.ca else {}),
     }
     parts = {
         "tls": tls.mode,
@@ -339,6 +365,11 @@ def tls_inputs(
         "tls-secrets": secrets_digest,
         "tls-front": hashlib.sha256(trusted_proxies.encode()).hexdigest()[:12],
     }
+    if plan.ca:
+        # Absent without the local CA, like the TLS parts without TLS.
+        trust_file = trust_files(plan.ca)[0].read_bytes()
+        parts["registry-trust-file"] = hashlib.sha256(trust_file).hexdigest()[:12]
+        parts["registry-trust-image"] = variables["SWARMBINDER_TRUST_IMAGE_ID"]
     return variables, parts
 
 
@@ -390,14 +421,18 @@ def remove_unused_tls_secrets(stack: str, plan: TLSPlan | None) -> list[str]:
     return removed
 
 
-def check_tls_ports(options: StackOptions, deployed: set[int]) -> None:
-    """Each of the proxy's ports is free, unless the stack's own proxy holds it."""
+def check_tls_ports(
+    options: StackOptions, deployed: set[int], in_use: Callable[[int], bool] | None = None
+) -> None:
+    """Each of the proxy's ports is free on the engine's host (``in_use`` tells; default: bound
+    on this machine), unless the stack's own proxy holds it."""
     if options.tls is None:
         return
+    taken = in_use or (lambda port: not hs.port_is_free(port))
     for what, port in options.tls.ports().items():
-        if port not in deployed and not hs.port_is_free(port):
+        if port not in deployed and taken(port):
             raise StackInputError(
-                f"port {port} on 127.0.0.1 is already in use; choose another with "
+                f"port {port} on {options.engine_host} is already in use; choose another with "
                 f"{_PORT_FLAGS[what]}"
             )
 
@@ -406,6 +441,7 @@ _PORT_FLAGS = {
     "http port": "--http-port",
     "https port": "--https-port",
     "hub https port": "--hub-https-port",
+    "registry https port": "--registry-https-port",
 }
 
 
@@ -421,26 +457,19 @@ def deployed_tls_ports(stack: str) -> set[int] | None:
     return {int(p["PublishedPort"]) for p in ports if "PublishedPort" in p}
 
 
-def local_root_path(stack: str) -> Path:
-    return STATE_DIR / f"{stack}-tls-root.crt"
-
-
 def wait_tls(options: StackOptions, plan: TLSPlan, inputs: str, report: Progress) -> Path | None:
     """Until a proxy task made from ``inputs`` (SWARMBINDER_TLS_INPUTS) serves a certificate
-    for its host on both HTTPS ports; in local mode, copy its CA's root certificate out first
-    and check the handshake against it. Returns the copied root (local mode)."""
+    for its host on every HTTPS port of the engine's host; in local mode, the stack's CA root is
+    written out first and the handshakes are verified against it. Returns that copy."""
     tls = plan.tls
     host = tls.name(options.public_host)
     started = time.monotonic()
-    root: Path | None = None
+    root = write_local_root(plan.ca) if plan.ca else None
     problem = "the proxy has no running task"
     while time.monotonic() - started < options.timeout:
-        container = _proxy_container(options.name, inputs)
-        if container and tls.mode == "local" and root is None:
-            root = _copy_local_root(options.name, container)
-            problem = "its local CA has no root certificate yet"
-        if container and (tls.mode != "local" or root is not None):
-            problem = _handshake_problem(host, (tls.port, tls.hub_port), root)
+        if _proxy_container(options.name, inputs):
+            ports = (tls.port, tls.hub_port, tls.registry_port)
+            problem = _handshake_problem(options.engine_host, host, ports, root)
             if not problem:
                 report.step(f"HTTPS is served for {host} ({time.monotonic() - started:.0f} s)")
                 return root
@@ -469,20 +498,9 @@ def _proxy_container(stack: str, inputs: str) -> str | None:
     return None
 
 
-def _copy_local_root(stack: str, container: str) -> Path | None:
-    read = hs.run(["docker", "exec", container, "cat", LOCAL_ROOT], check=False, timeout=30)
-    if read.returncode != 0 or "BEGIN CERTIFICATE" not in read.stdout:
-        return None
-    path = local_root_path(stack)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(read.stdout)
-    os.chmod(path, 0o644)
-    return path
-
-
-def _handshake_problem(host: str, ports: tuple[int, ...], root: Path | None) -> str:
-    """'' when every port completes a TLS handshake for ``host`` (verified against ``root``
-    when given), else what went wrong."""
+def _handshake_problem(address: str, host: str, ports: tuple[int, ...], root: Path | None) -> str:
+    """'' when every port of ``address`` completes a TLS handshake for ``host`` (verified
+    against ``root`` when given), else what went wrong."""
     import socket
 
     if root:
@@ -494,7 +512,7 @@ def _handshake_problem(host: str, ports: tuple[int, ...], root: Path | None) -> 
         context.verify_mode = ssl.CERT_NONE
     for port in ports:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with socket.create_connection((address, port), timeout=5) as raw:
                 # An address sends no SNI (the proxy's default_sni answers) but is verified.
                 with context.wrap_socket(raw, server_hostname=host) as conn:
                     if not conn.getpeercert(binary_form=True):
@@ -502,6 +520,19 @@ def _handshake_problem(host: str, ports: tuple[int, ...], root: Path | None) -> 
         except (OSError, ssl.SSLError) as exc:
             return f"port {port}: {exc}"
     return ""
+
+
+def local_root_path(stack: str) -> Path:
+    return STATE_DIR / f"{stack}-tls-root.crt"
+
+
+def write_local_root(ca: LocalCA) -> Path:
+    """The root's copy for the operator (browsers, curl) on the machine ``up`` runs on."""
+    path = local_root_path(ca.stack)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(ca.root_pem)
+    path.chmod(0o644)
+    return path
 
 
 def caddyfile_path(stack: str) -> Path:
@@ -534,7 +565,7 @@ def tls_files(options: StackOptions, plan: TLSPlan | None, workdir: Path) -> lis
     if plan is None:
         return []
     secrets = write_secrets_file(options, plan, workdir / "tls-secrets.yml")
-    return [TLS_FILE, *([secrets] if secrets else [])]
+    return [TLS_FILE, *([secrets] if secrets else []), *trust_files(plan.ca)]
 
 
 def check_tls_kept(stack: str, plan: TLSPlan | None, deployed: bool, off: bool) -> None:
