@@ -50,8 +50,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def swarmbinder(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def swarmbinder(
+    *args: str, timeout: float = 600, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The CLI in a clean environment (no SWARMBINDER_* of the caller's), plus ``env_extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMBINDER_")}
+    env |= env_extra or {}
     return subprocess.run(
         [sys.executable, "-m", "swarmbinder", *args],
         capture_output=True,

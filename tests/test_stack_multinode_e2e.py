@@ -15,7 +15,6 @@ launch's server task is on it, and the next launch is ready on the remaining wor
 from __future__ import annotations
 
 import json
-import os
 import ssl
 import subprocess
 import sys
@@ -31,8 +30,8 @@ from urllib.parse import quote
 import multinode_support as mns
 import pytest
 from multinode_support import docker_on, has_image, ready_ground
-
-from swarmbinder.events import SSEDecoder
+from test_stack_e2e import swarmbinder as run_cli
+from test_stack_tls_e2e import read_events_https, root_of
 
 # One deployment (up ~1 min) serves both tests; a launch may build first.
 pytestmark = [pytest.mark.swarm, pytest.mark.timeout(600)]
@@ -49,18 +48,12 @@ PORTS |= {"https-port": 8543, "hub-https-port": 8643, "registry-https-port": 544
 def swarmbinder(ground: dict[str, Any], *args: str, timeout: float = 600, engine: str = "") -> Any:
     """The CLI on this machine, driving the ground's manager (or ``engine``) through
     DOCKER_HOST."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMBINDER_")}
-    env |= {"DOCKER_HOST": engine or ground["docker_host"]}
-    env |= {"SWARMBINDER_PUBLIC_HOST": manager_ip(ground)}
-    env |= {"SWARMBINDER_HUB_CONSTRAINTS": "node.role==worker"}
-    return subprocess.run(
-        [sys.executable, "-m", "swarmbinder", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
+    env = {
+        "DOCKER_HOST": engine or ground["docker_host"],
+        "SWARMBINDER_PUBLIC_HOST": manager_ip(ground),
+        "SWARMBINDER_HUB_CONSTRAINTS": "node.role==worker",
+    }
+    return run_cli(*args, timeout=timeout, env_extra=env)
 
 
 def manager_ip(ground: dict[str, Any]) -> str:
@@ -122,28 +115,12 @@ def deployed(
         assert stack_objects(ground, stack) == []
 
 
-def root_of(up: Any) -> Path:
-    said = [ln for ln in up.stderr.splitlines() if "the local CA's root certificate is in" in ln]
-    assert len(said) == 1, up.stderr[-2000:]
-    return Path(said[0].split(" is in ", 1)[1].split(":", 1)[0])
-
-
 def launch(deployed: dict[str, Any], timeout: float = 200) -> list[dict[str, Any]]:
     """A /build stream through HTTPS (verified against the stack's root) up to ready or failed."""
-    context = ssl.create_default_context(cafile=str(root_of(deployed["up"])))
     head = deployed["ground"]["repos"]["binder-dockerfile"]["head"]
     url = f"https://{deployed['ip']}:{PORTS['https-port']}/build/git/"
     url += f"{quote(deployed['git'], safe='')}/{head}"
-    request = urllib.request.Request(url, headers={"Accept": "text/event-stream"})
-    decoder = SSEDecoder()
-    events: list[dict[str, Any]] = []
-    with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
-        while not events or events[-1]["phase"] not in ("ready", "failed"):
-            chunk = resp.read1(65536)
-            if not chunk:
-                break
-            events.extend(decoder.feed(chunk))
-    return events
+    return read_events_https(url, root_of(deployed["up"]), timeout=timeout)
 
 
 def server_status(deployed: dict[str, Any], ready: dict[str, Any]) -> int:
